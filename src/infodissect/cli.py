@@ -1,0 +1,106 @@
+"""The ``infodissect`` command line: one subcommand per pipeline stage."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from .config import ConfigError
+
+
+def _stimuli_design(a: argparse.Namespace) -> None:
+    from .stimuli.design import build_design
+    from .stimuli.store import atomic_store, write_zarr
+
+    ds = build_design(a.set, json.loads(a.spec))
+    logging.info("design %s: %d samples (%s)", a.set, ds.sizes["sample"], ds.attrs["design"])
+    with atomic_store(a.out) as tmp:
+        write_zarr(ds, tmp)
+
+
+def _stimuli_render(a: argparse.Namespace) -> None:
+    import torch
+
+    from .stimuli.store import render_shard
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    render_shard(a.design, a.shard, json.loads(a.spec), a.out)
+
+
+def _stimuli_gather(a: argparse.Namespace) -> None:
+    from .stimuli.store import gather_shards
+
+    gather_shards(a.design, a.shards, a.out)
+
+
+def _stimuli_figure(a: argparse.Namespace) -> None:
+    from .figures.stimuli import factor_sweeps, identity_gallery
+    from .stimuli.store import open_store
+
+    ds = open_store(a.stimuli, require=("image",))
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    if a.kind == "factors":
+        if "sweep_factor" not in ds.coords:
+            raise SystemExit(f"{a.stimuli}: not a sweep set (no sweep_factor coordinate)")
+        factor_sweeps(ds, a.out)
+    else:
+        identity_gallery(ds, a.out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``infodissect`` command."""
+    p = argparse.ArgumentParser(prog="infodissect", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    stages = p.add_subparsers(dest="stage", required=True)
+    st = stages.add_parser("stimuli", help="factor designs, rendering and stimulus figures")
+    sub = st.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("design", help="write the seeded factor table of one set")
+    d.add_argument("--set", required=True, help="set name (a key of stimuli.sets)")
+    d.add_argument("--spec", required=True, help="JSON: seed, identities, generator, factors, set")
+    d.add_argument("--out", required=True, help="output Zarr store")
+    d.set_defaults(func=_stimuli_design)
+
+    r = sub.add_parser("render", help="render one shard of a design")
+    r.add_argument("--design", required=True)
+    r.add_argument("--shard", type=int, required=True)
+    r.add_argument("--spec", required=True, help="JSON: generator, render")
+    r.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    r.add_argument("--out", required=True)
+    r.set_defaults(func=_stimuli_render)
+
+    g = sub.add_parser("gather", help="concatenate rendered shards into the set store")
+    g.add_argument("--design", required=True)
+    g.add_argument("--out", required=True)
+    g.add_argument("shards", nargs="+")
+    g.set_defaults(func=_stimuli_gather)
+
+    f = sub.add_parser("figure", help="stimulus figures")
+    f.add_argument("kind", choices=["factors", "identities"])
+    f.add_argument("--stimuli", required=True, help="sweeps store (factors) or portraits store (identities)")
+    f.add_argument("--out", required=True)
+    f.set_defaults(func=_stimuli_figure)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``infodissect`` console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .stimuli.store import StoreError
+
+    try:
+        args.func(args)
+    except (ConfigError, ValueError, StoreError) as exc:
+        logging.getLogger("infodissect").error("%s", exc)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,251 @@
+"""Loading and validating the infodissect configuration.
+
+The configuration is checked in two steps:
+
+1. against the JSON schema in ``workflow/schemas/config.schema.yaml`` (types,
+   ranges, unknown keys), filling in every ``default`` the schema declares;
+2. against semantic rules JSON schema cannot express (``min <= neutral <=
+   max``, the face model's hard factor bounds, categorical level subsets,
+   ``shard_size`` a multiple of ``batch_size``, known factor names, ...).
+
+Every failure raises :class:`ConfigError` whose message starts with the dotted
+path of the offending key, e.g. ``stimuli.render.resolution: 0 is less than
+the minimum of 8``.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+from jsonschema.exceptions import ValidationError, best_match
+
+from infodissect.faces.factors import FACTORS
+
+__all__ = [
+    "ConfigError",
+    "schema_path",
+    "load_schema",
+    "validate_config",
+    "load_config",
+]
+
+SET_NAME = re.compile(r"[a-z][a-z0-9_]*")
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+_INTEGER = re.compile(r"[+-]?\d+")
+
+
+class ConfigError(ValueError):
+    """An invalid configuration; the message starts with the dotted key path."""
+
+
+def schema_path() -> Path:
+    """Path of the config JSON schema (``workflow/schemas/config.schema.yaml``).
+
+    The schema lives in the repository, not in the package; it is found
+    relative to this file (``src/infodissect/../../workflow/schemas``), which
+    holds for an editable install.
+    """
+    return Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+
+
+@lru_cache(maxsize=1)
+def _cached_schema() -> dict:
+    path = schema_path()
+    if not path.is_file():
+        raise FileNotFoundError(f"config schema not found at {path}")
+    with path.open() as fh:
+        return yaml.safe_load(fh)
+
+
+def load_schema() -> dict:
+    """Return the config JSON schema as a dict (a fresh copy on every call)."""
+    return copy.deepcopy(_cached_schema())
+
+
+def _extend_with_default(validator_class: type) -> type:
+    """Extend a jsonschema validator class to fill in ``default`` values.
+
+    Defaults are set on an object before its properties are validated, so a
+    default object (e.g. ``{}``) gets its own properties' defaults in turn.
+    """
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, subschema in properties.items():
+                if isinstance(subschema, Mapping) and "default" in subschema:
+                    instance.setdefault(name, copy.deepcopy(subschema["default"]))
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+_DefaultFillingValidator = _extend_with_default(jsonschema.Draft202012Validator)
+
+
+def _dotted(path: Iterable[Any]) -> str:
+    """Format a key path as ``a.b[3].c``; the root is ``config``."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "config"
+
+
+def _join(path: str, key: str) -> str:
+    return key if path == "config" else f"{path}.{key}"
+
+
+def _format_schema_error(error: ValidationError) -> str:
+    path = _dotted(error.absolute_path)
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        allowed = list(error.schema.get("properties", {}))
+        extra = [k for k in error.instance if k not in allowed]
+        key = extra[0] if extra else "?"
+        if path == "stimuli.factors":
+            if key == "identity":
+                return (
+                    f"{_join(path, key)}: identity has no entry here; it is drawn "
+                    "from the pool of stimuli.identities"
+                )
+            return f"{_join(path, key)}: unknown factor (known: {', '.join(allowed)})"
+        return f"{_join(path, str(key))}: unknown key (allowed: {', '.join(allowed)})"
+    return f"{path}: {error.message}"
+
+
+def _numbers_from_strings(value: Any) -> Any:
+    """Return ``value`` with strings that spell a number replaced by that number.
+
+    Snakemake parses nested ``--config`` values (``--config 'stimuli={render:
+    {resolution: 32}}'``) with YAML's base loader, which leaves every scalar a
+    string. No string-valued key of the config can hold a number, so reading
+    such strings as numbers is safe.
+    """
+    if isinstance(value, Mapping):
+        return {key: _numbers_from_strings(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_numbers_from_strings(item) for item in value]
+    if isinstance(value, str):
+        text = value.strip()
+        if _INTEGER.fullmatch(text):
+            return int(text)
+        if _NUMBER.fullmatch(text):
+            return float(text)
+    return value
+
+
+def _semantic_errors(config: dict) -> Iterator[str]:
+    """Yield messages for semantic errors of a schema-valid, defaults-filled config."""
+    stimuli = config["stimuli"]
+
+    for name, entry in stimuli["factors"].items():
+        path = f"stimuli.factors.{name}"
+        factor = FACTORS[name]
+        if factor.kind == "continuous":
+            lo, hi, neutral = entry["min"], entry["max"], entry["neutral"]
+            blo, bhi = factor.bounds
+            if lo > hi:
+                yield f"{path}: min ({lo}) is greater than max ({hi})"
+            elif not lo <= neutral <= hi:
+                yield f"{path}: neutral ({neutral}) is outside [min, max] = [{lo}, {hi}]"
+            if lo < blo:
+                yield f"{path}.min: {lo} is below the model's bound {blo}"
+            if hi > bhi:
+                yield f"{path}.max: {hi} is above the model's bound {bhi}"
+        else:
+            levels = entry["levels"]
+            for i, level in enumerate(levels):
+                if level not in factor.levels:
+                    yield (
+                        f"{path}.levels[{i}]: unknown level {level!r} "
+                        f"(allowed: {', '.join(factor.levels)})"
+                    )
+            if entry["neutral"] not in levels:
+                yield f"{path}.neutral: {entry['neutral']!r} is not one of levels {levels}"
+            weights = entry.get("weights")
+            if weights is not None and len(weights) != len(levels):
+                yield (
+                    f"{path}.weights: {len(weights)} weights for {len(levels)} levels "
+                    "(need one per level)"
+                )
+            if weights is not None and any(w <= 0 for w in weights):
+                yield f"{path}.weights: weights must be positive"
+
+    render = stimuli["render"]
+    if render["shard_size"] % render["batch_size"]:
+        yield (
+            f"stimuli.render.shard_size: {render['shard_size']} is not a multiple of "
+            f"stimuli.render.batch_size ({render['batch_size']})"
+        )
+
+    pool = stimuli["identities"]
+    for name, spec in stimuli["sets"].items():
+        path = f"stimuli.sets.{name}"
+        if not SET_NAME.fullmatch(name):
+            yield f"{path}: set name must match [a-z][a-z0-9_]*"
+        design = spec["design"]
+        for key in ("vary", "factors"):
+            for i, factor in enumerate(spec.get(key, [])):
+                if factor not in FACTORS:
+                    yield f"{path}.{key}[{i}]: unknown factor {factor!r}"
+                elif key == "factors" and factor == "identity":
+                    yield f"{path}.{key}[{i}]: identity cannot be swept"
+        if design == "morph" and not spec["levels"]:
+            yield f"{path}.levels: at least one morph level is needed"
+        if design == "morph" and pool < 2:
+            yield f"{path}: a morph set needs stimuli.identities >= 2 (it is {pool})"
+        if design in ("sweep", "revcorr") and spec["identities"] > pool:
+            yield (
+                f"{path}.identities: {spec['identities']} is more than the identity "
+                f"pool (stimuli.identities = {pool})"
+            )
+
+
+def validate_config(config: Mapping[str, Any]) -> dict:
+    """Validate a configuration and return a deep copy with defaults filled in.
+
+    Parameters
+    ----------
+    config:
+        The configuration as loaded from YAML (e.g. Snakemake's ``config``).
+        It is not modified. Strings that spell a number are read as numbers
+        (Snakemake passes nested ``--config`` values as strings).
+
+    Returns
+    -------
+    dict
+        A validated deep copy in which every key the schema gives a default
+        for is present.
+
+    Raises
+    ------
+    ConfigError
+        On the first problem found; the message starts with the dotted path
+        of the bad key (``stimuli.render.resolution: ...``).
+    """
+    if not isinstance(config, Mapping):
+        raise ConfigError(f"config: expected a mapping, got {type(config).__name__}")
+    filled = _numbers_from_strings(copy.deepcopy(dict(config)))
+    validator = _DefaultFillingValidator(load_schema())
+    error = best_match(validator.iter_errors(filled))
+    if error is not None:
+        raise ConfigError(_format_schema_error(error))
+    for message in _semantic_errors(filled):
+        raise ConfigError(message)
+    return filled
+
+
+def load_config(path: str | Path) -> dict:
+    """Read a YAML config file, validate it and return it with defaults filled in."""
+    with Path(path).open() as fh:
+        data = yaml.safe_load(fh)
+    return validate_config({} if data is None else data)

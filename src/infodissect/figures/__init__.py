@@ -1,0 +1,1 @@
+"""Figures: matplotlib, saved as PNG with labelled axes."""

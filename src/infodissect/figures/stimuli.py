@@ -1,0 +1,79 @@
+"""Figures of the stimulus stage: factor sweeps and a gallery of identities."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import xarray as xr  # noqa: E402
+
+from ..faces.factors import FACTORS  # noqa: E402
+
+
+def _value_label(factor: str, value: object) -> str:
+    if FACTORS[factor].kind == "categorical":
+        return str(value)
+    unit = FACTORS[factor].unit
+    v = float(value)
+    text = f"{v:.0f}" if abs(v) >= 10 else f"{v:.2f}"
+    return f"{text} {unit}" if unit in ("deg", "years") else text
+
+
+def _strings(da: xr.DataArray) -> np.ndarray:
+    return np.asarray([str(v) for v in da.values.tolist()], dtype=object)
+
+
+def _show(ax: plt.Axes, image: np.ndarray) -> None:
+    ax.imshow(image if image.shape[-1] == 3 else image[..., 0], cmap=None if image.shape[-1] == 3 else "gray",
+              vmin=0, vmax=255)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def factor_sweeps(sweeps: xr.Dataset, out: str | Path, identity: int | None = None) -> None:
+    """One row per factor, columns along its sweep, for one identity of a sweep set."""
+    ident = int(sweeps["identity"].values[0]) if identity is None else identity
+    ds = sweeps.isel(sample=np.flatnonzero(sweeps["identity"].values == ident)).load()
+    factors = list(dict.fromkeys(_strings(ds["sweep_factor"])))
+    ncol = max(int((_strings(ds["sweep_factor"]) == f).sum()) for f in factors)
+    fig, axes = plt.subplots(len(factors), ncol, figsize=(1.15 * ncol + 1.6, 1.2 * len(factors)), squeeze=False)
+    for r, f in enumerate(factors):
+        sel = np.flatnonzero(_strings(ds["sweep_factor"]) == f)
+        for c in range(ncol):
+            ax = axes[r, c]
+            if c >= len(sel):
+                ax.axis("off")
+                continue
+            i = sel[c]
+            _show(ax, ds["image"].values[i])
+            ax.set_title(_value_label(f, ds[f].values[i]), fontsize=7, pad=2)
+        unit = FACTORS[f].unit
+        axes[r, 0].set_ylabel(f + (f"\n({unit})" if unit else ""), fontsize=8, rotation=0, ha="right", va="center")
+    fig.suptitle(f"Each generative factor swept around a neutral face (identity {ident})", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.98))
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def identity_gallery(portraits: xr.Dataset, out: str | Path, count: int = 16) -> None:
+    """A grid of identities at neutral pose, expression and light."""
+    n = min(count, portraits.sizes["sample"])
+    portraits = portraits.isel(sample=slice(0, n)).load()
+    ncol = int(np.ceil(np.sqrt(n)))
+    nrow = int(np.ceil(n / ncol))
+    fig, axes = plt.subplots(nrow, ncol, figsize=(1.8 * ncol, 2.0 * nrow), squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        if k >= n:
+            ax.axis("off")
+            continue
+        _show(ax, portraits["image"].values[k])
+        ax.set_title(f"id {int(portraits['identity'].values[k])}: {portraits['gender'].values[k]}, "
+                     f"{portraits['ethnicity'].values[k]}, {float(portraits['age'].values[k]):.0f} y", fontsize=7)
+    fig.suptitle("Random identities (neutral pose, expression and light)", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    fig.savefig(out, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,1 @@
+"""The stimulus stage: seeded factor designs rendered into Zarr stores."""

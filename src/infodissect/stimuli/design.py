@@ -1,0 +1,262 @@
+"""Seeded factor tables ("designs") for each stimulus set.
+
+A design is an ``xarray.Dataset`` along ``sample`` with every generative factor as a
+coordinate, the identity codes ``shape_coeff`` (sample, shape_pc) and
+``texture_coeff`` (sample, texture_pc), and design-specific coordinates (sweeps,
+morphs). It depends only on the seed and the config, never on how it is sharded.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from ..faces.factors import FACTORS, INTRINSIC
+from ..faces.model import GENERATOR_VERSION
+
+DESIGNS = ("crossed", "independent", "sweep", "portraits", "morph", "revcorr")
+SWEEP_EXPRESSION = "happiness"  # the expression whose intensity a sweep of expression_intensity shows
+
+
+def _set_rng(seed: int, name: str) -> np.random.Generator:
+    return np.random.default_rng([seed, 0x5E7, zlib.crc32(name.encode())])
+
+
+def draw_factor(name: str, spec: dict[str, Any], rng: np.random.Generator, n: int) -> np.ndarray:
+    """Draw ``n`` values of a factor from its config ``spec``."""
+    if FACTORS[name].kind == "categorical":
+        levels = list(spec["levels"])
+        w = np.asarray(spec.get("weights") or [1.0] * len(levels), dtype=float)
+        return np.asarray(levels, dtype=object)[rng.choice(len(levels), size=n, p=w / w.sum())]
+    lo, hi = float(spec["min"]), float(spec["max"])
+    if spec.get("distribution", "uniform") == "normal":
+        return np.clip(rng.normal(float(spec["neutral"]), float(spec["sd"]), size=n), lo, hi)
+    return rng.uniform(lo, hi, size=n)
+
+
+def neutral(name: str, spec: dict[str, Any], n: int) -> np.ndarray:
+    """``n`` copies of a factor's neutral value."""
+    value = spec["neutral"]
+    return np.full(n, value, dtype=object if FACTORS[name].kind == "categorical" else float)
+
+
+def n_texture(generator: dict[str, Any]) -> int:
+    """Number of texture coefficients of a generator config."""
+    return int(generator["texture_components"]) * int(generator["texture_bands"])
+
+
+def identity_pool(seed: int, n: int, stimuli: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Codes and intrinsic factors of identities ``0..n-1`` (each a pure function of seed, index)."""
+    gen, factors = stimuli["generator"], stimuli["factors"]
+    k, t = int(gen["shape_components"]), n_texture(gen)
+    out: dict[str, list] = {"shape_coeff": [], "texture_coeff": []}
+    out.update({name: [] for name in INTRINSIC if name != "identity"})
+    for i in range(n):
+        rng = np.random.default_rng([seed, 0x1D, i])
+        out["shape_coeff"].append(rng.standard_normal(k))
+        out["texture_coeff"].append(rng.standard_normal(t))
+        for name in INTRINSIC:
+            if name != "identity":
+                out[name].append(draw_factor(name, factors[name], rng, 1)[0])
+    res = {key: np.asarray(v, dtype=object if key in ("gender", "ethnicity") else float) for key, v in out.items()}
+    res["identity"] = np.arange(n)
+    return res
+
+
+def _table(ids: np.ndarray, pool: dict[str, np.ndarray], vary: list[str], factors: dict, rng: np.random.Generator
+           ) -> dict[str, np.ndarray]:
+    """Factor columns for samples of identities ``ids``: varied factors drawn, others neutral/own."""
+    n = len(ids)
+    cols: dict[str, np.ndarray] = {"identity": ids, "shape_coeff": pool["shape_coeff"][ids],
+                                   "texture_coeff": pool["texture_coeff"][ids]}
+    for name in FACTORS:
+        if name == "identity":
+            continue
+        if name in vary:
+            cols[name] = draw_factor(name, factors[name], rng, n)
+        elif name in INTRINSIC:
+            cols[name] = pool[name][ids]
+        else:
+            cols[name] = neutral(name, factors[name], n)
+    return cols
+
+
+def design_size(set_spec: dict[str, Any], stimuli: dict[str, Any]) -> int:
+    """Number of samples of a set, computed from the config alone."""
+    kind = set_spec["design"]
+    n_id = int(stimuli["identities"])
+    if kind == "crossed":
+        return n_id * int(set_spec["samples_per_identity"])
+    if kind == "independent":
+        return int(set_spec["samples"])
+    if kind == "sweep":
+        per = sum(len(stimuli["factors"][f]["levels"]) if FACTORS[f].kind == "categorical" else int(set_spec.get("steps", 9))
+                  for f in sweep_factors(set_spec))
+        return int(set_spec.get("identities", 1)) * per
+    if kind == "portraits":
+        return int(set_spec.get("count", 16))
+    if kind == "morph":
+        return int(set_spec["pairs"]) * len(set_spec.get("types", ["shape", "texture", "both"])) * len(set_spec["levels"])
+    if kind == "revcorr":
+        return int(set_spec["identities"]) * int(set_spec["samples_per_identity"])
+    raise ValueError(f"unknown design kind {kind!r} (known: {', '.join(DESIGNS)})")
+
+
+def sweep_factors(set_spec: dict[str, Any]) -> list[str]:
+    """The factors a sweep set varies (default: every factor except identity)."""
+    return list(set_spec.get("factors") or [f for f in FACTORS if f != "identity"])
+
+
+def _crossed(spec, pool, factors, rng, n_id):
+    ids = np.repeat(np.arange(n_id), int(spec["samples_per_identity"]))
+    return _table(ids, pool, list(spec.get("vary", [])), factors, rng), {}
+
+
+def _independent(spec, pool, factors, rng, n_id):
+    n = int(spec["samples"])
+    vary = list(spec.get("vary", []))
+    ids = rng.integers(0, n_id, size=n) if "identity" in vary else np.zeros(n, dtype=int)
+    return _table(ids, pool, vary, factors, rng), {}
+
+
+def _sweep(spec, pool, factors, rng, n_id):
+    steps = int(spec.get("steps", 9))
+    ids, swept, step, values = [], [], [], []
+    for i in range(min(int(spec.get("identities", 1)), n_id)):
+        for f in sweep_factors(spec):
+            fs = factors[f]
+            vals = list(fs["levels"]) if FACTORS[f].kind == "categorical" else list(np.linspace(fs["min"], fs["max"], steps))
+            for s, v in enumerate(vals):
+                ids.append(i)
+                swept.append(f)
+                step.append(s)
+                values.append(v)
+    ids_a = np.asarray(ids)
+    cols = _table(ids_a, pool, [], factors, rng)
+    for j, (f, v) in enumerate(zip(swept, values)):
+        cols[f] = cols[f].astype(object) if FACTORS[f].kind == "categorical" else cols[f]
+        cols[f][j] = v
+        if f == "expression_intensity":
+            cols["expression"][j] = SWEEP_EXPRESSION
+    extra = {"sweep_factor": np.asarray(swept, dtype=object), "sweep_step": np.asarray(step)}
+    return cols, extra
+
+
+def _portraits(spec, pool, factors, rng, n_id):
+    count = int(spec.get("count", 16))
+    ids = rng.choice(n_id, size=count, replace=count > n_id)
+    return _table(np.sort(ids) if count <= n_id else ids, pool, [], factors, rng), {}
+
+
+def _morph(spec, pool, factors, rng, n_id):
+    if n_id < 2:
+        raise ValueError("a morph design needs at least 2 identities (stimuli.identities)")
+    types = list(spec.get("types", ["shape", "texture", "both"]))
+    levels = [float(x) for x in spec["levels"]]
+    src, dst, kinds, lev = [], [], [], []
+    for _ in range(int(spec["pairs"])):
+        a, b = rng.choice(n_id, size=2, replace=False)
+        for t in types:
+            for level in levels:
+                src.append(a)
+                dst.append(b)
+                kinds.append(t)
+                lev.append(level)
+    src_a, dst_a, lev_a = np.asarray(src), np.asarray(dst), np.asarray(lev)
+    cols = _table(src_a, pool, [], factors, rng)
+    kinds_a = np.asarray(kinds, dtype=object)
+    for code, morphed in (("shape_coeff", ("shape", "both")), ("texture_coeff", ("texture", "both"))):
+        a, b = pool[code][src_a], pool[code][dst_a]
+        moving = np.isin(kinds_a, morphed)[:, None]
+        cols[code] = np.where(moving, a + lev_a[:, None] * (b - a), a)
+    extra = {"morph_target": dst_a, "morph_type": kinds_a, "morph_level": lev_a}
+    return cols, extra
+
+
+def _revcorr(spec, pool, factors, rng, n_id):
+    n_base = min(int(spec["identities"]), n_id)
+    ids = np.repeat(np.arange(n_base), int(spec["samples_per_identity"]))
+    cols = _table(ids, pool, [], factors, rng)
+    sigma = float(spec.get("sigma", 0.5))
+    cols["shape_coeff"] = cols["shape_coeff"] + sigma * rng.standard_normal(cols["shape_coeff"].shape)
+    cols["texture_coeff"] = cols["texture_coeff"] + sigma * rng.standard_normal(cols["texture_coeff"].shape)
+    return cols, {}
+
+
+_BUILDERS = {"crossed": _crossed, "independent": _independent, "sweep": _sweep, "portraits": _portraits,
+             "morph": _morph, "revcorr": _revcorr}
+
+
+def factor_attrs(factors: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Kind, unit, description and levels or range of every factor, for store attrs."""
+    out = {}
+    for name, f in FACTORS.items():
+        entry: dict[str, Any] = {"kind": f.kind, "unit": f.unit, "description": f.description}
+        if name in factors:
+            spec = factors[name]
+            if f.kind == "categorical":
+                entry["levels"] = list(spec["levels"])
+            else:
+                entry["range"] = [float(spec["min"]), float(spec["max"])]
+        out[name] = entry
+    return out
+
+
+def build_design(name: str, spec: dict[str, Any]) -> xr.Dataset:
+    """The factor table of stimulus set ``name`` from its stage spec.
+
+    ``spec`` holds ``seed``, ``identities``, ``generator``, ``factors`` and ``set``
+    (the set's config); see ``workflow/rules/common.smk``.
+    """
+    set_spec = spec["set"]
+    stimuli = {"identities": spec["identities"], "generator": spec["generator"], "factors": spec["factors"]}
+    n_id = int(spec["identities"])
+    pool = identity_pool(int(spec["seed"]), n_id, stimuli)
+    rng = _set_rng(int(spec["seed"]), name)
+    cols, extra = _BUILDERS[set_spec["design"]](set_spec, pool, spec["factors"], rng, n_id)
+    n = len(cols["identity"])
+    assert n == design_size(set_spec, stimuli), "design size disagrees with design_size()"
+    coords: dict[str, Any] = {"sample": np.arange(n)}
+    for f in FACTORS:
+        values = cols[f]
+        kind = FACTORS[f].kind
+        arr = np.asarray(values, dtype=object).astype(str).astype(object) if kind == "categorical" and f != "identity" else np.asarray(values)
+        if f == "identity":
+            arr = arr.astype(np.int64)
+        elif kind == "continuous":
+            arr = arr.astype(np.float64)
+        coords[f] = xr.Variable("sample", arr, attrs={"kind": kind, "unit": FACTORS[f].unit,
+                                                      "description": FACTORS[f].description})
+    for k, v in extra.items():
+        coords[k] = ("sample", v)
+    k_shape = int(spec["generator"]["shape_components"])
+    t_per, bands = int(spec["generator"]["texture_components"]), int(spec["generator"]["texture_bands"])
+    coords["shape_pc"] = np.arange(k_shape)
+    coords["texture_pc"] = np.arange(t_per * bands)
+    coords["texture_band"] = ("texture_pc", np.repeat(np.arange(bands), t_per))
+    ds = xr.Dataset(
+        {
+            "shape_coeff": (("sample", "shape_pc"), np.asarray(cols["shape_coeff"], dtype=np.float64).reshape(n, k_shape)),
+            "texture_coeff": (("sample", "texture_pc"), np.asarray(cols["texture_coeff"], dtype=np.float64).reshape(n, t_per * bands)),
+        },
+        coords=coords,
+    )
+    ds.shape_coeff.attrs["description"] = "identity shape coefficients (unit variance per component)"
+    ds.texture_coeff.attrs["description"] = "identity texture coefficients (unit variance per component)"
+    ds.attrs.update(
+        set=name,
+        design=set_spec["design"],
+        seed=int(spec["seed"]),
+        identities=n_id,
+        generator_version=GENERATOR_VERSION,
+        generator=json.dumps(spec["generator"], sort_keys=True),
+        set_config=json.dumps(set_spec, sort_keys=True),
+        factors=json.dumps(factor_attrs(spec["factors"]), sort_keys=True),
+    )
+    if set_spec["design"] == "revcorr":
+        ds.attrs["perturbation_sigma"] = float(set_spec.get("sigma", 0.5))
+    return ds

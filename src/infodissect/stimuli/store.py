@@ -1,0 +1,227 @@
+"""Rendering designs into Zarr stores, shard by shard, and gathering the shards.
+
+Every store is written to ``<path>.partial`` and renamed to ``<path>`` only when
+complete, so a killed job never leaves something that looks like a result.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+from tqdm import tqdm
+
+from ..faces.factors import ETHNICITIES, EXPRESSIONS, GENDERS
+from ..faces.mesh import PART_NAMES
+from ..faces.model import GENERATOR_VERSION, FaceModel, model_from_config
+from ..faces.render import Camera, render
+
+log = logging.getLogger(__name__)
+
+_CODES = {"gender": GENDERS, "ethnicity": ETHNICITIES, "expression": EXPRESSIONS}
+_CONTINUOUS = ("gender_strength", "age", "expression_intensity", "yaw", "pitch", "roll", "light_azimuth",
+               "light_elevation", "light_ambient", "scale", "shift_x", "shift_y", "background")
+
+
+class StoreError(RuntimeError):
+    """A stimulus store or design is missing, unfinished or from another generator."""
+
+
+def _quiet_zarr() -> warnings.catch_warnings:
+    ctx = warnings.catch_warnings()
+    ctx.__enter__()
+    warnings.filterwarnings("ignore", message=".*Consolidated metadata.*")
+    return ctx
+
+
+@contextmanager
+def atomic_store(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path; on success move it to ``path`` (replacing nothing half-done)."""
+    final = Path(path)
+    tmp = final.with_name(final.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    os.replace(tmp, final)
+
+
+def write_zarr(ds: xr.Dataset, path: str | Path, **kwargs: Any) -> None:
+    """Write a Dataset as Zarr v3 with consolidated metadata."""
+    ctx = _quiet_zarr()
+    try:
+        ds.to_zarr(path, zarr_format=3, consolidated=True, **kwargs)
+    finally:
+        ctx.__exit__(None, None, None)
+
+
+def open_store(path: str | Path, require: tuple[str, ...] = ()) -> xr.Dataset:
+    """Open a stimulus store or design lazily, checking it is complete and current."""
+    p = Path(path)
+    if not p.exists():
+        partial = p.with_name(p.name + ".partial")
+        hint = " (an unfinished .partial store is there: rerun the job)" if partial.exists() else ""
+        raise StoreError(f"{p}: no such store{hint}")
+    ctx = _quiet_zarr()
+    try:
+        ds = xr.open_zarr(p, consolidated=True)
+    except Exception as exc:  # corrupt or not a zarr store
+        raise StoreError(f"{p}: not a readable Zarr store ({exc})") from exc
+    finally:
+        ctx.__exit__(None, None, None)
+    version = ds.attrs.get("generator_version")
+    if version != GENERATOR_VERSION:
+        raise StoreError(f"{p}: made by generator version {version!r}, this is {GENERATOR_VERSION!r}; rerun the stimulus stage")
+    missing = [v for v in require if v not in ds.variables]
+    if missing:
+        raise StoreError(f"{p}: missing variable(s) {', '.join(missing)}")
+    return ds
+
+
+def design_params(design: xr.Dataset, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Renderer parameters (torch tensors) for every sample of a (loaded) design slice."""
+    p: dict[str, torch.Tensor] = {
+        "shape_coeff": torch.as_tensor(design["shape_coeff"].values, dtype=torch.float32, device=device),
+        "texture_coeff": torch.as_tensor(design["texture_coeff"].values, dtype=torch.float32, device=device),
+    }
+    for name, levels in _CODES.items():
+        values = [str(v) for v in design[name].values.tolist()]
+        unknown = sorted(set(values) - set(levels))
+        if unknown:
+            raise StoreError(f"factor {name}: unknown level(s) {unknown} (known: {list(levels)})")
+        index = {lv: i for i, lv in enumerate(levels)}
+        p[name] = torch.as_tensor([index[v] for v in values], dtype=torch.long, device=device)
+    for name in _CONTINUOUS:
+        p[name] = torch.as_tensor(design[name].values.astype(np.float64), dtype=torch.float32, device=device)
+    return p
+
+
+def camera_from_config(render_cfg: dict[str, Any]) -> Camera:
+    """The camera described by the ``stimuli.render`` config section."""
+    return Camera(
+        resolution=int(render_cfg["resolution"]),
+        antialias=int(render_cfg["antialias"]),
+        fov_deg=float(render_cfg["fov_deg"]),
+        distance=float(render_cfg["distance"]),
+        color=str(render_cfg["color"]),
+    )
+
+
+def resolve_device(name: str) -> torch.device:
+    """``cpu``, ``cuda`` or ``auto`` (CUDA when available)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("stimuli.render.device is 'cuda' but no CUDA device is available")
+    return torch.device(name)
+
+
+def render_design(model: FaceModel, design: xr.Dataset, camera: Camera, batch_size: int,
+                  progress: bool = False) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """Render a design in fixed-size batches; yields (start, images, parts) per batch.
+
+    Batches are always ``batch_size`` long (the last one padded by repeating its
+    final row and cropped afterwards), so every sample is computed with the same
+    shapes whatever slice of the design is rendered: results are bit-identical
+    across shardings.
+    """
+    n = design.sizes["sample"]
+    starts = range(0, n, batch_size)
+    for start in tqdm(starts, desc="render", unit="batch", disable=not progress, mininterval=5):
+        stop = min(start + batch_size, n)
+        idx = np.concatenate([np.arange(start, stop), np.full(batch_size - (stop - start), stop - 1)])
+        params = design_params(design.isel(sample=idx).load(), model.device)
+        with torch.inference_mode():
+            img, parts = render(model, params, camera)
+        yield start, img[: stop - start].cpu().numpy(), parts[: stop - start].cpu().numpy()
+
+
+def _shard_bounds(n: int, shard: int, shard_size: int) -> slice:
+    lo = shard * shard_size
+    if lo >= n or shard < 0:
+        raise StoreError(f"shard {shard} is out of range for a set of {n} samples and shard_size {shard_size}")
+    return slice(lo, min(lo + shard_size, n))
+
+
+def render_shard(design_path: str | Path, shard: int, spec: dict[str, Any], out: str | Path) -> None:
+    """Render shard ``shard`` of a design into its own store, batch by batch."""
+    design = open_store(design_path, require=("shape_coeff", "texture_coeff"))
+    generator = json.loads(design.attrs["generator"])
+    if generator != spec["generator"]:
+        raise StoreError(f"{design_path}: made with generator {generator}, but the render spec has {spec['generator']}")
+    rcfg = spec["render"]
+    if int(rcfg["shard_size"]) % int(rcfg["batch_size"]):
+        raise StoreError("stimuli.render.shard_size must be a multiple of stimuli.render.batch_size")
+    device = resolve_device(rcfg["device"])
+    model = model_from_config(generator, device)
+    camera = camera_from_config(rcfg)
+    part = design.isel(sample=_shard_bounds(design.sizes["sample"], shard, int(rcfg["shard_size"]))).load()
+    n, res, ch = part.sizes["sample"], camera.resolution, camera.channels
+    log.info("rendering shard %d: %d images at %d px on %s", shard, n, res, device)
+    with atomic_store(out) as tmp:
+        template = _with_image_vars(part, n, res, ch, int(rcfg["batch_size"]), spec)
+        write_zarr(template, tmp, compute=False)
+        for start, img, parts in render_design(model, part, camera, int(rcfg["batch_size"]), progress=True):
+            region = {"sample": slice(start, start + len(img))}
+            batch = xr.Dataset({"image": (("sample", "y", "x", "channel"), img), "parts": (("sample", "y", "x"), parts)})
+            write_zarr(batch, tmp, region=region)
+
+
+def _with_image_vars(design: xr.Dataset, n: int, res: int, channels: int, chunk: int, spec: dict[str, Any]) -> xr.Dataset:
+    """The design plus lazily-zero ``image`` and ``parts`` variables with their chunking and attrs."""
+    import dask.array as da
+
+    ds = design.copy()
+    ds["image"] = (("sample", "y", "x", "channel"), da.zeros((n, res, res, channels), dtype=np.uint8,
+                                                             chunks=(chunk, res, res, channels)))
+    ds["parts"] = (("sample", "y", "x"), da.zeros((n, res, res), dtype=np.uint8, chunks=(chunk, res, res)))
+    ds = ds.assign_coords(y=np.arange(res), x=np.arange(res),
+                          channel=np.array(["r", "g", "b"] if channels == 3 else ["gray"], dtype=object))
+    ds["image"].attrs.update(description="rendered image", units="display value 0-255")
+    ds["parts"].attrs.update(description="face-part label map", part_names=list(PART_NAMES),
+                             flag_values=list(range(len(PART_NAMES))), flag_meanings=" ".join(PART_NAMES))
+    ds.attrs["render"] = json.dumps(spec["render"], sort_keys=True)
+    for name in ("shape_coeff", "texture_coeff"):
+        ds[name] = ds[name].chunk({"sample": chunk})
+    return _without_chunk_encoding(ds)
+
+
+def _without_chunk_encoding(ds: xr.Dataset) -> xr.Dataset:
+    """Forget the chunking a Dataset was read with, so it is written with its Dask chunks."""
+    for v in ds.variables.values():
+        v.encoding.pop("chunks", None)
+        v.encoding.pop("preferred_chunks", None)
+    return ds
+
+
+def gather_shards(design_path: str | Path, shard_paths: list[str | Path], out: str | Path,
+                  chunk_bytes: int = 8 << 20) -> None:
+    """Concatenate shard stores (in order) into the final set store, streaming with Dask."""
+    design = open_store(design_path)
+    shards = [open_store(p, require=("image", "parts")) for p in shard_paths]
+    ds = xr.concat(shards, dim="sample", data_vars="all", coords="minimal", compat="override",
+                   join="override", combine_attrs="override")
+    n = design.sizes["sample"]
+    if ds.sizes["sample"] != n or not np.array_equal(ds["sample"].values, design["sample"].values):
+        raise StoreError(f"shards cover {ds.sizes['sample']} samples but the design {design_path} has {n}")
+    per_image = int(np.prod(ds["image"].shape[1:]))
+    chunk = int(max(1, min(n, chunk_bytes // max(per_image, 1))))
+    ds = _without_chunk_encoding(ds.chunk({"sample": chunk}))
+    ds.attrs.update(shards[0].attrs)
+    with atomic_store(out) as tmp:
+        write_zarr(ds, tmp)

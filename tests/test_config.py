@@ -1,0 +1,180 @@
+"""Tests of infodissect.config: schema validation, defaults, semantic checks."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from infodissect.config import ConfigError, load_config, load_schema, validate_config
+from infodissect.faces.factors import FACTORS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture()
+def demo() -> dict:
+    with (ROOT / "config" / "config.yaml").open() as fh:
+        return yaml.safe_load(fh)
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "test.yaml"])
+def test_shipped_configs_validate(name):
+    config = load_config(ROOT / "config" / name)
+    assert set(config) == {"seed", "stimuli"}
+    assert config["stimuli"]["render"]["shard_size"] % config["stimuli"]["render"]["batch_size"] == 0
+
+
+def test_validate_does_not_modify_input(demo):
+    before = copy.deepcopy(demo)
+    validate_config(demo)
+    assert demo == before
+
+
+def test_defaults_are_filled():
+    config = validate_config(
+        {
+            "seed": 1,
+            "stimuli": {
+                "identities": 4,
+                "sets": {
+                    "sweeps": {"design": "sweep"},
+                    "portraits": {"design": "portraits"},
+                    "train": {"design": "crossed", "samples_per_identity": 2},
+                    "morphs": {"design": "morph", "pairs": 1, "levels": [0, 1]},
+                    "revcorr": {"design": "revcorr", "identities": 2, "samples_per_identity": 3},
+                },
+            },
+        }
+    )
+    stimuli = config["stimuli"]
+    assert stimuli["render"]["resolution"] == 64
+    assert stimuli["render"]["device"] == "cpu"
+    assert stimuli["generator"]["mesh"] == {"rings": 100, "segments": 128}
+    # every factor but identity gets its default entry
+    assert set(stimuli["factors"]) == set(FACTORS) - {"identity"}
+    assert stimuli["factors"]["yaw"] == {
+        "min": -45.0, "max": 45.0, "neutral": 0.0, "distribution": "uniform",
+    }
+    sets = stimuli["sets"]
+    assert sets["sweeps"]["identities"] == 1
+    assert sets["sweeps"]["steps"] == 9
+    assert sets["sweeps"]["factors"] == [n for n in FACTORS if n != "identity"]
+    assert sets["portraits"]["count"] == 16
+    assert sets["train"]["vary"] == []
+    assert sets["morphs"]["types"] == ["shape", "texture", "both"]
+    assert sets["revcorr"]["sigma"] == 0.5
+
+
+def test_empty_config_is_the_demo(demo):
+    assert validate_config({}) == validate_config(demo)
+
+
+def test_partial_factor_entry_keeps_other_defaults():
+    config = validate_config({"stimuli": {"factors": {"yaw": {"min": -10, "max": 10, "neutral": 0}}}})
+    assert config["stimuli"]["factors"]["yaw"]["max"] == 10
+    assert config["stimuli"]["factors"]["pitch"]["max"] == 20.0
+
+
+def test_numeric_strings_from_snakemake_config_are_numbers():
+    config = validate_config({"stimuli": {"render": {"resolution": "32", "fov_deg": "12.5"}}})
+    assert config["stimuli"]["render"]["resolution"] == 32
+    assert config["stimuli"]["render"]["fov_deg"] == 12.5
+
+
+def test_schema_factors_match_catalogue():
+    factors = load_schema()["properties"]["stimuli"]["properties"]["factors"]["properties"]
+    assert set(factors) == set(FACTORS) - {"identity"}
+    for name, entry in factors.items():
+        assert entry["$ref"].endswith(f"/{FACTORS[name].kind}_factor")
+
+
+def _error(config: dict) -> str:
+    with pytest.raises(ConfigError) as info:
+        validate_config(config)
+    return str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (
+            lambda c: c["stimuli"]["factors"].update(nose_size={"min": 0, "max": 1, "neutral": 0}),
+            "stimuli.factors.nose_size: unknown factor",
+        ),
+        (
+            lambda c: c["stimuli"]["factors"]["yaw"].update(min=50.0, max=10.0),
+            "stimuli.factors.yaw: min (50.0) is greater than max (10.0)",
+        ),
+        (
+            lambda c: c["stimuli"]["render"].update(resolution=0),
+            "stimuli.render.resolution: 0 is less than the minimum of 8",
+        ),
+        (lambda c: c.update(colour="red"), "colour: unknown key"),
+        (lambda c: c["stimuli"]["render"].update(gamma=2.2), "stimuli.render.gamma: unknown key"),
+        (lambda c: c["stimuli"]["sets"]["train"].update(extra=1), "stimuli.sets.train.extra: unknown key"),
+        (
+            lambda c: c["stimuli"]["sets"]["train"]["vary"].__setitem__(3, "nose"),
+            "stimuli.sets.train.vary[3]: unknown factor 'nose'",
+        ),
+        (
+            lambda c: c["stimuli"]["render"].update(shard_size=1000),
+            "stimuli.render.shard_size: 1000 is not a multiple",
+        ),
+        (
+            lambda c: c["stimuli"]["factors"]["yaw"].update(neutral=60.0),
+            "stimuli.factors.yaw: neutral (60.0) is outside",
+        ),
+        (
+            lambda c: c["stimuli"]["factors"]["pitch"].update(min=-80.0),
+            "stimuli.factors.pitch.min: -80.0 is below the model's bound",
+        ),
+        (
+            lambda c: c["stimuli"]["factors"]["yaw"].update(distribution="normal"),
+            "stimuli.factors.yaw: 'sd' is a required property",
+        ),
+        (
+            lambda c: c["stimuli"]["factors"]["gender"].update(levels=["female", "other"]),
+            "stimuli.factors.gender.levels[1]: unknown level 'other'",
+        ),
+        (
+            lambda c: c["stimuli"]["factors"]["gender"].update(neutral="male", levels=["female"]),
+            "stimuli.factors.gender.neutral:",
+        ),
+        (
+            lambda c: c["stimuli"]["factors"]["ethnicity"].update(weights=[1, 2]),
+            "stimuli.factors.ethnicity.weights:",
+        ),
+        (
+            lambda c: c["stimuli"]["factors"]["ethnicity"].update(weights=[1, 0, 2]),
+            "stimuli.factors.ethnicity.weights[1]:",
+        ),
+        (lambda c: c["stimuli"]["sets"]["morphs"].update(levels=[]), "stimuli.sets.morphs.levels:"),
+        (
+            lambda c: c["stimuli"]["sets"].update(Bad={"design": "portraits"}),
+            "stimuli.sets.Bad: set name must match",
+        ),
+        (
+            lambda c: c["stimuli"]["sets"]["train"].update(design="grid"),
+            "stimuli.sets.train.design: 'grid' is not one of",
+        ),
+        (
+            lambda c: c["stimuli"]["sets"]["revcorr"].update(identities=99),
+            "stimuli.sets.revcorr.identities: 99 is more than the identity pool",
+        ),
+        (
+            lambda c: c["stimuli"]["factors"].update(identity={"levels": ["a"], "neutral": "a"}),
+            "stimuli.factors.identity:",
+        ),
+        (lambda c: c.update(seed=-1), "seed: -1 is less than the minimum of 0"),
+    ],
+)
+def test_errors_name_the_key(demo, mutate, expected):
+    mutate(demo)
+    assert _error(demo).startswith(expected)
+
+
+def test_config_error_is_value_error():
+    assert issubclass(ConfigError, ValueError)

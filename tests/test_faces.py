@@ -1,0 +1,178 @@
+"""The face model and renderer: mesh validity, bases, and each factor measured on renders."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from infodissect.faces.mesh import PART, PART_NAMES, build_template, orientation_ok
+from infodissect.faces.model import build_face_model
+from infodissect.faces.render import Camera, face_geometry, render
+
+RINGS, SEGMENTS = 100, 128
+
+
+@pytest.fixture(scope="module")
+def model():
+    return build_face_model(seed=0, shape_components=64, texture_components=64, texture_bands=5,
+                            rings=RINGS, segments=SEGMENTS)
+
+
+def params(model, n: int = 1, seed: int = 0, **overrides) -> dict[str, torch.Tensor]:
+    """Neutral parameters for ``n`` faces of random identity, with overrides (scalars or sequences)."""
+    g = torch.Generator().manual_seed(seed)
+    p = {
+        "shape_coeff": torch.randn(n, model.shape_basis.shape[0], generator=g),
+        "texture_coeff": torch.randn(n, model.texture_basis.shape[0], generator=g),
+        "gender": torch.zeros(n, dtype=torch.long), "gender_strength": torch.ones(n),
+        "ethnicity": torch.zeros(n, dtype=torch.long), "age": torch.full((n,), 30.0),
+        "expression": torch.zeros(n, dtype=torch.long), "expression_intensity": torch.ones(n),
+        "yaw": torch.zeros(n), "pitch": torch.zeros(n), "roll": torch.zeros(n),
+        "light_azimuth": torch.zeros(n), "light_elevation": torch.full((n,), 20.0),
+        "light_ambient": torch.full((n,), 0.35), "scale": torch.ones(n), "shift_x": torch.zeros(n),
+        "shift_y": torch.zeros(n), "background": torch.full((n,), 0.5),
+    }
+    for k, v in overrides.items():
+        t = torch.as_tensor(v)
+        p[k] = (t.expand(n) if t.ndim == 0 else t).to(p[k].dtype).clone()
+    return p
+
+
+CAM = Camera(resolution=96, antialias=1)
+
+
+def test_template_is_closed_star_shaped_and_dense():
+    t = build_template(RINGS, SEGMENTS)
+    assert len(t.vertices) >= 10_000
+    edges = np.sort(np.concatenate([t.faces[:, [0, 1]], t.faces[:, [1, 2]], t.faces[:, [2, 0]]]), 1)
+    _, counts = np.unique(edges, axis=0, return_counts=True)
+    assert set(counts.tolist()) == {2}, "every edge must be shared by exactly two faces (closed mesh)"
+    skin_faces = t.faces[np.all(t.skin[t.faces], 1)]
+    assert orientation_ok(t.vertices, skin_faces).all()
+    assert set(np.unique(t.labels)) == set(range(1, len(PART_NAMES)))
+
+
+def test_bases_are_orthonormal_with_decaying_variance(model):
+    for basis in (model.shape_basis.double(), model.texture_basis.double()):
+        gram = basis @ basis.T
+        assert torch.allclose(gram, torch.eye(len(gram), dtype=torch.float64), atol=1e-4)
+    sig = model.shape_sigma.numpy()
+    assert sig[0] > 4 * sig[-1] and np.mean(np.diff(sig) <= 1e-6) > 0.9
+    tex = model.texture_sigma.numpy().reshape(5, -1)
+    assert (np.diff(tex, axis=1) <= 0).all() and (np.diff(tex[:, 0]) < 0).all()
+    named = {"nose_width", "lip_fullness", "eye_spacing", "jaw_width"}
+    assert named <= set(model.shape_names)
+
+
+def test_random_identities_with_expressions_keep_skin_orientation(model):
+    """Skin faces keep their orientation about the head centre (star-shaped = no self-intersection).
+
+    Known limitation (generator 1.0): a few faces on near-radial walls (mouth line,
+    eyelid rims, nose sides) tip over for some identities; the bound below records it.
+    """
+    n = 200
+    g = torch.Generator().manual_seed(1)
+    p = params(model, n, seed=3, expression=torch.randint(0, 7, (n,), generator=g),
+               age=torch.rand(n, generator=g) * 60 + 18, gender=torch.randint(0, 2, (n,), generator=g),
+               ethnicity=torch.randint(0, 3, (n,), generator=g))
+    verts, albedo = face_geometry(model, p)
+    t = model.template
+    skin_faces = t.faces[np.all(t.skin[t.faces], 1)]
+    ok = orientation_ok(verts.numpy().astype(np.float64), skin_faces)
+    assert (~ok).mean() < 5e-4, f"{(~ok).sum()} skin faces flipped"
+    assert (~ok).mean(1).max() < 3e-3
+    neutral = params(model, 50, seed=4)
+    neutral["shape_coeff"][:] = 0
+    v0, _ = face_geometry(model, neutral)
+    assert orientation_ok(v0.numpy().astype(np.float64), skin_faces).all()
+    assert 0.0 < float(albedo.min()) and float(albedo.max()) <= 1.0
+
+
+def _centroid(mask: np.ndarray) -> np.ndarray:
+    rows, cols = np.nonzero(mask)
+    return np.array([rows.mean(), cols.mean()])
+
+
+def test_yaw_moves_nose_and_hides_far_eye(model):
+    p = params(model, 4, yaw=[-40.0, 0.0, 40.0, 75.0])
+    p["shape_coeff"][:] = p["shape_coeff"][0]
+    p["texture_coeff"][:] = p["texture_coeff"][0]
+    _, parts = render(model, p, CAM)
+    parts = parts.numpy()
+    nose_x = [_centroid(parts[i] == PART["nose"])[1] for i in range(3)]
+    assert nose_x[0] < nose_x[1] - 5 < nose_x[2] - 10
+    left, right = (parts == PART["left_eye"]).sum((1, 2)), (parts == PART["right_eye"]).sum((1, 2))
+    assert left[1] > 10 and abs(int(left[1]) - int(right[1])) < 0.3 * left[1]
+    # Turning to the viewer's right takes the subject's left eye behind the head.
+    assert left[3] <= 0.05 * right[3] and right[3] > 10
+
+
+def test_light_azimuth_moves_bright_side(model):
+    p = params(model, 2, light_azimuth=[-60.0, 60.0], light_ambient=0.2)
+    p["shape_coeff"][1], p["texture_coeff"][1] = p["shape_coeff"][0], p["texture_coeff"][0]
+    img, parts = render(model, p, CAM)
+    lum = img.float().mean(-1).numpy()
+    face = (parts.numpy() == PART["skin"])
+    mid = CAM.resolution // 2
+    def side(i, right):  # noqa: E306
+        m = face[i].copy()
+        if right:
+            m[:, :mid] = False
+        else:
+            m[:, mid:] = False
+        return lum[i][m].mean()
+    assert side(0, False) > side(0, True) + 15  # light from the viewer's left
+    assert side(1, True) > side(1, False) + 15
+
+
+def test_happiness_raises_mouth_corners(model):
+    cam = Camera(resolution=160, antialias=1)
+    p = params(model, 2, expression=[0, 1])
+    p["shape_coeff"][:] = 0
+    _, parts = render(model, p, cam)
+    def corner_lift(lab):  # noqa: E306
+        rows, cols = np.nonzero(lab == PART["mouth"])
+        width = cols.max() - cols.min()
+        corners = (cols <= cols.min() + 0.1 * width) | (cols >= cols.max() - 0.1 * width)
+        return rows.mean() - rows[corners].mean()  # > 0: corners above the mouth's centre
+    neutral, happy = corner_lift(parts[0].numpy()), corner_lift(parts[1].numpy())
+    assert happy > neutral + 1.0
+
+
+def test_age_raises_high_frequency_texture_energy(model):
+    cam = Camera(resolution=128, antialias=1)
+    p = params(model, 2, age=[20.0, 70.0], light_ambient=0.6)
+    p["shape_coeff"][1], p["texture_coeff"][1] = p["shape_coeff"][0], p["texture_coeff"][0]
+    img, parts = render(model, p, cam)
+    lum = img.float().mean(-1)
+    blur = torch.nn.functional.avg_pool2d(lum[:, None], 3, stride=1, padding=1, count_include_pad=False)[:, 0]
+    high = (lum - blur) ** 2
+    skin = torch.from_numpy(parts.numpy() == PART["skin"])
+    eroded = torch.nn.functional.max_pool2d((~skin).float()[:, None], 5, stride=1, padding=2)[:, 0] == 0
+    energy = [high[i][eroded[i]].mean().item() for i in range(2)]
+    assert energy[1] > 1.5 * energy[0]
+
+
+def test_identities_differ_more_than_a_small_light_change(model):
+    p = params(model, 3, light_azimuth=[0.0, 5.0, 0.0])
+    p["shape_coeff"][1], p["texture_coeff"][1] = p["shape_coeff"][0], p["texture_coeff"][0]
+    img, _ = render(model, p, CAM)
+    x = img.float()
+    light = ((x[0] - x[1]) ** 2).mean()
+    ident = ((x[0] - x[2]) ** 2).mean()
+    assert ident > 3 * light
+
+
+def test_grayscale_and_resolution(model):
+    img, parts = render(model, params(model, 2), Camera(resolution=40, antialias=2, color="gray"))
+    assert img.shape == (2, 40, 40, 1) and img.dtype == torch.uint8 and parts.shape == (2, 40, 40)
+
+
+def test_antialiasing_softens_the_silhouette(model):
+    p = params(model, 1, background=0.0)
+    hard, _ = render(model, p, Camera(resolution=64, antialias=1))
+    soft, _ = render(model, p, Camera(resolution=64, antialias=3))
+    def levels(img):  # noqa: E306
+        return len(torch.unique(img[0, :, :, 0]))
+    assert levels(soft) > levels(hard)

@@ -1,0 +1,119 @@
+"""Designs and stores: seeded tables, bit-identical shards, unfinished stores refused."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from infodissect.config import validate_config
+from infodissect.stimuli.design import build_design, design_size
+from infodissect.stimuli.store import StoreError, atomic_store, gather_shards, open_store, render_shard, write_zarr
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def config() -> dict:
+    return validate_config(yaml.safe_load((ROOT / "config" / "test.yaml").read_text()))
+
+
+def stage_spec(config: dict, name: str, seed: int | None = None) -> dict:
+    st = config["stimuli"]
+    return {"seed": config["seed"] if seed is None else seed, "identities": st["identities"],
+            "generator": st["generator"], "factors": st["factors"], "set": st["sets"][name], "name": name}
+
+
+def write_design(config: dict, name: str, path: Path, seed: int | None = None) -> Path:
+    with atomic_store(path) as tmp:
+        write_zarr(build_design(name, stage_spec(config, name, seed)), tmp)
+    return path
+
+
+def test_every_set_matches_its_planned_size(config):
+    for name, spec in config["stimuli"]["sets"].items():
+        ds = build_design(name, stage_spec(config, name))
+        assert ds.sizes["sample"] == design_size(spec, config["stimuli"]) > 0
+        assert {"identity", "yaw", "expression", "light_azimuth", "shape_coeff", "texture_coeff"} <= set(ds.variables)
+
+
+def test_test_set_has_train_identities_with_fresh_nuisance(config):
+    train, test = (build_design(n, stage_spec(config, n)) for n in ("train", "test"))
+    assert set(train.identity.values) == set(test.identity.values)
+    for i in set(train.identity.values.tolist()):
+        a = train.shape_coeff.values[train.identity.values == i]
+        b = test.shape_coeff.values[test.identity.values == i]
+        assert np.array_equal(a[0], b[0])
+    assert not np.isin(test.yaw.values, train.yaw.values).any()
+
+
+def test_sweep_varies_one_factor_at_a_time(config):
+    ds = build_design("sweeps", stage_spec(config, "sweeps"))
+    factors = [str(v) for v in ds.sweep_factor.values.tolist()]
+    for f in ("yaw", "light_azimuth", "age"):
+        rows = np.flatnonzero(np.asarray(factors) == f)
+        assert len(np.unique(ds[f].values[rows])) == len(rows) > 1
+        others = ds.yaw.values[rows] if f != "yaw" else ds.pitch.values[rows]
+        assert len(np.unique(others)) == 1
+
+
+def test_morphs_interpolate_and_amplify(config):
+    ds = build_design("morphs", stage_spec(config, "morphs"))
+    shape_only = ds.isel(sample=np.flatnonzero([str(t) == "shape" for t in ds.morph_type.values.tolist()]))
+    lv = shape_only.morph_level.values
+    assert lv.max() > 1.0
+    texture = shape_only.texture_coeff.values
+    assert np.allclose(texture, texture[0:1]) or len({int(i) for i in shape_only.identity.values}) > 1
+    base = shape_only.isel(sample=np.flatnonzero(lv == 0.0)[0])
+    target = shape_only.isel(sample=np.flatnonzero(lv == 1.0)[0])
+    assert not np.allclose(base.shape_coeff.values, target.shape_coeff.values)
+
+
+def test_same_seed_same_bits_whatever_the_sharding(config, tmp_path):
+    spec_render = {"generator": config["stimuli"]["generator"], "render": dict(config["stimuli"]["render"])}
+    design = write_design(config, "analysis", tmp_path / "analysis.design.zarr")
+    n = open_store(design).sizes["sample"]
+    one = copy.deepcopy(spec_render)
+    one["render"]["shard_size"] = n + (-n % one["render"]["batch_size"])
+    render_shard(design, 0, one, tmp_path / "one" / "0.zarr")
+    gather_shards(design, [tmp_path / "one" / "0.zarr"], tmp_path / "one.zarr")
+    several = copy.deepcopy(spec_render)
+    several["render"]["shard_size"] = several["render"]["batch_size"]
+    shards = []
+    for i in range(-(-n // several["render"]["shard_size"])):
+        shards.append(tmp_path / "many" / f"{i}.zarr")
+        render_shard(design, i, several, shards[-1])
+    assert len(shards) > 1
+    gather_shards(design, shards, tmp_path / "many.zarr")
+    a, b = open_store(tmp_path / "one.zarr"), open_store(tmp_path / "many.zarr")
+    assert np.array_equal(a.image.values, b.image.values)
+    assert np.array_equal(a.parts.values, b.parts.values)
+    assert a.image.dims == ("sample", "y", "x", "channel") and a.image.dtype == np.uint8
+    assert a.attrs["generator_version"] and "factors" in a.attrs
+    # A different seed gives different stimuli.
+    other = write_design(config, "analysis", tmp_path / "other.design.zarr", seed=config["seed"] + 1)
+    render_shard(other, 0, one, tmp_path / "other.zarr")
+    assert not np.array_equal(open_store(tmp_path / "other.zarr").image.values, a.image.values)
+
+
+def test_unfinished_or_foreign_stores_are_refused(config, tmp_path):
+    (tmp_path / "x.zarr.partial").mkdir()
+    with pytest.raises(StoreError, match="unfinished"):
+        open_store(tmp_path / "x.zarr")
+    design = build_design("portraits", stage_spec(config, "portraits"))
+    design.attrs["generator_version"] = "0.0"
+    with atomic_store(tmp_path / "old.zarr") as tmp:
+        write_zarr(design, tmp)
+    with pytest.raises(StoreError, match="generator version"):
+        open_store(tmp_path / "old.zarr")
+
+
+def test_a_failed_write_leaves_no_store(tmp_path):
+    with pytest.raises(RuntimeError):
+        with atomic_store(tmp_path / "s.zarr") as tmp:
+            tmp.mkdir()
+            raise RuntimeError("killed")
+    assert not (tmp_path / "s.zarr").exists() and not (tmp_path / "s.zarr.partial").exists()

@@ -1,0 +1,72 @@
+# Helpers shared by the rule files. `config` has been validated and filled with
+# defaults by the top-level Snakefile before this file is included.
+
+import json
+import math
+
+
+def set_names():
+    """Names of the stimulus sets in the config, in config order."""
+    return list(config["stimuli"]["sets"])
+
+
+def n_shards(set_name):
+    """Number of render shards of a set: ceil(design size / render.shard_size)."""
+    # Imported lazily so that `snakemake -n` on a bad config fails on the config,
+    # and so that the rule files parse before the design module is needed.
+    from infodissect.stimuli.design import design_size
+
+    stimuli = config["stimuli"]
+    size = design_size(stimuli["sets"][set_name], stimuli)
+    return max(1, math.ceil(size / stimuli["render"]["shard_size"]))
+
+
+def shard_paths(set_name):
+    """Paths of every render shard of a set, in shard order."""
+    return [
+        f"results/stimuli/shards/{set_name}/{shard}.zarr"
+        for shard in range(n_shards(set_name))
+    ]
+
+
+def stage_spec(set_name):
+    """JSON (sorted keys) of everything a set's design depends on.
+
+    Passed to the design rule as a param, so Snakemake reruns exactly the
+    designs whose settings changed.
+    """
+    stimuli = config["stimuli"]
+    spec = {
+        "seed": config["seed"],
+        "identities": stimuli["identities"],
+        "generator": stimuli["generator"],
+        "factors": stimuli["factors"],
+        "set": stimuli["sets"][set_name],
+        "name": set_name,
+    }
+    return json.dumps(spec, sort_keys=True)
+
+
+def render_spec():
+    """JSON (sorted keys) of everything rendering depends on besides the design."""
+    stimuli = config["stimuli"]
+    spec = {"generator": stimuli["generator"], "render": stimuli["render"]}
+    return json.dumps(spec, sort_keys=True)
+
+
+def render_mem_mb():
+    """Rough memory estimate (MB) of one render job, from batch size and image size."""
+    render = config["stimuli"]["render"]
+    pixels = (render["resolution"] * render["antialias"]) ** 2
+    return int(1024 + render["batch_size"] * pixels * 256 / 2**20)
+
+
+def all_targets():
+    """Every final output of the stages that exist so far (inputs of `rule all`)."""
+    names = set_names()
+    targets = [f"results/stimuli/{name}.zarr" for name in names]
+    if "sweeps" in names:
+        targets.append("results/figures/stimuli_factors.png")
+    if "portraits" in names:
+        targets.append("results/figures/stimuli_identities.png")
+    return targets
