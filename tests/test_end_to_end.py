@@ -2,26 +2,20 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
+from workflow_cli import ROOT, snakemake
 
-ROOT = Path(__file__).resolve().parents[1]
 
-
-def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(ROOT / "config" / "test.yaml"), "--cores", "2", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+def run_test_config(workdir: Path, *args: str):
+    """The test config's pipeline, with ``workdir`` as the working directory."""
+    return snakemake("--directory", str(workdir), "--configfile", str(ROOT / "config" / "test.yaml"), *args, cores=2)
 
 
 def test_pipeline_runs_and_second_run_does_nothing(tmp_path):
-    run = snakemake(tmp_path)
+    run = run_test_config(tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     for name in ("stimuli_factors.png", "stimuli_identities.png"):
         assert (tmp_path / "results" / "figures" / name).stat().st_size > 10_000
@@ -34,5 +28,5 @@ def test_pipeline_runs_and_second_run_does_nothing(tmp_path):
     logs = list((tmp_path / "results" / "logs").rglob("*.log"))
     bench = list((tmp_path / "results" / "benchmarks").rglob("*.tsv"))
     assert logs and bench
-    again = snakemake(tmp_path, "-n")
+    again = run_test_config(tmp_path, "-n")
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr

@@ -2,25 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
-import pytest
 import yaml
-
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-
-
-def snakemake(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
-    return subprocess.run(
-        [str(BIN / "snakemake"), "--nolock", "--cores", "1", *args],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
-    )
+from workflow_cli import ROOT, snakemake
 
 
 def test_bad_config_stops_the_workflow_naming_the_key(tmp_path):
@@ -34,10 +19,6 @@ def test_bad_config_stops_the_workflow_naming_the_key(tmp_path):
 
 
 def test_dry_run_of_test_config_plans_all():
-    pytest.importorskip(
-        "infodissect.stimuli.design",
-        reason="infodissect.stimuli.design (design_size) is not written yet",
-    )
     # --forceall: plan every job whatever results/ already holds
     result = snakemake("-n", "--forceall", "--configfile", "config/test.yaml")
     output = result.stdout + result.stderr
