@@ -64,10 +64,11 @@ def main() -> None:
             batch = a.batch if res == 64 else max(1, a.batch // 4)
             if dev.type == "cuda":
                 batch *= 8
-            ips = throughput(model, Camera(resolution=res, antialias=a.antialias), batch, a.repeats)
+            camera = Camera(resolution=res, antialias=a.antialias)
+            ips = throughput(model, camera, batch, a.repeats)
             where = f"cpu ({a.threads} threads)" if dev.type == "cpu" else torch.cuda.get_device_name(dev)
-            print(f"render {res:>3} px, antialias {a.antialias}, batch {batch:>4}, {where}: {ips:8.1f} images/s",
-                  flush=True)
+            print(f"render {res:>3} px, antialias {a.antialias}, mesh stride {camera.stride}, batch {batch:>4}, "
+                  f"{where}: {ips:8.1f} images/s", flush=True)
 
 
 if __name__ == "__main__":

@@ -53,6 +53,42 @@ def test_template_is_closed_star_shaped_and_dense():
     assert set(np.unique(t.labels)) == set(range(1, len(PART_NAMES)))
 
 
+def _closed(faces: np.ndarray) -> bool:
+    edges = np.sort(np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]), 1)
+    return set(np.unique(edges, axis=0, return_counts=True)[1].tolist()) == {2}
+
+
+@pytest.mark.parametrize("stride", [2, 4])
+def test_coarser_mesh_levels_keep_the_face(model, stride):
+    coarse = model.coarsened(stride)
+    t = coarse.template
+    assert coarse is model.coarsened(stride) and model.coarsened(1) is model
+    def n_skin(tt):  # noqa: E306
+        return int(np.all(tt.skin[tt.faces], 1).sum())
+    assert _closed(t.faces) and n_skin(t) < n_skin(model.template) / (stride * stride - 0.5)
+    assert orientation_ok(t.vertices, t.faces[np.all(t.skin[t.faces], 1)]).all()
+    # The lips still part on a ring and the kept segments are mirror images.
+    assert t.mouth_line.sum() >= 4
+    rings, segs = t.grid_shape
+    grid = t.vertices[: rings * segs].reshape(rings, segs, 3)
+    np.testing.assert_allclose(grid[..., 0], -grid[:, ::-1, 0], atol=1e-9)
+    # Every row of every basis is the full model's, at the kept vertices.
+    full = model.shape_basis.view(model.shape_basis.shape[0], -1, 3)
+    sub = coarse.shape_basis.view(coarse.shape_basis.shape[0], -1, 3)
+    idx = [int(np.flatnonzero((model.template.vertices == v).all(1))[0]) for v in t.vertices[::97]]
+    torch.testing.assert_close(sub[:, ::97], full[:, idx])
+
+
+def test_coarse_level_renders_like_the_full_mesh_at_low_resolution(model):
+    p = params(model, 4, yaw=[-30.0, 0.0, 20.0, 45.0], expression=[0, 1, 2, 5])
+    full, full_parts = render(model, p, Camera(resolution=64, antialias=2, detail=1))
+    coarse, coarse_parts = render(model, p, Camera(resolution=64, antialias=2))
+    assert Camera(resolution=64, antialias=2).stride == 2 and Camera(resolution=224, antialias=2).stride == 1
+    diff = (full.float() - coarse.float()).abs()
+    assert diff.mean() < 3.0, f"mean absolute difference {diff.mean():.2f} grey levels"
+    assert (full_parts == coarse_parts).float().mean() > 0.97
+
+
 def test_bases_are_orthonormal_with_decaying_variance(model):
     for basis in (model.shape_basis.double(), model.texture_basis.double()):
         gram = basis @ basis.T

@@ -224,6 +224,55 @@ def orientation_ok(vertices: np.ndarray, faces: np.ndarray, centre=(0.0, 0.0, 0.
     return np.einsum("...i,...i->...", v[..., 0, :], np.cross(v[..., 1, :], v[..., 2, :])) > 0
 
 
+def face_labels(vertex_labels: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Part label of each face: the label most of its vertices share (ties: the larger id, a rarer part)."""
+    lab = vertex_labels[faces]
+    fl = np.where(lab[:, 1] == lab[:, 2], lab[:, 1], lab.max(1))
+    fl = np.where(lab[:, 0] == lab[:, 1], lab[:, 0], fl)
+    fl = np.where(lab[:, 0] == lab[:, 2], lab[:, 0], fl)
+    return fl.astype(np.uint8)
+
+
+def mouth_ring(t: Template) -> int:
+    """Index of the skin-grid ring the lips part on."""
+    segments = t.grid_shape[1]
+    return int(np.flatnonzero(t.mouth_line)[0] // segments)
+
+
+def grid_subset(t: Template, stride: int) -> tuple[np.ndarray, Template]:
+    """A coarser template keeping every ``stride``-th ring and segment of the skin grid.
+
+    The kept rings include the mouth ring and the kept segments are mirror-symmetric
+    about the face's midline (the segments either side of it are both kept), so a
+    coarsened face keeps its mouth line and its bilateral symmetry; eyeballs are kept
+    whole. Returns ``(index, template)``: ``index`` (V',) selects the kept vertices of ``t``.
+    """
+    rings, segments = t.grid_shape
+    if stride == 1:
+        return np.arange(len(t.vertices)), t
+    m = mouth_ring(t)
+    keep_r = np.array([r for r in range(rings) if (r - m) % stride == 0])
+    half = segments // 2
+    keep_s = np.array(sorted([s for s in range(half) if (half - 1 - s) % stride == 0]
+                             + [s for s in range(half, segments) if (s - half) % stride == 0]))
+    grid = (keep_r[:, None] * segments + keep_s[None, :]).reshape(-1)
+    n_grid = rings * segments
+    eyes = np.arange(n_grid + 2, len(t.vertices))
+    index = np.concatenate([grid, [n_grid, n_grid + 1], eyes])
+    n_new = len(grid) + 2
+    skin_f = _grid_faces(len(keep_r), len(keep_s), first=0, south=n_new - 2, north=n_new - 1)
+    if orientation_ok(t.vertices[index], skin_f).mean() < 0.5:
+        skin_f = skin_f[:, [0, 2, 1]]
+    eye_faces = t.faces[np.all(t.faces >= n_grid + 2, axis=1)] - (n_grid + 2) + n_new
+    faces = np.concatenate([skin_f, eye_faces])
+    sub = Template(
+        vertices=t.vertices[index], faces=faces, labels=t.labels[index], skin=t.skin[index], eye=t.eye[index],
+        eye_angle=t.eye_angle[index], grid_shape=(len(keep_r), len(keep_s)), mouth_line=t.mouth_line[index],
+        directions=t.directions[index],
+    )
+    return index, sub
+
+
 def _skin_labels(p: np.ndarray, parts: dict[str, np.ndarray]) -> np.ndarray:
     x, y, z = p[:, 0], p[:, 1], p[:, 2]
     lab = np.full(len(p), PART["skin"], dtype=np.uint8)

@@ -14,7 +14,8 @@ Identity is the pair of coefficient vectors (c, t), drawn from N(0, I).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable
 from functools import lru_cache
 
 import numpy as np
@@ -22,9 +23,10 @@ import scipy.linalg
 import torch
 
 from .factors import ETHNICITIES, EXPRESSIONS
-from .mesh import EYE_CENTRE, MOUTH_HALF_WIDTH, MOUTH_Y, PART, PART_NAMES, Template, build_template, part_distances
+from .mesh import (EYE_CENTRE, MOUTH_HALF_WIDTH, MOUTH_Y, PART, PART_NAMES, Template, build_template, face_labels,
+                   grid_subset, part_distances)
 
-GENERATOR_VERSION = "1.0"
+GENERATOR_VERSION = "1.1"
 
 # Coefficients of each expression on the action-unit fields of _action_units.
 EXPRESSION_AUS: dict[str, dict[str, float]] = {
@@ -205,16 +207,63 @@ class FaceModel:
     normals_template: torch.Tensor  # (V, 3) outward normals of the template
     eye_mask: torch.Tensor  # (V,) bool
     device: torch.device
+    _cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def n_vertices(self) -> int:
         return self.vertices.shape[0]
 
+    @property
+    def geometry_rows(self) -> torch.Tensor:
+        """(K + G, V*3): sigma-scaled shape basis stacked on the fixed geometry rows (cached)."""
+        return self._cached("geometry_rows", lambda: torch.cat([self.shape_basis * self.shape_sigma[:, None],
+                                                               self.geometry_fixed]))
+
+    @property
+    def albedo_rows(self) -> torch.Tensor:
+        """(T + G, V*3): sigma-scaled texture basis stacked on the fixed albedo rows (cached)."""
+        return self._cached("albedo_rows", lambda: torch.cat([self.texture_basis * self.texture_sigma[:, None],
+                                                             self.albedo_fixed]))
+
+    def _cached(self, key: str, make: Callable[[], Any]) -> Any:
+        """``make()``, computed once per model."""
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
+
     def to(self, device: str | torch.device) -> "FaceModel":
         """A copy of the model on ``device``."""
-        kw = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
+        kw = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "_cache"}
+        kw = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
         kw["device"] = torch.device(device)
         return FaceModel(**kw)
+
+    def coarsened(self, stride: int) -> "FaceModel":
+        """The same model on every ``stride``-th ring and segment of the skin grid (cached).
+
+        Identities, factors and labels are the template's own, subsampled, so a face
+        keeps its identity at every level of detail (see :func:`mesh.grid_subset`).
+        """
+        if stride == 1:
+            return self
+        return self._cached(f"stride{stride}", lambda: self._subset(stride))
+
+    def _subset(self, stride: int) -> "FaceModel":
+        index, sub = grid_subset(self.template, stride)
+        idx = torch.as_tensor(index, device=self.device)
+
+        def rows(a: torch.Tensor) -> torch.Tensor:
+            return a.view(a.shape[0], -1, 3).index_select(1, idx).reshape(a.shape[0], -1)
+
+        return FaceModel(
+            template=sub, shape_names=self.shape_names, shape_sigma=self.shape_sigma,
+            shape_basis=rows(self.shape_basis), texture_band=self.texture_band, texture_sigma=self.texture_sigma,
+            texture_basis=rows(self.texture_basis), geometry_fixed=rows(self.geometry_fixed),
+            albedo_fixed=rows(self.albedo_fixed), vertices=self.vertices[idx], base_albedo=self.base_albedo[idx],
+            hair=self.hair[idx], face_labels=torch.as_tensor(face_labels(sub.labels, sub.faces), device=self.device),
+            faces=torch.as_tensor(sub.faces, device=self.device), specular=self.specular[idx],
+            normals_template=self.normals_template[idx], eye_mask=self.eye_mask[idx], device=self.device,
+        )
 
 
 # Row layout of geometry_fixed / albedo_fixed.
@@ -351,11 +400,6 @@ def _build_numpy(seed: int, shape_components: int, texture_components: int, text
     geo_fixed = [gender_geo] + [eth_geo[e] for e in ETHNICITIES] + [age_geo, np.zeros((nv, 3))] + expr_geo
     alb_fixed = [gender_alb] + [eth_alb[e] for e in ETHNICITIES] + [np.zeros((nv, 3)), age_alb] + [np.zeros((nv, 3))] * len(EXPRESSIONS)
 
-    face_lab = lab[t.faces]
-    # A face takes the label most of its vertices share (ties: the rarer, non-skin part).
-    fl = np.where(face_lab[:, 1] == face_lab[:, 2], face_lab[:, 1], face_lab.max(1))
-    fl = np.where(face_lab[:, 0] == face_lab[:, 1], face_lab[:, 0], fl)
-    fl = np.where(face_lab[:, 0] == face_lab[:, 2], face_lab[:, 0], fl)
     spec = np.full(nv, 0.18)
     spec[lab == PART["mouth"]] = 0.3
     spec[lab == PART["hair"]] = 0.08
@@ -372,7 +416,7 @@ def _build_numpy(seed: int, shape_components: int, texture_components: int, text
         "albedo_fixed": np.stack(alb_fixed).reshape(len(alb_fixed), -1),
         "base_albedo": base,
         "hair": hair,
-        "face_labels": fl.astype(np.uint8),
+        "face_labels": face_labels(lab, t.faces),
         "specular": spec,
         "normals": normals,
     }

@@ -22,17 +22,35 @@ PIVOT_Y = -0.25  # the camera looks at this height of the head (the middle of th
 
 @dataclass(frozen=True)
 class Camera:
-    """Perspective camera and image format."""
+    """Perspective camera and image format.
+
+    ``detail`` is the skin-grid stride of the mesh level drawn (1 = every vertex);
+    0 chooses it from the resolution (see :attr:`stride`).
+    """
 
     resolution: int = 64
     antialias: int = 2
     fov_deg: float = 12.5
     distance: float = 11.0
     color: str = "rgb"
+    detail: int = 0
 
     @property
     def channels(self) -> int:
         return 3 if self.color == "rgb" else 1
+
+    @property
+    def samples(self) -> int:
+        """Side of the supersampled grid the rasterizer draws on."""
+        return self.resolution * self.antialias
+
+    @property
+    def stride(self) -> int:
+        """Skin-grid stride of the mesh level drawn: ``detail``, or (0) 2 up to 96 px, where
+        the full mesh's triangles and texture detail are finer than a pixel, else 1."""
+        if self.detail:
+            return self.detail
+        return 2 if self.resolution <= 96 else 1
 
 
 PARAM_NAMES: tuple[str, ...] = (
@@ -54,8 +72,8 @@ def _coefficient_rows(model: FaceModel, p: dict[str, torch.Tensor]) -> tuple[tor
     grey = ((age - 40.0) / 35.0).clamp(0.0, 1.0)
     expr = F.one_hot(p["expression"].long(), len(EXPRESSIONS)).to(dt) * p["expression_intensity"].to(dt)[:, None]
     zeros = torch.zeros(b, 1, dtype=dt, device=age.device)
-    geo = torch.cat([p["shape_coeff"].to(dt) * model.shape_sigma, sign[:, None], eth, age_lin[:, None], zeros, expr], 1)
-    alb = torch.cat([p["texture_coeff"].to(dt) * model.texture_sigma, sign[:, None], eth, zeros, wrinkles[:, None],
+    geo = torch.cat([p["shape_coeff"].to(dt), sign[:, None], eth, age_lin[:, None], zeros, expr], 1)
+    alb = torch.cat([p["texture_coeff"].to(dt), sign[:, None], eth, zeros, wrinkles[:, None],
                      torch.zeros_like(expr)], 1)
     return geo, alb, grey
 
@@ -64,8 +82,8 @@ def face_geometry(model: FaceModel, p: dict[str, torch.Tensor]) -> tuple[torch.T
     """Model-space vertices (B, V, 3) and albedo (B, V, 3) in [0, 1] for each sample."""
     geo, alb, grey = _coefficient_rows(model, p)
     nv = model.n_vertices
-    verts = model.vertices + (geo @ torch.cat([model.shape_basis, model.geometry_fixed])).view(-1, nv, 3)
-    albedo = model.base_albedo + (alb @ torch.cat([model.texture_basis, model.albedo_fixed])).view(-1, nv, 3)
+    verts = model.vertices + (geo @ model.geometry_rows).view(-1, nv, 3)
+    albedo = model.base_albedo + (alb @ model.albedo_rows).view(-1, nv, 3)
     albedo = albedo + (grey[:, None] * model.hair)[..., None] * (0.62 - albedo)
     return verts, albedo.clamp(0.02, 1.0)
 
@@ -97,8 +115,8 @@ def _rotation(yaw: torch.Tensor, pitch: torch.Tensor, roll: torch.Tensor) -> tor
 
 
 def _apply(r: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Apply (B, 3, 3) rotations to (B, V, 3) points elementwise (no batched GEMM)."""
-    return (v[..., None, :] * r[:, None]).sum(-1)
+    """Apply (B, 3, 3) rotations to (B, V, 3) points."""
+    return torch.bmm(v, r.transpose(1, 2))
 
 
 def world_transform(p: dict[str, torch.Tensor], verts: torch.Tensor, normals: torch.Tensor, camera: Camera
@@ -150,27 +168,32 @@ def _mode_pool(labels: torch.Tensor, k: int, n_labels: int) -> torch.Tensor:
 
 
 def render(model: FaceModel, p: dict[str, torch.Tensor], camera: Camera) -> tuple[torch.Tensor, torch.Tensor]:
-    """Render a batch: images (B, H, W, C) uint8 and part labels (B, H, W) uint8."""
+    """Render a batch: images (B, H, W, C) uint8 and part labels (B, H, W) uint8.
+
+    Draws the mesh level ``camera.stride`` of ``model`` (see :meth:`FaceModel.coarsened`).
+    """
+    model = model.coarsened(camera.stride)
     verts, albedo = face_geometry(model, p)
     normals = vertex_normals(model, verts)
     world, normals = world_transform(p, verts, normals, camera)
     colour = shade(world, normals, albedo, model.specular, p, camera)
-    size = camera.resolution * camera.antialias
+    size = camera.samples
     frags = rasterize(project(world, camera), model.faces, size, size)
     hit = frags.face >= 0
     face = frags.face.clamp(min=0)
-    vidx = model.faces[face]  # (B, H, W, 3)
     bsz, nv = colour.shape[:2]
-    flat = colour.reshape(-1, 3)
     offs = (torch.arange(bsz, device=colour.device) * nv).view(-1, 1, 1, 1)
-    cols = flat[(vidx + offs).reshape(-1)].view(*vidx.shape, 3)
+    corners = (model.faces.index_select(0, face.reshape(-1)).view(*face.shape, 3) + offs).reshape(-1)
+    cols = colour.reshape(-1, 3).index_select(0, corners).view(*face.shape, 3, 3)
     rgb = (frags.bary[..., None] * cols).sum(-2)
-    bg = p["background"].to(rgb.dtype).view(-1, 1, 1, 1)
-    rgb = torch.where(hit[..., None], rgb, bg)
+    rgb = torch.where(hit[..., None], rgb, p["background"].to(rgb.dtype).view(-1, 1, 1, 1))
     if camera.color == "gray":
         rgb = (rgb * rgb.new_tensor([0.299, 0.587, 0.114])).sum(-1, keepdim=True)
-    img = F.avg_pool2d(rgb.permute(0, 3, 1, 2), camera.antialias) if camera.antialias > 1 else rgb.permute(0, 3, 1, 2)
+    img = rgb.permute(0, 3, 1, 2)
+    if camera.antialias > 1:
+        img = F.avg_pool2d(img, camera.antialias)
     img = (img.clamp(0.0, 1.0) * 255.0 + 0.5).floor().to(torch.uint8).permute(0, 2, 3, 1)
-    labels = torch.where(hit, model.face_labels[face].long(), torch.zeros_like(face))
+    labels = torch.where(hit, model.face_labels.index_select(0, face.reshape(-1)).view(face.shape).long(),
+                         torch.zeros_like(face))
     parts = _mode_pool(labels, camera.antialias, len(PART_NAMES)).to(torch.uint8)
     return img.contiguous(), parts.contiguous()

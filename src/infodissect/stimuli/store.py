@@ -119,6 +119,7 @@ def camera_from_config(render_cfg: dict[str, Any]) -> Camera:
         fov_deg=float(render_cfg["fov_deg"]),
         distance=float(render_cfg["distance"]),
         color=str(render_cfg["color"]),
+        detail=int(render_cfg["detail"]),
     )
 
 
