@@ -1,0 +1,245 @@
+"""The labelled front of the MI engine: :func:`mutual_information` over xarray and Dask.
+
+``x`` is any DataArray with a sample dimension (activations (sample, unit, y, x),
+pixels (sample, y, x, channel), vertex displacements (sample, vertex, coord) ...);
+``y`` is a Dataset of factors along the same samples (or one DataArray). Every
+variable of ``x`` (each position along its other dims) is copula-normalised once and
+paired with every factor; the result carries all of x's other dims plus ``factor``.
+With a Dask-backed ``x`` the work maps over chunks along the variable dims (the sample
+dim is always one chunk), so a Zarr store larger than memory streams through with
+memory bounded by a chunk, on whatever Dask scheduler is active (a local one by
+default; a ``distributed.Client`` when the caller made one).
+"""
+
+from __future__ import annotations
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from .copula import copnorm
+from .estimators import encode_labels, mi_gg, mi_gg_pairs, mi_model_gd
+from .stats import null_max_gd, null_max_gg, permutations, pvalues, threshold
+
+
+class InputError(ValueError):
+    """The inputs of :func:`mutual_information` do not fit together."""
+
+
+def is_discrete(v: xr.DataArray) -> bool:
+    """A factor is discrete when its dtype is integer, boolean or text, or its attrs say ``kind: categorical``."""
+    kind = v.attrs.get("kind")
+    if kind is not None:
+        return kind in ("categorical", "discrete")
+    return v.dtype.kind in "iubUOT"
+
+
+def _factors(y: xr.DataArray | xr.Dataset, dim: str) -> xr.Dataset:
+    """``y`` as a Dataset of 1-D factors along ``dim``."""
+    ds = y.to_dataset(name=y.name or "factor") if isinstance(y, xr.DataArray) else y
+    for name, v in ds.data_vars.items():
+        if v.dims != (dim,):
+            raise InputError(f"factor {name!r} has dims {v.dims}; factors must be 1-D along {dim!r}")
+    return ds
+
+
+def _check_samples(x: xr.DataArray, other: xr.DataArray | xr.Dataset, dim: str, what: str) -> None:
+    """Raise if ``other`` does not have exactly ``x``'s samples, in the same order."""
+    if dim not in x.dims:
+        raise InputError(f"x has no sample dim {dim!r} (dims {x.dims})")
+    if other.sizes.get(dim) != x.sizes[dim]:
+        raise InputError(f"{what} has {other.sizes.get(dim)} samples along {dim!r}, x has {x.sizes[dim]}")
+    if dim in x.coords and dim in other.coords:
+        a, b = np.asarray(x[dim].values), np.asarray(other[dim].values)
+        if not np.array_equal(a, b):
+            raise InputError(f"{what} and x have different {dim!r} coordinates (first mismatch at position "
+                             f"{int(np.flatnonzero(a != b)[0])}); align them first")
+
+
+def _prepare_factors(ds: xr.Dataset, seed: int) -> tuple[list[str], np.ndarray, list[tuple[int, np.ndarray]]]:
+    """Names, copula-normalised continuous factors (n, Qc) and (position, codes) of discrete ones."""
+    names = [str(k) for k in ds.data_vars]
+    cont, disc = [], []
+    for i, name in enumerate(names):
+        v = ds[name]
+        if is_discrete(v):
+            disc.append((i, encode_labels(v.values)[0]))
+        else:
+            cont.append(copnorm(np.asarray(v.values, dtype=np.float64), seed=seed + 1 + i))
+    c = np.stack(cont, 1) if cont else np.zeros((ds.sizes[next(iter(ds.dims))], 0))
+    return names, c, disc
+
+
+def _block_mi(block: np.ndarray, cont: np.ndarray, disc: list[tuple[int, np.ndarray]], n_factors: int,
+              mv: bool, biascorrect: bool, seed: int) -> np.ndarray:
+    """MI of every variable of a block (*vars[, d], n) with every factor: (*vars, n_factors)."""
+    n = block.shape[-1]
+    shape = block.shape[:-2] if mv else block.shape[:-1]
+    d = block.shape[-2] if mv else 1
+    x = copnorm(np.moveaxis(block, -1, 0).reshape(n, -1).astype(np.float64, copy=False), seed=seed)
+    x = x.reshape(n, -1, d)
+    out = np.empty((x.shape[1], n_factors))
+    cont_pos = [i for i in range(n_factors) if i not in {p for p, _ in disc}]
+    if cont_pos:
+        if mv:
+            for j, q in enumerate(cont_pos):
+                yq = np.broadcast_to(cont[:, j, None, None], (n, x.shape[1], 1))
+                out[:, q] = mi_gg(x, yq, biascorrect)
+        else:
+            out[:, cont_pos] = mi_gg_pairs(x[..., 0], cont, biascorrect)
+    for q, codes in disc:
+        out[:, q] = mi_model_gd(x if mv else x[..., 0], codes, biascorrect)
+    return out.reshape(shape + (n_factors,))
+
+
+def _block_null(block: np.ndarray, cont: np.ndarray, disc: list[tuple[int, np.ndarray]], n_factors: int,
+                perms: np.ndarray, biascorrect: bool, seed: int) -> np.ndarray:
+    """Null maxima over the block's variables, per permutation and factor: (1, n_perm, n_factors)."""
+    n = block.shape[-1]
+    x = copnorm(np.moveaxis(block, -1, 0).reshape(n, -1).astype(np.float64, copy=False), seed=seed)
+    out = np.full((perms.shape[0], n_factors), -np.inf)
+    cont_pos = [i for i in range(n_factors) if i not in {p for p, _ in disc}]
+    if cont_pos:
+        out[:, cont_pos] = null_max_gg(x, cont, perms, biascorrect)
+    for q, codes in disc:
+        out[:, q] = null_max_gd(x, codes, perms, biascorrect)
+    return out[None]
+
+
+def mutual_information(
+    x: xr.DataArray,
+    y: xr.DataArray | xr.Dataset,
+    dim: str = "sample",
+    cond: xr.DataArray | None = None,
+    *,
+    mvdim: str | None = None,
+    biascorrect: bool = True,
+    n_perm: int = 0,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> xr.DataArray | xr.Dataset:
+    """Gaussian-copula MI (bits) between every variable of ``x`` and every factor of ``y``.
+
+    Parameters
+    ----------
+    x : DataArray with dim ``dim`` (samples) and any others (the variables); NumPy or Dask backed.
+    y : Dataset of 1-D factors along ``dim`` (or one DataArray). Integer, boolean or text
+        factors (or attrs ``kind: categorical``) are discrete (:func:`mi_model_gd`); floats are
+        continuous (:func:`mi_gg_pairs`), each copula-normalised once.
+    cond : optional 1-D DataArray along ``dim``: MI is then conditional on it. A continuous
+        ``cond`` gives I(x; y | z) by the Gaussian chain rule; a discrete one gives the
+        class-weighted MI within each of its classes (x and y copula-normalised within class).
+    mvdim : a dim of ``x`` whose values form one multivariate variable (e.g. ``coord`` of a
+        vertex's 3-D displacement); it is not in the result.
+    biascorrect : apply the reference's bias correction.
+    n_perm : permutations for maximum-statistic family-wise correction (0 = none).
+    alpha : family-wise error rate of the threshold.
+    seed : seeds tie-breaking and permutations.
+
+    Returns
+    -------
+    DataArray ``mi`` (x's other dims..., factor) in bits; with ``n_perm`` a Dataset with
+    ``mi``, ``threshold`` (factor), ``significant`` and ``pvalue`` besides it. Attrs name
+    the estimator, bias correction, sample count and permutations.
+    """
+    ds = _factors(y, dim)
+    _check_samples(x, ds, dim, "y")
+    if cond is not None:
+        _check_samples(x, cond, dim, "cond")
+        return _conditional(x, ds, dim, cond, mvdim=mvdim, biascorrect=biascorrect, seed=seed)
+    if mvdim is not None and mvdim not in x.dims:
+        raise InputError(f"mvdim {mvdim!r} is not a dim of x (dims {x.dims})")
+    names, cont, disc = _prepare_factors(ds, seed)
+    n_factors = len(names)
+    core = [mvdim, dim] if mvdim else [dim]
+    x = x.transpose(..., *core)
+    if isinstance(x.data, da.Array):
+        x = x.chunk({c: -1 for c in core})
+    mi = xr.apply_ufunc(
+        _block_mi, x, input_core_dims=[core], output_core_dims=[["factor"]],
+        kwargs=dict(cont=cont, disc=disc, n_factors=n_factors, mv=mvdim is not None, biascorrect=biascorrect,
+                    seed=seed),
+        dask="parallelized", output_dtypes=[np.float64], dask_gufunc_kwargs={"output_sizes": {"factor": n_factors}},
+    ).assign_coords(factor=names)
+    mi.name = "mi"
+    attrs = {"units": "bits", "estimator": "gcmi (Gaussian copula; mi_gg / mi_model_gd)",
+             "biascorrect": int(biascorrect), "n_samples": int(x.sizes[dim]), "sample_dim": dim,
+             "discrete_factors": [names[p] for p, _ in disc], "seed": seed}
+    mi.attrs.update(attrs)
+    if not n_perm:
+        return mi
+    if mvdim is not None:
+        raise InputError("permutation statistics are implemented for univariate variables (mvdim=None)")
+    null = _null_max(x, dim, cont, disc, n_factors, permutations(x.sizes[dim], n_perm, seed), biascorrect, seed)
+    null = xr.DataArray(null, dims=("permutation", "factor"), coords={"factor": names})
+    thr = xr.DataArray(threshold(null.values, alpha), dims="factor", coords={"factor": names})
+    out = xr.Dataset({"mi": mi, "threshold": thr, "null_max": null})
+    out["significant"] = out["mi"] > out["threshold"]
+    out["pvalue"] = xr.apply_ufunc(lambda m: pvalues(m, null.values), out["mi"], dask="parallelized",
+                                   output_dtypes=[np.float64])
+    out.attrs.update(attrs, n_perm=int(n_perm), alpha=float(alpha), correction="maximum statistic (FWER)")
+    for v in ("threshold", "null_max"):
+        out[v].attrs["units"] = "bits"
+    return out
+
+
+def _null_max(x: xr.DataArray, dim: str, cont: np.ndarray, disc: list, n_factors: int, perms: np.ndarray,
+              biascorrect: bool, seed: int) -> np.ndarray:
+    """Null maxima over every variable of ``x`` (n_perm, n_factors), chunk by chunk with Dask."""
+    n = x.sizes[dim]
+    data = x.data.reshape(-1, n) if not isinstance(x.data, da.Array) else x.data.reshape(-1, n, merge_chunks=True)
+    if not isinstance(data, da.Array):
+        data = da.from_array(data, chunks=(max(1, data.shape[0]), n))
+    parts = data.map_blocks(
+        lambda b: _block_null(b, cont, disc, n_factors, perms, biascorrect, seed),
+        chunks=((1,) * data.numblocks[0], (perms.shape[0],), (n_factors,)), new_axis=2, dtype=np.float64)
+    return np.asarray(parts.max(axis=0).compute())
+
+
+def _conditional(x: xr.DataArray, ds: xr.Dataset, dim: str, cond: xr.DataArray, *, mvdim: str | None,
+                 biascorrect: bool, seed: int) -> xr.DataArray:
+    """I(x; y | cond) for every variable and factor."""
+    cname = str(cond.name or "cond")
+    if is_discrete(cond):
+        codes, values = encode_labels(cond.values)
+        parts, weights = [], []
+        for c in range(len(values)):
+            idx = np.flatnonzero(codes == c)
+            if idx.size < 3:
+                continue
+            part = mutual_information(x.isel({dim: idx}), ds.isel({dim: idx}), dim, mvdim=mvdim,
+                                      biascorrect=biascorrect, seed=seed)
+            parts.append(part)
+            weights.append(idx.size)
+        w = xr.DataArray(np.asarray(weights, float) / sum(weights), dims="cond_class")
+        out = (xr.concat(parts, dim="cond_class") * w).sum("cond_class")
+        out.attrs.update(parts[0].attrs, n_samples=int(x.sizes[dim]))
+    else:
+        # Chain rule on Gaussian estimates: I(x; y | z) = I([x, z]; y) - I(z; y).
+        z = copnorm(np.asarray(cond.values, dtype=np.float64), seed=seed + 7919)
+        xz = _with_cond(x, z, dim, mvdim)
+        both = mutual_information(xz, ds, dim, mvdim="_xz", biascorrect=biascorrect, seed=seed)
+        zonly = mutual_information(xr.DataArray(z[:, None], dims=(dim, "_xz")), ds, dim, mvdim="_xz",
+                                   biascorrect=biascorrect, seed=seed)
+        out = both - zonly.squeeze(drop=True)
+        out.attrs.update(both.attrs)
+    out.name = "mi"
+    out.attrs["conditioned_on"] = cname
+    out.attrs["units"] = "bits"
+    return out
+
+
+def _with_cond(x: xr.DataArray, z: np.ndarray, dim: str, mvdim: str | None) -> xr.DataArray:
+    """``x`` with the (copula-normalised) conditioning variable appended along a multivariate dim ``_xz``."""
+    zz = xr.DataArray(z, dims=dim)
+    if mvdim is None:
+        x = x.expand_dims("_xz", axis=-1)
+    else:
+        x = x.rename({mvdim: "_xz"})
+    zb = zz.broadcast_like(x.isel(_xz=0, drop=True)).expand_dims("_xz", axis=-1)
+    if isinstance(x.data, da.Array):
+        zb = zb.chunk(dict(x.isel(_xz=0, drop=True).chunksizes))
+    return xr.concat([x.drop_vars("_xz", errors="ignore"), zb], dim="_xz")
+
+
+__all__ = ["mutual_information", "InputError", "is_discrete"]
