@@ -145,6 +145,9 @@ def mi_model_gd(x: Array, labels: Array | np.ndarray, biascorrect: bool = True, 
     d = x.shape[-1] if multi else 1
     codes, values = encode_labels(labels)
     keep = usable_classes(codes, len(values), d)
+    if not keep.any():
+        return _warn_nan(xp.full(tuple(x.shape[1:-1] if multi else x.shape[1:]), float("nan"), dtype=x.dtype),
+                         "mi_model_gd")
     if not keep.all():
         x, codes = take(x, np.flatnonzero(keep), 0), codes[keep]
     codes, _ = encode_labels(codes)

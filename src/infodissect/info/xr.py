@@ -45,8 +45,6 @@ def _factors(y: xr.DataArray | xr.Dataset, dim: str) -> xr.Dataset:
 
 def _check_samples(x: xr.DataArray, other: xr.DataArray | xr.Dataset, dim: str, what: str) -> None:
     """Raise if ``other`` does not have exactly ``x``'s samples, in the same order."""
-    if dim not in x.dims:
-        raise InputError(f"x has no sample dim {dim!r} (dims {x.dims})")
     if other.sizes.get(dim) != x.sizes[dim]:
         raise InputError(f"{what} has {other.sizes.get(dim)} samples along {dim!r}, x has {x.sizes[dim]}")
     if dim in x.coords and dim in other.coords:
@@ -142,6 +140,8 @@ def mutual_information(
     ``mi``, ``threshold`` (factor), ``significant`` and ``pvalue`` besides it. Attrs name
     the estimator, bias correction, sample count and permutations.
     """
+    if dim not in x.dims:
+        raise InputError(f"x has no sample dim {dim!r} (dims {x.dims})")
     ds = _factors(y, dim)
     _check_samples(x, ds, dim, "y")
     if cond is not None:
