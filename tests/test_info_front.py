@@ -189,16 +189,20 @@ def test_out_of_core_store_stays_under_a_memory_bound(tmp_path):
     script = textwrap.dedent(f"""
         import json, dask, xarray as xr
         from infodissect.info.xr import mutual_information
+
+        def hwm():  # this process's own peak RSS (ru_maxrss would include the parent's at fork)
+            return int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1]) / 1024
+
         dask.config.set(scheduler="threads", num_workers=2)
         ds = xr.open_zarr({str(store)!r})
-        mi = mutual_information(ds.activation, ds[["yaw"]]).compute()
-        # VmHWM: this process's own peak RSS (ru_maxrss would include the parent's at fork).
-        hwm = next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1]
-        print(json.dumps({{"peak_mb": int(hwm) / 1024,
+        mi = mutual_information(ds.activation, ds[["yaw"]])
+        base = hwm()  # libraries loaded, graph built, nothing computed
+        mi = mi.compute()
+        print(json.dumps({{"base_mb": base, "peak_mb": hwm(),
                           "shape": list(mi.shape), "max": float(abs(mi).max())}}))
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert res["shape"] == [units, side, side, 1] and res["max"] < 0.02
-    bound = size_mb / 2
-    assert res["peak_mb"] < bound, f"peak RSS {res['peak_mb']:.0f} MB for a {size_mb:.0f} MB store"
+    used = res["peak_mb"] - res["base_mb"]
+    assert used < size_mb / 3, f"computing took {used:.0f} MB over the libraries for a {size_mb:.0f} MB store"

@@ -68,14 +68,21 @@ def _prepare_factors(ds: xr.Dataset, seed: int) -> tuple[list[str], np.ndarray, 
     return names, c, disc
 
 
+def _copnorm_block(block: np.ndarray, seed: int) -> np.ndarray:
+    """Copula-normalised float64 rows (P, n) of a block (*vars, n)."""
+    n = block.shape[-1]
+    if block.dtype.kind == "f" and block.dtype.itemsize < 8:
+        block = block.astype(np.float64)  # float32 data keeps its exact values (and tie-breakers)
+    return copnorm(block.reshape(-1, n), seed=seed, axis=-1).astype(np.float64, copy=False)
+
+
 def _block_mi(block: np.ndarray, cont: np.ndarray, disc: list[tuple[int, np.ndarray]], n_factors: int,
               mv: bool, biascorrect: bool, seed: int) -> np.ndarray:
     """MI of every variable of a block (*vars[, d], n) with every factor: (*vars, n_factors)."""
     n = block.shape[-1]
     shape = block.shape[:-2] if mv else block.shape[:-1]
     d = block.shape[-2] if mv else 1
-    x = copnorm(np.moveaxis(block, -1, 0).reshape(n, -1).astype(np.float64, copy=False), seed=seed)
-    x = x.reshape(n, -1, d)
+    x = _copnorm_block(block, seed).reshape(-1, d, n).transpose(2, 0, 1)  # (n, P, d) view
     out = np.empty((x.shape[1], n_factors))
     cont_pos = [i for i in range(n_factors) if i not in {p for p, _ in disc}]
     if cont_pos:
@@ -93,8 +100,7 @@ def _block_mi(block: np.ndarray, cont: np.ndarray, disc: list[tuple[int, np.ndar
 def _block_null(block: np.ndarray, cont: np.ndarray, disc: list[tuple[int, np.ndarray]], n_factors: int,
                 perms: np.ndarray, biascorrect: bool, seed: int) -> np.ndarray:
     """Null maxima over the block's variables, per permutation and factor: (1, n_perm, n_factors)."""
-    n = block.shape[-1]
-    x = copnorm(np.moveaxis(block, -1, 0).reshape(n, -1).astype(np.float64, copy=False), seed=seed)
+    x = _copnorm_block(block, seed).T  # (n, P) view
     out = np.full((perms.shape[0], n_factors), -np.inf)
     cont_pos = [i for i in range(n_factors) if i not in {p for p, _ in disc}]
     if cont_pos:
