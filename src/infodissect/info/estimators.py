@@ -63,11 +63,18 @@ def _half_logdet_cov(x: Array) -> Array:
     """0.5 log det of the covariance (divisor n - 1) of ``x`` (n, *batch, d), demeaned: (*batch)."""
     xp = namespace(x)
     n = x.shape[0]
-    xt = xp.moveaxis(x, 0, -1)  # (*batch, d, n)
+    xt = xp.moveaxis(xp.astype(x, xp.float64), 0, -1)  # (*batch, d, n); small matrices, summed in float64
     cov = xt @ xp.matrix_transpose(xt) / (n - 1.0)
-    sign, logdet = xp.linalg.slogdet(cov)
-    return xp.where(sign > 0, 0.5 * logdet, xp.asarray(float("nan"), dtype=logdet.dtype,
-                                                        device=getattr(logdet, "device", None)))
+    return xp.astype(_half_logdet(cov), x.dtype)
+
+
+def _half_logdet(cov: Array) -> Array:
+    """0.5 log det of (batches of) small covariance matrices, in float64; NaN where not positive."""
+    xp = namespace(cov)
+    sign, logdet = xp.linalg.slogdet(xp.astype(cov, xp.float64))
+    half = xp.where(sign > 0, 0.5 * logdet, xp.asarray(float("nan"), dtype=logdet.dtype,
+                                                       device=getattr(logdet, "device", None)))
+    return xp.astype(half, cov.dtype)
 
 
 def ent_g(x: Array, biascorrect: bool = True) -> Array:
@@ -159,11 +166,10 @@ def mi_model_gd(x: Array, labels: Array | np.ndarray, biascorrect: bool = True, 
     dev = x - take(means, codes, 0)
     if multi:
         h_all = _half_logdet_cov(x)
+        dev = xp.astype(dev, xp.float64)  # class covariances summed in float64
         outer = dev[..., :, None] * dev[..., None, :]
-        cov = class_sums(outer, codes, n_classes) / like((counts - 1.0).reshape(-1, 1, 1, 1), x)
-        sign, logdet = xp.linalg.slogdet(cov)
-        h_cls = xp.where(sign > 0, 0.5 * logdet, xp.asarray(float("nan"), dtype=x.dtype,
-                                                            device=getattr(x, "device", None)))
+        h_cls = xp.astype(_half_logdet(class_sums(outer, codes, n_classes)
+                                       / like((counts - 1.0).reshape(-1, 1, 1, 1), dev)), x.dtype)
     else:
         h_all = 0.5 * xp.log(xp.sum(x * x, axis=0) / (n - 1.0))
         h_cls = 0.5 * xp.log(class_sums(dev * dev, codes, n_classes) / like((counts - 1.0)[:, None], x))
