@@ -144,3 +144,23 @@ def as_index(index: np.ndarray, ref: Array) -> Array:
 
         return torch.as_tensor(index, dtype=torch.int64, device=ref.device)
     return np.asarray(index, dtype=np.int64)
+
+
+def release_memory() -> None:
+    """Return freed heap memory to the OS (glibc ``malloc_trim``), so that a long run of
+    chunk-sized allocations does not keep the process's resident memory growing; a
+    no-op elsewhere (the advice dask gives for worker memory)."""
+    global _TRIM
+    if _TRIM is None:
+        import ctypes
+        import ctypes.util
+
+        try:
+            _TRIM = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _TRIM = False
+    if _TRIM:
+        _TRIM(0)
+
+
+_TRIM: Any = None

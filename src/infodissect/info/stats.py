@@ -6,15 +6,16 @@ significant when its MI exceeds the ``1 - alpha`` quantile of that null distribu
 of maxima, which controls the family-wise error rate across all variables. Permuting
 the (already copula-normalised) factor leaves the variables' copula transform valid,
 so the null costs matrix products (continuous factors) or class sums (discrete
-factors), never a re-ranking.
+factors), never a re-ranking. The null's sums run in float32 (its maxima are
+quantiles; their last digits do not matter), the observed MI in the input's precision.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .backend import Array, namespace, take, to_numpy
-from .estimators import _demean, mi_from_correlation, mi_model_gd
+from .backend import Array, is_torch, namespace, take, to_numpy
+from .estimators import LN2, _demean, mi_from_correlation
 
 _PERM_BLOCK = 256  # permutations per matrix product
 
@@ -33,25 +34,73 @@ def null_max_gg(x: Array, y: Array, perms: np.ndarray, biascorrect: bool = True)
     xs = xc / xp.sqrt(xp.sum(xc * xc, axis=0, keepdims=True))
     ys = yc / xp.sqrt(xp.sum(yc * yc, axis=0, keepdims=True))
     xs = xp.where(xp.isfinite(xs), xs, xp.zeros_like(xs))  # an undefined variable never sets the maximum
+    xs, ys = xp.astype(xs, xp.float32), xp.astype(ys, xp.float32)  # the null maxima need no more precision
     out = []
     for lo in range(0, perms.shape[0], _PERM_BLOCK):
         block = perms[lo:lo + _PERM_BLOCK]
         yp = take(ys, block.reshape(-1), 0)  # (b*n, Q)
         yp = xp.reshape(xp.permute_dims(xp.reshape(yp, (block.shape[0], n, -1)), (1, 0, 2)), (n, -1))
         r = xp.max(xp.abs(xp.matrix_transpose(xs) @ yp), axis=0)  # max |r| over variables: (b*Q,)
-        out.append(xp.reshape(mi_from_correlation(r, n, biascorrect), (block.shape[0], -1)))
+        out.append(xp.reshape(mi_from_correlation(xp.astype(r, x.dtype), n, biascorrect), (block.shape[0], -1)))
     return xp.concat(out, axis=0) if out else xp.zeros((0, y.shape[1]), dtype=x.dtype)
 
 
 def null_max_gd(x: Array, labels: np.ndarray, perms: np.ndarray, biascorrect: bool = True) -> Array:
-    """Largest MI over the variables of ``x`` (n, P[, d]) with each permutation of ``labels``: (n_perm,)."""
-    xp = namespace(x)
-    labels = np.asarray(to_numpy(labels))
-    vals = []
-    for perm in perms:
-        mi = mi_model_gd(x, labels[perm], biascorrect)
-        vals.append(xp.max(xp.where(xp.isnan(mi), xp.full_like(mi, -np.inf), mi)))
-    return xp.stack(vals) if vals else xp.zeros((0,), dtype=x.dtype)
+    """Largest MI over the univariate variables of ``x`` (n, P) with each permutation of ``labels``: (n_perm,).
+
+    Permuting labels keeps the class sizes, so the unconditional entropy and every
+    bias term are computed once; each permutation needs only the class sums of x and
+    x^2: one matrix product with the permutations' class indicators for up to 32
+    classes, else one scatter-add per permutation (PyTorch, threaded).
+    """
+    import torch
+
+    from .estimators import _dterm, _psi_sum, encode_labels
+
+    codes, values = encode_labels(labels)
+    n_classes, n = len(values), x.shape[0]
+    counts = np.bincount(codes, minlength=n_classes).astype(np.float64)
+    if (counts < 2).any():
+        keep = counts[codes] >= 2
+        return null_max_gd(take(x, np.flatnonzero(keep), 0), codes[keep], _restrict(perms, keep), biascorrect)
+    xt = x if is_torch(x) else torch.from_numpy(np.asarray(x))
+    xt = xt - xt.mean(0, keepdim=True)
+    h_all = 0.5 * torch.log((xt * xt).sum(0) / (n - 1.0))
+    xt = xt.to(torch.float32)  # class sums in float32: the null maxima need no more
+    xx = torch.cat([xt, xt * xt], 1)  # (n, 2P): sums of x and x^2 in one product
+    bias = _dterm(counts) + _psi_sum(counts, 1) if biascorrect else np.zeros(n_classes)
+    bias_cls = torch.as_tensor(bias, dtype=h_all.dtype, device=xt.device)
+    if biascorrect:
+        h_all = h_all - float(_dterm(n) + _psi_sum(n, 1))
+    cnt = torch.as_tensor(counts, dtype=h_all.dtype, device=xt.device)
+    w = cnt / n
+    lab = torch.as_tensor(codes, device=xt.device)
+    out = []
+    block = max(1, 4096 // n_classes)
+    for lo in range(0, perms.shape[0], block):
+        p = torch.as_tensor(perms[lo:lo + block], device=xt.device)
+        lp = lab[p]  # (b, n): the class of each sample under each permutation
+        b = lp.shape[0]
+        if n_classes <= 32:
+            onehot = torch.zeros(n, b * n_classes, dtype=xt.dtype, device=xt.device)
+            onehot.scatter_(1, (lp + torch.arange(b, device=xt.device)[:, None] * n_classes).T, 1.0)
+            sums = (xx.T @ onehot).view(2, -1, b, n_classes)
+        else:
+            sums = torch.stack([torch.zeros(n_classes, xx.shape[1], dtype=xx.dtype, device=xx.device)
+                                .index_add_(0, lp[k], xx) for k in range(b)], 1).permute(2, 1, 0).reshape(2, -1, b, n_classes)
+        s1, s2 = sums.to(h_all.dtype).unbind(0)
+        var = (s2 - s1 * s1 / cnt) / (cnt - 1.0)  # (P, b, C)
+        h_cls = 0.5 * torch.log(var) - bias_cls
+        mi = (h_all[:, None] - (h_cls * w).sum(-1)) / LN2  # (P, b)
+        out.append(torch.nan_to_num(mi, nan=-np.inf).amax(0))
+    res = torch.cat(out) if out else torch.zeros(0, dtype=xt.dtype)
+    return res if is_torch(x) else res.numpy()
+
+
+def _restrict(perms: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Permutations of the kept samples only (their relative order under each permutation)."""
+    new_index = np.cumsum(keep) - 1
+    return np.stack([new_index[p[keep[p]]] for p in perms]) if len(perms) else perms
 
 
 def threshold(null_max: Array, alpha: float = 0.05) -> Array:

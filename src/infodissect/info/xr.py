@@ -13,10 +13,12 @@ default; a ``distributed.Client`` when the caller made one).
 
 from __future__ import annotations
 
+import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
 
+from .backend import release_memory
 from .copula import copnorm
 from .estimators import encode_labels, mi_gg, mi_gg_pairs, mi_model_gd
 from .stats import null_max_gd, null_max_gg, permutations, pvalues, threshold
@@ -76,38 +78,64 @@ def _copnorm_block(block: np.ndarray, seed: int) -> np.ndarray:
     return copnorm(block.reshape(-1, n), seed=seed, axis=-1).astype(np.float64, copy=False)
 
 
-def _block_mi(block: np.ndarray, cont: np.ndarray, disc: list[tuple[int, np.ndarray]], n_factors: int,
-              mv: bool, biascorrect: bool, seed: int) -> np.ndarray:
-    """MI of every variable of a block (*vars[, d], n) with every factor: (*vars, n_factors)."""
-    n = block.shape[-1]
-    shape = block.shape[:-2] if mv else block.shape[:-1]
-    d = block.shape[-2] if mv else 1
-    x = _copnorm_block(block, seed).reshape(-1, d, n).transpose(2, 0, 1)  # (n, P, d) view
+def _rows_mi(rows: np.ndarray, cont: np.ndarray, disc: list[tuple[int, np.ndarray]], n_factors: int, d: int,
+             biascorrect: bool) -> np.ndarray:
+    """MI of copula-normalised rows (P*d, n), d rows per variable, with every factor: (P, n_factors)."""
+    n = rows.shape[-1]
+    x = rows.reshape(-1, d, n).transpose(2, 0, 1)  # (n, P, d) view
     out = np.empty((x.shape[1], n_factors))
     cont_pos = [i for i in range(n_factors) if i not in {p for p, _ in disc}]
     if cont_pos:
-        if mv:
+        if d > 1:
             for j, q in enumerate(cont_pos):
-                yq = np.broadcast_to(cont[:, j, None, None], (n, x.shape[1], 1))
-                out[:, q] = mi_gg(x, yq, biascorrect)
+                out[:, q] = mi_gg(x, np.broadcast_to(cont[:, j, None, None], (n, x.shape[1], 1)), biascorrect)
         else:
             out[:, cont_pos] = mi_gg_pairs(x[..., 0], cont, biascorrect)
     for q, codes in disc:
-        out[:, q] = mi_model_gd(x if mv else x[..., 0], codes, biascorrect)
+        out[:, q] = mi_model_gd(x if d > 1 else x[..., 0], codes, biascorrect)
+    return out
+
+
+def _block_mi(block: np.ndarray, cont: np.ndarray, disc: list[tuple[int, np.ndarray]], n_factors: int,
+              mv: bool, biascorrect: bool, seed: int) -> np.ndarray:
+    """MI of every variable of a block (*vars[, d], n) with every factor: (*vars, n_factors)."""
+    shape = block.shape[:-2] if mv else block.shape[:-1]
+    d = block.shape[-2] if mv else 1
+    out = _rows_mi(_copnorm_block(block, seed), cont, disc, n_factors, d, biascorrect)
+    release_memory()
     return out.reshape(shape + (n_factors,))
 
 
-def _block_null(block: np.ndarray, cont: np.ndarray, disc: list[tuple[int, np.ndarray]], n_factors: int,
-                perms: np.ndarray, biascorrect: bool, seed: int) -> np.ndarray:
-    """Null maxima over the block's variables, per permutation and factor: (1, n_perm, n_factors)."""
-    x = _copnorm_block(block, seed).T  # (n, P) view
+def _rows_null(rows: np.ndarray, cont: np.ndarray, disc: list[tuple[int, np.ndarray]], n_factors: int,
+               perms: np.ndarray, biascorrect: bool) -> np.ndarray:
+    """Null maxima over copula-normalised rows (P, n), per permutation and factor: (1, n_perm, n_factors)."""
+    x = rows.T  # (n, P) view
     out = np.full((perms.shape[0], n_factors), -np.inf)
     cont_pos = [i for i in range(n_factors) if i not in {p for p, _ in disc}]
     if cont_pos:
         out[:, cont_pos] = null_max_gg(x, cont, perms, biascorrect)
     for q, codes in disc:
         out[:, q] = null_max_gd(x, codes, perms, biascorrect)
+    release_memory()
     return out[None]
+
+
+def _mi_and_null(x: xr.DataArray, dim: str, cont: np.ndarray, disc: list, n_factors: int, perms: np.ndarray,
+                 biascorrect: bool, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """MI (*vars, n_factors) and null maxima (n_perm, n_factors), each chunk copula-normalised once."""
+    n = x.sizes[dim]
+    if isinstance(x.data, da.Array):
+        rows = x.data.reshape(-1, n, merge_chunks=True)
+    else:
+        flat = np.asarray(x.data).reshape(-1, n)
+        rows = da.from_array(flat, chunks=(max(1, min(len(flat), (64 << 20) // (8 * n))), n))
+    cop = rows.map_blocks(_copnorm_block, seed, dtype=np.float64)
+    mi = cop.map_blocks(_rows_mi, cont, disc, n_factors, 1, biascorrect, chunks=(rows.chunks[0], (n_factors,)),
+                        dtype=np.float64)
+    null = cop.map_blocks(_rows_null, cont, disc, n_factors, perms, biascorrect, new_axis=2, dtype=np.float64,
+                          chunks=((1,) * rows.numblocks[0], (perms.shape[0],), (n_factors,)))
+    mi_v, null_v = dask.compute(mi, null.max(axis=0))
+    return mi_v.reshape(x.shape[:-1] + (n_factors,)), null_v
 
 
 def mutual_information(
@@ -161,6 +189,13 @@ def mutual_information(
     x = x.transpose(..., *core)
     if isinstance(x.data, da.Array):
         x = x.chunk({c: -1 for c in core})
+    attrs = {"units": "bits", "estimator": "gcmi (Gaussian copula; mi_gg / mi_model_gd)",
+             "biascorrect": int(biascorrect), "n_samples": int(x.sizes[dim]), "sample_dim": dim,
+             "discrete_factors": [names[p] for p, _ in disc], "seed": seed}
+    if n_perm:
+        if mvdim is not None:
+            raise InputError("permutation statistics are implemented for univariate variables (mvdim=None)")
+        return _permutation_result(x, dim, names, cont, disc, n_perm, alpha, biascorrect, seed, attrs)
     mi = xr.apply_ufunc(
         _block_mi, x, input_core_dims=[core], output_core_dims=[["factor"]],
         kwargs=dict(cont=cont, disc=disc, n_factors=n_factors, mv=mvdim is not None, biascorrect=biascorrect,
@@ -168,38 +203,27 @@ def mutual_information(
         dask="parallelized", output_dtypes=[np.float64], dask_gufunc_kwargs={"output_sizes": {"factor": n_factors}},
     ).assign_coords(factor=names)
     mi.name = "mi"
-    attrs = {"units": "bits", "estimator": "gcmi (Gaussian copula; mi_gg / mi_model_gd)",
-             "biascorrect": int(biascorrect), "n_samples": int(x.sizes[dim]), "sample_dim": dim,
-             "discrete_factors": [names[p] for p, _ in disc], "seed": seed}
     mi.attrs.update(attrs)
-    if not n_perm:
-        return mi
-    if mvdim is not None:
-        raise InputError("permutation statistics are implemented for univariate variables (mvdim=None)")
-    null = _null_max(x, dim, cont, disc, n_factors, permutations(x.sizes[dim], n_perm, seed), biascorrect, seed)
-    null = xr.DataArray(null, dims=("permutation", "factor"), coords={"factor": names})
-    thr = xr.DataArray(threshold(null.values, alpha), dims="factor", coords={"factor": names})
+    return mi
+
+
+def _permutation_result(x: xr.DataArray, dim: str, names: list[str], cont: np.ndarray, disc: list, n_perm: int,
+                        alpha: float, biascorrect: bool, seed: int, attrs: dict) -> xr.Dataset:
+    """MI with maximum-statistic thresholds, p-values and significance (computed now)."""
+    mi_v, null_v = _mi_and_null(x, dim, cont, disc, len(names), permutations(x.sizes[dim], n_perm, seed),
+                                biascorrect, seed)
+    var_dims = [d for d in x.dims if d != dim]
+    coords = {k: v for k, v in x.coords.items() if dim not in v.dims}
+    mi = xr.DataArray(mi_v, dims=var_dims + ["factor"], coords=coords).assign_coords(factor=names)
+    null = xr.DataArray(null_v, dims=("permutation", "factor"), coords={"factor": names})
+    thr = xr.DataArray(threshold(null_v, alpha), dims="factor", coords={"factor": names})
     out = xr.Dataset({"mi": mi, "threshold": thr, "null_max": null})
     out["significant"] = out["mi"] > out["threshold"]
-    out["pvalue"] = xr.apply_ufunc(lambda m: pvalues(m, null.values), out["mi"], dask="parallelized",
-                                   output_dtypes=[np.float64])
+    out["pvalue"] = (mi.dims, pvalues(mi_v, null_v))
     out.attrs.update(attrs, n_perm=int(n_perm), alpha=float(alpha), correction="maximum statistic (FWER)")
-    for v in ("threshold", "null_max"):
+    for v in ("mi", "threshold", "null_max"):
         out[v].attrs["units"] = "bits"
     return out
-
-
-def _null_max(x: xr.DataArray, dim: str, cont: np.ndarray, disc: list, n_factors: int, perms: np.ndarray,
-              biascorrect: bool, seed: int) -> np.ndarray:
-    """Null maxima over every variable of ``x`` (n_perm, n_factors), chunk by chunk with Dask."""
-    n = x.sizes[dim]
-    data = x.data.reshape(-1, n) if not isinstance(x.data, da.Array) else x.data.reshape(-1, n, merge_chunks=True)
-    if not isinstance(data, da.Array):
-        data = da.from_array(data, chunks=(max(1, data.shape[0]), n))
-    parts = data.map_blocks(
-        lambda b: _block_null(b, cont, disc, n_factors, perms, biascorrect, seed),
-        chunks=((1,) * data.numblocks[0], (perms.shape[0],), (n_factors,)), new_axis=2, dtype=np.float64)
-    return np.asarray(parts.max(axis=0).compute())
 
 
 def _conditional(x: xr.DataArray, ds: xr.Dataset, dim: str, cond: xr.DataArray, *, mvdim: str | None,
