@@ -148,15 +148,15 @@ def normal_scores(n: int, dtype: torch.dtype = torch.float64, device: torch.devi
     return torch.special.ndtri((torch.arange(n, dtype=torch.float64, device=device) + 1.0) / (n + 1.0)).to(dtype)
 
 
-def copnorm(x: Array, seed: int = 0, axis: int = 0) -> Array:
+def copnorm(x: Array, seed: int = 0, axis: int = 0, dtype: torch.dtype | None = None) -> Array:
     """Copula-normalise ``x`` along its sample axis: ``ndtri((rank + 1) / (n + 1))``.
 
     ``axis`` is 0 (``x`` is (n, ...), the kernels' layout) or -1 (``x`` is (..., n),
     which avoids a transposing copy). Floating inputs keep their dtype; others (e.g.
-    uint8 pixels) become float64.
+    uint8 pixels) become float64; ``dtype`` (a torch dtype) overrides the output's.
     """
     rows, n = _rows(x, axis)
-    dtype = rows.dtype if rows.dtype.is_floating_point else torch.float64
+    dtype = dtype or (rows.dtype if rows.dtype.is_floating_point else torch.float64)
     out = normal_scores(n, dtype, rows.device)[_rank_rows(rows, seed)]
     bad = torch.isnan(rows).any(1) if rows.dtype.is_floating_point else None
     if bad is not None and bool(bad.any()):

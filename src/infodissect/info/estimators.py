@@ -162,17 +162,19 @@ def mi_model_gd(x: Array, labels: Array | np.ndarray, biascorrect: bool = True, 
     counts = np.bincount(codes, minlength=n_classes).astype(np.float64)
     if not demeaned:
         x = _demean(x)
-    means = class_sums(x, codes, n_classes) / like(counts.reshape((-1,) + (1,) * (x.ndim - 1)), x)
-    dev = x - take(means, codes, 0)
     if multi:
+        means = class_sums(x, codes, n_classes) / like(counts.reshape(-1, 1, 1), x)
+        dev = xp.astype(x - take(means, codes, 0), xp.float64)  # class covariances summed in float64
         h_all = _half_logdet_cov(x)
-        dev = xp.astype(dev, xp.float64)  # class covariances summed in float64
         outer = dev[..., :, None] * dev[..., None, :]
         h_cls = xp.astype(_half_logdet(class_sums(outer, codes, n_classes)
                                        / like((counts - 1.0).reshape(-1, 1, 1, 1), dev)), x.dtype)
     else:
-        h_all = 0.5 * xp.log(xp.sum(x * x, axis=0) / (n - 1.0))
-        h_cls = 0.5 * xp.log(class_sums(dev * dev, codes, n_classes) / like((counts - 1.0)[:, None], x))
+        # Within-class sums of squares from the class sums of x and x^2 (x is demeaned).
+        s1, s2 = class_sums(x, codes, n_classes), class_sums(x * x, codes, n_classes)
+        cnt = like(counts[:, None], x)
+        h_all = 0.5 * xp.log(xp.sum(s2, axis=0) / (n - 1.0))
+        h_cls = 0.5 * xp.log((s2 - s1 * s1 / cnt) / (cnt - 1.0))
     if biascorrect:
         h_all = h_all - float(d * _dterm(n) + _psi_sum(n, d))
         h_cls = h_cls - like((d * _dterm(counts) + _psi_sum(counts, d))[:, None], x)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dask
 import dask.array as da
 import numpy as np
+import torch
 import xarray as xr
 
 from .backend import release_memory
@@ -73,9 +74,7 @@ def _prepare_factors(ds: xr.Dataset, seed: int) -> tuple[list[str], np.ndarray, 
 def _copnorm_block(block: np.ndarray, seed: int) -> np.ndarray:
     """Copula-normalised float64 rows (P, n) of a block (*vars, n)."""
     n = block.shape[-1]
-    if block.dtype.kind == "f" and block.dtype.itemsize < 8:
-        block = block.astype(np.float64)  # float32 data keeps its exact values (and tie-breakers)
-    return copnorm(block.reshape(-1, n), seed=seed, axis=-1).astype(np.float64, copy=False)
+    return copnorm(block.reshape(-1, n), seed=seed, axis=-1, dtype=torch.float64)
 
 
 def _rows_mi(rows: np.ndarray, cont: np.ndarray, disc: list[tuple[int, np.ndarray]], n_factors: int, d: int,
