@@ -206,3 +206,17 @@ def test_out_of_core_store_stays_under_a_memory_bound(tmp_path):
     assert res["shape"] == [units, side, side, 1] and res["max"] < 0.02
     used = res["peak_mb"] - res["base_mb"]
     assert used < size_mb / 3, f"computing took {used:.0f} MB over the libraries for a {size_mb:.0f} MB store"
+
+
+def test_a_distributed_scheduler_gives_the_same_result():
+    from distributed import Client, LocalCluster
+
+    f = _factors(800)
+    x = _activations(f).chunk({"unit": 2})
+    local = mutual_information(x, f, n_perm=50, seed=3)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        remote = mutual_information(x, f, n_perm=50, seed=3, scheduler=cluster.scheduler_address)
+        with Client(cluster):
+            lazy = mutual_information(x, f, seed=3).compute()
+    xr.testing.assert_allclose(remote, local, rtol=0, atol=1e-12)
+    xr.testing.assert_allclose(lazy, local.mi.drop_attrs(), rtol=0, atol=1e-12)

@@ -13,6 +13,8 @@ default; a ``distributed.Client`` when the caller made one).
 
 from __future__ import annotations
 
+import contextlib
+
 import dask
 import dask.array as da
 import numpy as np
@@ -148,6 +150,7 @@ def mutual_information(
     n_perm: int = 0,
     alpha: float = 0.05,
     seed: int = 0,
+    scheduler: str | None = None,
 ) -> xr.DataArray | xr.Dataset:
     """Gaussian-copula MI (bits) between every variable of ``x`` and every factor of ``y``.
 
@@ -166,6 +169,10 @@ def mutual_information(
     n_perm : permutations for maximum-statistic family-wise correction (0 = none).
     alpha : family-wise error rate of the threshold.
     seed : seeds tie-breaking and permutations.
+    scheduler : where the permutation path computes: None uses the active Dask scheduler
+        (a ``distributed.Client`` if the caller made one, else the local threaded one);
+        ``"tcp://host:port"`` connects to a running distributed scheduler. Without
+        permutations the result is lazy and computes wherever the caller computes it.
 
     Returns
     -------
@@ -194,7 +201,7 @@ def mutual_information(
     if n_perm:
         if mvdim is not None:
             raise InputError("permutation statistics are implemented for univariate variables (mvdim=None)")
-        return _permutation_result(x, dim, names, cont, disc, n_perm, alpha, biascorrect, seed, attrs)
+        return _permutation_result(x, dim, names, cont, disc, n_perm, alpha, biascorrect, seed, attrs, scheduler)
     mi = xr.apply_ufunc(
         _block_mi, x, input_core_dims=[core], output_core_dims=[["factor"]],
         kwargs=dict(cont=cont, disc=disc, n_factors=n_factors, mv=mvdim is not None, biascorrect=biascorrect,
@@ -207,10 +214,17 @@ def mutual_information(
 
 
 def _permutation_result(x: xr.DataArray, dim: str, names: list[str], cont: np.ndarray, disc: list, n_perm: int,
-                        alpha: float, biascorrect: bool, seed: int, attrs: dict) -> xr.Dataset:
+                        alpha: float, biascorrect: bool, seed: int, attrs: dict, scheduler: str | None) -> xr.Dataset:
     """MI with maximum-statistic thresholds, p-values and significance (computed now)."""
-    mi_v, null_v = _mi_and_null(x, dim, cont, disc, len(names), permutations(x.sizes[dim], n_perm, seed),
-                                biascorrect, seed)
+    perms = permutations(x.sizes[dim], n_perm, seed)
+    if scheduler and "://" in scheduler:
+        from distributed import Client
+
+        with Client(scheduler):
+            mi_v, null_v = _mi_and_null(x, dim, cont, disc, len(names), perms, biascorrect, seed)
+    else:
+        with dask.config.set(scheduler=scheduler) if scheduler else _nullcontext():
+            mi_v, null_v = _mi_and_null(x, dim, cont, disc, len(names), perms, biascorrect, seed)
     var_dims = [d for d in x.dims if d != dim]
     coords = {k: v for k, v in x.coords.items() if dim not in v.dims}
     mi = xr.DataArray(mi_v, dims=var_dims + ["factor"], coords=coords).assign_coords(factor=names)
@@ -270,5 +284,7 @@ def _with_cond(x: xr.DataArray, z: np.ndarray, dim: str, mvdim: str | None) -> x
         zb = zb.chunk(dict(x.isel(_xz=0, drop=True).chunksizes))
     return xr.concat([x.drop_vars("_xz", errors="ignore"), zb], dim="_xz")
 
+
+_nullcontext = contextlib.nullcontext
 
 __all__ = ["mutual_information", "InputError", "is_discrete"]
