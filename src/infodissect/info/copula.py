@@ -23,7 +23,7 @@ import warnings
 import numpy as np
 import torch
 
-from .backend import Array, is_torch, namespace
+from .backend import Array, is_torch
 
 _M1 = -0x40A7B892E31B1A47  # 0xBF58476D1CE4E5B9 as int64
 _M2 = -0x6B2FB644ECCEEE15  # 0x94D049BB133111EB as int64
@@ -169,4 +169,4 @@ def copnorm(x: Array, seed: int = 0, axis: int = 0, dtype: torch.dtype | None = 
     return np.ascontiguousarray(out.numpy())
 
 
-__all__ = ["copnorm", "ranks", "normal_scores", "tie_breakers", "namespace"]
+__all__ = ["copnorm", "ranks", "normal_scores", "tie_breakers"]
