@@ -38,3 +38,4 @@ localrules:
 
 
 include: "workflow/rules/stimuli.smk"
+include: "workflow/rules/train.smk"

@@ -51,6 +51,22 @@ def _stimuli_figure(a: argparse.Namespace) -> None:
         identity_gallery(ds, a.out)
 
 
+def _train_model(a: argparse.Namespace) -> None:
+    import torch
+
+    from .train import TrainSpec, train
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    train(TrainSpec.from_json(a.spec), a.train, a.test, a.out, a.checkpoints)
+
+
+def _train_figure(a: argparse.Namespace) -> None:
+    from .figures.training import training_figure
+
+    training_figure(a.metrics, a.factors, a.out, title=a.title)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``infodissect`` command."""
     p = argparse.ArgumentParser(prog="infodissect", description=__doc__)
@@ -84,6 +100,23 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--stimuli", required=True, help="sweeps store (factors) or portraits store (identities)")
     f.add_argument("--out", required=True)
     f.set_defaults(func=_stimuli_figure)
+
+    tr = stages.add_parser("train", help="train ResNet-10 models (run `model` under torchrun for DDP)")
+    tsub = tr.add_subparsers(dest="command", required=True)
+    m = tsub.add_parser("model", help="train one model; resumes from --checkpoints")
+    m.add_argument("--spec", required=True, help="JSON: task, seed, epochs, batch_size, lr, width, stem ...")
+    m.add_argument("--train", required=True, help="training stimulus store")
+    m.add_argument("--test", required=True, help="held-out stimulus store")
+    m.add_argument("--out", required=True, help="output directory (model.pt, metrics.csv, accuracy_by_factor.csv)")
+    m.add_argument("--checkpoints", required=True, help="checkpoint directory (kept across reruns)")
+    m.add_argument("--threads", type=int, default=0, help="torch CPU threads per process (0 = default)")
+    m.set_defaults(func=_train_model)
+    tf = tsub.add_parser("figure", help="training curves and held-out accuracy by factor")
+    tf.add_argument("--metrics", required=True)
+    tf.add_argument("--factors", required=True)
+    tf.add_argument("--title", default="")
+    tf.add_argument("--out", required=True)
+    tf.set_defaults(func=_train_figure)
     return p
 
 

@@ -61,6 +61,32 @@ def render_mem_mb():
     return int(1024 + render["batch_size"] * pixels * 256 / 2**20)
 
 
+def model_names():
+    """Names of the models the config trains ('<task>_s<seed>')."""
+    return list(config["training"]["models"])
+
+
+def train_spec(model):
+    """JSON (sorted keys) of a model's training spec: its task and seed from the name, the rest from config."""
+    from infodissect.train.loop import parse_model_name
+
+    task, seed = parse_model_name(model)
+    t = config["training"]
+    keys = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "width", "stem", "window")
+    return json.dumps({"task": task, "seed": seed, **{k: t[k] for k in keys}}, sort_keys=True)
+
+
+def train_processes():
+    """Processes per training job: one per GPU, else training.processes."""
+    t = config["training"]
+    return t["gpus"] if t["gpus"] > 0 else t["processes"]
+
+
+def train_threads():
+    """CPU threads a training job uses (all its processes together)."""
+    return max(train_processes(), config["training"]["threads"])
+
+
 def all_targets():
     """Every final output of the stages that exist so far (inputs of `rule all`)."""
     names = set_names()
@@ -69,4 +95,6 @@ def all_targets():
         targets.append("results/figures/stimuli_factors.png")
     if "portraits" in names:
         targets.append("results/figures/stimuli_identities.png")
+    for model in model_names():
+        targets += [f"results/models/{model}/model.pt", f"results/figures/{model}_training.png"]
     return targets

@@ -1,0 +1,118 @@
+"""Batches for training from a stimulus Zarr store: whole chunks, shuffled, split across ranks.
+
+Each epoch draws (seeded by ``seed`` and the epoch) an order of the store's chunks and
+walks it in windows of ``window`` chunks: a window is read whole (chunk-aligned
+reads), its samples shuffled, and cut into global batches of ``batch_size``; rank
+``r`` of ``world`` takes the r-th equal slice of every global batch. The global
+batches do not depend on the number of ranks, so a run on W processes sees exactly
+the data of a run on one (the basis of the DDP equivalence test); memory holds one
+window, never the set.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import zarr
+
+
+class DataError(ValueError):
+    """A stimulus store cannot feed the requested task."""
+
+
+@dataclass(frozen=True)
+class Labels:
+    """Class names of a task and each sample's class index."""
+
+    task: str
+    classes: tuple[str, ...]
+    index: np.ndarray  # (n,) int64
+
+
+def task_labels(path: str | Path, task: str, classes: tuple[str, ...] | None = None) -> Labels:
+    """Class index of every sample of a store for a categorical factor ``task``.
+
+    The classes are the factor's levels recorded in the store (identity: 0..N-1 of
+    the identity pool), or ``classes`` when given (so that a test set maps to the
+    training set's classes; an unknown level is an error).
+    """
+    group = zarr.open_group(str(path), mode="r")
+    if task not in group:
+        raise DataError(f"{path}: no factor {task!r} (available: {sorted(k for k in group.array_keys())})")
+    factors = json.loads(group.attrs.get("factors", "{}"))
+    info = factors.get(task, {})
+    if info.get("kind", "categorical") != "categorical":
+        raise DataError(f"{path}: factor {task!r} is {info.get('kind')}, a task needs a categorical factor")
+    values = np.asarray(group[task][:])
+    names = [str(v) for v in values.tolist()]
+    if classes is None:
+        if task == "identity":
+            classes = tuple(str(i) for i in range(int(group.attrs["identities"])))
+        elif "levels" in info:
+            classes = tuple(str(v) for v in info["levels"])
+        else:
+            classes = tuple(sorted(set(names)))
+    lookup = {c: i for i, c in enumerate(classes)}
+    unknown = sorted(set(names) - set(lookup))
+    if unknown:
+        raise DataError(f"{path}: {task} levels {unknown[:5]} are not among the model's classes")
+    return Labels(task, tuple(classes), np.asarray([lookup[v] for v in names], dtype=np.int64))
+
+
+def chunk_ranges(n: int, chunk: int) -> list[tuple[int, int]]:
+    """[start, stop) of every chunk along samples."""
+    return [(s, min(s + chunk, n)) for s in range(0, n, chunk)]
+
+
+class StoreBatches:
+    """Epochs of (images float (b, C, H, W) in [0, 1], labels (b,)) for one rank."""
+
+    def __init__(self, path: str | Path, labels: Labels, batch_size: int, rank: int = 0, world: int = 1,
+                 seed: int = 0, window: int = 4, shuffle: bool = True, drop_last: bool = True) -> None:
+        if batch_size % world:
+            raise DataError(f"batch_size {batch_size} is not divisible by the {world} processes")
+        self.image = zarr.open_group(str(path), mode="r")["image"]
+        self.n = self.image.shape[0]
+        self.chunks = chunk_ranges(self.n, self.image.chunks[0])
+        self.labels, self.batch_size, self.rank, self.world = labels, batch_size, rank, world
+        self.seed, self.window, self.shuffle, self.drop_last = seed, window, shuffle, drop_last
+
+    def __len__(self) -> int:
+        """Global batches per epoch."""
+        return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This rank's slice of every global batch of ``epoch``."""
+        rng = np.random.default_rng([self.seed, epoch, 0xDA7A])
+        order = rng.permutation(len(self.chunks)) if self.shuffle else np.arange(len(self.chunks))
+        pending_x: list[np.ndarray] = []
+        pending_y: list[np.ndarray] = []
+        local = self.batch_size // self.world
+        lo, hi = self.rank * local, (self.rank + 1) * local
+        for w in range(0, len(order), self.window):
+            idx = np.concatenate([np.arange(*self.chunks[c]) for c in order[w:w + self.window]])
+            x = np.concatenate([self.image[slice(*self.chunks[c])] for c in order[w:w + self.window]])
+            y = self.labels.index[idx]
+            perm = rng.permutation(len(idx)) if self.shuffle else np.arange(len(idx))
+            pending_x.append(x[perm])
+            pending_y.append(y[perm])
+            bx, by = np.concatenate(pending_x), np.concatenate(pending_y)
+            full = len(bx) // self.batch_size * self.batch_size
+            for s in range(0, full, self.batch_size):
+                yield _to_tensor(bx[s + lo:s + hi]), torch.from_numpy(by[s + lo:s + hi])
+            pending_x, pending_y = [bx[full:]], [by[full:]]
+        rest_x, rest_y = np.concatenate(pending_x), np.concatenate(pending_y)
+        if len(rest_x) and not self.drop_last:
+            k = -(-len(rest_x) // self.world)
+            yield _to_tensor(rest_x[self.rank * k:(self.rank + 1) * k]), torch.from_numpy(
+                rest_y[self.rank * k:(self.rank + 1) * k])
+
+
+def _to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 (b, H, W, C) -> float (b, C, H, W) in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)

@@ -1,0 +1,311 @@
+"""Training of one model, on one process or across several with DistributedDataParallel.
+
+Run it under ``torchrun`` (the Snakemake rule does): each process reads RANK and
+WORLD_SIZE from the environment, joins a process group (NCCL on CUDA, Gloo on CPU)
+and trains on its slice of every global batch (:class:`~.data.StoreBatches`);
+DistributedDataParallel averages the gradients, and batch norm uses statistics of
+the whole global batch (:class:`GlobalBatchNorm2d`), so W processes compute what one
+process computes on the same global batch. On CUDA the forward runs in bf16.
+
+Every epoch rank 0 writes a checkpoint (atomically) to a directory Snakemake does
+not manage; a rerun of a killed job resumes from it when its spec matches. The
+final files appear only after the last epoch.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+import zarr
+from torch import nn
+
+from ..nets import READOUT_LAYERS, build_model
+from .data import Labels, StoreBatches, task_labels
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """Everything a trained model depends on besides its data."""
+
+    task: str = "identity"
+    seed: int = 0
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    width: int = 64
+    stem: str = "large"
+    window: int = 4
+
+    @staticmethod
+    def from_json(text: str) -> "TrainSpec":
+        return TrainSpec(**json.loads(text))
+
+    def digest(self) -> str:
+        """A short hash of the spec (a checkpoint resumes only under the same spec)."""
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def parse_model_name(name: str) -> tuple[str, int]:
+    """``identity_s0`` -> (``identity``, 0)."""
+    task, sep, seed = name.rpartition("_s")
+    if not sep or not task or not seed.isdigit():
+        raise ValueError(f"model name {name!r} is not '<task>_s<seed>' (e.g. identity_s0)")
+    return task, int(seed)
+
+
+# --------------------------------------------------------------------------- distributed
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int
+    world: int
+    device: torch.device
+
+
+def init_distributed() -> Dist:
+    """Join the torchrun process group (if any); the device is this rank's GPU or the CPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if torch.cuda.is_available():
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Dist(rank, world, device)
+
+
+class GlobalBatchNorm2d(nn.BatchNorm2d):
+    """Batch norm whose training statistics span the global batch of all processes.
+
+    Identical to :class:`torch.nn.BatchNorm2d` on one process; across processes the
+    per-channel sums are all-reduced (differentiably), on CPU (Gloo) as on CUDA.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+
+        x = x.float()
+        n_local = torch.tensor([x.shape[0] * x.shape[2] * x.shape[3]], dtype=x.dtype, device=x.device)
+        stats = torch.cat([x.sum((0, 2, 3)), (x * x).sum((0, 2, 3)), n_local])
+        stats = all_reduce(stats)
+        c = x.shape[1]
+        n = stats[-1]
+        mean = stats[:c] / n
+        var = stats[c:2 * c] / n - mean * mean
+        with torch.no_grad():
+            self.num_batches_tracked += 1
+            m = self.momentum
+            self.running_mean.mul_(1 - m).add_(m * mean.detach())
+            self.running_var.mul_(1 - m).add_(m * var.detach() * n / (n - 1))
+        shape = (1, c, 1, 1)
+        return ((x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps) * self.weight.view(shape)
+                + self.bias.view(shape))
+
+
+def with_global_batch_norm(model: nn.Module) -> nn.Module:
+    """``model`` with every BatchNorm2d made a :class:`GlobalBatchNorm2d` (same parameters and buffers)."""
+    for name, child in model.named_children():
+        if type(child) is nn.BatchNorm2d:
+            g = GlobalBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
+                                  child.track_running_stats)
+            g.load_state_dict(child.state_dict())
+            setattr(model, name, g)
+        else:
+            with_global_batch_norm(child)
+    return model
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _lr(spec: TrainSpec, step: int, total: int) -> float:
+    """Linear warm-up over the first 5% of steps, then cosine decay to 0."""
+    warm = max(1, total // 20)
+    if step < warm:
+        return spec.lr * (step + 1) / warm
+    return spec.lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def evaluate(model: nn.Module, batches: StoreBatches, device: torch.device) -> tuple[float, float, np.ndarray]:
+    """Mean loss, accuracy and per-sample predictions of ``model`` on one rank's batches (all samples, in order)."""
+    model.eval()
+    total, correct, loss, preds = 0, 0, 0.0, []
+    with torch.inference_mode():
+        for x, y in batches.epoch(0):
+            out = model(x.to(device)).float()
+            y = y.to(device)
+            loss += float(F.cross_entropy(out, y, reduction="sum"))
+            p = out.argmax(1)
+            correct += int((p == y).sum())
+            total += len(y)
+            preds.append(p.cpu().numpy())
+    return loss / max(total, 1), correct / max(total, 1), np.concatenate(preds) if preds else np.zeros(0, int)
+
+
+def train(spec: TrainSpec, train_store: str | Path, test_store: str | Path, out_dir: str | Path,
+          checkpoints: str | Path) -> dict[str, float]:
+    """Train ``spec`` on ``train_store``, evaluating on ``test_store``; write the model and metrics to ``out_dir``."""
+    ctx = init_distributed()
+    out_dir, checkpoints = Path(out_dir), Path(checkpoints)
+    labels = task_labels(train_store, spec.task)
+    test_labels = task_labels(test_store, spec.task, labels.classes)
+    torch.manual_seed(spec.seed)
+    model = build_model(len(labels.classes), width=spec.width, stem=spec.stem,
+                        in_channels=zarr.open_group(str(train_store), mode="r")["image"].shape[-1])
+    if ctx.world > 1:
+        model = with_global_batch_norm(model)
+    model.to(ctx.device)
+    opt = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay,
+                          nesterov=True)
+    data = StoreBatches(train_store, labels, spec.batch_size, ctx.rank, ctx.world, spec.seed, spec.window)
+    test = StoreBatches(test_store, test_labels, spec.batch_size, 0, 1, spec.seed, spec.window, shuffle=False,
+                        drop_last=False)
+    if len(data) == 0:
+        raise ValueError(f"{train_store}: fewer samples than one batch of {spec.batch_size}")
+    history: list[dict[str, Any]] = []
+    start = 0
+    ckpt = checkpoints / "last.pt"
+    if ckpt.exists():
+        state = torch.load(ckpt, map_location=ctx.device, weights_only=False)
+        if state.get("spec") == spec.digest() and state.get("world") == ctx.world:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            history, start = state["history"], state["epoch"]
+            log.info("resuming %s from epoch %d (%s)", spec.task, start, ckpt)
+        else:
+            log.info("ignoring checkpoint %s made for another spec or process count", ckpt)
+    net = (nn.parallel.DistributedDataParallel(model, device_ids=[ctx.device] if ctx.device.type == "cuda" else None)
+           if ctx.world > 1 else model)
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if ctx.device.type == "cuda" else nullcontext()
+    total_steps = spec.epochs * len(data)
+    for epoch in range(start, spec.epochs):
+        t0 = time.perf_counter()
+        net.train()
+        seen, correct, loss_sum = 0, 0, 0.0
+        for i, (x, y) in enumerate(data.epoch(epoch)):
+            for g in opt.param_groups:
+                g["lr"] = _lr(spec, epoch * len(data) + i, total_steps)
+            x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
+            with amp:
+                out = net(x)
+            loss = F.cross_entropy(out.float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_sum += float(loss) * len(y)
+            correct += int((out.argmax(1) == y).sum())
+            seen += len(y)
+        counts = torch.tensor([loss_sum, correct, seen], dtype=torch.float64)
+        if ctx.world > 1:
+            counts = counts.to(ctx.device)
+            dist.all_reduce(counts)
+        loss_sum, correct, seen = counts.tolist()
+        row = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_accuracy": correct / seen}
+        if ctx.rank == 0:
+            row["test_loss"], row["test_accuracy"], _ = evaluate(model, test, ctx.device)
+            row["seconds"] = time.perf_counter() - t0
+            history.append(row)
+            log.info("epoch %d/%d: train loss %.3f acc %.3f, test loss %.3f acc %.3f (%.1f s)", epoch + 1,
+                     spec.epochs, row["train_loss"], row["train_accuracy"], row["test_loss"],
+                     row["test_accuracy"], row["seconds"])
+            checkpoints.mkdir(parents=True, exist_ok=True)
+            _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
+                          "history": history, "spec": spec.digest(), "world": ctx.world}, ckpt)
+        if os.environ.get("INFODISSECT_KILL_AFTER_EPOCH") == str(epoch + 1):  # fault injection for tests
+            os._exit(137)
+        if ctx.world > 1:
+            dist.barrier()
+    result: dict[str, float] = {}
+    if ctx.rank == 0:
+        _, acc, preds = evaluate(model, test, ctx.device)
+        _write_outputs(out_dir, spec, model, labels, history, test_store, test_labels, preds)
+        result = {"test_accuracy": acc}
+    if ctx.world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return result
+
+
+def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's weights on the CPU (GlobalBatchNorm2d saves as BatchNorm2d)."""
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
+def _write_outputs(out_dir: Path, spec: TrainSpec, model: nn.Module, labels: Labels, history: list[dict],
+                   test_store: str | Path, test_labels: Labels, preds: np.ndarray) -> None:
+    """model.pt, metrics.csv, accuracy_by_factor.csv (each written whole, then renamed)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _atomic_save({"state_dict": plain_state_dict(model), "classes": list(labels.classes), "task": spec.task,
+                  "spec": asdict(spec), "readout_layers": list(READOUT_LAYERS), "architecture": "ResNet10"},
+                 out_dir / "model.pt")
+    _write_csv(out_dir / "metrics.csv", history)
+    _write_csv(out_dir / "accuracy_by_factor.csv", accuracy_by_factor(test_store, test_labels.index, preds))
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    with open(tmp, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["empty"])
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, path)
+
+
+def accuracy_by_factor(test_store: str | Path, truth: np.ndarray, preds: np.ndarray, bins: int = 5
+                       ) -> list[dict[str, Any]]:
+    """Held-out accuracy per level of each categorical factor and per quantile bin of each continuous one."""
+    group = zarr.open_group(str(test_store), mode="r")
+    factors = json.loads(group.attrs.get("factors", "{}"))
+    ok = truth == preds
+    rows = []
+    for name, info in sorted(factors.items()):
+        if name not in group:
+            continue
+        values = np.asarray(group[name][:])
+        if info.get("kind") == "categorical":
+            levels = [str(v) for v in values.tolist()]
+            for level in sorted(set(levels)):
+                m = np.asarray([v == level for v in levels])
+                rows.append({"factor": name, "level": level, "low": "", "high": "", "n": int(m.sum()),
+                             "accuracy": float(ok[m].mean())})
+        else:
+            values = values.astype(float)
+            if np.ptp(values) == 0:
+                continue
+            edges = np.quantile(values, np.linspace(0, 1, bins + 1))
+            which = np.clip(np.searchsorted(edges, values, side="right") - 1, 0, bins - 1)
+            for b in range(bins):
+                m = which == b
+                if m.any():
+                    rows.append({"factor": name, "level": f"bin{b}", "low": float(edges[b]),
+                                 "high": float(edges[b + 1]), "n": int(m.sum()), "accuracy": float(ok[m].mean())})
+    return rows

@@ -1,0 +1,128 @@
+"""Training: the network, the store batches, DDP through torchrun, resuming, outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+from infodissect.nets import READOUT_LAYERS, build_model, readout_modules
+from infodissect.train.data import DataError, StoreBatches, task_labels
+from infodissect.train.loop import TrainSpec, parse_model_name
+
+TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
+
+
+def _store(path: Path, n: int, identities: int = 4, seed: int = 0, size: int = 16, chunk: int = 8) -> Path:
+    """A small stimulus-format store whose images carry a per-identity pattern plus noise."""
+    rng = np.random.default_rng(seed)
+    ident = np.arange(n) % identities
+    patterns = rng.uniform(0, 255, size=(identities, size, size, 3))
+    img = np.clip(patterns[ident] * 0.6 + rng.uniform(0, 100, size=(n, size, size, 3)), 0, 255).astype(np.uint8)
+    ds = xr.Dataset({"image": (("sample", "y", "x", "channel"), img)},
+                    coords={"identity": ("sample", ident), "yaw": ("sample", rng.uniform(-45, 45, n)),
+                            "expression": ("sample", np.array(["neutral", "happiness"], dtype=object)[ident % 2])})
+    ds.attrs.update(identities=identities, factors=json.dumps({
+        "identity": {"kind": "categorical"}, "yaw": {"kind": "continuous"},
+        "expression": {"kind": "categorical", "levels": ["neutral", "happiness"]}}))
+    ds.chunk({"sample": chunk}).to_zarr(path, mode="w")
+    return path
+
+
+def test_resnet10_layers_and_shapes():
+    model = build_model(10, width=16)
+    seen = {}
+    for name, mod in readout_modules(model).items():
+        mod.register_forward_hook(lambda m, i, o, name=name: seen.__setitem__(name, tuple(o.shape)))
+    out = model(torch.rand(2, 3, 64, 64))
+    assert out.shape == (2, 10) and list(seen) == list(READOUT_LAYERS)
+    assert sum(1 for m in model.modules() if isinstance(m, torch.nn.ReLU)) == 9
+    assert seen["relu_stem"] == (2, 16, 32, 32) and seen["block4_out"] == (2, 128, 2, 2)
+    assert seen["pool"] == (2, 128) and seen["logits"] == (2, 10)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len([c for c in convs if c.kernel_size == (3, 3)]) == 8 and convs[0].kernel_size == (7, 7)
+    assert len([c for c in convs if c.kernel_size == (1, 1)]) == 3  # projection shortcuts of blocks 2-4
+    small = build_model(10, width=16, stem="small")
+    assert small(torch.rand(1, 3, 32, 32)).shape == (1, 10)
+
+
+def test_model_names():
+    assert parse_model_name("identity_s0") == ("identity", 0) and parse_model_name("gender_s12") == ("gender", 12)
+    with pytest.raises(ValueError, match="<task>_s<seed>"):
+        parse_model_name("identity")
+
+
+def test_store_batches_are_rank_slices_of_the_same_global_batches(tmp_path):
+    path = _store(tmp_path / "s.zarr", 50)
+    labels = task_labels(path, "identity")
+    assert labels.classes == ("0", "1", "2", "3")
+    one = list(StoreBatches(path, labels, 8, 0, 1, seed=3, window=2).epoch(1))
+    ranks = [list(StoreBatches(path, labels, 8, r, 2, seed=3, window=2).epoch(1)) for r in range(2)]
+    assert len(one) == 50 // 8 == len(ranks[0]) == len(ranks[1])
+    for k, (x, y) in enumerate(one):
+        assert x.shape == (8, 3, 16, 16) and x.dtype == torch.float32 and float(x.max()) <= 1.0
+        torch.testing.assert_close(torch.cat([ranks[0][k][0], ranks[1][k][0]]), x)
+        torch.testing.assert_close(torch.cat([ranks[0][k][1], ranks[1][k][1]]), y)
+    # Another epoch, another order; every sample at most once per epoch.
+    other = torch.cat([y for _, y in StoreBatches(path, labels, 8, 0, 1, seed=3).epoch(2)])
+    assert not torch.equal(other, torch.cat([y for _, y in one]))
+    with pytest.raises(DataError, match="not divisible"):
+        StoreBatches(path, labels, 7, 0, 2)
+    with pytest.raises(DataError, match="continuous"):
+        task_labels(path, "yaw")
+    with pytest.raises(DataError, match="no factor 'gender'"):
+        task_labels(path, "gender")
+
+
+def _train(tmp_path: Path, name: str, nproc: int, spec: TrainSpec, train: Path, test: Path, env=None) -> Path:
+    out = tmp_path / name
+    cmd = [TORCHRUN, "--standalone", f"--nproc-per-node={nproc}", "-m", "infodissect.cli", "train", "model",
+           "--spec", json.dumps(spec.__dict__), "--train", str(train), "--test", str(test),
+           "--out", str(out / "model"), "--checkpoints", str(out / "ckpt"), "--threads", "1"]
+    res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+    out.mkdir(exist_ok=True)
+    (out / "log").write_text(res.stdout + res.stderr)
+    return out if res.returncode == 0 else out.with_suffix(f".rc{res.returncode}")
+
+
+def _weights(out: Path) -> dict[str, torch.Tensor]:
+    return torch.load(out / "model" / "model.pt", weights_only=False)["state_dict"]
+
+
+def test_two_process_gloo_ddp_matches_one_process(tmp_path):
+    train, test = _store(tmp_path / "train.zarr", 64), _store(tmp_path / "test.zarr", 16, seed=1)
+    spec = TrainSpec(epochs=2, batch_size=8, lr=0.05, width=8, window=2)
+    one = _train(tmp_path, "one", 1, spec, train, test)
+    two = _train(tmp_path, "two", 2, spec, train, test)
+    assert one.name == "one" and two.name == "two", (one / "log").read_text()[-2000:] + (two / "log").read_text()[-2000:]
+    a, b = _weights(one), _weights(two)
+    assert a.keys() == b.keys()
+    moved = 0
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=f"{k} differs")
+        moved += int(not torch.equal(a[k], build_model(4, width=8).state_dict()[k]))
+    assert moved > 10, "training must change the weights"
+
+
+def test_killed_training_resumes_to_the_same_result(tmp_path):
+    train, test = _store(tmp_path / "train.zarr", 48), _store(tmp_path / "test.zarr", 16, seed=1)
+    spec = TrainSpec(epochs=3, batch_size=8, lr=0.05, width=8, window=2)
+    full = _train(tmp_path, "full", 1, spec, train, test)
+    killed = _train(tmp_path, "part", 1, spec, train, test, env={"INFODISSECT_KILL_AFTER_EPOCH": "1"})
+    assert killed.name != "part" and not (tmp_path / "part" / "model" / "model.pt").exists()
+    assert torch.load(tmp_path / "part" / "ckpt" / "last.pt", weights_only=False)["epoch"] == 1
+    resumed = _train(tmp_path, "part", 1, spec, train, test)
+    assert "resuming identity from epoch 1" in (resumed / "log").read_text()
+    for k, v in _weights(full).items():
+        torch.testing.assert_close(_weights(resumed)[k], v, rtol=0, atol=1e-6)
+    metrics = (resumed / "model" / "metrics.csv").read_text().splitlines()
+    assert metrics[0].startswith("epoch,train_loss,train_accuracy,test_loss,test_accuracy") and len(metrics) == 4
+    factors = (resumed / "model" / "accuracy_by_factor.csv").read_text()
+    assert "expression,happiness" in factors and "yaw,bin0" in factors

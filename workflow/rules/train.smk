@@ -1,0 +1,54 @@
+# Stage 2, training: ResNet-10 models on a stimulus set, launched with torchrun.
+# `training.processes` processes per model (Gloo on CPU); with `training.gpus` > 0,
+# one process per GPU (NCCL), and the cluster profile requests the GPUs.
+# Checkpoints live in results/checkpoints/{model}/, which Snakemake does not manage,
+# so a killed job resumes there when rerun; the outputs appear when training ends.
+
+
+wildcard_constraints:
+    model=r"[a-z][a-z0-9]*_s\d+",
+
+
+rule train_model:
+    """Train one model (name '<task>_s<seed>') on the training set; evaluate on the test set."""
+    input:
+        train=f"results/stimuli/{config['training']['train_set']}.zarr",
+        test=f"results/stimuli/{config['training']['test_set']}.zarr",
+    output:
+        model="results/models/{model}/model.pt",
+        metrics="results/models/{model}/metrics.csv",
+        factors="results/models/{model}/accuracy_by_factor.csv",
+    params:
+        spec=lambda wildcards: train_spec(wildcards.model),
+        nproc=train_processes(),
+        checkpoints="results/checkpoints/{model}",
+    threads: train_threads()
+    resources:
+        gpus=config["training"]["gpus"],
+        mem_mb=4096,
+    log:
+        "results/logs/train/{model}.log",
+    benchmark:
+        "results/benchmarks/train/{model}.tsv"
+    shell:
+        "OMP_NUM_THREADS={params.nproc} torchrun --standalone --nproc-per-node {params.nproc}"
+        " -m infodissect.cli train model --spec {params.spec:q}"
+        " --train {input.train} --test {input.test} --out results/models/{wildcards.model}"
+        " --checkpoints {params.checkpoints} --threads $(( {threads} / {params.nproc} > 0 ? {threads} / {params.nproc} : 1 ))"
+        " > {log} 2>&1"
+
+
+rule train_figure:
+    """Training curves and held-out accuracy by factor."""
+    input:
+        metrics="results/models/{model}/metrics.csv",
+        factors="results/models/{model}/accuracy_by_factor.csv",
+    output:
+        report("results/figures/{model}_training.png", caption="../report/training.rst", category="Training"),
+    log:
+        "results/logs/train/figure_{model}.log",
+    benchmark:
+        "results/benchmarks/train/figure_{model}.tsv"
+    shell:
+        "infodissect train figure --metrics {input.metrics} --factors {input.factors}"
+        " --title {wildcards.model} --out {output} > {log} 2>&1"
