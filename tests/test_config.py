@@ -23,7 +23,7 @@ def demo() -> dict:
 @pytest.mark.parametrize("name", ["config.yaml", "test.yaml"])
 def test_shipped_configs_validate(name):
     config = load_config(ROOT / "config" / name)
-    assert set(config) == {"seed", "stimuli"}
+    assert set(config) == {"seed", "stimuli", "training"}
     assert config["stimuli"]["render"]["shard_size"] % config["stimuli"]["render"]["batch_size"] == 0
 
 
@@ -47,6 +47,7 @@ def test_defaults_are_filled():
                     "revcorr": {"design": "revcorr", "identities": 2, "samples_per_identity": 3},
                 },
             },
+            "training": {"models": []},
         }
     )
     stimuli = config["stimuli"]
@@ -169,6 +170,11 @@ def _error(config: dict) -> str:
             "stimuli.factors.identity:",
         ),
         (lambda c: c.update(seed=-1), "seed: -1 is less than the minimum of 0"),
+        (lambda c: c["training"].update(models=["yaw_s0"]), "training.models[0]: task 'yaw'"),
+        (lambda c: c["training"].update(models=["identity"]), "training.models[0]: 'identity' does not match"),
+        (lambda c: c["training"].update(test_set="nope"), "training.test_set: 'nope' is not a stimulus set"),
+        (lambda c: c["training"].update(processes=3), "training.batch_size: 64 is not divisible by the 3"),
+        (lambda c: c["training"].update(stem="tiny"), "training.stem: 'tiny' is not one of"),
     ],
 )
 def test_errors_name_the_key(demo, mutate, expected):

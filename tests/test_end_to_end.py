@@ -17,8 +17,14 @@ def run_test_config(workdir: Path, *args: str):
 def test_pipeline_runs_and_second_run_does_nothing(tmp_path):
     run = run_test_config(tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
-    for name in ("stimuli_factors.png", "stimuli_identities.png"):
+    for name in ("stimuli_factors.png", "stimuli_identities.png", "identity_s0_training.png"):
         assert (tmp_path / "results" / "figures" / name).stat().st_size > 10_000
+    # Training ran through torchrun with 2 Gloo processes (config/test.yaml) and left its outputs.
+    model_dir = tmp_path / "results" / "models" / "identity_s0"
+    assert len((model_dir / "metrics.csv").read_text().splitlines()) == 1 + 2  # header + 2 epochs
+    assert "identity" in (model_dir / "accuracy_by_factor.csv").read_text()
+    assert (tmp_path / "results" / "checkpoints" / "identity_s0" / "last.pt").exists()
+    assert "on 2 process(es)" in (tmp_path / "results" / "logs" / "train" / "identity_s0.log").read_text()
     ds = xr.open_zarr(tmp_path / "results" / "stimuli" / "analysis.zarr")
     assert ds.image.dims == ("sample", "y", "x", "channel") and ds.image.shape[1:] == (32, 32, 3)
     assert ds.parts.attrs["part_names"][0] == "background"

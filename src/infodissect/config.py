@@ -210,6 +210,29 @@ def _semantic_errors(config: dict) -> Iterator[str]:
             )
 
 
+    yield from _training_errors(config)
+
+
+def _training_errors(config: dict) -> Iterator[str]:
+    """Semantic errors of the ``training`` section."""
+    training, sets = config["training"], config["stimuli"]["sets"]
+    if not training["models"]:
+        return
+    for key in ("train_set", "test_set"):
+        if training[key] not in sets:
+            yield f"training.{key}: {training[key]!r} is not a stimulus set (stimuli.sets: {', '.join(sets)})"
+    categorical = [n for n, f in FACTORS.items() if f.kind != "continuous"]
+    for i, model in enumerate(training["models"]):
+        task = model.rpartition("_s")[0]
+        if task not in categorical:
+            yield (f"training.models[{i}]: task {task!r} of {model!r} is not a categorical factor "
+                   f"(one of {', '.join(categorical)})")
+    procs = training["gpus"] or training["processes"]
+    if training["batch_size"] % procs:
+        yield (f"training.batch_size: {training['batch_size']} is not divisible by the {procs} "
+               f"{'GPUs' if training['gpus'] else 'processes'} of a training job")
+
+
 def validate_config(config: Mapping[str, Any]) -> dict:
     """Validate a configuration and return a deep copy with defaults filled in.
 

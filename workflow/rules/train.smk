@@ -24,7 +24,7 @@ rule train_model:
         checkpoints="results/checkpoints/{model}",
     threads: train_threads()
     resources:
-        gpus=config["training"]["gpus"],
+        gpu=config["training"]["gpus"],
         mem_mb=4096,
     log:
         "results/logs/train/{model}.log",

@@ -175,6 +175,9 @@ def train(spec: TrainSpec, train_store: str | Path, test_store: str | Path, out_
           checkpoints: str | Path) -> dict[str, float]:
     """Train ``spec`` on ``train_store``, evaluating on ``test_store``; write the model and metrics to ``out_dir``."""
     ctx = init_distributed()
+    if ctx.rank == 0:
+        log.info("training %s_s%d on %d process(es), %s (%s)", spec.task, spec.seed, ctx.world, ctx.device,
+                 "NCCL" if ctx.device.type == "cuda" and ctx.world > 1 else "Gloo" if ctx.world > 1 else "single")
     out_dir, checkpoints = Path(out_dir), Path(checkpoints)
     labels = task_labels(train_store, spec.task)
     test_labels = task_labels(test_store, spec.task, labels.classes)
