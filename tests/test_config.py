@@ -20,7 +20,7 @@ def demo() -> dict:
         return yaml.safe_load(fh)
 
 
-@pytest.mark.parametrize("name", ["config.yaml", "test.yaml"])
+@pytest.mark.parametrize("name", ["config.yaml", "test.yaml", "paper.yaml"])
 def test_shipped_configs_validate(name):
     config = load_config(ROOT / "config" / name)
     assert set(config) == {"seed", "stimuli", "training"}

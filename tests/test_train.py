@@ -126,3 +126,41 @@ def test_killed_training_resumes_to_the_same_result(tmp_path):
     assert metrics[0].startswith("epoch,train_loss,train_accuracy,test_loss,test_accuracy") and len(metrics) == 4
     factors = (resumed / "model" / "accuracy_by_factor.csv").read_text()
     assert "expression,happiness" in factors and "yaw,bin0" in factors
+
+
+def test_on_the_fly_rendering_feeds_the_same_batches_as_the_stored_set(tmp_path):
+    """A design table rendered batch by batch gives the batches of its stored, rendered copy."""
+    from infodissect.config import load_config
+    from infodissect.faces.model import model_from_config
+    from infodissect.stimuli.design import build_design
+    from infodissect.stimuli.store import camera_from_config, render_design, write_zarr
+    from infodissect.train.data import RenderedBatches
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "config" / "test.yaml")
+    st = cfg["stimuli"]
+    spec = {"seed": cfg["seed"], "identities": st["identities"], "generator": st["generator"],
+            "factors": st["factors"], "set": st["sets"]["train"], "name": "train"}
+    design = build_design("train", spec)
+    write_zarr(design.chunk({"sample": 8}), tmp_path / "design.zarr")
+    images = np.concatenate([img for _, img, _ in render_design(model_from_config(st["generator"]), design,
+                                                                camera_from_config(st["render"]), 8)])
+    stored = design.assign(image=(("sample", "y", "x", "channel"), images))
+    write_zarr(stored.chunk({"sample": 8}), tmp_path / "stored.zarr")
+    labels = task_labels(tmp_path / "design.zarr", "identity")
+    render_spec = {"generator": st["generator"], "render": st["render"]}
+    fly = list(RenderedBatches(tmp_path / "design.zarr", labels, 8, render_spec, seed=1, window=2).epoch(0))
+    disk = list(StoreBatches(tmp_path / "stored.zarr", labels, 8, seed=1, window=2).epoch(0))
+    assert len(fly) == len(disk) == design.sizes["sample"] // 8
+    for (xf, yf), (xd, yd) in zip(fly, disk):
+        assert torch.equal(yf, yd)
+        diff = (xf - xd).abs()
+        # Same rows, rendered in other batch compositions: equal up to the last grey level.
+        assert float(diff.max()) <= 2 / 255 + 1e-6 and float(diff.mean()) < 0.05 / 255
+
+
+def test_modules_are_registered_in_forward_order():
+    """The leaf module registered right after each convolution is its batch norm (for batch-norm merging)."""
+    leaves = [(n, m) for n, m in build_model(4, width=8).named_modules() if not list(m.children())]
+    for (name, mod), (nxt, follower) in zip(leaves, leaves[1:]):
+        if isinstance(mod, torch.nn.Conv2d):
+            assert isinstance(follower, torch.nn.BatchNorm2d) and nxt.rpartition(".")[0] == name.rpartition(".")[0]

@@ -72,8 +72,19 @@ def train_spec(model):
 
     task, seed = parse_model_name(model)
     t = config["training"]
-    keys = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "width", "stem", "window")
-    return json.dumps({"task": task, "seed": seed, **{k: t[k] for k in keys}}, sort_keys=True)
+    keys = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "width", "stem", "window", "source")
+    spec = {"task": task, "seed": seed, **{k: t[k] for k in keys}}
+    if t["source"] == "rendered":
+        spec["render"] = {"generator": config["stimuli"]["generator"], "render": config["stimuli"]["render"]}
+    return json.dumps(spec, sort_keys=True)
+
+
+def train_input():
+    """The training set: its rendered store, or its design table when rendering on the fly."""
+    t = config["training"]
+    if t["source"] == "rendered":
+        return f"results/stimuli/designs/{t['train_set']}.zarr"
+    return f"results/stimuli/{t['train_set']}.zarr"
 
 
 def train_processes():
@@ -90,7 +101,10 @@ def train_threads():
 def all_targets():
     """Every final output of the stages that exist so far (inputs of `rule all`)."""
     names = set_names()
-    targets = [f"results/stimuli/{name}.zarr" for name in names]
+    t = config["training"]
+    on_the_fly = t["source"] == "rendered" and t["models"]
+    # A training set rendered on the fly is never stored.
+    targets = [f"results/stimuli/{name}.zarr" for name in names if not (on_the_fly and name == t["train_set"])]
     if "sweeps" in names:
         targets.append("results/figures/stimuli_factors.png")
     if "portraits" in names:

@@ -12,7 +12,7 @@ wildcard_constraints:
 rule train_model:
     """Train one model (name '<task>_s<seed>') on the training set; evaluate on the test set."""
     input:
-        train=f"results/stimuli/{config['training']['train_set']}.zarr",
+        train=train_input(),
         test=f"results/stimuli/{config['training']['test_set']}.zarr",
     output:
         model="results/models/{model}/model.pt",

@@ -64,14 +64,15 @@ class ResNet10(nn.Module):
         if stem not in ("large", "small"):
             raise ValueError(f"stem must be 'large' or 'small', not {stem!r}")
         self.classes, self.width, self.stem_kind = classes, width, stem
+        # Registration order = forward order (conv then its batch norm), which
+        # sequential batch-norm merging (e.g. zennit's canonizers) relies on.
         if stem == "large":
             self.conv1 = nn.Conv2d(in_channels, width, 7, 2, 3, bias=False)
-            self.maxpool: nn.Module = nn.MaxPool2d(3, 2, 1)
         else:
             self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
-            self.maxpool = nn.MaxPool2d(3, 2, 1)
         self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU()
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
         chans = [width, width * 2, width * 4, width * 8]
         self.block1 = BasicBlock(width, chans[0], 1)
         self.block2 = BasicBlock(chans[0], chans[1], 2)

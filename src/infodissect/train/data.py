@@ -18,6 +18,7 @@ from typing import Iterator
 
 import numpy as np
 import torch
+import xarray as xr
 import zarr
 
 
@@ -70,17 +71,32 @@ def chunk_ranges(n: int, chunk: int) -> list[tuple[int, int]]:
 
 
 class StoreBatches:
-    """Epochs of (images float (b, C, H, W) in [0, 1], labels (b,)) for one rank."""
+    """Epochs of (images float (b, C, H, W) in [0, 1], labels (b,)) for one rank, from stored images."""
 
     def __init__(self, path: str | Path, labels: Labels, batch_size: int, rank: int = 0, world: int = 1,
                  seed: int = 0, window: int = 4, shuffle: bool = True, drop_last: bool = True) -> None:
         if batch_size % world:
             raise DataError(f"batch_size {batch_size} is not divisible by the {world} processes")
-        self.image = zarr.open_group(str(path), mode="r")["image"]
-        self.n = self.image.shape[0]
-        self.chunks = chunk_ranges(self.n, self.image.chunks[0])
+        self.group = zarr.open_group(str(path), mode="r")
+        self.n, chunk = self._extent()
+        self.chunks = chunk_ranges(self.n, chunk)
         self.labels, self.batch_size, self.rank, self.world = labels, batch_size, rank, world
         self.seed, self.window, self.shuffle, self.drop_last = seed, window, shuffle, drop_last
+
+    def _extent(self) -> tuple[int, int]:
+        """Number of samples and the sample chunk length of the source."""
+        if "image" not in self.group:
+            raise DataError(f"{self.group.store}: no rendered images (is it a design table?)")
+        image = self.group["image"]
+        return image.shape[0], image.chunks[0]
+
+    def _read(self, chunk: tuple[int, int]) -> np.ndarray:
+        """One chunk's payload: its images (uint8 (k, H, W, C))."""
+        return self.group["image"][slice(*chunk)]
+
+    def _images(self, payload: np.ndarray) -> torch.Tensor:
+        """A local batch's payload as float images (b, C, H, W) in [0, 1]."""
+        return _to_tensor(payload)
 
     def __len__(self) -> int:
         """Global batches per epoch."""
@@ -96,7 +112,7 @@ class StoreBatches:
         lo, hi = self.rank * local, (self.rank + 1) * local
         for w in range(0, len(order), self.window):
             idx = np.concatenate([np.arange(*self.chunks[c]) for c in order[w:w + self.window]])
-            x = np.concatenate([self.image[slice(*self.chunks[c])] for c in order[w:w + self.window]])
+            x = np.concatenate([self._read(self.chunks[c]) for c in order[w:w + self.window]])
             y = self.labels.index[idx]
             perm = rng.permutation(len(idx)) if self.shuffle else np.arange(len(idx))
             pending_x.append(x[perm])
@@ -104,13 +120,52 @@ class StoreBatches:
             bx, by = np.concatenate(pending_x), np.concatenate(pending_y)
             full = len(bx) // self.batch_size * self.batch_size
             for s in range(0, full, self.batch_size):
-                yield _to_tensor(bx[s + lo:s + hi]), torch.from_numpy(by[s + lo:s + hi])
+                yield self._images(bx[s + lo:s + hi]), torch.from_numpy(by[s + lo:s + hi])
             pending_x, pending_y = [bx[full:]], [by[full:]]
         rest_x, rest_y = np.concatenate(pending_x), np.concatenate(pending_y)
         if len(rest_x) and not self.drop_last:
             k = -(-len(rest_x) // self.world)
-            yield _to_tensor(rest_x[self.rank * k:(self.rank + 1) * k]), torch.from_numpy(
+            yield self._images(rest_x[self.rank * k:(self.rank + 1) * k]), torch.from_numpy(
                 rest_y[self.rank * k:(self.rank + 1) * k])
+
+
+class RenderedBatches(StoreBatches):
+    """The same epochs, rendered on the fly from a design table (factor rows) on ``device``.
+
+    The global batches are those a stored copy of the set would give; each rank
+    renders its slice with the stimulus renderer (:func:`infodissect.faces.render`)
+    in fixed-size batches, so no image touches disk.
+    """
+
+    def __init__(self, design: str | Path, labels: Labels, batch_size: int, render_spec: dict, rank: int = 0,
+                 world: int = 1, seed: int = 0, window: int = 4, device: str | torch.device = "cpu") -> None:
+        super().__init__(design, labels, batch_size, rank, world, seed, window)
+        from ..faces.model import model_from_config
+        from ..stimuli.store import camera_from_config
+
+        self.device = torch.device(device)
+        self.face_model = model_from_config(render_spec["generator"], device=self.device)
+        self.camera = camera_from_config(render_spec["render"])
+        self.design = xr.open_zarr(str(design))
+
+    def _extent(self) -> tuple[int, int]:
+        if "shape_coeff" not in self.group:
+            raise DataError(f"{self.group.store}: not a design table (no shape_coeff)")
+        arr = self.group["shape_coeff"]
+        return arr.shape[0], arr.chunks[0]
+
+    def _read(self, chunk: tuple[int, int]) -> np.ndarray:
+        """One chunk's payload: its sample indices (rendered later, per local batch)."""
+        return np.arange(*chunk)
+
+    def _images(self, payload: np.ndarray) -> torch.Tensor:
+        from ..faces.render import render
+        from ..stimuli.store import design_params
+
+        params = design_params(self.design.isel(sample=payload).load(), self.device)
+        with torch.inference_mode():
+            img, _ = render(self.face_model, params, self.camera)
+        return img.permute(0, 3, 1, 2).float().div_(255.0)
 
 
 def _to_tensor(images: np.ndarray) -> torch.Tensor:

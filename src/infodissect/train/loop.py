@@ -22,7 +22,7 @@ import math
 import os
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ import zarr
 from torch import nn
 
 from ..nets import READOUT_LAYERS, build_model
-from .data import Labels, StoreBatches, task_labels
+from .data import Labels, RenderedBatches, StoreBatches, task_labels
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,8 @@ class TrainSpec:
     width: int = 64
     stem: str = "large"
     window: int = 4
+    source: str = "stored"
+    render: dict = field(default_factory=dict)
 
     @staticmethod
     def from_json(text: str) -> "TrainSpec":
@@ -173,7 +175,11 @@ def evaluate(model: nn.Module, batches: StoreBatches, device: torch.device) -> t
 
 def train(spec: TrainSpec, train_store: str | Path, test_store: str | Path, out_dir: str | Path,
           checkpoints: str | Path) -> dict[str, float]:
-    """Train ``spec`` on ``train_store``, evaluating on ``test_store``; write the model and metrics to ``out_dir``."""
+    """Train ``spec`` on ``train_store``, evaluating on ``test_store``; write the model and metrics to ``out_dir``.
+
+    ``train_store`` holds rendered images, or (``spec.source == "rendered"``) it is the
+    set's design table and batches are rendered on the fly with ``spec.render``.
+    """
     ctx = init_distributed()
     if ctx.rank == 0:
         log.info("training %s_s%d on %d process(es), %s (%s)", spec.task, spec.seed, ctx.world, ctx.device,
@@ -182,14 +188,21 @@ def train(spec: TrainSpec, train_store: str | Path, test_store: str | Path, out_
     labels = task_labels(train_store, spec.task)
     test_labels = task_labels(test_store, spec.task, labels.classes)
     torch.manual_seed(spec.seed)
-    model = build_model(len(labels.classes), width=spec.width, stem=spec.stem,
-                        in_channels=zarr.open_group(str(train_store), mode="r")["image"].shape[-1])
+    if spec.source == "rendered":
+        channels = 1 if spec.render["render"]["color"] == "gray" else 3
+    else:
+        channels = zarr.open_group(str(train_store), mode="r")["image"].shape[-1]
+    model = build_model(len(labels.classes), width=spec.width, stem=spec.stem, in_channels=channels)
     if ctx.world > 1:
         model = with_global_batch_norm(model)
     model.to(ctx.device)
     opt = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay,
                           nesterov=True)
-    data = StoreBatches(train_store, labels, spec.batch_size, ctx.rank, ctx.world, spec.seed, spec.window)
+    if spec.source == "rendered":  # render the design table's batches on this device, never on disk
+        data: StoreBatches = RenderedBatches(train_store, labels, spec.batch_size, spec.render, ctx.rank, ctx.world,
+                                             spec.seed, spec.window, ctx.device)
+    else:
+        data = StoreBatches(train_store, labels, spec.batch_size, ctx.rank, ctx.world, spec.seed, spec.window)
     test = StoreBatches(test_store, test_labels, spec.batch_size, 0, 1, spec.seed, spec.window, shuffle=False,
                         drop_last=False)
     if len(data) == 0:
