@@ -39,3 +39,4 @@ localrules:
 
 include: "workflow/rules/stimuli.smk"
 include: "workflow/rules/train.smk"
+include: "workflow/rules/activations.smk"

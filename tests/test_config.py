@@ -23,7 +23,7 @@ def demo() -> dict:
 @pytest.mark.parametrize("name", ["config.yaml", "test.yaml", "paper.yaml"])
 def test_shipped_configs_validate(name):
     config = load_config(ROOT / "config" / name)
-    assert set(config) == {"seed", "stimuli", "training"}
+    assert set(config) == {"seed", "stimuli", "training", "activations"}
     assert config["stimuli"]["render"]["shard_size"] % config["stimuli"]["render"]["batch_size"] == 0
 
 

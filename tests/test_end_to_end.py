@@ -25,6 +25,11 @@ def test_pipeline_runs_and_second_run_does_nothing(tmp_path):
     assert "identity" in (model_dir / "accuracy_by_factor.csv").read_text()
     assert (tmp_path / "results" / "checkpoints" / "identity_s0" / "last.pt").exists()
     assert "on 2 process(es)" in (tmp_path / "results" / "logs" / "train" / "identity_s0.log").read_text()
+    # Activations of the trained model on the analysis and revcorr sets, labelled.
+    tree = xr.open_datatree(tmp_path / "results" / "activations" / "identity_s0" / "analysis.zarr", engine="zarr")
+    assert tree["block3_out"].activation.dims == ("sample", "unit", "y", "x") and "yaw" in tree["block3_out"].coords
+    assert (tmp_path / "results" / "activations" / "identity_s0" / "revcorr.zarr").exists()
+    assert "total" in (tmp_path / "results" / "logs" / "activations" / "identity_s0" / "analysis.log").read_text()
     ds = xr.open_zarr(tmp_path / "results" / "stimuli" / "analysis.zarr")
     assert ds.image.dims == ("sample", "y", "x", "channel") and ds.image.shape[1:] == (32, 32, 3)
     assert ds.parts.attrs["part_names"][0] == "background"

@@ -67,6 +67,28 @@ def _train_figure(a: argparse.Namespace) -> None:
     training_figure(a.metrics, a.factors, a.out, title=a.title)
 
 
+def _activations_extract(a: argparse.Namespace) -> None:
+    import torch
+
+    from .activations import extract
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    spec = json.loads(a.spec)
+    device = spec.get("device", "cpu")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    extract(a.model, a.stimuli, a.out, layers=spec.get("layers"), pooling=spec.get("pooling"),
+            dtype=spec.get("dtype", "float16"), batch_size=int(spec.get("batch_size", 128)),
+            chunk_mb=float(spec.get("chunk_mb", 16)), device=device)
+
+
+def _activations_info(a: argparse.Namespace) -> None:
+    from .activations import describe
+
+    print(describe(a.path))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``infodissect`` command."""
     p = argparse.ArgumentParser(prog="infodissect", description=__doc__)
@@ -117,6 +139,19 @@ def build_parser() -> argparse.ArgumentParser:
     tf.add_argument("--title", default="")
     tf.add_argument("--out", required=True)
     tf.set_defaults(func=_train_figure)
+
+    ac = stages.add_parser("activations", help="read-out layer activations into chunked Zarr")
+    asub = ac.add_subparsers(dest="command", required=True)
+    e = asub.add_parser("extract", help="extract every read-out layer of a model on a stimulus set")
+    e.add_argument("--model", required=True, help="model.pt of the training stage")
+    e.add_argument("--stimuli", required=True, help="rendered stimulus store")
+    e.add_argument("--spec", default="{}", help="JSON: layers, pooling, dtype, batch_size, chunk_mb, device")
+    e.add_argument("--threads", type=int, default=0)
+    e.add_argument("--out", required=True)
+    e.set_defaults(func=_activations_extract)
+    i = asub.add_parser("info", help="print the layers, shapes, chunks and sizes of an activation store")
+    i.add_argument("path")
+    i.set_defaults(func=_activations_info)
     return p
 
 
@@ -129,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         args.func(args)
-    except (ConfigError, ValueError, StoreError) as exc:
+    except (ConfigError, ValueError, StoreError, FileNotFoundError) as exc:
         logging.getLogger("infodissect").error("%s", exc)
         return 2
     return 0

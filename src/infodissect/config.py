@@ -211,6 +211,9 @@ def _semantic_errors(config: dict) -> Iterator[str]:
 
 
     yield from _training_errors(config)
+    for i, name in enumerate(config["activations"]["sets"]):
+        if config["training"]["models"] and name not in config["stimuli"]["sets"]:
+            yield f"activations.sets[{i}]: {name!r} is not a stimulus set"
 
 
 def _training_errors(config: dict) -> Iterator[str]:

@@ -98,6 +98,13 @@ def train_threads():
     return max(train_processes(), config["training"]["threads"])
 
 
+def activations_spec():
+    """JSON (sorted keys) of the activation settings."""
+    a = config["activations"]
+    keys = ("layers", "pooling", "dtype", "batch_size", "chunk_mb", "device")
+    return json.dumps({k: a[k] for k in keys}, sort_keys=True)
+
+
 def all_targets():
     """Every final output of the stages that exist so far (inputs of `rule all`)."""
     names = set_names()
@@ -111,4 +118,5 @@ def all_targets():
         targets.append("results/figures/stimuli_identities.png")
     for model in model_names():
         targets += [f"results/models/{model}/model.pt", f"results/figures/{model}_training.png"]
+        targets += [f"results/activations/{model}/{s}.zarr" for s in config["activations"]["sets"]]
     return targets

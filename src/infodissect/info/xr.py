@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from .backend import release_memory
+from ..memory import release_memory
 from .copula import copnorm
 from .estimators import encode_labels, mi_gg, mi_gg_pairs, mi_model_gd
 from .stats import null_max_gd, null_max_gg, permutations, pvalues, threshold

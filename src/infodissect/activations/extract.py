@@ -1,0 +1,247 @@
+"""Every read-out layer of a trained model, for every image of a stimulus set, into chunked Zarr.
+
+The store is a DataTree (one group per layer) whose ``activation`` is
+(sample, unit, y, x) for maps and (sample, unit) for vectors, chunked along sample
+and unit with chunks sized from a byte target; the stimulus set's coordinates along
+``sample`` (every factor, the identity codes) are carried in every group. The
+skeleton (metadata, coordinates) is written first; then each batch's activations are
+written into their own, chunk-aligned sample range, so memory holds one batch,
+whatever the set's size. The store is built at ``<out>.partial`` and renamed when
+complete, so an interrupted extraction is never taken for a result.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import pickle
+import queue
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import xarray as xr
+import zarr
+from tqdm import tqdm
+
+from ..memory import release_memory
+from ..nets import READOUT_LAYERS, build_model, readout_modules
+from ..stimuli.store import atomic_store, open_store
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float16": np.float16, "float32": np.float32}
+
+
+class ExtractionError(ValueError):
+    """The model and the stimulus set do not fit together, or the request is invalid."""
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """How one layer is stored: its dims and shape per sample, pooling and chunks."""
+
+    name: str
+    dims: tuple[str, ...]  # ("unit", "y", "x") or ("unit",)
+    shape: tuple[int, ...]
+    pool: str  # "full", "grid" or "mean"
+    grid: int
+    chunks: tuple[int, ...]  # (sample, unit[, y, x])
+
+
+def load_trained(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The trained model saved by the training stage (eval mode) and its metadata."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+        spec = saved["spec"]
+        channels = saved["state_dict"]["conv1.weight"].shape[1]
+        model = build_model(len(saved["classes"]), width=spec["width"], stem=spec["stem"], in_channels=channels)
+        model.load_state_dict(saved["state_dict"])
+    except (OSError, KeyError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
+        raise ExtractionError(f"{path}: not a trained infodissect model ({exc})") from exc
+    meta = {k: saved[k] for k in ("classes", "task", "spec", "architecture")}
+    meta["in_channels"] = int(channels)
+    return model.to(device).eval(), meta
+
+
+def probe_shapes(model: torch.nn.Module, image_shape: tuple[int, int, int], layers: list[str],
+                 device: str | torch.device = "cpu") -> dict[str, tuple[int, ...]]:
+    """Output shape (without batch) of each read-out layer, from one forward pass of a blank image."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    mods = readout_modules(model)
+    hooks = [mods[n].register_forward_hook(lambda m, i, o, n=n: shapes.__setitem__(n, tuple(o.shape[1:])))
+             for n in layers]
+    with torch.inference_mode():
+        model(torch.zeros((1, image_shape[2], image_shape[0], image_shape[1]), device=device))
+    for h in hooks:
+        h.remove()
+    return shapes
+
+
+def plan_layers(shapes: dict[str, tuple[int, ...]], pooling: dict[str, Any], dtype: str, batch_size: int,
+                chunk_mb: float) -> list[LayerPlan]:
+    """Stored form of each layer: ``pooling[layer]`` (or ``pooling['default']``) is ``full``,
+    ``mean`` (global average, a vector) or an int g (average-pooled to a g x g grid).
+    Chunks hold ``batch_size`` samples and as many units as fit in ``chunk_mb``."""
+    plans = []
+    item = np.dtype(DTYPES[dtype]).itemsize
+    for name, shape in shapes.items():
+        how = pooling.get(name, pooling.get("default", "full"))
+        if len(shape) == 1:
+            dims, out, pool, grid = ("unit",), shape, "full", 0
+        elif how == "mean":
+            dims, out, pool, grid = ("unit",), shape[:1], "mean", 0
+        elif how == "full":
+            dims, out, pool, grid = ("unit", "y", "x"), shape, "full", 0
+        elif isinstance(how, int) and how >= 1:
+            g = min(how, shape[1], shape[2])
+            dims, out, pool, grid = ("unit", "y", "x"), (shape[0], g, g), "grid", g
+        else:
+            raise ExtractionError(f"pooling.{name}: {how!r} is not 'full', 'mean' or a grid size >= 1")
+        per_unit = batch_size * int(np.prod(out[1:], dtype=np.int64)) * item
+        units = max(1, min(out[0], int(chunk_mb * 2**20 // max(per_unit, 1))))
+        plans.append(LayerPlan(name, dims, tuple(out), pool, grid, (batch_size, units) + tuple(out[1:])))
+    return plans
+
+
+def _pool(out: torch.Tensor, plan: LayerPlan) -> torch.Tensor:
+    if plan.pool == "mean":
+        return out.mean((2, 3))
+    if plan.pool == "grid":
+        return F.adaptive_avg_pool2d(out, plan.grid)
+    return out
+
+
+def _sample_coords(stim: xr.Dataset) -> dict[str, Any]:
+    """Every coordinate and identity code of the stimulus set that lies along ``sample``."""
+    coords: dict[str, Any] = {}
+    for name, var in list(stim.coords.items()) + [(k, stim[k]) for k in ("shape_coeff", "texture_coeff")
+                                                  if k in stim.data_vars]:
+        if var.dims and var.dims[0] == "sample":
+            values = var.values
+            if values.dtype.kind in "UT":
+                values = np.asarray([str(v) for v in values.tolist()], dtype=object)
+            coords[str(name)] = (var.dims, values, dict(var.attrs))
+    return coords
+
+
+def skeleton(plans: list[LayerPlan], n: int, coords: dict[str, Any], dtype: str, attrs: dict[str, Any]
+             ) -> xr.DataTree:
+    """The store's DataTree with lazy (unwritten) activations.
+
+    Every layer group carries the 1-D factor coordinates along ``sample`` (DataTree
+    inherits only indexed coordinates); the root also holds the identity codes
+    (``shape_coeff``, ``texture_coeff``).
+    """
+    import dask.array as da
+
+    factors = {k: v for k, v in coords.items() if len(v[0]) == 1}
+    nodes: dict[str, xr.Dataset] = {"/": xr.Dataset(coords=coords, attrs=attrs)}
+    for p in plans:
+        data = da.zeros((n,) + p.shape, dtype=DTYPES[dtype], chunks=p.chunks)
+        act = xr.DataArray(data, dims=("sample",) + p.dims,
+                           attrs={"layer": p.name, "pooling": p.pool if p.pool != "grid" else f"grid {p.grid}",
+                                  "units": "activation (a.u.)"})
+        nodes[p.name] = xr.Dataset({"activation": act}, coords=factors, attrs={"layer": p.name, **attrs})
+    return xr.DataTree.from_dict(nodes)
+
+
+def extract(model_path: str | Path, stimuli_path: str | Path, out: str | Path, layers: list[str] | None = None,
+            pooling: dict[str, Any] | None = None, dtype: str = "float16", batch_size: int = 128,
+            chunk_mb: float = 16.0, device: str | torch.device = "cpu", progress: bool = True) -> Path:
+    """Extract the read-out layers of ``model_path`` on every image of ``stimuli_path`` into ``out``."""
+    layers = list(layers or READOUT_LAYERS)
+    unknown = sorted(set(layers) - set(READOUT_LAYERS))
+    if unknown:
+        raise ExtractionError(f"unknown layer(s) {unknown}; read-out layers are {list(READOUT_LAYERS)}")
+    if dtype not in DTYPES:
+        raise ExtractionError(f"dtype {dtype!r} is not one of {sorted(DTYPES)}")
+    model, meta = load_trained(model_path, device)
+    stim = open_store(stimuli_path, require=("image",))
+    n, h, w, c = stim["image"].shape
+    if c != meta["in_channels"]:
+        raise ExtractionError(f"{stimuli_path}: images have {c} channel(s), model {model_path} expects "
+                              f"{meta['in_channels']}")
+    plans = plan_layers(probe_shapes(model, (h, w, c), layers, device), pooling or {}, dtype, batch_size, chunk_mb)
+    attrs = {"model": str(Path(model_path).parent.name), "model_path": str(model_path), "set": stim.attrs.get("set", ""),
+             "stimuli": str(stimuli_path), "task": meta["task"], "classes": json.dumps(meta["classes"]),
+             "dtype": dtype, "architecture": meta["architecture"]}
+    image = zarr.open_group(str(stimuli_path), mode="r")["image"]
+    mods = readout_modules(model)
+    captured: dict[str, torch.Tensor] = {}
+    hooks = [mods[p.name].register_forward_hook(
+        lambda m, i, o, p=p: captured.__setitem__(p.name, _pool(o, p).to(getattr(torch, dtype)).cpu()))
+        for p in plans]
+    with atomic_store(out) as tmp:
+        tree = skeleton(plans, n, _sample_coords(stim), dtype, attrs)
+        # Uncompressed activations: compression cost several times the forward pass (see benchmarks/extract.py).
+        encoding = {f"/{p.name}": {"activation": {"compressors": None}} for p in plans}
+        tree.to_zarr(tmp, mode="w", compute=False, zarr_format=3, consolidated=True, write_inherited_coords=True,
+                     encoding=encoding)
+        group = zarr.open_group(str(tmp), mode="r+")
+        arrays = {p.name: group[p.name]["activation"] for p in plans}
+        # One writer thread overlaps the (chunk-aligned) writes of batch k with the forward
+        # pass of batch k + 1; the queue holds at most two batches, so memory stays bounded.
+        pending: queue.Queue = queue.Queue(maxsize=2)
+        errors: list[BaseException] = []
+
+        def writer() -> None:
+            while (item := pending.get()) is not None:
+                lo, hi, outs = item
+                try:
+                    if not errors:
+                        for name, values in outs.items():
+                            arrays[name][lo:hi] = values
+                except BaseException as exc:  # re-raised in the main thread
+                    errors.append(exc)
+                release_memory()
+
+        thread = threading.Thread(target=writer, name="activation-writer", daemon=True)
+        thread.start()
+        try:
+            for lo in tqdm(range(0, n, batch_size), desc="extract", unit="batch", disable=not progress,
+                           mininterval=5):
+                hi = min(lo + batch_size, n)
+                x = torch.from_numpy(np.ascontiguousarray(image[lo:hi])).to(device)
+                x = x.permute(0, 3, 1, 2).float().div_(255.0)
+                with torch.inference_mode():
+                    model(x)
+                pending.put((lo, hi, {name: v.numpy() for name, v in captured.items()}))
+                captured.clear()
+                if errors:
+                    break
+        finally:
+            pending.put(None)
+            thread.join()
+            for hk in hooks:
+                hk.remove()
+        if errors:
+            raise errors[0]
+    log.info("extracted %d layers x %d images -> %s", len(plans), n, out)
+    return Path(out)
+
+
+def describe(path: str | Path) -> str:
+    """A table of the layers of an activation store: shape, dtype, chunks and size."""
+    root = zarr.open_group(str(path), mode="r")
+    if Path(str(path) + ".partial").exists() and not Path(path).exists():
+        raise ExtractionError(f"{path}: unfinished (only {path}.partial exists)")
+    lines = [f"{path}: model {root.attrs.get('model')}, set {root.attrs.get('set')}, dtype {root.attrs.get('dtype')}"]
+    total = 0
+    lines.append(f"{'layer':<14} {'dims':<28} {'shape':<24} {'chunks':<24} {'MB':>8}")
+    for name in READOUT_LAYERS:
+        if name not in root:
+            continue
+        arr = root[name]["activation"]
+        dims = arr.metadata.dimension_names or ()
+        size = math.prod(arr.shape) * arr.dtype.itemsize
+        total += size
+        lines.append(f"{name:<14} {'(' + ', '.join(dims) + ')':<28} {str(arr.shape):<24} {str(arr.chunks):<24} "
+                     f"{size / 2**20:>8.1f}")
+    lines.append(f"total {total / 2**20:.1f} MB (uncompressed)")
+    return "\n".join(lines)

@@ -1,0 +1,125 @@
+"""Activation stage: labelled, chunked stores that equal a direct forward pass, in bounded memory."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+from infodissect.activations import ExtractionError, describe, extract
+from infodissect.nets import READOUT_LAYERS, build_model, readout_modules
+
+
+def _stimuli(path: Path, n: int, size: int = 32, seed: int = 0) -> Path:
+    """A stimulus-format store (images plus factor coordinates)."""
+    rng = np.random.default_rng(seed)
+    ds = xr.Dataset({"image": (("sample", "y", "x", "channel"), rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8))},
+                    coords={"sample": np.arange(n), "identity": ("sample", rng.integers(0, 4, n)),
+                            "yaw": ("sample", rng.uniform(-45, 45, n)),
+                            "expression": ("sample", np.array(["neutral", "fear"], dtype=object)[np.arange(n) % 2])})
+    ds.attrs.update(set="analysis", generator_version=__import__("infodissect").faces.GENERATOR_VERSION,
+                    factors=json.dumps({"identity": {"kind": "categorical"}}), identities=4)
+    ds.chunk({"sample": 64}).to_zarr(path, mode="w", zarr_format=3, consolidated=True)
+    return path
+
+
+def _model(path: Path, width: int = 8) -> Path:
+    torch.manual_seed(0)
+    model = build_model(4, width=width)
+    for m in model.modules():  # non-trivial batch-norm statistics
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+            m.weight.data.uniform_(0.5, 1.5)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": model.state_dict(), "classes": list("0123"), "task": "identity",
+                "spec": {"width": width, "stem": "large"}, "architecture": "ResNet10"}, path)
+    return path
+
+
+def test_store_equals_a_direct_forward_pass_and_is_labelled(tmp_path):
+    stim, model_path = _stimuli(tmp_path / "s.zarr", 100), _model(tmp_path / "m" / "model.pt")
+    out = extract(model_path, stim, tmp_path / "a.zarr", dtype="float32", batch_size=32, progress=False)
+    tree = xr.open_datatree(out, engine="zarr")
+    assert set(tree.children) == set(READOUT_LAYERS)
+    act = tree["block2_out"].activation
+    assert act.dims == ("sample", "unit", "y", "x") and act.shape[0] == 100
+    assert tree["pool"].activation.dims == ("sample", "unit") and tree["logits"].activation.shape == (100, 4)
+    assert set(act.coords) >= {"sample", "identity", "yaw", "expression"}
+    assert act.attrs["layer"] == "block2_out" and tree.attrs["model"] == "m" and tree.attrs["dtype"] == "float32"
+    # A direct forward pass over the same batches gives exactly the stored values.
+    model = build_model(4, width=8)
+    model.load_state_dict(torch.load(model_path, weights_only=False)["state_dict"])
+    model.eval()
+    seen = {}
+    for name, mod in readout_modules(model).items():
+        mod.register_forward_hook(lambda m, i, o, name=name: seen.setdefault(name, []).append(o.detach()))
+    images = xr.open_zarr(stim).image.values
+    with torch.inference_mode():
+        for lo in range(0, 100, 32):
+            model(torch.from_numpy(images[lo:lo + 32]).permute(0, 3, 1, 2).float() / 255.0)
+    for name in READOUT_LAYERS:
+        np.testing.assert_array_equal(tree[name].activation.values, torch.cat(seen[name]).numpy())
+    assert not (tmp_path / "a.zarr.partial").exists()
+
+
+def test_pooling_float16_chunking_and_info(tmp_path):
+    stim, model_path = _stimuli(tmp_path / "s.zarr", 70), _model(tmp_path / "m" / "model.pt")
+    out = extract(model_path, stim, tmp_path / "a.zarr", layers=["relu_stem", "block1_out", "pool"],
+                  pooling={"default": "full", "relu_stem": 4, "block1_out": "mean"}, dtype="float16",
+                  batch_size=16, chunk_mb=0.001, progress=False)
+    tree = xr.open_datatree(out, engine="zarr")
+    assert set(tree.children) == {"relu_stem", "block1_out", "pool"}
+    stem = tree["relu_stem"].activation
+    assert stem.shape == (70, 8, 4, 4) and stem.dtype == np.float16 and stem.attrs["pooling"] == "grid 4"
+    assert tree["block1_out"].activation.dims == ("sample", "unit")
+    chunks = xr.open_zarr(out, group="relu_stem").activation.encoding["chunks"]
+    assert chunks[0] == 16 and chunks[1] < 8  # split along units to meet the byte target
+    text = describe(out)
+    assert "relu_stem" in text and "(70, 8, 4, 4)" in text and "total" in text
+
+
+def test_mismatches_fail_with_clear_errors(tmp_path):
+    stim = _stimuli(tmp_path / "s.zarr", 20)
+    model_path = _model(tmp_path / "m" / "model.pt")
+    with pytest.raises(ExtractionError, match="unknown layer"):
+        extract(model_path, stim, tmp_path / "a.zarr", layers=["conv9"], progress=False)
+    (tmp_path / "bad.pt").write_bytes(b"not a model")
+    with pytest.raises(ExtractionError, match="not a trained infodissect model"):
+        extract(tmp_path / "bad.pt", stim, tmp_path / "a.zarr", progress=False)
+    gray = xr.open_zarr(stim).isel(channel=[0]).load()
+    gray.to_zarr(tmp_path / "g.zarr", mode="w", zarr_format=3, consolidated=True)
+    with pytest.raises(ExtractionError, match="1 channel"):
+        extract(model_path, tmp_path / "g.zarr", tmp_path / "a.zarr", progress=False)
+    assert not (tmp_path / "a.zarr").exists() and not (tmp_path / "a.zarr.partial").exists()
+
+
+def test_extraction_memory_is_bounded_by_the_batch_not_the_set(tmp_path):
+    """A set whose activations are several times the bound extracts within it."""
+    n = 6144
+    stim, model_path = _stimuli(tmp_path / "s.zarr", n, size=64), _model(tmp_path / "m" / "model.pt", width=16)
+    script = textwrap.dedent(f"""
+        import json, torch
+        from infodissect.activations import extract
+        torch.set_num_threads(2)
+        def hwm():
+            return int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1]) / 1024
+        import xarray, zarr, dask.array  # libraries in memory before the baseline
+        base = hwm()
+        extract({str(model_path)!r}, {str(stim)!r}, {str(tmp_path / 'a.zarr')!r}, dtype="float32",
+                batch_size=64, progress=False)
+        print(json.dumps({{"base": base, "peak": hwm()}}))
+    """)
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    mem = json.loads(res.stdout.strip().splitlines()[-1])
+    stored_mb = sum(xr.open_zarr(tmp_path / "a.zarr", group=g).activation.nbytes for g in READOUT_LAYERS) / 2**20
+    used = mem["peak"] - mem["base"]
+    assert stored_mb > 600, stored_mb
+    assert used < stored_mb / 4, f"extraction used {used:.0f} MB for {stored_mb:.0f} MB of activations"
