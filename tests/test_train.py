@@ -124,6 +124,7 @@ def test_killed_training_resumes_to_the_same_result(tmp_path):
         torch.testing.assert_close(_weights(resumed)[k], v, rtol=0, atol=1e-6)
     metrics = (resumed / "model" / "metrics.csv").read_text().splitlines()
     assert metrics[0].startswith("epoch,train_loss,train_accuracy,test_loss,test_accuracy") and len(metrics) == 4
+    assert json.loads((resumed / "model" / "config.json").read_text())["spec"]["epochs"] == 3
     factors = (resumed / "model" / "accuracy_by_factor.csv").read_text()
     assert "expression,happiness" in factors and "yaw,bin0" in factors
 

@@ -278,8 +278,12 @@ def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def _write_outputs(out_dir: Path, spec: TrainSpec, model: nn.Module, labels: Labels, history: list[dict],
                    test_store: str | Path, test_labels: Labels, preds: np.ndarray) -> None:
-    """model.pt, metrics.csv, accuracy_by_factor.csv (each written whole, then renamed)."""
+    """model.pt, metrics.csv, accuracy_by_factor.csv, config.json (each written whole, then renamed)."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / "config.json.partial"
+    tmp.write_text(json.dumps({"spec": asdict(spec), "classes": list(labels.classes),
+                               "test_store": str(test_store)}, indent=1, sort_keys=True))
+    os.replace(tmp, out_dir / "config.json")
     _atomic_save({"state_dict": plain_state_dict(model), "classes": list(labels.classes), "task": spec.task,
                   "spec": asdict(spec), "readout_layers": list(READOUT_LAYERS), "architecture": "ResNet10"},
                  out_dir / "model.pt")
