@@ -13,9 +13,10 @@ quantiles; their last digits do not matter), the observed MI in the input's prec
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from .backend import Array, is_torch, namespace, take, to_numpy
-from .estimators import LN2, _demean, mi_from_correlation
+from .estimators import LN2, _demean, _dterm, _psi_sum, encode_labels, mi_from_correlation
 
 _PERM_BLOCK = 256  # permutations per matrix product
 
@@ -53,10 +54,6 @@ def null_max_gd(x: Array, labels: np.ndarray, perms: np.ndarray, biascorrect: bo
     x^2: one matrix product with the permutations' class indicators for up to 32
     classes, else one scatter-add per permutation (PyTorch, threaded).
     """
-    import torch
-
-    from .estimators import _dterm, _psi_sum, encode_labels
-
     codes, values = encode_labels(labels)
     n_classes, n = len(values), x.shape[0]
     counts = np.bincount(codes, minlength=n_classes).astype(np.float64)

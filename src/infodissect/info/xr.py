@@ -223,7 +223,7 @@ def _permutation_result(x: xr.DataArray, dim: str, names: list[str], cont: np.nd
         with Client(scheduler):
             mi_v, null_v = _mi_and_null(x, dim, cont, disc, len(names), perms, biascorrect, seed)
     else:
-        with dask.config.set(scheduler=scheduler) if scheduler else _nullcontext():
+        with dask.config.set(scheduler=scheduler) if scheduler else contextlib.nullcontext():
             mi_v, null_v = _mi_and_null(x, dim, cont, disc, len(names), perms, biascorrect, seed)
     var_dims = [d for d in x.dims if d != dim]
     coords = {k: v for k, v in x.coords.items() if dim not in v.dims}
@@ -284,7 +284,5 @@ def _with_cond(x: xr.DataArray, z: np.ndarray, dim: str, mvdim: str | None) -> x
         zb = zb.chunk(dict(x.isel(_xz=0, drop=True).chunksizes))
     return xr.concat([x.drop_vars("_xz", errors="ignore"), zb], dim="_xz")
 
-
-_nullcontext = contextlib.nullcontext
 
 __all__ = ["mutual_information", "InputError", "is_discrete"]
