@@ -84,6 +84,9 @@ def test_pooling_float16_chunking_and_info(tmp_path):
     assert chunks[0] == 16 and chunks[1] < 8  # split along units to meet the byte target
     text = describe(out)
     assert "relu_stem" in text and "(70, 8, 4, 4)" in text and "total" in text
+    (tmp_path / "b.zarr.partial").mkdir()
+    with pytest.raises(ExtractionError, match="unfinished"):
+        describe(tmp_path / "b.zarr")
 
 
 def test_mismatches_fail_with_clear_errors(tmp_path):

@@ -228,9 +228,10 @@ def extract(model_path: str | Path, stimuli_path: str | Path, out: str | Path, l
 
 def describe(path: str | Path) -> str:
     """A table of the layers of an activation store: shape, dtype, chunks and size."""
+    if not Path(path).exists():
+        partial = Path(str(path) + ".partial").exists()
+        raise ExtractionError(f"{path}: {'unfinished (only the .partial store exists)' if partial else 'no such store'}")
     root = zarr.open_group(str(path), mode="r")
-    if Path(str(path) + ".partial").exists() and not Path(path).exists():
-        raise ExtractionError(f"{path}: unfinished (only {path}.partial exists)")
     lines = [f"{path}: model {root.attrs.get('model')}, set {root.attrs.get('set')}, dtype {root.attrs.get('dtype')}"]
     total = 0
     lines.append(f"{'layer':<14} {'dims':<28} {'shape':<24} {'chunks':<24} {'MB':>8}")
