@@ -22,6 +22,7 @@ import torch
 import zarr
 
 from infodissect.activations import extract, load_trained
+from infodissect.nets import network_input
 
 
 def forward_only(model_path: str, stimuli: str, batch_size: int, device: str) -> float:
@@ -32,8 +33,7 @@ def forward_only(model_path: str, stimuli: str, batch_size: int, device: str) ->
     t0 = time.perf_counter()
     with torch.inference_mode():
         for lo in range(0, n, batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(image[lo:lo + batch_size])).to(device)
-            model(x.permute(0, 3, 1, 2).float().div_(255.0))
+            model(network_input(torch.from_numpy(np.ascontiguousarray(image[lo:lo + batch_size])).to(device)))
     return n / (time.perf_counter() - t0)
 
 

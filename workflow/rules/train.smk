@@ -21,6 +21,7 @@ rule train_model:
     params:
         spec=lambda wildcards: train_spec(wildcards.model),
         nproc=train_processes(),
+        per_proc=lambda wildcards, threads: max(1, threads // train_processes()),
         checkpoints="results/checkpoints/{model}",
     threads: train_threads()
     resources:
@@ -31,10 +32,10 @@ rule train_model:
     benchmark:
         "results/benchmarks/train/{model}.tsv"
     shell:
-        "OMP_NUM_THREADS={params.nproc} torchrun --standalone --nproc-per-node {params.nproc}"
+        "OMP_NUM_THREADS={params.per_proc} torchrun --standalone --nproc-per-node {params.nproc}"
         " -m infodissect.cli train model --spec {params.spec:q}"
         " --train {input.train} --test {input.test} --out results/models/{wildcards.model}"
-        " --checkpoints {params.checkpoints} --threads $(( {threads} / {params.nproc} > 0 ? {threads} / {params.nproc} : 1 ))"
+        " --checkpoints {params.checkpoints} --threads {params.per_proc}"
         " > {log} 2>&1"
 
 

@@ -30,7 +30,7 @@ import zarr
 from tqdm import tqdm
 
 from ..memory import release_memory
-from ..nets import READOUT_LAYERS, build_model, readout_modules
+from ..nets import READOUT_LAYERS, build_model, network_input, readout_modules
 from ..stimuli.store import atomic_store, open_store
 
 log = logging.getLogger(__name__)
@@ -207,8 +207,7 @@ def extract(model_path: str | Path, stimuli_path: str | Path, out: str | Path, l
             for lo in tqdm(range(0, n, batch_size), desc="extract", unit="batch", disable=not progress,
                            mininterval=5):
                 hi = min(lo + batch_size, n)
-                x = torch.from_numpy(np.ascontiguousarray(image[lo:hi])).to(device)
-                x = x.permute(0, 3, 1, 2).float().div_(255.0)
+                x = network_input(torch.from_numpy(np.ascontiguousarray(image[lo:hi])).to(device))
                 with torch.inference_mode():
                     model(x)
                 pending.put((lo, hi, {name: v.numpy() for name, v in captured.items()}))

@@ -42,18 +42,38 @@ def _splitmix64(z: torch.Tensor) -> torch.Tensor:
     return z ^ _shr(z, 31)
 
 
-def _fingerprints(rows: torch.Tensor, seed: int) -> torch.Tensor:
-    """A seeded 64-bit hash (m, 1) of each row's values: exact integer arithmetic, so it
-    does not depend on which other rows share the array. Rows exactly representable in
-    float32 hash their float32 bits (int32 products, summed exactly in int64)."""
-    pos = torch.arange(rows.shape[1], device=rows.device, dtype=torch.int64)
-    weights = _splitmix64(pos + 1) | 1
+def _float32_bits(rows: torch.Tensor) -> torch.Tensor:
+    """The int32 bit pattern of each value as float32 (-0.0 read as 0.0)."""
+    return (rows.to(torch.float32) + 0.0).view(torch.int32)
+
+
+def _row_ints(rows: torch.Tensor, bits32: torch.Tensor | None = None) -> torch.Tensor:
+    """The integers a row's fingerprint hashes: float64 bits of float64 rows, else float32 bits."""
     if rows.dtype == torch.float64:
-        mixed = (rows.view(torch.int64) * weights).sum(1, keepdim=True)
-    else:
-        bits = (rows.to(torch.float32) + 0.0).view(torch.int32)
-        mixed = (bits * weights.to(torch.int32)).sum(1, keepdim=True, dtype=torch.int64)
-    return _splitmix64(mixed ^ int(seed))
+        return rows.view(torch.int64)
+    return _float32_bits(rows) if bits32 is None else bits32
+
+
+def _fingerprints(ints: torch.Tensor, seed: int) -> torch.Tensor:
+    """A seeded 64-bit hash (m, 1) of each row of :func:`_row_ints`: exact integer arithmetic
+    (int32 products are summed exactly in int64), so it does not depend on which other
+    rows share the array."""
+    pos = torch.arange(ints.shape[1], device=ints.device, dtype=torch.int64)
+    weights = (_splitmix64(pos + 1) | 1).to(ints.dtype)
+    return _splitmix64((ints * weights).sum(1, keepdim=True, dtype=torch.int64) ^ int(seed))
+
+
+def _bijection(h: torch.Tensor, n: int) -> torch.Tensor:
+    """Per row, the bijection of 0..2^31-1 keyed by the fingerprint ``h`` (m, 1), applied to 0..n-1."""
+    mask = (1 << 31) - 1
+    a, b = ((h & mask) | 1).to(torch.int32), ((_shr(h, 31) & mask) | 1).to(torch.int32)
+    c = (_shr(h, 33) & mask).to(torch.int32)
+    z = torch.arange(n, device=h.device, dtype=torch.int32) ^ c  # int32 arithmetic wraps mod 2^32
+    z = (z * a) & mask
+    z ^= z >> 16
+    z = (z * b) & mask
+    z ^= z >> 15
+    return z
 
 
 def tie_breakers(rows: torch.Tensor, seed: int) -> torch.Tensor:
@@ -64,28 +84,18 @@ def tie_breakers(rows: torch.Tensor, seed: int) -> torch.Tensor:
     independently per variable, and no two samples of a row share a tie-breaker (the
     sort keys are unique, so the order is fully determined).
     """
-    mask = (1 << 31) - 1
-    h = _fingerprints(rows, seed)
-    a, b = ((h & mask) | 1).to(torch.int32), ((_shr(h, 31) & mask) | 1).to(torch.int32)
-    c = (_shr(h, 33) & mask).to(torch.int32)
-    z = torch.arange(rows.shape[1], device=rows.device, dtype=torch.int32) ^ c  # int32 arithmetic wraps mod 2^32
-    z = (z * a) & mask
-    z ^= z >> 16
-    z = (z * b) & mask
-    z ^= z >> 15
-    return z
-
-
-def _ordered_float32(rows: torch.Tensor) -> torch.Tensor:
-    """An int32 per value whose signed order is that of the float32 values (-0.0 == 0.0)."""
-    b = (rows.to(torch.float32) + 0.0).view(torch.int32)
-    return b ^ ((b >> 31) & 0x7FFFFFFF)
+    return _bijection(_fingerprints(_row_ints(rows), seed), rows.shape[1])
 
 
 def _float32_keys(rows: torch.Tensor, seed: int) -> torch.Tensor:
-    """Unique int64 sort keys: the float32 value's order above the row's tie-breaker."""
-    key = _ordered_float32(rows).to(torch.int64) << 31
-    return key.bitwise_or_(tie_breakers(rows, seed))
+    """Unique int64 sort keys: the float32 value's order above the row's tie-breaker.
+
+    The float32 bits serve both the order (signed order of ``b ^ ((b >> 31) & 0x7FFFFFFF)``
+    is the float order) and, for non-float64 rows, the fingerprint.
+    """
+    b = _float32_bits(rows)
+    key = (b ^ ((b >> 31) & 0x7FFFFFFF)).to(torch.int64) << 31
+    return key.bitwise_or_(_bijection(_fingerprints(_row_ints(rows, b), seed), rows.shape[1]))
 
 
 def _inverse(order: torch.Tensor) -> torch.Tensor:

@@ -99,13 +99,16 @@ def mi_gg(x: Array, y: Array, biascorrect: bool = True, demeaned: bool = False) 
     return _warn_nan(mi / LN2, "mi_gg")
 
 
+def standardize(x: Array) -> Array:
+    """Columns of ``x`` (n, P) demeaned and scaled to unit norm (their dot products are correlations)."""
+    xp = namespace(x)
+    xc = _demean(x)
+    return xc / xp.sqrt(xp.sum(xc * xc, axis=0, keepdims=True))
+
+
 def correlation_pairs(x: Array, y: Array) -> Array:
     """Pearson correlation of every column of ``x`` (n, P) with every column of ``y`` (n, Q): (P, Q)."""
-    xp = namespace(x, y)
-    xc, yc = _demean(x), _demean(y)
-    xs = xc / xp.sqrt(xp.sum(xc * xc, axis=0, keepdims=True))
-    ys = yc / xp.sqrt(xp.sum(yc * yc, axis=0, keepdims=True))
-    return xp.matrix_transpose(xs) @ ys
+    return namespace(x, y).matrix_transpose(standardize(x)) @ standardize(y)
 
 
 def mi_from_correlation(r: Array, n: int, biascorrect: bool = True) -> Array:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .backend import Array, is_torch, namespace, take, to_numpy
-from .estimators import LN2, _demean, _dterm, _psi_sum, encode_labels, mi_from_correlation
+from .estimators import LN2, _dterm, _psi_sum, encode_labels, mi_from_correlation, standardize
 
 _PERM_BLOCK = 256  # permutations per matrix product
 
@@ -31,9 +31,7 @@ def null_max_gg(x: Array, y: Array, perms: np.ndarray, biascorrect: bool = True)
     """Largest MI over the columns of ``x`` (n, P) with each permuted column of ``y`` (n, Q): (n_perm, Q)."""
     xp = namespace(x, y)
     n = x.shape[0]
-    xc, yc = _demean(x), _demean(y)
-    xs = xc / xp.sqrt(xp.sum(xc * xc, axis=0, keepdims=True))
-    ys = yc / xp.sqrt(xp.sum(yc * yc, axis=0, keepdims=True))
+    xs, ys = standardize(x), standardize(y)
     xs = xp.where(xp.isfinite(xs), xs, xp.zeros_like(xs))  # an undefined variable never sets the maximum
     xs, ys = xp.astype(xs, xp.float32), xp.astype(ys, xp.float32)  # the null maxima need no more precision
     out = []

@@ -79,13 +79,19 @@ def _copnorm_block(block: np.ndarray, seed: int) -> np.ndarray:
     return copnorm(block.reshape(-1, n), seed=seed, axis=-1, dtype=torch.float64)
 
 
+def _continuous(disc: list[tuple[int, np.ndarray]], n_factors: int) -> list[int]:
+    """Positions of the continuous factors (those not in ``disc``)."""
+    discrete = {p for p, _ in disc}
+    return [i for i in range(n_factors) if i not in discrete]
+
+
 def _rows_mi(rows: np.ndarray, cont: np.ndarray, disc: list[tuple[int, np.ndarray]], n_factors: int, d: int,
              biascorrect: bool) -> np.ndarray:
     """MI of copula-normalised rows (P*d, n), d rows per variable, with every factor: (P, n_factors)."""
     n = rows.shape[-1]
     x = rows.reshape(-1, d, n).transpose(2, 0, 1)  # (n, P, d) view
     out = np.empty((x.shape[1], n_factors))
-    cont_pos = [i for i in range(n_factors) if i not in {p for p, _ in disc}]
+    cont_pos = _continuous(disc, n_factors)
     if cont_pos:
         if d > 1:
             for j, q in enumerate(cont_pos):
@@ -112,7 +118,7 @@ def _rows_null(rows: np.ndarray, cont: np.ndarray, disc: list[tuple[int, np.ndar
     """Null maxima over copula-normalised rows (P, n), per permutation and factor: (1, n_perm, n_factors)."""
     x = rows.T  # (n, P) view
     out = np.full((perms.shape[0], n_factors), -np.inf)
-    cont_pos = [i for i in range(n_factors) if i not in {p for p, _ in disc}]
+    cont_pos = _continuous(disc, n_factors)
     if cont_pos:
         out[:, cont_pos] = null_max_gg(x, cont, perms, biascorrect)
     for q, codes in disc:

@@ -1,5 +1,5 @@
 """Networks: the lab's ResNet-10 with named read-out layers."""
 
-from .resnet import READOUT_LAYERS, ResNet10, Sum, build_model, readout_modules
+from .resnet import READOUT_LAYERS, ResNet10, Sum, build_model, network_input, readout_modules
 
-__all__ = ["READOUT_LAYERS", "ResNet10", "Sum", "build_model", "readout_modules"]
+__all__ = ["READOUT_LAYERS", "ResNet10", "Sum", "build_model", "network_input", "readout_modules"]

@@ -15,6 +15,7 @@ each layer once and LRP canonizers (zennit) can merge batch norms and treat the 
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -104,6 +105,12 @@ def readout_modules(model: ResNet10) -> dict[str, nn.Module]:
         mods[f"block{k}_relu1"] = block.relu
         mods[f"block{k}_out"] = block.relu_out
     return {name: mods[name] for name in READOUT_LAYERS}
+
+
+def network_input(images: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """uint8 images (b, H, W, C) as the network's input: float (b, C, H, W) in [0, 1], on the images' device."""
+    t = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(images))
+    return t.permute(0, 3, 1, 2).float().div_(255.0)
 
 
 def build_model(classes: int, width: int = 64, stem: str = "large", in_channels: int = 3) -> ResNet10:

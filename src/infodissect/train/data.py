@@ -21,6 +21,8 @@ import torch
 import xarray as xr
 import zarr
 
+from ..nets import network_input
+
 
 class DataError(ValueError):
     """A stimulus store cannot feed the requested task."""
@@ -83,12 +85,16 @@ class StoreBatches:
         self.labels, self.batch_size, self.rank, self.world = labels, batch_size, rank, world
         self.seed, self.window, self.shuffle, self.drop_last = seed, window, shuffle, drop_last
 
+    # The array whose length and sample chunks define the source, and what to say without it.
+    _index_array = "image"
+    _missing = "no rendered images (is it a design table?)"
+
     def _extent(self) -> tuple[int, int]:
         """Number of samples and the sample chunk length of the source."""
-        if "image" not in self.group:
-            raise DataError(f"{self.group.store}: no rendered images (is it a design table?)")
-        image = self.group["image"]
-        return image.shape[0], image.chunks[0]
+        if self._index_array not in self.group:
+            raise DataError(f"{self.group.store}: {self._missing}")
+        arr = self.group[self._index_array]
+        return arr.shape[0], arr.chunks[0]
 
     def _read(self, chunk: tuple[int, int]) -> np.ndarray:
         """One chunk's payload: its images (uint8 (k, H, W, C))."""
@@ -96,7 +102,7 @@ class StoreBatches:
 
     def _images(self, payload: np.ndarray) -> torch.Tensor:
         """A local batch's payload as float images (b, C, H, W) in [0, 1]."""
-        return _to_tensor(payload)
+        return network_input(payload)
 
     def __len__(self) -> int:
         """Global batches per epoch."""
@@ -148,11 +154,8 @@ class RenderedBatches(StoreBatches):
         self.camera = camera_from_config(render_spec["render"])
         self.design = xr.open_zarr(str(design))
 
-    def _extent(self) -> tuple[int, int]:
-        if "shape_coeff" not in self.group:
-            raise DataError(f"{self.group.store}: not a design table (no shape_coeff)")
-        arr = self.group["shape_coeff"]
-        return arr.shape[0], arr.chunks[0]
+    _index_array = "shape_coeff"
+    _missing = "not a design table (no shape_coeff)"
 
     def _read(self, chunk: tuple[int, int]) -> np.ndarray:
         """One chunk's payload: its sample indices (rendered later, per local batch)."""
@@ -165,9 +168,4 @@ class RenderedBatches(StoreBatches):
         params = design_params(self.design.isel(sample=payload).load(), self.device)
         with torch.inference_mode():
             img, _ = render(self.face_model, params, self.camera)
-        return img.permute(0, 3, 1, 2).float().div_(255.0)
-
-
-def _to_tensor(images: np.ndarray) -> torch.Tensor:
-    """uint8 (b, H, W, C) -> float (b, C, H, W) in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
+        return network_input(img)
