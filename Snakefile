@@ -40,3 +40,5 @@ localrules:
 include: "workflow/rules/stimuli.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/activations.smk"
+include: "workflow/rules/mi.smk"
+include: "workflow/rules/analyses.smk"

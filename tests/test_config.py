@@ -23,7 +23,7 @@ def demo() -> dict:
 @pytest.mark.parametrize("name", ["config.yaml", "test.yaml", "paper.yaml"])
 def test_shipped_configs_validate(name):
     config = load_config(ROOT / "config" / name)
-    assert set(config) == {"seed", "stimuli", "training", "activations"}
+    assert set(config) == {"seed", "stimuli", "training", "activations", "mi", "analyses"}
     assert config["stimuli"]["render"]["shard_size"] % config["stimuli"]["render"]["batch_size"] == 0
 
 
@@ -175,6 +175,14 @@ def _error(config: dict) -> str:
         (lambda c: c["training"].update(test_set="nope"), "training.test_set: 'nope' is not a stimulus set"),
         (lambda c: c["training"].update(processes=3), "training.batch_size: 64 is not divisible by the 3"),
         (lambda c: c["training"].update(stem="tiny"), "training.stem: 'tiny' is not one of"),
+        (lambda c: c.update(mi={"sets": ["train"]}), "mi.sets[0]: 'train' is not among activations.sets"),
+        (lambda c: c.update(mi={"factors": ["nose"]}), "mi.factors[0]: 'nose' is not one of"),
+        (lambda c: c.update(mi={"n_perm": -1}), "mi.n_perm: -1 is less than the minimum of 0"),
+        (lambda c: c.update(mi={"scheduler": "cluster"}), "mi.scheduler: 'cluster' is not local"),
+        (lambda c: c.update(mi={"layers": ["pool"]}, activations={"layers": ["logits"]}),
+         "mi.layers[0]: 'pool' is not among activations.layers"),
+        (lambda c: c.update(analyses={"morph_set": "analysis"}), "analyses.morph_set: 'analysis' is a 'independent'"),
+        (lambda c: c.update(analyses={"morph_set": "sweeps"}), "analyses.morph_set: 'sweeps' is not among"),
     ],
 )
 def test_errors_name_the_key(demo, mutate, expected):

@@ -30,6 +30,22 @@ def test_pipeline_runs_and_second_run_does_nothing(tmp_path):
     assert tree["block3_out"].activation.dims == ("sample", "unit", "y", "x") and "yaw" in tree["block3_out"].coords
     assert (tmp_path / "results" / "activations" / "identity_s0" / "revcorr.zarr").exists()
     assert "total" in (tmp_path / "results" / "logs" / "activations" / "identity_s0" / "analysis.log").read_text()
+    # MI of every layer and of the pixels with every factor, the analyses and the report.
+    res = tmp_path / "results"
+    mi = xr.open_datatree(res / "mi" / "identity_s0" / "analysis.zarr", engine="zarr")
+    assert mi["block2_out"].mi.dims == ("factor", "unit", "y", "x") and mi["pool"].mi.dims == ("factor", "unit")
+    assert mi["block2_out"].mi.attrs["units"] == "bits" and mi["block2_out"].attrs["n_perm"] == 20
+    assert "identity" in mi["logits"].factor.values and np.isfinite(mi["logits"].threshold.values).all()
+    pixels = xr.open_datatree(res / "mi" / "pixels" / "analysis.zarr", engine="zarr")
+    assert pixels["pixels"].mi.dims == ("factor", "channel", "y", "x")
+    profile = xr.open_zarr(res / "analyses" / "identity_s0" / "analysis_profile.zarr")
+    assert list(profile.layer.values)[:2] == ["pixels", "relu_stem"] and profile.layer.size == 12
+    gen = xr.open_zarr(res / "analyses" / "identity_s0" / "generalisation.zarr")
+    assert set(gen.morph_type.values) == {"shape", "texture", "both"} and "p_value" in gen.attrs
+    for name in ("analysis_layer_profile", "analysis_units", "analysis_spatial_maps", "generalisation"):
+        assert (res / "figures" / f"identity_s0_{name}.png").stat().st_size > 10_000
+    report = (res / "report.html").read_text()
+    assert report.count("<figure>") == 7 and "held-out accuracy" in report and "generalisation gap" in report
     ds = xr.open_zarr(tmp_path / "results" / "stimuli" / "analysis.zarr")
     assert ds.image.dims == ("sample", "y", "x", "channel") and ds.image.shape[1:] == (32, 32, 3)
     assert ds.parts.attrs["part_names"][0] == "background"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 import yaml
 from workflow_cli import ROOT, snakemake
 
@@ -27,3 +29,30 @@ def test_dry_run_of_test_config_plans_all():
     assert re.search(r"^stimuli_render\s+\d+", output, re.MULTILINE), output
     for name in yaml.safe_load((ROOT / "config" / "test.yaml").read_text())["stimuli"]["sets"]:
         assert f"results/stimuli/{name}.zarr" in output
+
+
+def _job_counts(output: str) -> dict[str, int]:
+    """The 'Job stats' table of a dry run: rule -> job count."""
+    table = output[output.index("Job stats:"):]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.MULTILINE)
+            if m.group(1) != "total"}
+
+
+def test_slurm_profile_dry_run_plans_every_job(tmp_path):
+    pytest.importorskip("snakemake_executor_plugin_slurm")
+    config = ["--configfile", str(ROOT / "config" / "config.yaml")]
+    local = snakemake("-n", "--directory", str(tmp_path), *config)
+    slurm = snakemake("-n", "--directory", str(tmp_path), "--workflow-profile",
+                      str(ROOT / "workflow" / "profiles" / "slurm"), *config)
+    out = slurm.stdout + slurm.stderr
+    assert slurm.returncode == 0, out
+    counts = _job_counts(out)
+    assert counts == _job_counts(local.stdout + local.stderr)
+    for rule in ("stimuli_render", "train_model", "activations_extract", "mi_layers", "mi_pixels",
+                 "analyses_profile", "analyses_generalisation", "report", "all"):
+        assert counts.get(rule, 0) >= 1, (rule, counts)
+    # The profile's per-rule resources reach the jobs: a GPU for extraction, memory for MI.
+    extract = out[out.index("rule activations_extract:"):]
+    assert "gpu=1" in extract[:extract.index("\n\n")]
+    mi = out[out.index("rule mi_layers:"):]
+    assert "mem_mb=64000" in mi[:mi.index("\n\n")]

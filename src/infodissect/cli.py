@@ -89,6 +89,53 @@ def _activations_info(a: argparse.Namespace) -> None:
     print(describe(a.path))
 
 
+def _mi_run(a: argparse.Namespace) -> None:
+    import torch
+
+    from .analyses.information import activation_information, dask_scheduler, pixel_information
+
+    spec = json.loads(a.spec)
+    torch.set_num_threads(a.threads)
+    kwargs = dict(factors=spec.get("factors") or None, n_perm=int(spec.get("n_perm", 100)),
+                  alpha=float(spec.get("alpha", 0.05)), seed=int(spec.get("seed", 0)),
+                  chunk_mb=float(spec.get("chunk_mb", 64)))
+    with dask_scheduler(spec.get("scheduler", "local"), threads=1):
+        if a.command == "layers":
+            activation_information(a.activations, a.out, layers=spec.get("layers") or None, **kwargs)
+        else:
+            pixel_information(a.stimuli, a.out, **kwargs)
+
+
+def _analyses_profile(a: argparse.Namespace) -> None:
+    from .analyses.information import load_layers
+    from .analyses.profile import profile_outputs
+
+    layers = load_layers(a.mi, a.pixels)
+    profile_outputs(layers, a.out, {"profile": a.profile_figure, "units": a.units_figure, "maps": a.maps_figure},
+                    title=a.title)
+
+
+def _analyses_generalisation(a: argparse.Namespace) -> None:
+    import xarray as xr
+
+    from .analyses.generalisation import generalisation
+    from .analyses.information import open_tree
+    from .figures.generalisation import generalisation_figure
+    from .stimuli.store import atomic_store
+
+    responses, summary = generalisation(open_tree(a.activations, "activation"))
+    with atomic_store(a.out) as tmp:
+        xr.DataTree.from_dict({"/": summary, "/responses": responses}).to_zarr(tmp, zarr_format=3, consolidated=True)
+    generalisation_figure(summary, a.figure, title=f"{a.title}: generalisation under shape vs texture change")
+    logging.info("generalisation: %s", {k: summary.attrs[k] for k in summary.attrs if k != "test"})
+
+
+def _report(a: argparse.Namespace) -> None:
+    from .report import build_report
+
+    build_report(json.loads(a.spec), a.out)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``infodissect`` command."""
     p = argparse.ArgumentParser(prog="infodissect", description=__doc__)
@@ -152,6 +199,42 @@ def build_parser() -> argparse.ArgumentParser:
     i = asub.add_parser("info", help="print the layers, shapes, chunks and sizes of an activation store")
     i.add_argument("path")
     i.set_defaults(func=_activations_info)
+
+    mi = stages.add_parser("mi", help="MI between layers (or pixels) and every generative factor")
+    msub = mi.add_subparsers(dest="command", required=True)
+    ml = msub.add_parser("layers", help="every layer of an activation store against every factor")
+    ml.add_argument("--activations", required=True, help="activation store (results/activations/{model}/{set}.zarr)")
+    mp = msub.add_parser("pixels", help="every pixel of a stimulus set against every factor")
+    mp.add_argument("--stimuli", required=True, help="rendered stimulus store")
+    for sp in (ml, mp):
+        sp.add_argument("--spec", default="{}", help="JSON: factors, layers, n_perm, alpha, seed, chunk_mb, scheduler")
+        sp.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+        sp.add_argument("--out", required=True, help="output MI store")
+        sp.set_defaults(func=_mi_run)
+
+    an = stages.add_parser("analyses", help="the paper's analyses and their figures")
+    ansub = an.add_subparsers(dest="command", required=True)
+    pr = ansub.add_parser("profile", help="layer profile, unit x factor matrices and spatial MI maps")
+    pr.add_argument("--mi", required=True, help="MI store of a model's layers")
+    pr.add_argument("--pixels", default=None, help="MI store of the set's pixels (the input baseline)")
+    pr.add_argument("--out", required=True, help="output profile store (layer, factor)")
+    pr.add_argument("--profile-figure", required=True)
+    pr.add_argument("--units-figure", required=True)
+    pr.add_argument("--maps-figure", required=True)
+    pr.add_argument("--title", default="")
+    pr.set_defaults(func=_analyses_profile)
+    ge = ansub.add_parser("generalisation", help="the network's response along shape, texture and joint morphs")
+    ge.add_argument("--activations", required=True, help="activation store of the morph set (needs logits)")
+    ge.add_argument("--out", required=True, help="output store (summary at the root, /responses per morph)")
+    ge.add_argument("--figure", required=True)
+    ge.add_argument("--title", default="")
+    ge.set_defaults(func=_analyses_generalisation)
+
+    rp = stages.add_parser("report", help="the HTML report of every figure and the key numbers")
+    rp.add_argument("--spec", required=True, help="JSON: title, intro, models {name: {metrics, profile, "
+                    "generalisation}}, sections [{title, figures [{path, caption, wildcards}]}]")
+    rp.add_argument("--out", required=True)
+    rp.set_defaults(func=_report)
     return p
 
 
@@ -160,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        logging.getLogger("distributed").setLevel(logging.WARNING)  # the local cluster's start-up chatter
     from .stimuli.store import StoreError
 
     try:

@@ -211,9 +211,32 @@ def _semantic_errors(config: dict) -> Iterator[str]:
 
 
     yield from _training_errors(config)
-    for i, name in enumerate(config["activations"]["sets"]):
-        if config["training"]["models"] and name not in config["stimuli"]["sets"]:
+    yield from _analysis_errors(config)
+
+
+def _analysis_errors(config: dict) -> Iterator[str]:
+    """Semantic errors of the ``activations``, ``mi`` and ``analyses`` sections."""
+    if not config["training"]["models"]:
+        return
+    sets, extracted = config["stimuli"]["sets"], config["activations"]["sets"]
+    for i, name in enumerate(extracted):
+        if name not in sets:
             yield f"activations.sets[{i}]: {name!r} is not a stimulus set"
+    for i, name in enumerate(config["mi"]["sets"]):
+        if name not in extracted:
+            yield f"mi.sets[{i}]: {name!r} is not among activations.sets ({', '.join(extracted)})"
+    for i, layer in enumerate(config["mi"]["layers"]):
+        if layer not in config["activations"]["layers"]:
+            yield f"mi.layers[{i}]: {layer!r} is not among activations.layers"
+    morphs = config["analyses"]["morph_set"]
+    if morphs:
+        if morphs not in extracted:
+            yield f"analyses.morph_set: {morphs!r} is not among activations.sets ({', '.join(extracted)})"
+        elif sets[morphs]["design"] != "morph":
+            yield f"analyses.morph_set: {morphs!r} is a {sets[morphs]['design']!r} set, not a morph set"
+    scheduler = config["mi"]["scheduler"]
+    if scheduler not in ("local", "synchronous", "threads") and "://" not in scheduler:
+        yield f"mi.scheduler: {scheduler!r} is not local, synchronous, threads or an address tcp://host:port"
 
 
 def _training_errors(config: dict) -> Iterator[str]:

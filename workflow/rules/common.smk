@@ -3,6 +3,7 @@
 
 import json
 import math
+import os
 
 
 def set_names():
@@ -105,6 +106,81 @@ def activations_spec():
     return json.dumps({k: a[k] for k in keys}, sort_keys=True)
 
 
+def mi_spec():
+    """JSON (sorted keys) of the MI settings every MI job depends on."""
+    m = config["mi"]
+    keys = ("factors", "layers", "n_perm", "alpha", "chunk_mb", "scheduler")
+    return json.dumps({"seed": config["seed"], **{k: m[k] for k in keys}}, sort_keys=True)
+
+
+def profile_inputs(wildcards):
+    """A model's MI store on a set and, when pixels are measured, the set's pixel MI store."""
+    inputs = {"mi": f"results/mi/{wildcards.model}/{wildcards.set}.zarr"}
+    if config["mi"]["pixels"]:
+        inputs["pixels"] = f"results/mi/pixels/{wildcards.set}.zarr"
+    return inputs
+
+
+PROFILE_FIGURES = ("layer_profile", "units", "spatial_maps")  # results/figures/{model}_{set}_{name}.png
+
+
+def caption(name):
+    """Absolute path of a figure caption (workflow/report/{name}.rst), shared by report() and report.html."""
+    return os.path.join(workflow.basedir, "workflow", "report", f"{name}.rst")
+
+
+def report_figures():
+    """Sections of report.html: (title, [(figure path, caption file, wildcards)])."""
+    names, t = set_names(), config["training"]
+    stimuli = []
+    if "sweeps" in names:
+        stimuli.append(("results/figures/stimuli_factors.png", caption("stimuli_factors"), {}))
+    if "portraits" in names:
+        stimuli.append(("results/figures/stimuli_identities.png", caption("stimuli_identities"), {}))
+    sections = [("Stimuli", stimuli)]
+    for model in model_names():
+        figs = [(f"results/figures/{model}_training.png", caption("training"), {"model": model})]
+        morphs = config["analyses"]["morph_set"]
+        if morphs:
+            figs.append((f"results/figures/{model}_generalisation.png", caption("generalisation"), {"model": model}))
+        for s in config["mi"]["sets"]:
+            for stem in PROFILE_FIGURES:
+                figs.append((f"results/figures/{model}_{s}_{stem}.png", caption(stem), {"model": model, "set": s}))
+        sections.append((f"Model {model}", figs))
+    return [(title, figs) for title, figs in sections if figs]
+
+
+def report_models():
+    """Per model, the files behind the report's table of key numbers."""
+    out = {}
+    for model in model_names():
+        inputs = {"metrics": f"results/models/{model}/metrics.csv"}
+        if config["mi"]["sets"]:
+            inputs["profile"] = f"results/analyses/{model}/{config['mi']['sets'][0]}_profile.zarr"
+        if config["analyses"]["morph_set"]:
+            inputs["generalisation"] = f"results/analyses/{model}/generalisation.zarr"
+        out[model] = inputs
+    return out
+
+
+def report_spec():
+    """JSON of report.html: title, the models' key-number inputs and the figure sections."""
+    sections = [{"title": title, "figures": [{"path": p, "caption": c, "wildcards": w} for p, c, w in figs]}
+                for title, figs in report_figures()]
+    intro = ("infodissect: what each layer, unit and pixel of a face-identity network carries about the factors "
+             "that generated its input (after Xu et al., arXiv:1811.07807).")
+    return json.dumps({"title": "infodissect report", "intro": intro, "models": report_models(),
+                       "sections": sections}, sort_keys=True)
+
+
+def report_inputs():
+    """Every file report.html is built from (figures, captions, key-number inputs)."""
+    files = [p for _, figs in report_figures() for p, _, _ in figs]
+    files += sorted({c for _, figs in report_figures() for _, c, _ in figs})
+    files += [p for inputs in report_models().values() for p in inputs.values()]
+    return files
+
+
 def all_targets():
     """Every final output of the stages that exist so far (inputs of `rule all`)."""
     names = set_names()
@@ -119,4 +195,7 @@ def all_targets():
     for model in model_names():
         targets += [f"results/models/{model}/model.pt", f"results/figures/{model}_training.png"]
         targets += [f"results/activations/{model}/{s}.zarr" for s in config["activations"]["sets"]]
+        targets += [f"results/mi/{model}/{s}.zarr" for s in config["mi"]["sets"]]
+    if model_names():
+        targets.append("results/report.html")
     return targets

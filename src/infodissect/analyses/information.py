@@ -1,0 +1,263 @@
+"""The MI stage: information about every generative factor in each layer of a network and in the pixels.
+
+For each read-out layer of an activation store (and for the stimulus images
+themselves, the baseline every layer is compared to) it computes, with the MI
+engine (:func:`infodissect.info.mutual_information`):
+
+- ``mi`` (factor, unit, y, x): each unit at each position against each factor,
+  spatially resolved (vector layers have no y, x);
+- ``mi_pooled`` (factor, unit): each unit's spatially averaged response against each
+  factor (for vector layers the same as ``mi``);
+- maximum-statistic permutation thresholds (``threshold``, ``threshold_pooled``, per
+  factor, over all variables of the layer), ``significant`` masks and ``pvalue``.
+
+The result is a DataTree store (one group per layer, per the MI contract), written
+layer by layer into ``<out>.partial`` and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+import zarr
+
+from ..faces.factors import FACTORS
+from ..info import mutual_information
+from ..nets import READOUT_LAYERS
+from ..stimuli.store import StoreError, atomic_store, open_store, write_zarr
+
+log = logging.getLogger(__name__)
+
+PIXELS = "pixels"  # name of the pixel "layer" (the network's input)
+SPATIAL = ("y", "x")
+
+
+class InformationError(ValueError):
+    """An MI request names something the input does not have."""
+
+
+def factor_table(coords: xr.Dataset | xr.DataArray, factors: list[str] | None = None) -> xr.Dataset:
+    """The generative factors along ``sample`` that vary in a set, as a Dataset with their ``kind`` attrs.
+
+    ``factors`` (default: every known generative factor present) restricts the list; a
+    named factor that the set lacks is an error, one that is constant is dropped.
+    """
+    present = [name for name in FACTORS if name in coords.coords]
+    if factors:
+        missing = [f for f in factors if f not in present]
+        if missing:
+            raise InformationError(f"factor(s) {missing} are not coordinates of the set (it has {present})")
+        present = [f for f in FACTORS if f in factors]
+    out = {}
+    for name in present:
+        values = np.asarray(coords[name].values)
+        if values.dtype.kind in "OTU":
+            values = np.asarray([str(v) for v in values.tolist()], dtype=object)
+        if len(np.unique(values)) < 2:
+            continue
+        out[name] = xr.DataArray(values, dims="sample", attrs={"kind": FACTORS[name].kind, "unit": FACTORS[name].unit})
+    if not out:
+        raise InformationError("no generative factor varies in this set: nothing to measure")
+    return xr.Dataset(out, coords={"sample": coords["sample"].values})
+
+
+def variable_chunks(x: xr.DataArray, dim: str, chunk_mb: float) -> dict[str, int]:
+    """Chunks for ``x``: all of ``dim`` in one chunk and as many variables as fit ``chunk_mb`` of float64.
+
+    The innermost variable dims are kept whole while they fit; the outermost one that
+    does not is split.
+    """
+    per_var = x.sizes[dim] * 8
+    budget = max(1, int(chunk_mb * 2**20 // per_var))
+    chunks: dict[str, int] = {dim: -1}
+    for d in reversed([d for d in x.dims if d != dim]):
+        size = x.sizes[d]
+        chunks[d] = max(1, min(size, budget))
+        budget = max(1, budget // size)
+    return chunks
+
+
+def _summary(res: xr.Dataset, suffix: str) -> dict[str, xr.DataArray]:
+    """The variables of one permutation result, factor first, named with ``suffix``."""
+    mi = res["mi"]
+    order = ("factor",) + tuple(d for d in mi.dims if d != "factor")
+    return {f"mi{suffix}": mi.transpose(*order).astype(np.float32),
+            f"significant{suffix}": res["significant"].transpose(*order),
+            f"pvalue{suffix}": res["pvalue"].transpose(*order).astype(np.float32),
+            f"threshold{suffix}": res["threshold"],
+            f"null_max{suffix}": res["null_max"].rename(permutation=f"permutation{suffix}")}
+
+
+def layer_information(act: xr.DataArray, factors: xr.Dataset, *, n_perm: int = 100, alpha: float = 0.05,
+                      seed: int = 0, chunk_mb: float = 64.0) -> xr.Dataset:
+    """MI of one layer's activations (sample, unit[, y, x]) with every factor, resolved and pooled.
+
+    Returns a Dataset with ``mi``, ``significant``, ``pvalue`` (factor, unit[, y, x]),
+    ``threshold`` (factor), ``null_max`` and their ``*_pooled`` counterparts over the
+    spatially averaged response (factor, unit), all in bits.
+    """
+    x = act.drop_vars([c for c in act.coords if c not in act.dims])
+    x = x.chunk(variable_chunks(x, "sample", chunk_mb))
+    kwargs: dict[str, Any] = dict(dim="sample", n_perm=n_perm, alpha=alpha, seed=seed)
+    resolved = mutual_information(x, factors, **kwargs)
+    out = _summary(resolved, "")
+    if all(d in act.dims for d in SPATIAL):
+        pooled = x.astype(np.float32).mean(SPATIAL)
+        out.update(_summary(mutual_information(pooled, factors, **kwargs), "_pooled"))
+    else:
+        out.update({f"{k}_pooled": v.rename(permutation="permutation_pooled") if k == "null_max" else v
+                    for k, v in _summary(resolved, "").items()})
+    ds = xr.Dataset(out)
+    names = [str(f) for f in ds.factor.values]
+    # Text as object arrays: Zarr v3 stores them as variable-length strings.
+    ds = ds.assign_coords(factor=np.asarray(names, dtype=object))
+    ds["factor_kind"] = ("factor", np.asarray([str(factors[f].attrs["kind"]) for f in names], dtype=object))
+    for name in ds.data_vars:
+        if name.startswith(("mi", "threshold", "null_max")):
+            ds[name].attrs["units"] = "bits"
+    ds.attrs.update({k: v for k, v in resolved.attrs.items() if isinstance(v, (str, int, float))})
+    ds.attrs["discrete_factors"] = json.dumps(resolved.attrs.get("discrete_factors", []))
+    ds.attrs["pooled"] = "MI of the spatially averaged response of each unit" if "y" in act.dims else "vector layer"
+    return ds
+
+
+def pixel_array(stim: xr.Dataset) -> xr.DataArray:
+    """The stimulus images as a labelled float32 array (sample, channel, y, x), the 'layer' of pixels."""
+    image = stim["image"]
+    return image.astype(np.float32).transpose("sample", "channel", "y", "x").rename("activation")
+
+
+@contextlib.contextmanager
+def dask_scheduler(scheduler: str, threads: int = 1) -> Iterator[None]:
+    """Run the enclosed Dask work on ``scheduler``.
+
+    ``local`` starts an in-process distributed LocalCluster (one worker, ``threads``
+    threads); ``synchronous``/``threads`` use Dask's single-machine schedulers; an address
+    (``tcp://host:port``) connects to a running distributed scheduler.
+    """
+    import dask
+
+    if scheduler in ("synchronous", "threads"):
+        with dask.config.set(scheduler=scheduler):
+            yield
+        return
+    from distributed import Client, LocalCluster
+
+    if scheduler == "local":
+        with LocalCluster(n_workers=1, threads_per_worker=max(1, threads), processes=False,
+                          dashboard_address=None) as cluster, Client(cluster):
+            yield
+        return
+    if "://" not in scheduler:
+        raise InformationError(f"mi.scheduler {scheduler!r}: use local, synchronous, threads or tcp://host:port")
+    with Client(scheduler):
+        yield
+
+
+def open_tree(path: str | Path, what: str = "MI") -> xr.DataTree:
+    """A finished DataTree store (activations, MI, analyses) opened lazily; a clear error if it is not one."""
+    p = Path(path)
+    if not p.exists():
+        hint = " (an unfinished .partial store is there: rerun the job)" if Path(f"{p}.partial").exists() else ""
+        raise StoreError(f"{p}: no such {what} store{hint}")
+    try:
+        return xr.open_datatree(p, engine="zarr", consolidated=True)
+    except Exception as exc:  # corrupt or not a zarr store
+        raise StoreError(f"{p}: not a readable {what} store ({exc})") from exc
+
+
+def _open_layers(path: str | Path, layers: list[str] | None) -> tuple[xr.DataTree, list[str]]:
+    """An activation store and the read-out layers to measure (all by default), checked."""
+    p = Path(path)
+    tree = open_tree(p, "activation")
+    stored = [n for n in READOUT_LAYERS if n in tree.children]
+    names = list(layers) if layers else stored
+    missing = [n for n in names if n not in stored]
+    if missing:
+        raise InformationError(f"{p}: layer(s) {missing} were not extracted (the store has {stored})")
+    return tree, names
+
+
+def _write_layer(ds: xr.Dataset, tmp: Path, group: str, first: bool) -> None:
+    """Write one layer's result as a group of the store being built."""
+    write_zarr(ds, tmp, group=group, mode="w" if first else "a")
+
+
+def _finish(tmp: Path, attrs: dict[str, Any]) -> None:
+    """Root attrs and consolidated metadata of a finished MI store."""
+    root = zarr.open_group(str(tmp), mode="r+")
+    root.attrs.update(attrs)
+    zarr.consolidate_metadata(str(tmp))
+
+
+def information_store(layers: dict[str, xr.DataArray], factors: xr.Dataset, out: str | Path, attrs: dict[str, Any],
+                      *, n_perm: int, alpha: float, seed: int, chunk_mb: float) -> Path:
+    """Measure every layer in ``layers`` and write the results, one group each, to ``out`` (atomically)."""
+    with atomic_store(out) as tmp:
+        xr.Dataset(attrs=attrs).to_zarr(tmp, mode="w", zarr_format=3, consolidated=False)
+        for i, (name, act) in enumerate(layers.items()):
+            start = time.perf_counter()
+            n_vars = math.prod(s for d, s in act.sizes.items() if d != "sample")
+            log.info("layer %s (%d/%d): %d variables x %d factors x %d samples, %d permutations", name, i + 1,
+                     len(layers), n_vars, len(factors.data_vars), act.sizes["sample"], n_perm)
+            ds = layer_information(act, factors, n_perm=n_perm, alpha=alpha, seed=seed, chunk_mb=chunk_mb)
+            ds.attrs.update(attrs, layer=name)
+            _write_layer(ds, tmp, name, first=False)
+            log.info("layer %s done in %.1f s; max MI %.3f bits (%s)", name, time.perf_counter() - start,
+                     float(ds["mi"].max()), str(ds["mi"].max(dim=[d for d in ds["mi"].dims if d != "factor"])
+                                                .idxmax("factor").values))
+        _finish(tmp, attrs)
+    return Path(out)
+
+
+def activation_information(path: str | Path, out: str | Path, *, layers: list[str] | None = None,
+                           factors: list[str] | None = None, n_perm: int = 100, alpha: float = 0.05, seed: int = 0,
+                           chunk_mb: float = 64.0) -> Path:
+    """MI between every layer of an activation store and every varying factor of its set, into ``out``."""
+    tree, names = _open_layers(path, layers)
+    table = factor_table(tree[names[0]].dataset, factors)
+    acts = {n: tree[n].dataset["activation"] for n in names}
+    attrs = {k: v for k, v in tree.attrs.items() if k in ("model", "set", "task", "classes", "architecture")}
+    attrs.update(source=str(path), n_perm=int(n_perm), alpha=float(alpha), seed=int(seed),
+                 layers=json.dumps(names), factors=json.dumps(list(table.data_vars)))
+    return information_store(acts, table, out, attrs, n_perm=n_perm, alpha=alpha, seed=seed, chunk_mb=chunk_mb)
+
+
+def pixel_information(stimuli: str | Path, out: str | Path, *, factors: list[str] | None = None, n_perm: int = 100,
+                      alpha: float = 0.05, seed: int = 0, chunk_mb: float = 64.0) -> Path:
+    """MI between every pixel (and channel) of a stimulus set and every varying factor, into ``out``."""
+    stim = open_store(stimuli, require=("image",))
+    table = factor_table(stim, factors)
+    attrs = {"model": PIXELS, "set": stim.attrs.get("set", ""), "source": str(stimuli), "n_perm": int(n_perm),
+             "alpha": float(alpha), "seed": int(seed), "layers": json.dumps([PIXELS]),
+             "factors": json.dumps(list(table.data_vars))}
+    return information_store({PIXELS: pixel_array(stim)}, table, out, attrs, n_perm=n_perm, alpha=alpha, seed=seed,
+                             chunk_mb=chunk_mb)
+
+
+def load_layers(mi_path: str | Path, pixels_path: str | Path | None = None) -> dict[str, xr.Dataset]:
+    """The layers of an MI store (and the pixels' result first, when given), loaded, input to output."""
+    layers: dict[str, xr.Dataset] = {}
+    if pixels_path is not None:
+        layers[PIXELS] = open_tree(pixels_path)[PIXELS].to_dataset().load()
+    tree = open_tree(mi_path)
+    for name in READOUT_LAYERS:
+        if name in tree.children:
+            layers[name] = tree[name].to_dataset().load()
+    if not layers:
+        raise StoreError(f"{mi_path}: no layer results in the MI store")
+    first = [str(f) for f in next(iter(layers.values()))["factor"].values]
+    for name, ds in layers.items():
+        if [str(f) for f in ds["factor"].values] != first:
+            raise InformationError(f"{name}: its factors differ from the other layers' ({first}); "
+                                   f"measure pixels and layers on the same set and factors")
+    return layers

@@ -1,0 +1,85 @@
+"""Summaries of an MI store: the layer profile (pixels to logits) and per-unit factor selectivity."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from ..faces.factors import FACTORS
+
+STATISTICS = {
+    "max_mi": "largest MI of any unit at any position (bits)",
+    "max_mi_pooled": "largest MI of any unit's spatially averaged response (bits)",
+    "mean_mi_pooled": "mean over units of the MI of their spatially averaged response (bits)",
+    "q90_mi_pooled": "90th percentile over units of the pooled MI (bits)",
+    "share_significant": "share of units whose pooled MI exceeds the permutation threshold",
+    "share_significant_positions": "share of (unit, position) variables above the resolved threshold",
+}
+
+
+def _variables(da: xr.DataArray) -> list[str]:
+    return [d for d in da.dims if d != "factor"]
+
+
+def layer_summary(ds: xr.Dataset) -> xr.Dataset:
+    """The statistics of :data:`STATISTICS` for one layer's MI result, per factor."""
+    pooled = ds["mi_pooled"]
+    units = _variables(pooled)
+    out = xr.Dataset({
+        "max_mi": ds["mi"].max(_variables(ds["mi"])),
+        "max_mi_pooled": pooled.max(units),
+        "mean_mi_pooled": pooled.mean(units),
+        "q90_mi_pooled": pooled.quantile(0.9, units).drop_vars("quantile"),
+        "share_significant": ds["significant_pooled"].mean(units),
+        "share_significant_positions": ds["significant"].mean(_variables(ds["significant"])),
+    })
+    return out.astype(np.float64)
+
+
+def layer_profile(layers: dict[str, xr.Dataset]) -> xr.Dataset:
+    """Per (layer, factor) summaries of several layers' MI results, layers in the given order (input first)."""
+    if not layers:
+        raise ValueError("no layers to profile")
+    parts = [layer_summary(ds) for ds in layers.values()]
+    factors = parts[0]["factor"].values
+    prof = xr.concat([p.sel(factor=factors) for p in parts], dim="layer", coords="minimal", compat="override")
+    prof = prof.assign_coords(layer=np.asarray(list(layers), dtype=object),
+                              factor=np.asarray([str(f) for f in factors], dtype=object))
+    prof["intrinsic"] = ("factor", np.asarray([FACTORS[str(f)].intrinsic if str(f) in FACTORS else False
+                                              for f in factors]))
+    for name, text in STATISTICS.items():
+        prof[name].attrs.update(description=text, units="bits" if "mi" in name else "share")
+    return prof
+
+
+def peak_layer(profile: xr.Dataset, factor: str, statistic: str = "max_mi_pooled") -> str:
+    """The layer where ``factor``'s ``statistic`` is largest."""
+    values = profile[statistic].sel(factor=factor).values
+    return str(profile["layer"].values[int(np.nanargmax(values))])
+
+
+def unit_order(mi_pooled: xr.DataArray) -> np.ndarray:
+    """Unit order for a (factor, unit) matrix: grouped by each unit's most informative factor, then by its MI."""
+    values = np.nan_to_num(mi_pooled.transpose("factor", ...).values.reshape(mi_pooled.sizes["factor"], -1))
+    best = values.argmax(axis=0)
+    peak = values.max(axis=0)
+    return np.lexsort((-peak, best))
+
+
+def profile_outputs(layers: dict[str, xr.Dataset], profile_out: str | Path, figures: dict[str, str | Path],
+                    title: str = "") -> xr.Dataset:
+    """Write the layer profile store and the MI figures (keys ``profile``, ``units``, ``maps``) of ``layers``."""
+    from ..figures.information import layer_profile_figure, spatial_maps_figure, unit_matrix_figure
+    from ..stimuli.store import atomic_store, write_zarr
+
+    prof = layer_profile(layers)
+    with atomic_store(profile_out) as tmp:
+        write_zarr(prof, tmp)
+    layer_profile_figure(prof, figures["profile"], title=f"{title}: information about each factor, layer by layer")
+    unit_matrix_figure({k: v for k, v in layers.items()}, figures["units"],
+                       title=f"{title}: unit x factor information (spatially pooled)")
+    spatial_maps_figure(layers, figures["maps"],
+                        title=f"{title}: where each factor is represented (max over units, bits)")
+    return prof

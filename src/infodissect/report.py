@@ -1,0 +1,92 @@
+"""The HTML report: every figure with its caption, and a table of the key numbers per model.
+
+The captions are the reStructuredText files the rules also give Snakemake's
+``report()`` (workflow/report/*.rst), so ``snakemake --report`` and this report say
+the same. Figures are embedded (base64), so the HTML file stands alone.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import re
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import xarray as xr
+
+from .analyses.information import open_tree
+from .analyses.profile import peak_layer
+
+
+def caption_text(path: str | Path, wildcards: dict[str, str]) -> str:
+    """A caption file's text with ``{{ snakemake.wildcards.X }}`` filled in and rST literals unquoted."""
+    text = Path(path).read_text()
+    text = re.sub(r"\{\{\s*snakemake\.wildcards\.(\w+)\s*\}\}", lambda m: wildcards.get(m.group(1), m.group(0)), text)
+    return text.replace("``", "").strip()
+
+
+def key_numbers(model: str, inputs: dict[str, str]) -> dict[str, Any]:
+    """Held-out accuracy, where identity information peaks and the shape - texture generalisation gap."""
+    row: dict[str, Any] = {"model": model}
+    if "metrics" in inputs:
+        m = pd.read_csv(inputs["metrics"])
+        row["held-out accuracy"] = f"{100 * float(m['test_accuracy'].iloc[-1]):.1f}%"
+    if "profile" in inputs:
+        prof = open_tree(inputs["profile"], "profile").to_dataset()
+        if "identity" in [str(f) for f in prof["factor"].values]:
+            best = peak_layer(prof, "identity", "mean_mi_pooled")
+            row["identity information peaks at (mean over units)"] = (
+                f"{best} ({float(prof['mean_mi_pooled'].sel(layer=best, factor='identity')):.3f} bits)")
+            best_max = peak_layer(prof, "identity", "max_mi_pooled")
+            row["most informative identity unit"] = (
+                f"{best_max} ({float(prof['max_mi_pooled'].sel(layer=best_max, factor='identity')):.3f} bits)")
+    if "generalisation" in inputs:
+        g = xr.open_zarr(inputs["generalisation"], consolidated=True)
+        if "shape_minus_texture_tolerance" in g.attrs:
+            tol = g["tolerance"].mean("pair")
+            row["tolerance to shape / texture change"] = (
+                f"{float(tol.sel(morph_type='shape')):.2f} / {float(tol.sel(morph_type='texture')):.2f}")
+            row["generalisation gap (shape - texture)"] = (
+                f"{g.attrs['shape_minus_texture_tolerance']:+.2f} (p = {g.attrs['p_value']:.3g}, "
+                f"{g.attrs['n_pairs']} pairs): {g.attrs['finding']}")
+    return row
+
+
+def _figure_html(fig: dict[str, Any]) -> str:
+    path = Path(fig["path"])
+    data = base64.b64encode(path.read_bytes()).decode()
+    caption = caption_text(fig["caption"], fig.get("wildcards", {})) if fig.get("caption") else ""
+    return (f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(path.name)}">'
+            f"<figcaption><b>{html.escape(path.name)}</b>: {html.escape(caption)}</figcaption></figure>")
+
+
+_STYLE = """body{font-family:sans-serif;max-width:1400px;margin:2em auto;color:#222}
+img{max-width:100%;border:1px solid #ddd}figure{margin:1.5em 0}figcaption{font-size:0.9em;color:#444;max-width:70em}
+table{border-collapse:collapse}td,th{border:1px solid #bbb;padding:4px 8px;text-align:left}th{background:#eee}"""
+
+
+def build_report(spec: dict[str, Any], out: str | Path) -> Path:
+    """Write the report described by ``spec`` (title, intro, models' inputs, sections of figures) to ``out``."""
+    missing = [f["path"] for s in spec["sections"] for f in s["figures"] if not Path(f["path"]).exists()]
+    missing += [p for m in spec.get("models", {}).values() for p in m.values() if not Path(p).exists()]
+    if missing:
+        raise FileNotFoundError(f"report inputs missing: {missing}")
+    rows = [key_numbers(name, inputs) for name, inputs in spec.get("models", {}).items()]
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(spec['title'])}</title>"
+             f"<style>{_STYLE}</style></head><body><h1>{html.escape(spec['title'])}</h1>"]
+    if spec.get("intro"):
+        parts.append(f"<p>{html.escape(spec['intro'])}</p>")
+    if rows:
+        parts.append("<h2>Key numbers</h2>")
+        parts.append(pd.DataFrame(rows).set_index("model").T.to_html(escape=True))
+    for section in spec["sections"]:
+        parts.append(f"<h2>{html.escape(section['title'])}</h2>")
+        parts.extend(_figure_html(f) for f in section["figures"])
+    parts.append("</body></html>")
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(f"{out}.partial")
+    tmp.write_text("\n".join(parts))
+    tmp.replace(out)
+    return Path(out)

@@ -1,0 +1,225 @@
+"""The MI stage and the analyses on planted data: the factors a synthetic layer encodes are exactly those found."""
+
+from __future__ import annotations
+
+import json
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+import xarray as xr
+
+from infodissect.analyses.generalisation import MorphError, morph_responses, sign_flip_pvalue, summarise
+from infodissect.analyses.information import (InformationError, activation_information, factor_table, load_layers,
+                                              open_tree, variable_chunks)
+from infodissect.analyses.profile import layer_profile, peak_layer, profile_outputs, unit_order
+from infodissect.report import build_report, caption_text
+from infodissect.stimuli.store import StoreError
+
+N = 800
+IDS = 5
+
+
+def _planted_store(path, seed=0):
+    """An activation store whose units are known functions of known factors, plus noise.
+
+    block1_out (unit 4, y 3, x 3): unit 0 at position (0, 0) follows yaw; unit 1 follows identity at every
+    position; units 2 and 3 are noise (ReLU-like, half zeros). pool (unit 3): unit 0 follows light_azimuth.
+    scale and expression vary but nothing encodes them.
+    """
+    rng = np.random.default_rng(seed)
+    yaw = rng.uniform(-45, 45, N)
+    light = rng.uniform(-60, 60, N)
+    scale = rng.uniform(0.85, 1.15, N)
+    identity = rng.integers(0, IDS, N)
+    expression = np.asarray(["neutral", "happiness", "fear"], dtype=object)[rng.integers(0, 3, N)]
+    id_means = rng.normal(0, 3, IDS)
+    conv = rng.normal(0, 1, (N, 4, 3, 3))
+    conv[:, 0, 0, 0] += yaw / 15
+    conv[:, 1] += id_means[identity][:, None, None]
+    conv[:, 2:] = np.maximum(conv[:, 2:], 0)
+    vec = rng.normal(0, 1, (N, 3))
+    vec[:, 0] += light / 20
+    coords = {"yaw": ("sample", yaw), "light_azimuth": ("sample", light), "scale": ("sample", scale),
+              "identity": ("sample", identity), "expression": ("sample", expression)}
+    attrs = {"model": "planted_s0", "set": "analysis", "task": "identity", "classes": json.dumps([str(i) for i in
+                                                                                               range(IDS)])}
+    tree = xr.DataTree.from_dict({
+        "/": xr.Dataset(coords={"sample": np.arange(N)}, attrs=attrs),
+        "block1_out": xr.Dataset({"activation": (("sample", "unit", "y", "x"), conv.astype(np.float16))},
+                                 coords=coords),
+        "pool": xr.Dataset({"activation": (("sample", "unit"), vec.astype(np.float16))}, coords=coords),
+    })
+    tree.to_zarr(path, zarr_format=3, consolidated=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("planted")
+    act = _planted_store(root / "act.zarr")
+    out = activation_information(act, root / "mi.zarr", n_perm=100, alpha=0.01, seed=0, chunk_mb=0.02)
+    return root, act, out
+
+
+def test_planted_layer_significance_names_exactly_the_encoded_factors(planted):
+    _, _, out = planted
+    tree = open_tree(out)
+    conv = tree["block1_out"].to_dataset()
+    assert conv["mi"].dims == ("factor", "unit", "y", "x") and conv["mi"].attrs["units"] == "bits"
+    sig = conv["significant"]
+    found = {(str(sig["factor"].values[f]), int(u), int(y), int(x)) for f, u, y, x in np.argwhere(sig.values)}
+    expected = {("yaw", 0, 0, 0)} | {("identity", 1, y, x) for y in range(3) for x in range(3)}
+    assert found == expected
+    # Spatially pooled: unit 1 (identity) and, averaged over 9 positions, still unit 0 (yaw).
+    pooled = conv["significant_pooled"]
+    assert {(str(pooled["factor"].values[f]), int(u)) for f, u in np.argwhere(pooled.values)} == {
+        ("identity", 1), ("yaw", 0)}
+    vec = tree["pool"].to_dataset()
+    assert vec["mi"].dims == ("factor", "unit")
+    hits = np.argwhere(vec["significant"].values)
+    assert [(str(vec["factor"].values[f]), int(u)) for f, u in hits] == [("light_azimuth", 0)]
+    assert conv.attrs["n_perm"] == 100 and conv.attrs["biascorrect"] == 1 and conv.attrs["layer"] == "block1_out"
+    assert set(map(str, conv["factor"].values)) == {"identity", "expression", "yaw", "light_azimuth", "scale"}
+    assert dict(zip(map(str, conv["factor"].values), map(str, conv["factor_kind"].values)))["identity"] \
+        == "categorical"
+
+
+def test_planted_profile_and_maps_name_the_factors(planted, tmp_path):
+    _, _, out = planted
+    layers = load_layers(out)
+    prof = layer_profile(layers)
+    assert list(prof["layer"].values) == ["block1_out", "pool"]
+    best = prof["max_mi"].idxmax("factor")
+    assert str(best.sel(layer="pool").values) == "light_azimuth"
+    assert str(best.sel(layer="block1_out").values) == "identity"
+    assert peak_layer(prof, "light_azimuth") == "pool" and peak_layer(prof, "identity") == "block1_out"
+    share = prof["share_significant"].sel(layer="block1_out")
+    assert float(share.sel(factor="identity")) == 0.25 and float(share.sel(factor="scale")) == 0.0
+    # The yaw map of block1_out peaks at the planted position.
+    yaw_map = layers["block1_out"]["mi"].sel(factor="yaw").max("unit")
+    assert np.unravel_index(int(np.argmax(yaw_map.values)), yaw_map.shape) == (0, 0)
+    # Units ordered by their best factor: the identity unit and the yaw unit are grouped apart.
+    order = unit_order(layers["block1_out"]["mi_pooled"])
+    assert sorted(order.tolist()) == [0, 1, 2, 3]
+    figs = {k: tmp_path / f"{k}.png" for k in ("profile", "units", "maps")}
+    profile_outputs(layers, tmp_path / "profile.zarr", figs, title="planted")
+    assert all(p.stat().st_size > 10_000 for p in figs.values())
+    again = xr.open_zarr(tmp_path / "profile.zarr")
+    assert again["max_mi"].dims == ("layer", "factor") and again["max_mi"].attrs["units"] == "bits"
+
+
+def test_mi_store_errors_name_the_problem(planted, tmp_path):
+    root, act, _ = planted
+    with pytest.raises(StoreError, match="no such activation store"):
+        activation_information(tmp_path / "missing.zarr", tmp_path / "o.zarr")
+    (tmp_path / "half.zarr.partial").mkdir()
+    with pytest.raises(StoreError, match="unfinished .partial"):
+        activation_information(tmp_path / "half.zarr", tmp_path / "o.zarr")
+    with pytest.raises(InformationError, match=r"layer\(s\) \['logits'\] were not extracted"):
+        activation_information(act, tmp_path / "o.zarr", layers=["logits"])
+    with pytest.raises(InformationError, match=r"factor\(s\) \['age'\] are not coordinates"):
+        activation_information(act, tmp_path / "o.zarr", factors=["age"])
+    assert not (tmp_path / "o.zarr").exists() and not (tmp_path / "o.zarr.partial").exists()
+    (tmp_path / "junk.zarr").mkdir()
+    (tmp_path / "junk.zarr" / "zarr.json").write_text("{not json")
+    with pytest.raises(StoreError, match="not a readable"):
+        open_tree(tmp_path / "junk.zarr")
+
+
+def test_factor_table_drops_constant_factors_and_chunks_fit_the_budget():
+    ds = xr.Dataset(coords={"sample": np.arange(4), "yaw": ("sample", [0.0, 1, 2, 3]), "pitch": ("sample", [0.0] * 4),
+                            "identity": ("sample", [0, 1, 0, 1]), "other": ("sample", [1, 2, 3, 4])})
+    table = factor_table(ds)
+    assert list(table.data_vars) == ["identity", "yaw"] and table["identity"].attrs["kind"] == "categorical"
+    with pytest.raises(InformationError, match="no generative factor varies"):
+        factor_table(ds[["pitch"]].drop_vars(["yaw", "identity"]))
+    x = xr.DataArray(np.zeros((1000, 8, 5, 5)), dims=("sample", "unit", "y", "x"))
+    chunks = variable_chunks(x, "sample", chunk_mb=0.5)  # 65 variables of 1000 float64 samples
+    assert chunks == {"sample": -1, "x": 5, "y": 5, "unit": 2}
+
+
+def _morph_logits(texture_weight=1.0, shape_weight=0.0, pairs=6, seed=0):
+    """Logits of a network that reads identity from texture (and optionally shape) codes."""
+    rng = np.random.default_rng(seed)
+    levels = [-0.5, 0.0, 0.5, 1.0, 1.5]
+    rows = []
+    for p in range(pairs):
+        a, b = rng.choice(8, 2, replace=False)
+        for kind in ("shape", "texture", "both"):
+            for lev in levels:
+                moved = (kind in ("texture", "both")) * texture_weight + (kind in ("shape", "both")) * shape_weight
+                t = np.clip(lev * moved, -1, 2)
+                z = rng.normal(0, 0.3, 8)
+                z[a] += 6 * (1 - t)
+                z[b] += 6 * t
+                rows.append((a, b, kind, lev, z))
+    a, b, kind, lev, z = zip(*rows)
+    return xr.DataArray(np.stack(z), dims=("sample", "unit"),
+                        coords={"sample": np.arange(len(a)), "identity": ("sample", np.asarray(a)),
+                                "morph_target": ("sample", np.asarray(b)),
+                                "morph_type": ("sample", np.asarray(kind, dtype=object)),
+                                "morph_level": ("sample", np.asarray(lev, dtype=float))})
+
+
+def test_generalisation_detects_a_texture_reading_network():
+    classes = [str(i) for i in range(8)]
+    resp = morph_responses(_morph_logits(), classes)
+    s = summarise(resp)
+    po = s["p_original"]
+    assert float(po.sel(morph_type="shape", morph_level=1.0)) > 0.95
+    assert float(po.sel(morph_type="texture", morph_level=1.0)) < 0.05
+    assert float(s["picks_target"].sel(morph_type="both", morph_level=1.5)) == 1.0
+    assert float(s["picks_original"].sel(morph_type="texture", morph_level=-0.5)) == 1.0
+    assert s.attrs["shape_minus_texture_tolerance"] > 0.3 and s.attrs["p_value"] < 0.05
+    assert s.attrs["finding"].startswith("more tolerant of shape")
+    # The mirror-image network: it reads shape, so the gap flips sign.
+    flipped = summarise(morph_responses(_morph_logits(texture_weight=0.0, shape_weight=1.0), classes))
+    assert flipped.attrs["shape_minus_texture_tolerance"] < -0.3
+    assert flipped.attrs["finding"].startswith("more tolerant of texture")
+
+
+def test_generalisation_errors():
+    logits = _morph_logits()
+    with pytest.raises(MorphError, match="identity network"):
+        morph_responses(logits, [str(i) for i in range(8)], task="gender")
+    with pytest.raises(MorphError, match="morph_level"):
+        morph_responses(logits.drop_vars("morph_level"), [str(i) for i in range(8)])
+    with pytest.raises(MorphError, match="not classes of the network"):
+        morph_responses(logits, ["0", "1"])
+
+
+def test_sign_flip_pvalue():
+    assert sign_flip_pvalue(np.full(12, 0.5)) < 0.001
+    rng = np.random.default_rng(1)
+    assert sign_flip_pvalue(rng.normal(0, 1, 12)) > 0.05
+    assert np.isnan(sign_flip_pvalue(np.array([np.nan])))
+
+
+def test_report_embeds_figures_with_captions_and_key_numbers(planted, tmp_path):
+    _, _, out = planted
+    fig = tmp_path / "fig.png"
+    plt.figure()
+    plt.plot([0, 1])
+    plt.savefig(fig)
+    plt.close("all")
+    cap = tmp_path / "cap.rst"
+    cap.write_text("Curves of model ``{{ snakemake.wildcards.model }}``.")
+    assert caption_text(cap, {"model": "m_s0"}) == "Curves of model m_s0."
+    metrics = tmp_path / "metrics.csv"
+    metrics.write_text("epoch,test_accuracy\n1,0.5\n2,0.925\n")
+    profile_outputs(load_layers(out), tmp_path / "profile.zarr",
+                    {k: tmp_path / f"{k}.png" for k in ("profile", "units", "maps")})
+    spec = {"title": "T", "models": {"m_s0": {"metrics": str(metrics), "profile": str(tmp_path / "profile.zarr")}},
+            "sections": [{"title": "S", "figures": [{"path": str(fig), "caption": str(cap),
+                                                     "wildcards": {"model": "m_s0"}}]}]}
+    html = build_report(spec, tmp_path / "report.html").read_text()
+    assert "data:image/png;base64," in html and "Curves of model m_s0." in html
+    assert "92.5%" in html and "block1_out" in html  # accuracy and the layer where identity peaks
+    spec["sections"][0]["figures"][0]["path"] = str(tmp_path / "nope.png")
+    with pytest.raises(FileNotFoundError, match="nope.png"):
+        build_report(spec, tmp_path / "report2.html")
+    assert not (tmp_path / "report2.html").exists()
