@@ -223,3 +223,143 @@ def test_report_embeds_figures_with_captions_and_key_numbers(planted, tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.png"):
         build_report(spec, tmp_path / "report2.html")
     assert not (tmp_path / "report2.html").exists()
+
+
+def _revcorr_fields(n_per_id=300, ids=2, verts=30, seed=0):
+    """Random vertex fields whose planted vertices drive the identity evidence: (shape, texture, evidence, ids)."""
+    rng = np.random.default_rng(seed)
+    n = n_per_id * ids
+    identity = np.repeat(np.arange(ids), n_per_id)
+    shape = rng.normal(size=(n, verts, 3))
+    texture = rng.normal(size=(n, verts, 3))
+    evidence = rng.normal(size=n)
+    planted_shape = {0: 5, 1: 9}
+    for i, v in planted_shape.items():
+        m = identity == i
+        evidence[m] += shape[m, v] @ np.array([0.8, -0.5, 0.3])
+    evidence += 0.7 * texture[:, 2, 0]  # one texture vertex matters for every identity
+    return (xr.DataArray(shape, dims=("sample", "vertex", "coord"), coords={"coord": ["x", "y", "z"]}),
+            xr.DataArray(texture, dims=("sample", "vertex", "channel"), coords={"channel": ["r", "g", "b"]}),
+            xr.DataArray(evidence, dims="sample"), identity, planted_shape)
+
+
+def test_revcorr_feature_maps_find_the_planted_vertices():
+    from infodissect.analyses.revcorr import feature_maps
+
+    shape, texture, evidence, identity, planted = _revcorr_fields()
+    ds = feature_maps(shape, texture, evidence, identity, n_perm=100, alpha=0.01, seed=0)
+    assert ds["shape_mi"].dims == ("identity", "vertex") and ds["shape_mi"].attrs["units"] == "bits"
+    for i, v in planted.items():
+        assert np.flatnonzero(ds["shape_significant"].sel(identity=str(i)).values).tolist() == [v]
+        assert np.flatnonzero(ds["texture_significant"].sel(identity=str(i)).values).tolist() == [2]
+    assert (ds["shape_threshold"] > 0).all()
+
+
+def test_revcorr_on_a_face_model_and_its_figure(tmp_path):
+    from infodissect.analyses.revcorr import (RevcorrError, identity_evidence, revcorr_analysis, vertex_fields)
+    from infodissect.faces.model import build_face_model
+    from infodissect.figures.revcorr import frontal_faces, revcorr_figure
+
+    model = build_face_model(seed=0, shape_components=4, texture_components=4, texture_bands=2, rings=20,
+                             segments=24)
+    rng = np.random.default_rng(0)
+    n, k, t = 160, 4, 8
+    shape_coeff, texture_coeff = rng.normal(size=(n, k)), rng.normal(size=(n, t))
+    disp, alb = vertex_fields(model, shape_coeff, texture_coeff)
+    assert disp.dims == ("sample", "vertex", "coord") and disp.shape == (n, model.n_vertices, 3)
+    expected = shape_coeff @ (model.shape_basis * model.shape_sigma[:, None]).numpy()
+    np.testing.assert_allclose(disp.values.reshape(n, -1), expected, atol=1e-5)
+    with pytest.raises(RevcorrError, match="another generator"):
+        vertex_fields(model, shape_coeff[:, :3], texture_coeff)
+    # A network whose identity logit follows the first shape component.
+    identity = np.repeat([0, 1], n // 2)
+    logits = rng.normal(size=(n, 3))
+    logits[np.arange(n), identity] += 2 * shape_coeff[:, 0]
+    coords = {"identity": ("sample", identity)}
+    ev = identity_evidence(xr.DataArray(logits, dims=("sample", "unit"), coords=coords), ["0", "1", "2"])
+    np.testing.assert_allclose(ev.values, logits[np.arange(n), identity])
+    with pytest.raises(RevcorrError, match="not classes"):
+        identity_evidence(xr.DataArray(logits, dims=("sample", "unit"), coords=coords), ["0"])
+    tree = xr.DataTree.from_dict({
+        "/": xr.Dataset(coords={"shape_coeff": (("sample", "shape_pc"), shape_coeff),
+                                "texture_coeff": (("sample", "texture_pc"), texture_coeff)},
+                        attrs={"task": "identity", "classes": json.dumps(["0", "1", "2"]), "model": "m_s0"}),
+        "logits": xr.Dataset({"activation": (("sample", "unit"), logits)}, coords=coords)})
+    ds = revcorr_analysis(tree, model, n_perm=50, alpha=0.05)
+    # The vertices the first shape component moves most carry the most information about the evidence.
+    moved = np.linalg.norm((model.shape_basis[0] * model.shape_sigma[0]).numpy().reshape(-1, 3), axis=1)
+    best = int(np.nanargmax(ds["shape_mi"].sel(identity="0").values))
+    assert moved[best] > np.quantile(moved, 0.9)
+    assert ds["shape_significant"].sum() > 0 and ds["mesh_faces"].shape[1] == 3
+    assert len(frontal_faces(ds["vertex_position"].values, ds["mesh_faces"].values)) < ds.sizes["face"]
+    revcorr_figure(ds, tmp_path / "revcorr.png")
+    assert (tmp_path / "revcorr.png").stat().st_size > 10_000
+
+
+def test_pose_invariance_separates_a_view_specific_from_an_invariant_layer(tmp_path):
+    from infodissect.analyses.pose import pose_bins, pose_invariance
+    from infodissect.figures.pose import pose_figure
+
+    rng = np.random.default_rng(3)
+    n, ids, units = 900, 6, 12
+    identity = rng.integers(0, ids, n)
+    yaw = rng.uniform(-45, 45, n)
+    bins, labels = pose_bins(yaw, 3)
+    assert np.bincount(bins).tolist() == [300, 300, 300] and len(labels) == 3
+    code = rng.normal(size=(ids, units))
+    view = rng.normal(size=(3, ids, units))  # a different code for every identity in every pose bin
+    invariant = code[identity] + 0.5 * rng.normal(size=(n, units))
+    specific = view[bins, identity] + 0.5 * rng.normal(size=(n, units))
+    coords = {"identity": ("sample", identity), "yaw": ("sample", yaw)}
+    tree = xr.DataTree.from_dict({
+        "/": xr.Dataset(coords={"sample": np.arange(n)}),
+        "view_specific": xr.Dataset({"activation": (("sample", "unit"), specific)}, coords=coords),
+        "invariant": xr.Dataset({"activation": (("sample", "unit", "y", "x"),
+                                                np.repeat(invariant[:, :, None, None], 2, 2).repeat(2, 3))},
+                                coords=coords)})
+    ds = pose_invariance(tree, ["view_specific", "invariant"], n_bins=3, grid=2)
+    acc = ds["accuracy"]
+    assert acc.dims == ("layer", "train_bin", "test_bin")
+    assert float(ds["accuracy_same_pose"].sel(layer="view_specific")) > 0.9
+    assert float(ds["accuracy_other_pose"].sel(layer="view_specific")) < 0.4  # near chance (1/6)
+    assert float(ds["invariance"].sel(layer="invariant")) > 0.9
+    assert float(ds["invariance"].sel(layer="view_specific")) < 0.5
+    # Information about identity within each pose bin is high for both; across poses only for the invariant layer.
+    assert float(ds["mi_within"].sel(layer="view_specific").min()) > 0.3
+    assert float(ds["mi_across"].sel(layer="view_specific")) < 0.5 * float(ds["mi_within"].sel(
+        layer="view_specific").mean())
+    assert float(ds["mi_across"].sel(layer="invariant")) > 0.8 * float(ds["mi_within"].sel(layer="invariant").mean())
+    pose_figure(ds, tmp_path / "pose.png")
+    assert (tmp_path / "pose.png").stat().st_size > 10_000
+
+
+def test_hidden_layers_carry_the_planted_diagnostic_feature(tmp_path):
+    from infodissect.analyses.features import diagnostic_features, layer_feature_information
+    from infodissect.analyses.revcorr import feature_maps
+
+    shape, texture, evidence, identity, planted = _revcorr_fields(n_per_id=300)
+    maps = feature_maps(shape, texture, evidence, identity, n_perm=50, alpha=0.01)
+    feats = diagnostic_features({"shape": shape, "texture": texture}, evidence, identity, maps)
+    # The shape feature of identity 0 is (up to scale) the planted vertex's displacement along the planted direction.
+    m = identity == 0
+    planted_dir = shape.values[m, planted[0]] @ np.array([0.8, -0.5, 0.3])
+    assert abs(np.corrcoef(feats["shape_feature"].values[m], planted_dir)[0, 1]) > 0.95
+    rng = np.random.default_rng(7)
+    n = len(identity)
+    shape_unit = feats["shape_feature"].values + 0.3 * rng.normal(size=n)
+    noise = rng.normal(size=(n, 3))
+    tree = xr.DataTree.from_dict({
+        "/": xr.Dataset(coords={"sample": np.arange(n)}),
+        "reads_shape": xr.Dataset({"activation": (("sample", "unit"), np.column_stack([shape_unit, noise]))}),
+        "noise": xr.Dataset({"activation": (("sample", "unit", "y", "x"), rng.normal(size=(n, 4, 2, 2)))})})
+    ds = layer_feature_information(tree, ["reads_shape", "noise"], feats)
+    assert ds["mi"].dims == ("layer", "feature") and ds["mi"].attrs["units"] == "bits"
+    assert float(ds["mi_max"].sel(layer="reads_shape", feature="shape")) > 1.0
+    assert float(ds["mi_max"].sel(layer="noise", feature="shape")) < 0.05
+    assert float(ds["mi_max"].sel(layer="reads_shape", feature="texture")) < 0.05
+    # The shape unit shares its information about the feature with the decision (the evidence): redundancy.
+    assert float(ds["coinfo"].sel(layer="reads_shape", feature="shape")) < -0.05
+    from infodissect.figures.revcorr import features_figure
+
+    features_figure(ds, tmp_path / "features.png")
+    assert (tmp_path / "features.png").stat().st_size > 10_000

@@ -14,7 +14,7 @@ import pytest
 import torch
 import xarray as xr
 
-from infodissect.info import copnorm, mi_gg_pairs, mi_model_gd
+from infodissect.info import copnorm, mi_gg, mi_gg_pairs, mi_model_gd
 from infodissect.info.stats import null_max_gg, permutations, pvalues, threshold
 from infodissect.info.xr import InputError, mutual_information
 
@@ -168,6 +168,39 @@ def test_family_wise_error_rate_is_nominal_under_the_null():
     rate = false / runs
     # Binomial(200, 0.1): mean 20, sd 4.2; the bounds are 3 sd wide.
     assert 0.04 <= rate <= 0.17, f"family-wise error rate {rate:.3f}"
+
+
+def test_multivariate_null_equals_mi_gg_of_each_permutation():
+    rng = np.random.default_rng(4)
+    n, p, d = 120, 6, 3
+    x = copnorm(rng.normal(size=(n, p * d))).reshape(n, p, d)
+    y = copnorm(rng.normal(size=(n, 2)))
+    perms = permutations(n, 5, seed=1)
+    null = null_max_gg(x, y, perms)
+    for k, perm in enumerate(perms):
+        for q in range(2):
+            yq = np.broadcast_to(y[perm, q][:, None, None], (n, p, 1))
+            assert null[k, q] == pytest.approx(float(mi_gg(x, yq).max()), abs=2e-5)  # float32 products
+    # A constant variable is undefined and never sets the maximum.
+    x[:, 0] = 1.0
+    assert np.isfinite(null_max_gg(x, y, perms)).all()
+
+
+def test_multivariate_permutation_statistics_find_the_planted_vertex():
+    rng = np.random.default_rng(5)
+    n = 600
+    evidence = rng.normal(size=n)
+    disp = rng.normal(size=(n, 40, 3))
+    disp[:, 7, 1] += 0.6 * evidence  # vertex 7 moves (along y) with the evidence
+    x = xr.DataArray(disp, dims=("sample", "vertex", "coord"), coords={"sample": np.arange(n), "coord": list("xyz")})
+    y = xr.Dataset({"evidence": ("sample", evidence)}, coords={"sample": np.arange(n)})
+    res = mutual_information(x.chunk({"vertex": 16}), y, mvdim="coord", n_perm=100, seed=1)
+    assert res["mi"].dims == ("vertex", "factor") and "coord" not in res.coords
+    assert np.flatnonzero(res.significant.sel(factor="evidence").values).tolist() == [7]
+    plain = mutual_information(x, y, mvdim="coord").compute()
+    xr.testing.assert_allclose(res["mi"], plain, atol=1e-12, rtol=0)
+    with pytest.raises(InputError, match="need continuous factors"):
+        mutual_information(x, y.assign(g=("sample", rng.integers(0, 2, n))), mvdim="coord", n_perm=10)
 
 
 def test_pvalues_count_the_null_maxima():

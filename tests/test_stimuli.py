@@ -93,6 +93,11 @@ def test_same_seed_same_bits_whatever_the_sharding(config, tmp_path):
     assert np.array_equal(a.parts.values, b.parts.values)
     assert a.image.dims == ("sample", "y", "x", "channel") and a.image.dtype == np.uint8
     assert a.attrs["generator_version"] and "factors" in a.attrs
+    # The identity codes of the design reach the set store, whatever the sharding.
+    codes = open_store(design)
+    for store in (a, b):
+        for name in ("shape_coeff", "texture_coeff"):
+            assert np.array_equal(store[name].values, codes[name].values), name
     # A different seed gives different stimuli.
     other = write_design(config, "analysis", tmp_path / "other.design.zarr", seed=config["seed"] + 1)
     render_shard(other, 0, one, tmp_path / "other.zarr")

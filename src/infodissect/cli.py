@@ -130,6 +130,55 @@ def _analyses_generalisation(a: argparse.Namespace) -> None:
     logging.info("generalisation: %s", {k: summary.attrs[k] for k in summary.attrs if k != "test"})
 
 
+def _analyses_revcorr(a: argparse.Namespace) -> None:
+    import torch
+
+    from .analyses.features import feature_analysis
+    from .analyses.information import dask_scheduler, open_tree
+    from .analyses.revcorr import revcorr_analysis
+    from .faces.model import model_from_config
+    from .figures.revcorr import features_figure, revcorr_figure
+    from .nets import READOUT_LAYERS
+    from .stimuli.store import atomic_store, open_store, write_zarr
+
+    spec = json.loads(a.spec)
+    torch.set_num_threads(a.threads)
+    tree = open_tree(a.activations, "activation")
+    model = model_from_config(json.loads(open_store(a.stimuli).attrs["generator"]))
+    with dask_scheduler(spec.get("scheduler", "local"), threads=1):
+        ds = revcorr_analysis(tree, model, n_perm=int(spec.get("n_perm", 100)), alpha=float(spec.get("alpha", 0.05)),
+                              seed=int(spec.get("seed", 0)))
+    feats = feature_analysis(tree, ds, model, [n for n in READOUT_LAYERS if n in tree.children])
+    with atomic_store(a.out) as tmp:
+        write_zarr(ds, tmp)
+    with atomic_store(a.features) as tmp:
+        write_zarr(feats, tmp)
+    revcorr_figure(ds, a.figure, title=f"{a.title}: shape and texture features the network uses\n"
+                                       "(grey: below the permutation threshold)")
+    features_figure(feats, a.features_figure, title=f"{a.title}: hidden layers and the diagnostic features")
+
+
+def _analyses_pose(a: argparse.Namespace) -> None:
+    import torch
+
+    from .analyses.information import open_tree
+    from .analyses.pose import pose_invariance
+    from .figures.pose import pose_figure
+    from .nets import READOUT_LAYERS
+    from .stimuli.store import atomic_store, write_zarr
+
+    spec = json.loads(a.spec)
+    torch.set_num_threads(a.threads)
+    tree = open_tree(a.activations, "activation")
+    layers = [n for n in READOUT_LAYERS if n in tree.children]
+    ds = pose_invariance(tree, layers, pose=spec.get("pose_factor", "yaw"), n_bins=int(spec.get("pose_bins", 3)),
+                         grid=int(spec.get("readout_grid", 4)))
+    ds.attrs.update({k: tree.attrs[k] for k in ("model", "set") if k in tree.attrs})
+    with atomic_store(a.out) as tmp:
+        write_zarr(ds, tmp)
+    pose_figure(ds, a.figure, title=f"{a.title}: pose invariance of the identity code")
+
+
 def _report(a: argparse.Namespace) -> None:
     from .report import build_report
 
@@ -230,6 +279,27 @@ def build_parser() -> argparse.ArgumentParser:
     ge.add_argument("--title", default="")
     ge.set_defaults(func=_analyses_generalisation)
 
+    rc = ansub.add_parser("revcorr", help="reverse-correlation shape and texture feature maps on the face mesh")
+    rc.add_argument("--activations", required=True, help="activation store of the revcorr set (needs logits)")
+    rc.add_argument("--stimuli", required=True, help="the revcorr stimulus store (for its face model)")
+    rc.add_argument("--spec", default="{}", help="JSON: n_perm, alpha, seed, scheduler")
+    rc.add_argument("--threads", type=int, default=1)
+    rc.add_argument("--out", required=True, help="output store (identity, vertex) with the template mesh")
+    rc.add_argument("--figure", required=True)
+    rc.add_argument("--features", required=True, help="output store: every layer's information about the features")
+    rc.add_argument("--features-figure", required=True)
+    rc.add_argument("--title", default="")
+    rc.set_defaults(func=_analyses_revcorr)
+
+    po = ansub.add_parser("pose", help="identity information within, across and given pose; cross-pose read-outs")
+    po.add_argument("--activations", required=True, help="activation store of a set where identity and pose vary")
+    po.add_argument("--spec", default="{}", help="JSON: pose_factor, pose_bins, readout_grid")
+    po.add_argument("--threads", type=int, default=1)
+    po.add_argument("--out", required=True, help="output store (layer, pose bins)")
+    po.add_argument("--figure", required=True)
+    po.add_argument("--title", default="")
+    po.set_defaults(func=_analyses_pose)
+
     rp = stages.add_parser("report", help="the HTML report of every figure and the key numbers")
     rp.add_argument("--spec", required=True, help="JSON: title, intro, models {name: {metrics, profile, "
                     "generalisation}}, sections [{title, figures [{path, caption, wildcards}]}]")
@@ -243,8 +313,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if not args.verbose:
-        logging.getLogger("distributed").setLevel(logging.WARNING)  # the local cluster's start-up chatter
     from .stimuli.store import StoreError
 
     try:

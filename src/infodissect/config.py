@@ -228,12 +228,23 @@ def _analysis_errors(config: dict) -> Iterator[str]:
     for i, layer in enumerate(config["mi"]["layers"]):
         if layer not in config["activations"]["layers"]:
             yield f"mi.layers[{i}]: {layer!r} is not among activations.layers"
-    morphs = config["analyses"]["morph_set"]
-    if morphs:
-        if morphs not in extracted:
-            yield f"analyses.morph_set: {morphs!r} is not among activations.sets ({', '.join(extracted)})"
-        elif sets[morphs]["design"] != "morph":
-            yield f"analyses.morph_set: {morphs!r} is a {sets[morphs]['design']!r} set, not a morph set"
+    for key, design in (("morph_set", "morph"), ("revcorr_set", "revcorr")):
+        name = config["analyses"][key]
+        if not name:
+            continue
+        if name not in extracted:
+            yield f"analyses.{key}: {name!r} is not among activations.sets ({', '.join(extracted)})"
+        elif sets[name]["design"] != design:
+            yield f"analyses.{key}: {name!r} is a {sets[name]['design']!r} set, not a {design} set"
+    pose = config["analyses"]["pose_set"]
+    if pose:
+        if pose not in extracted:
+            yield f"analyses.pose_set: {pose!r} is not among activations.sets ({', '.join(extracted)})"
+        else:
+            vary = sets[pose].get("vary", [])
+            missing = [f for f in ("identity", config["analyses"]["pose_factor"]) if f not in vary]
+            if missing:
+                yield f"analyses.pose_set: {pose!r} does not vary {missing} (its vary list)"
     scheduler = config["mi"]["scheduler"]
     if scheduler not in ("local", "synchronous", "threads") and "://" not in scheduler:
         yield f"mi.scheduler: {scheduler!r} is not local, synchronous, threads or an address tcp://host:port"

@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import xarray as xr
 
@@ -51,6 +52,13 @@ def key_numbers(model: str, inputs: dict[str, str]) -> dict[str, Any]:
             row["generalisation gap (shape - texture)"] = (
                 f"{g.attrs['shape_minus_texture_tolerance']:+.2f} (p = {g.attrs['p_value']:.3g}, "
                 f"{g.attrs['n_pairs']} pairs): {g.attrs['finding']}")
+    if "pose" in inputs:
+        pose = xr.open_zarr(inputs["pose"], consolidated=True)
+        inv = pose["invariance"]
+        best = str(pose["layer"].values[int(np.nanargmax(inv.values))])
+        row["pose invariance of identity read-outs (other / same pose)"] = (
+            f"highest at {best} ({float(inv.sel(layer=best)):.2f}); first layer {str(pose['layer'].values[0])} "
+            f"{float(inv.isel(layer=0)):.2f}, last {str(pose['layer'].values[-1])} {float(inv.isel(layer=-1)):.2f}")
     return row
 
 

@@ -43,6 +43,54 @@ rule analyses_generalisation:
         " --figure {output.figure} --title {wildcards.model} > {log} 2>&1"
 
 
+rule analyses_revcorr:
+    """Reverse correlation: the vertices whose shape and texture drive the network's identity evidence,
+    and every layer's information about those diagnostic features."""
+    input:
+        activations=f"results/activations/{{model}}/{config['analyses']['revcorr_set']}.zarr",
+        stimuli=f"results/stimuli/{config['analyses']['revcorr_set']}.zarr",
+    output:
+        maps=directory("results/analyses/{model}/revcorr.zarr"),
+        features=directory("results/analyses/{model}/features.zarr"),
+        figure=report("results/figures/{model}_revcorr.png", caption="../report/revcorr.rst",
+                      category="Feature maps"),
+        features_figure=report("results/figures/{model}_features.png", caption="../report/features.rst",
+                               category="Feature maps"),
+    params:
+        spec=mi_spec(),
+    threads: config["mi"]["threads"]
+    resources:
+        mem_mb=config["mi"]["mem_mb"],
+    log:
+        "results/logs/analyses/{model}/revcorr.log",
+    benchmark:
+        "results/benchmarks/analyses/{model}/revcorr.tsv"
+    shell:
+        "infodissect analyses revcorr --activations {input.activations} --stimuli {input.stimuli}"
+        " --spec {params.spec:q} --threads {threads} --out {output.maps} --figure {output.figure}"
+        " --features {output.features} --features-figure {output.features_figure}"
+        " --title {wildcards.model} > {log} 2>&1"
+
+
+rule analyses_pose:
+    """Pose invariance: identity information within, across and given pose, and cross-pose read-outs, per layer."""
+    input:
+        f"results/activations/{{model}}/{config['analyses']['pose_set']}.zarr",
+    output:
+        summary=directory("results/analyses/{model}/pose.zarr"),
+        figure=report("results/figures/{model}_pose.png", caption="../report/pose.rst", category="Pose invariance"),
+    params:
+        spec=pose_spec(),
+    threads: config["mi"]["threads"]
+    log:
+        "results/logs/analyses/{model}/pose.log",
+    benchmark:
+        "results/benchmarks/analyses/{model}/pose.tsv"
+    shell:
+        "infodissect analyses pose --activations {input} --spec {params.spec:q} --threads {threads}"
+        " --out {output.summary} --figure {output.figure} --title {wildcards.model} > {log} 2>&1"
+
+
 rule report:
     """results/report.html: every figure with its caption and the key numbers of every model."""
     input:

@@ -36,8 +36,11 @@ def stage_spec(set_name):
     Passed to the design rule as a param, so Snakemake reruns exactly the
     designs whose settings changed.
     """
+    from infodissect.faces.model import GENERATOR_VERSION
+
     stimuli = config["stimuli"]
     spec = {
+        "version": GENERATOR_VERSION,
         "seed": config["seed"],
         "identities": stimuli["identities"],
         "generator": stimuli["generator"],
@@ -50,8 +53,11 @@ def stage_spec(set_name):
 
 def render_spec():
     """JSON (sorted keys) of everything rendering depends on besides the design."""
+    from infodissect.faces.model import GENERATOR_VERSION
+
     stimuli = config["stimuli"]
-    spec = {"generator": stimuli["generator"], "render": stimuli["render"]}
+    # The version makes Snakemake re-render when the generator or the store format changes.
+    spec = {"generator": stimuli["generator"], "render": stimuli["render"], "version": GENERATOR_VERSION}
     return json.dumps(spec, sort_keys=True)
 
 
@@ -113,6 +119,12 @@ def mi_spec():
     return json.dumps({"seed": config["seed"], **{k: m[k] for k in keys}}, sort_keys=True)
 
 
+def pose_spec():
+    """JSON (sorted keys) of the pose-invariance settings."""
+    a = config["analyses"]
+    return json.dumps({k: a[k] for k in ("pose_factor", "pose_bins", "readout_grid")}, sort_keys=True)
+
+
 def profile_inputs(wildcards):
     """A model's MI store on a set and, when pixels are measured, the set's pixel MI store."""
     inputs = {"mi": f"results/mi/{wildcards.model}/{wildcards.set}.zarr"}
@@ -143,6 +155,11 @@ def report_figures():
         morphs = config["analyses"]["morph_set"]
         if morphs:
             figs.append((f"results/figures/{model}_generalisation.png", caption("generalisation"), {"model": model}))
+        if config["analyses"]["revcorr_set"]:
+            figs.append((f"results/figures/{model}_revcorr.png", caption("revcorr"), {"model": model}))
+            figs.append((f"results/figures/{model}_features.png", caption("features"), {"model": model}))
+        if config["analyses"]["pose_set"]:
+            figs.append((f"results/figures/{model}_pose.png", caption("pose"), {"model": model}))
         for s in config["mi"]["sets"]:
             for stem in PROFILE_FIGURES:
                 figs.append((f"results/figures/{model}_{s}_{stem}.png", caption(stem), {"model": model, "set": s}))
@@ -159,6 +176,8 @@ def report_models():
             inputs["profile"] = f"results/analyses/{model}/{config['mi']['sets'][0]}_profile.zarr"
         if config["analyses"]["morph_set"]:
             inputs["generalisation"] = f"results/analyses/{model}/generalisation.zarr"
+        if config["analyses"]["pose_set"]:
+            inputs["pose"] = f"results/analyses/{model}/pose.zarr"
         out[model] = inputs
     return out
 

@@ -153,8 +153,8 @@ def dask_scheduler(scheduler: str, threads: int = 1) -> Iterator[None]:
     from distributed import Client, LocalCluster
 
     if scheduler == "local":
-        with LocalCluster(n_workers=1, threads_per_worker=max(1, threads), processes=False,
-                          dashboard_address=None) as cluster, Client(cluster):
+        with LocalCluster(n_workers=1, threads_per_worker=max(1, threads), processes=False, dashboard_address=None,
+                          silence_logs=logging.WARNING) as cluster, Client(cluster):
             yield
         return
     if "://" not in scheduler:

@@ -26,7 +26,7 @@ from .factors import ETHNICITIES, EXPRESSIONS
 from .mesh import (EYE_CENTRE, MOUTH_HALF_WIDTH, MOUTH_Y, PART, PART_NAMES, Template, build_template, face_labels,
                    grid_subset, part_distances)
 
-GENERATOR_VERSION = "1.1"
+GENERATOR_VERSION = "1.2"  # 1.2: stores keep the identity codes (1.1 lost them in rendering)
 
 # Coefficients of each expression on the action-unit fields of _action_units.
 EXPRESSION_AUS: dict[str, dict[str, float]] = {

@@ -111,13 +111,21 @@ def correlation_pairs(x: Array, y: Array) -> Array:
     return namespace(x, y).matrix_transpose(standardize(x)) @ standardize(y)
 
 
+def mi_from_r2(r2: Array, n: int, dx: int = 1, biascorrect: bool = True) -> Array:
+    """MI (bits) of a Gaussian ``dx``-variate x and univariate y from the squared multiple correlation R^2.
+
+    -0.5 log(1 - R^2), plus the bias terms of :func:`mi_gg` for dims (dx, 1).
+    """
+    xp = namespace(r2)
+    mi = -0.5 * xp.log1p(-xp.clip(r2, max=1.0 - 1e-15))
+    if biascorrect:
+        mi = mi + float(_psi_sum(n, dx + 1) - _psi_sum(n, dx) - _psi_sum(n, 1))
+    return mi / LN2
+
+
 def mi_from_correlation(r: Array, n: int, biascorrect: bool = True) -> Array:
     """MI (bits) of univariate Gaussian pairs from their correlation: -0.5 log(1 - r^2) (+ bias terms)."""
-    xp = namespace(r)
-    mi = -0.5 * xp.log1p(-xp.clip(r * r, max=1.0 - 1e-15))
-    if biascorrect:
-        mi = mi + float(_psi_sum(n, 2) - 2 * _psi_sum(n, 1))
-    return mi / LN2
+    return mi_from_r2(r * r, n, 1, biascorrect)
 
 
 def mi_gg_pairs(x: Array, y: Array, biascorrect: bool = True) -> Array:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .backend import Array, is_torch, namespace, take, to_numpy
-from .estimators import LN2, _dterm, _psi_sum, encode_labels, mi_from_correlation, standardize
+from .estimators import LN2, _dterm, _psi_sum, encode_labels, mi_from_r2, standardize
 
 _PERM_BLOCK = 256  # permutations per matrix product
 
@@ -28,20 +28,44 @@ def permutations(n: int, n_perm: int, seed: int = 0) -> np.ndarray:
 
 
 def null_max_gg(x: Array, y: Array, perms: np.ndarray, biascorrect: bool = True) -> Array:
-    """Largest MI over the columns of ``x`` (n, P) with each permuted column of ``y`` (n, Q): (n_perm, Q)."""
+    """Largest MI over the variables of ``x`` with each permuted column of ``y`` (n, Q): (n_perm, Q).
+
+    ``x`` is (n, P) (univariate variables) or (n, P, d) (d-variate ones, e.g. a vertex's
+    3-D displacement). Each variable is whitened once (its d columns made orthonormal),
+    so that for every permutation its squared multiple correlation with y is the sum
+    of d squared dot products: one matrix product for all variables and permutations.
+    """
     xp = namespace(x, y)
-    n = x.shape[0]
-    xs, ys = standardize(x), standardize(y)
-    xs = xp.where(xp.isfinite(xs), xs, xp.zeros_like(xs))  # an undefined variable never sets the maximum
-    xs, ys = xp.astype(xs, xp.float32), xp.astype(ys, xp.float32)  # the null maxima need no more precision
+    n, d = x.shape[0], (x.shape[2] if x.ndim == 3 else 1)
+    ws = _whiten(x) if d > 1 else standardize(x)
+    ws = xp.where(xp.isfinite(ws), ws, xp.zeros_like(ws))  # an undefined variable never sets the maximum
+    ws, ys = xp.astype(ws, xp.float32), xp.astype(standardize(y), xp.float32)  # the null needs no more precision
     out = []
     for lo in range(0, perms.shape[0], _PERM_BLOCK):
         block = perms[lo:lo + _PERM_BLOCK]
         yp = take(ys, block.reshape(-1), 0)  # (b*n, Q)
         yp = xp.reshape(xp.permute_dims(xp.reshape(yp, (block.shape[0], n, -1)), (1, 0, 2)), (n, -1))
-        r = xp.max(xp.abs(xp.matrix_transpose(xs) @ yp), axis=0)  # max |r| over variables: (b*Q,)
-        out.append(xp.reshape(mi_from_correlation(xp.astype(r, x.dtype), n, biascorrect), (block.shape[0], -1)))
+        r = xp.matrix_transpose(ws) @ yp  # (P*d, b*Q)
+        r2 = xp.max(xp.sum(xp.reshape(r * r, (-1, d, r.shape[1])), axis=1), axis=0)  # max R^2 over variables
+        out.append(xp.reshape(mi_from_r2(xp.astype(r2, x.dtype), n, d, biascorrect), (block.shape[0], -1)))
     return xp.concat(out, axis=0) if out else xp.zeros((0, y.shape[1]), dtype=x.dtype)
+
+
+def _whiten(x: Array) -> Array:
+    """(n, P, d) -> (n, P*d): each variable demeaned and its d columns made orthonormal (Cholesky of its Gram).
+
+    A rank-deficient variable (constant, or collinear columns) comes out as NaN.
+    """
+    xt = x if is_torch(x) else torch.from_numpy(np.asarray(x))
+    xc = (xt - xt.mean(0, keepdim=True)).to(torch.float64)
+    gram = torch.einsum("npd,npe->pde", xc, xc)
+    chol, info = torch.linalg.cholesky_ex(gram)
+    eye = torch.eye(x.shape[2], dtype=gram.dtype, device=gram.device)
+    chol = torch.where((info == 0)[:, None, None], chol, eye)
+    w = torch.linalg.solve_triangular(chol, xc.permute(1, 2, 0), upper=False)  # (P, d, n) = L^-1 x^T
+    w = torch.where((info == 0)[:, None, None], w, torch.full_like(w, float("nan")))
+    w = w.permute(2, 0, 1).reshape(x.shape[0], -1).to(xt.dtype)
+    return w if is_torch(x) else w.numpy()
 
 
 def null_max_gd(x: Array, labels: np.ndarray, perms: np.ndarray, biascorrect: bool = True) -> Array:

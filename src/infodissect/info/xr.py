@@ -114,9 +114,9 @@ def _block_mi(block: np.ndarray, cont: np.ndarray, disc: list[tuple[int, np.ndar
 
 
 def _rows_null(rows: np.ndarray, cont: np.ndarray, disc: list[tuple[int, np.ndarray]], n_factors: int,
-               perms: np.ndarray, biascorrect: bool) -> np.ndarray:
-    """Null maxima over copula-normalised rows (P, n), per permutation and factor: (1, n_perm, n_factors)."""
-    x = rows.T  # (n, P) view
+               perms: np.ndarray, biascorrect: bool, d: int = 1) -> np.ndarray:
+    """Null maxima over copula-normalised rows (P*d, n), d rows per variable: (1, n_perm, n_factors)."""
+    x = rows.T if d == 1 else rows.T.reshape(rows.shape[1], -1, d)  # (n, P) or (n, P, d)
     out = np.full((perms.shape[0], n_factors), -np.inf)
     cont_pos = _continuous(disc, n_factors)
     if cont_pos:
@@ -128,21 +128,25 @@ def _rows_null(rows: np.ndarray, cont: np.ndarray, disc: list[tuple[int, np.ndar
 
 
 def _mi_and_null(x: xr.DataArray, dim: str, cont: np.ndarray, disc: list, n_factors: int, perms: np.ndarray,
-                 biascorrect: bool, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """MI (*vars, n_factors) and null maxima (n_perm, n_factors), each chunk copula-normalised once."""
+                 biascorrect: bool, seed: int, d: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """MI (*vars, n_factors) and null maxima (n_perm, n_factors), each chunk copula-normalised once.
+
+    With ``d`` > 1 the last variable dim of ``x`` holds the d components of each (multivariate) variable.
+    """
     n = x.sizes[dim]
     if isinstance(x.data, da.Array):
         rows = x.data.reshape(-1, n, merge_chunks=True)
     else:
         flat = np.asarray(x.data).reshape(-1, n)
-        rows = da.from_array(flat, chunks=(max(1, min(len(flat), (64 << 20) // (8 * n))), n))
+        per_chunk = max(1, min(len(flat) // d, (64 << 20) // (8 * n * d))) * d  # whole variables per chunk
+        rows = da.from_array(flat, chunks=(per_chunk, n))
     cop = rows.map_blocks(_copnorm_block, seed, dtype=np.float64)
-    mi = cop.map_blocks(_rows_mi, cont, disc, n_factors, 1, biascorrect, chunks=(rows.chunks[0], (n_factors,)),
-                        dtype=np.float64)
-    null = cop.map_blocks(_rows_null, cont, disc, n_factors, perms, biascorrect, new_axis=2, dtype=np.float64,
+    mi = cop.map_blocks(_rows_mi, cont, disc, n_factors, d, biascorrect,
+                        chunks=(tuple(c // d for c in rows.chunks[0]), (n_factors,)), dtype=np.float64)
+    null = cop.map_blocks(_rows_null, cont, disc, n_factors, perms, biascorrect, d, new_axis=2, dtype=np.float64,
                           chunks=((1,) * rows.numblocks[0], (perms.shape[0],), (n_factors,)))
     mi_v, null_v = dask.compute(mi, null.max(axis=0))
-    return mi_v.reshape(x.shape[:-1] + (n_factors,)), null_v
+    return mi_v.reshape(x.shape[:-1 if d == 1 else -2] + (n_factors,)), null_v
 
 
 def mutual_information(
@@ -205,9 +209,11 @@ def mutual_information(
              "biascorrect": int(biascorrect), "n_samples": int(x.sizes[dim]), "sample_dim": dim,
              "discrete_factors": [names[p] for p, _ in disc], "seed": seed}
     if n_perm:
-        if mvdim is not None:
-            raise InputError("permutation statistics are implemented for univariate variables (mvdim=None)")
-        return _permutation_result(x, dim, names, cont, disc, n_perm, alpha, biascorrect, seed, attrs, scheduler)
+        if mvdim is not None and disc:
+            raise InputError("permutation statistics of multivariate variables (mvdim) need continuous factors; "
+                             f"{[names[p] for p, _ in disc]} are discrete")
+        return _permutation_result(x, dim, names, cont, disc, n_perm, alpha, biascorrect, seed, attrs, scheduler,
+                                   mvdim)
     mi = xr.apply_ufunc(
         _block_mi, x, input_core_dims=[core], output_core_dims=[["factor"]],
         kwargs=dict(cont=cont, disc=disc, n_factors=n_factors, mv=mvdim is not None, biascorrect=biascorrect,
@@ -220,19 +226,21 @@ def mutual_information(
 
 
 def _permutation_result(x: xr.DataArray, dim: str, names: list[str], cont: np.ndarray, disc: list, n_perm: int,
-                        alpha: float, biascorrect: bool, seed: int, attrs: dict, scheduler: str | None) -> xr.Dataset:
+                        alpha: float, biascorrect: bool, seed: int, attrs: dict, scheduler: str | None,
+                        mvdim: str | None = None) -> xr.Dataset:
     """MI with maximum-statistic thresholds, p-values and significance (computed now)."""
     perms = permutations(x.sizes[dim], n_perm, seed)
+    d = x.sizes[mvdim] if mvdim else 1
     if scheduler and "://" in scheduler:
         from distributed import Client
 
         with Client(scheduler):
-            mi_v, null_v = _mi_and_null(x, dim, cont, disc, len(names), perms, biascorrect, seed)
+            mi_v, null_v = _mi_and_null(x, dim, cont, disc, len(names), perms, biascorrect, seed, d)
     else:
         with dask.config.set(scheduler=scheduler) if scheduler else contextlib.nullcontext():
-            mi_v, null_v = _mi_and_null(x, dim, cont, disc, len(names), perms, biascorrect, seed)
-    var_dims = [d for d in x.dims if d != dim]
-    coords = {k: v for k, v in x.coords.items() if dim not in v.dims}
+            mi_v, null_v = _mi_and_null(x, dim, cont, disc, len(names), perms, biascorrect, seed, d)
+    var_dims = [k for k in x.dims if k not in (dim, mvdim)]
+    coords = {k: v for k, v in x.coords.items() if dim not in v.dims and (mvdim is None or mvdim not in v.dims)}
     mi = xr.DataArray(mi_v, dims=var_dims + ["factor"], coords=coords).assign_coords(factor=names)
     null = xr.DataArray(null_v, dims=("permutation", "factor"), coords={"factor": names})
     thr = xr.DataArray(threshold(null_v, alpha), dims="factor", coords={"factor": names})

@@ -197,9 +197,12 @@ def _with_image_vars(design: xr.Dataset, n: int, res: int, channels: int, chunk:
     ds["parts"].attrs.update(description="face-part label map", part_names=list(PART_NAMES),
                              flag_values=list(range(len(PART_NAMES))), flag_meanings=" ".join(PART_NAMES))
     ds.attrs["render"] = json.dumps(spec["render"], sort_keys=True)
+    ds = _without_chunk_encoding(ds)
     for name in ("shape_coeff", "texture_coeff"):
-        ds[name] = ds[name].chunk({"sample": chunk})
-    return _without_chunk_encoding(ds)
+        # In memory (not Dask), so that the template write (compute=False) stores their values.
+        ds[name] = ds[name].load()
+        ds[name].encoding["chunks"] = (chunk, ds[name].shape[1])
+    return ds
 
 
 def _without_chunk_encoding(ds: xr.Dataset) -> xr.Dataset:

@@ -1,0 +1,122 @@
+"""Reverse correlation (Xu et al. 2018): the 3-D shape and texture features the network uses for each identity.
+
+On the revcorr set every image is a base identity whose shape and texture codes carry
+a random perturbation. For each base identity, the network's evidence for it (its
+logit) is related to each vertex's 3-D displacement (multivariate GCMI, mvdim
+``coord``) and to each vertex's RGB albedo (mvdim ``channel``), over that identity's
+images, with maximum-statistic permutation thresholds over all vertices: the
+significant vertices are the diagnostic shape and texture features.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+
+from ..faces.mesh import PART_NAMES
+from ..faces.model import FaceModel
+from ..info import mutual_information
+
+log = logging.getLogger(__name__)
+
+
+class RevcorrError(ValueError):
+    """The store is not a revcorr set with the network's logits and identity codes."""
+
+
+def vertex_fields(model: FaceModel, shape_coeff: np.ndarray, texture_coeff: np.ndarray
+                  ) -> tuple[xr.DataArray, xr.DataArray]:
+    """Each sample's identity displacement (sample, vertex, coord) and albedo offset (sample, vertex, channel).
+
+    The linear parts of the face model that the identity codes drive (the sigma-scaled
+    shape and texture bases); the rest of the face is fixed within an identity.
+    """
+    k, t = model.shape_basis.shape[0], model.texture_basis.shape[0]
+    if shape_coeff.shape[1] != k or texture_coeff.shape[1] != t:
+        raise RevcorrError(f"identity codes have {shape_coeff.shape[1]} shape / {texture_coeff.shape[1]} texture "
+                           f"components, the face model {k} / {t}: the store comes from another generator")
+    v = model.n_vertices
+    with torch.no_grad():
+        disp = torch.as_tensor(shape_coeff, dtype=torch.float32) @ (model.shape_basis * model.shape_sigma[:, None])
+        alb = torch.as_tensor(texture_coeff, dtype=torch.float32) @ (model.texture_basis * model.texture_sigma[:, None])
+    n = shape_coeff.shape[0]
+    return (xr.DataArray(disp.numpy().reshape(n, v, 3), dims=("sample", "vertex", "coord"),
+                         coords={"coord": np.asarray(["x", "y", "z"], dtype=object)}),
+            xr.DataArray(alb.numpy().reshape(n, v, 3), dims=("sample", "vertex", "channel"),
+                         coords={"channel": np.asarray(["r", "g", "b"], dtype=object)}))
+
+
+def identity_evidence(logits: xr.DataArray, classes: list[str]) -> xr.DataArray:
+    """The network's logit for each sample's own identity (sample,)."""
+    index = {str(c): i for i, c in enumerate(classes)}
+    ids = [str(v) for v in np.asarray(logits["identity"].values).tolist()]
+    unknown = sorted(set(ids) - set(index))
+    if unknown:
+        raise RevcorrError(f"identities {unknown} of the revcorr set are not classes of the network")
+    cols = np.asarray([index[i] for i in ids])
+    values = np.asarray(logits.values, dtype=np.float64)[np.arange(len(cols)), cols]
+    return xr.DataArray(values, dims="sample", name="evidence", attrs={"units": "logit"})
+
+
+def feature_maps(shape: xr.DataArray, texture: xr.DataArray, evidence: xr.DataArray, identity: np.ndarray, *,
+                 n_perm: int = 200, alpha: float = 0.05, seed: int = 0) -> xr.Dataset:
+    """Per base identity: MI (bits) of each vertex's displacement and albedo with the evidence, thresholded.
+
+    Returns ``shape_mi``, ``texture_mi`` (identity, vertex), their ``*_threshold``
+    (identity) and ``*_significant`` (identity, vertex).
+    """
+    ids = np.unique(identity)
+    parts: dict[str, list[Any]] = {k: [] for k in ("shape_mi", "shape_threshold", "shape_significant",
+                                                  "texture_mi", "texture_threshold", "texture_significant")}
+    for i in ids:
+        sel = np.flatnonzero(identity == i)
+        if len(sel) < 8:
+            raise RevcorrError(f"identity {i} has {len(sel)} revcorr images; at least 8 are needed")
+        y = xr.Dataset({"evidence": ("sample", evidence.values[sel])})
+        for name, field, mv in (("shape", shape, "coord"), ("texture", texture, "channel")):
+            res = mutual_information(field.isel(sample=sel), y, mvdim=mv, n_perm=n_perm, alpha=alpha, seed=seed)
+            parts[f"{name}_mi"].append(res["mi"].sel(factor="evidence", drop=True).astype(np.float32))
+            parts[f"{name}_threshold"].append(res["threshold"].sel(factor="evidence", drop=True))
+            parts[f"{name}_significant"].append(res["significant"].sel(factor="evidence", drop=True))
+        log.info("identity %s: %d images; max MI shape %.3f, texture %.3f bits", i, len(sel),
+                 float(parts["shape_mi"][-1].max()), float(parts["texture_mi"][-1].max()))
+    id_coord = np.asarray([str(i) for i in ids], dtype=object)
+    ds = xr.Dataset({k: xr.concat(v, dim="identity") for k, v in parts.items()}).assign_coords(identity=id_coord)
+    for k in ("shape_mi", "texture_mi", "shape_threshold", "texture_threshold"):
+        ds[k].attrs["units"] = "bits"
+    ds.attrs.update(n_perm=int(n_perm), alpha=float(alpha), seed=int(seed), evidence="logit of the base identity",
+                    estimator="gcmi (mi_gg, 3-D per vertex), maximum-statistic threshold over vertices")
+    return ds
+
+
+def with_mesh(ds: xr.Dataset, model: FaceModel) -> xr.Dataset:
+    """``ds`` with the template mesh: vertex positions (vertex, coord), part labels, and faces (face, corner)."""
+    t = model.template
+    return ds.assign_coords(
+        vertex_position=(("vertex", "coord"), np.asarray(t.vertices, dtype=np.float32)),
+        vertex_part=("vertex", np.asarray([PART_NAMES[int(p)] for p in t.labels], dtype=object)),
+        coord=np.asarray(["x", "y", "z"], dtype=object),
+    ).assign(mesh_faces=(("face", "corner"), np.asarray(t.faces, dtype=np.int32)))
+
+
+def revcorr_analysis(tree: xr.DataTree, model: FaceModel, *, n_perm: int = 200, alpha: float = 0.05,
+                     seed: int = 0) -> xr.Dataset:
+    """Shape and texture feature maps of every base identity of a revcorr activation store."""
+    root = tree.to_dataset()
+    missing = [k for k in ("shape_coeff", "texture_coeff") if k not in root]
+    if missing or "logits" not in tree.children:
+        raise RevcorrError(f"the activation store lacks {missing + ([] if 'logits' in tree.children else ['logits'])}")
+    if str(tree.attrs.get("task", "identity")) != "identity":
+        raise RevcorrError(f"reverse correlation needs an identity network; this one's task is {tree.attrs['task']!r}")
+    logits = tree["logits"].dataset["activation"].load()
+    evidence = identity_evidence(logits, json.loads(tree.attrs.get("classes", "[]")))
+    shape, texture = vertex_fields(model, root["shape_coeff"].values, root["texture_coeff"].values)
+    ds = feature_maps(shape, texture, evidence, np.asarray(logits["identity"].values), n_perm=n_perm, alpha=alpha,
+                      seed=seed)
+    ds.attrs.update({k: tree.attrs[k] for k in ("model", "set") if k in tree.attrs})
+    return with_mesh(ds, model)
