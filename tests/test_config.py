@@ -184,7 +184,8 @@ def _error(config: dict) -> str:
         (lambda c: c.update(analyses={"morph_set": "analysis"}), "analyses.morph_set: 'analysis' is a 'independent'"),
         (lambda c: c.update(analyses={"morph_set": "sweeps"}), "analyses.morph_set: 'sweeps' is not among"),
         (lambda c: c.update(analyses={"pose_set": "sweeps"}), "analyses.pose_set: 'sweeps' is not among"),
-        (lambda c: c.update(analyses={"pose_factor": "pitch"}, stimuli={"sets": {**c["stimuli"]["sets"], "analysis": {"design": "independent", "samples": 64, "vary": ["identity", "yaw"]}}}),
+        (lambda c: c.update(analyses={"pose_factor": "pitch"}, stimuli={"sets": {
+            **c["stimuli"]["sets"], "analysis": {"design": "independent", "samples": 64, "vary": ["identity", "yaw"]}}}),
          "analyses.pose_set: 'analysis' does not vary ['pitch']"),
         (lambda c: c.update(analyses={"revcorr_set": "morphs"}), "analyses.revcorr_set: 'morphs' is a 'morph' set"),
     ],

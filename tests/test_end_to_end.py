@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import xarray as xr
-from workflow_cli import ROOT, snakemake
+from workflow_cli import ROOT, job_counts, snakemake
 
 
 def run_test_config(workdir: Path, *args: str):
@@ -42,10 +42,20 @@ def test_pipeline_runs_and_second_run_does_nothing(tmp_path):
     assert list(profile.layer.values)[:2] == ["pixels", "relu_stem"] and profile.layer.size == 12
     gen = xr.open_zarr(res / "analyses" / "identity_s0" / "generalisation.zarr")
     assert set(gen.morph_type.values) == {"shape", "texture", "both"} and "p_value" in gen.attrs
-    for name in ("analysis_layer_profile", "analysis_units", "analysis_spatial_maps", "generalisation"):
+    revcorr = xr.open_zarr(res / "analyses" / "identity_s0" / "revcorr.zarr")
+    assert revcorr.shape_mi.dims == ("identity", "vertex") and revcorr.sizes["identity"] == 2
+    features = xr.open_zarr(res / "analyses" / "identity_s0" / "features.zarr")
+    assert features.coinfo.dims == ("layer", "feature") and features.layer.size == 11
+    pose = xr.open_zarr(res / "analyses" / "identity_s0" / "pose.zarr")
+    assert pose.accuracy.dims == ("layer", "train_bin", "test_bin") and pose.attrs["pose"] == "yaw"
+    for name in ("analysis_layer_profile", "analysis_units", "analysis_spatial_maps", "generalisation", "revcorr",
+                 "features", "pose"):
         assert (res / "figures" / f"identity_s0_{name}.png").stat().st_size > 10_000
     report = (res / "report.html").read_text()
-    assert report.count("<figure>") == 7 and "held-out accuracy" in report and "generalisation gap" in report
+    assert report.count("<figure>") == 10 and "held-out accuracy" in report and "generalisation gap" in report
+    # Changing an MI setting reruns the MI jobs and what reads them, nothing upstream.
+    changed = job_counts(run_test_config(tmp_path, "-n", "--config", "mi={n_perm: 10}").stdout)
+    assert set(changed) == {"mi_layers", "mi_pixels", "analyses_profile", "analyses_revcorr", "report", "all"}
     ds = xr.open_zarr(tmp_path / "results" / "stimuli" / "analysis.zarr")
     assert ds.image.dims == ("sample", "y", "x", "channel") and ds.image.shape[1:] == (32, 32, 3)
     assert ds.parts.attrs["part_names"][0] == "background"

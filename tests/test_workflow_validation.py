@@ -7,7 +7,7 @@ import re
 import pytest
 
 import yaml
-from workflow_cli import ROOT, snakemake
+from workflow_cli import ROOT, job_counts, snakemake
 
 
 def test_bad_config_stops_the_workflow_naming_the_key(tmp_path):
@@ -31,13 +31,6 @@ def test_dry_run_of_test_config_plans_all():
         assert f"results/stimuli/{name}.zarr" in output
 
 
-def _job_counts(output: str) -> dict[str, int]:
-    """The 'Job stats' table of a dry run: rule -> job count."""
-    table = output[output.index("Job stats:"):]
-    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.MULTILINE)
-            if m.group(1) != "total"}
-
-
 def test_slurm_profile_dry_run_plans_every_job(tmp_path):
     pytest.importorskip("snakemake_executor_plugin_slurm")
     config = ["--configfile", str(ROOT / "config" / "config.yaml")]
@@ -46,8 +39,8 @@ def test_slurm_profile_dry_run_plans_every_job(tmp_path):
                       str(ROOT / "workflow" / "profiles" / "slurm"), *config)
     out = slurm.stdout + slurm.stderr
     assert slurm.returncode == 0, out
-    counts = _job_counts(out)
-    assert counts == _job_counts(local.stdout + local.stderr)
+    counts = job_counts(out)
+    assert counts == job_counts(local.stdout + local.stderr)
     for rule in ("stimuli_render", "train_model", "activations_extract", "mi_layers", "mi_pixels",
                  "analyses_profile", "analyses_generalisation", "report", "all"):
         assert counts.get(rule, 0) >= 1, (rule, counts)

@@ -187,11 +187,6 @@ def _open_layers(path: str | Path, layers: list[str] | None) -> tuple[xr.DataTre
     return tree, names
 
 
-def _write_layer(ds: xr.Dataset, tmp: Path, group: str, first: bool) -> None:
-    """Write one layer's result as a group of the store being built."""
-    write_zarr(ds, tmp, group=group, mode="w" if first else "a")
-
-
 def _finish(tmp: Path, attrs: dict[str, Any]) -> None:
     """Root attrs and consolidated metadata of a finished MI store."""
     root = zarr.open_group(str(tmp), mode="r+")
@@ -211,7 +206,7 @@ def information_store(layers: dict[str, xr.DataArray], factors: xr.Dataset, out:
                      len(layers), n_vars, len(factors.data_vars), act.sizes["sample"], n_perm)
             ds = layer_information(act, factors, n_perm=n_perm, alpha=alpha, seed=seed, chunk_mb=chunk_mb)
             ds.attrs.update(attrs, layer=name)
-            _write_layer(ds, tmp, name, first=False)
+            write_zarr(ds, tmp, group=name, mode="a")  # one group per layer, written as it is done
             log.info("layer %s done in %.1f s; max MI %.3f bits (%s)", name, time.perf_counter() - start,
                      float(ds["mi"].max()), str(ds["mi"].max(dim=[d for d in ds["mi"].dims if d != "factor"])
                                                 .idxmax("factor").values))
