@@ -57,7 +57,7 @@ rule analyses_revcorr:
         features_figure=report("results/figures/{model}_features.png", caption="../report/features.rst",
                                category="Feature maps"),
     params:
-        spec=mi_spec(),
+        spec=revcorr_spec(),
     threads: config["mi"]["threads"]
     resources:
         mem_mb=config["mi"]["mem_mb"],

@@ -119,6 +119,13 @@ def mi_spec():
     return json.dumps({"seed": config["seed"], **{k: m[k] for k in keys}}, sort_keys=True)
 
 
+def revcorr_spec():
+    """JSON (sorted keys) of the settings the reverse-correlation maps use (permutations and scheduler of `mi`)."""
+    m = config["mi"]
+    return json.dumps({"seed": config["seed"], **{k: m[k] for k in ("n_perm", "alpha", "scheduler")}},
+                      sort_keys=True)
+
+
 def pose_spec():
     """JSON (sorted keys) of the pose-invariance settings."""
     a = config["analyses"]
