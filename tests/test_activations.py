@@ -70,6 +70,21 @@ def test_store_equals_a_direct_forward_pass_and_is_labelled(tmp_path):
     assert not (tmp_path / "a.zarr.partial").exists()
 
 
+def test_worker_processes_write_their_own_sample_ranges_of_one_store(tmp_path):
+    from infodissect.activations.extract import sample_ranges
+
+    assert sample_ranges(100, 32, 2) == [(0, 64), (64, 100)]
+    assert sample_ranges(100, 32, 8) == [(0, 32), (32, 64), (64, 96), (96, 100)]
+    stim, model_path = _stimuli(tmp_path / "s.zarr", 100), _model(tmp_path / "m" / "model.pt")
+    one = extract(model_path, stim, tmp_path / "one.zarr", dtype="float32", batch_size=32, progress=False)
+    two = extract(model_path, stim, tmp_path / "two.zarr", dtype="float32", batch_size=32, progress=False,
+                  processes=2, threads=1)
+    a, b = xr.open_datatree(one, engine="zarr"), xr.open_datatree(two, engine="zarr")
+    for name in READOUT_LAYERS:
+        np.testing.assert_array_equal(a[name].activation.values, b[name].activation.values)
+    assert not (tmp_path / "two.zarr.partial").exists()
+
+
 def test_pooling_float16_chunking_and_info(tmp_path):
     stim, model_path = _stimuli(tmp_path / "s.zarr", 70), _model(tmp_path / "m" / "model.pt")
     out = extract(model_path, stim, tmp_path / "a.zarr", layers=["relu_stem", "block1_out", "pool"],

@@ -78,9 +78,11 @@ def _activations_extract(a: argparse.Namespace) -> None:
     device = spec.get("device", "cpu")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    processes = int(spec.get("processes", 1))
     extract(a.model, a.stimuli, a.out, layers=spec.get("layers"), pooling=spec.get("pooling"),
             dtype=spec.get("dtype", "float16"), batch_size=int(spec.get("batch_size", 128)),
-            chunk_mb=float(spec.get("chunk_mb", 16)), device=device)
+            chunk_mb=float(spec.get("chunk_mb", 16)), device=device, processes=processes,
+            threads=max(1, a.threads // processes) if a.threads else 0)
 
 
 def _activations_info(a: argparse.Namespace) -> None:

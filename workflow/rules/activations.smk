@@ -10,7 +10,7 @@ rule activations_extract:
         directory("results/activations/{model}/{set}.zarr"),
     params:
         spec=activations_spec(),
-    threads: 2
+    threads: max(2, config["activations"]["processes"])
     resources:
         mem_mb=4096,
     log:

@@ -108,7 +108,7 @@ def train_threads():
 def activations_spec():
     """JSON (sorted keys) of the activation settings."""
     a = config["activations"]
-    keys = ("layers", "pooling", "dtype", "batch_size", "chunk_mb", "device")
+    keys = ("layers", "pooling", "dtype", "batch_size", "chunk_mb", "device", "processes")
     return json.dumps({k: a[k] for k in keys}, sort_keys=True)
 
 

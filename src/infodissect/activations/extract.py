@@ -165,10 +165,86 @@ def write_skeleton(tree: xr.DataTree, path: Path) -> None:
     zarr.consolidate_metadata(str(path))
 
 
+def sample_ranges(n: int, batch_size: int, processes: int) -> list[tuple[int, int]]:
+    """Contiguous, batch-aligned (so chunk-aligned) sample ranges, one per process (empty ones dropped)."""
+    batches = -(-n // batch_size)
+    per = -(-batches // max(1, processes))
+    return [(b * batch_size, min(n, (b + per) * batch_size)) for b in range(0, batches, per)]
+
+
+def extract_range(model_path: str | Path, stimuli_path: str | Path, store: str | Path, plans: list[LayerPlan],
+                  lo: int, hi: int, *, dtype: str, batch_size: int, device: str | torch.device, threads: int = 0,
+                  progress: bool = True) -> None:
+    """Forward images ``lo:hi`` and write their activations into the (skeleton) ``store``, batch by batch.
+
+    One writer thread overlaps the chunk-aligned writes of batch k with the forward pass of
+    batch k + 1; the queue holds at most two batches, so memory stays bounded. Runs in the
+    extracting process or in one of its worker processes (each its own sample range).
+    """
+    if threads:
+        torch.set_num_threads(threads)
+    model, _ = load_trained(model_path, device)
+    image = zarr.open_group(str(stimuli_path), mode="r")["image"]
+    group = zarr.open_group(str(store), mode="r+")
+    arrays = {p.name: group[p.name]["activation"] for p in plans}
+    mods = readout_modules(model)
+    captured: dict[str, torch.Tensor] = {}
+    hooks = [mods[p.name].register_forward_hook(
+        lambda m, i, o, p=p: captured.__setitem__(p.name, _pool(o, p).to(getattr(torch, dtype)).cpu()))
+        for p in plans]
+    pending: queue.Queue = queue.Queue(maxsize=2)
+    errors: list[BaseException] = []
+
+    def writer() -> None:
+        while (item := pending.get()) is not None:
+            a, b, outs = item
+            try:
+                if not errors:
+                    for name, values in outs.items():
+                        arrays[name][a:b] = values
+            except BaseException as exc:  # re-raised in the calling thread
+                errors.append(exc)
+            release_memory()
+
+    thread = threading.Thread(target=writer, name="activation-writer", daemon=True)
+    thread.start()
+    try:
+        for a in tqdm(range(lo, hi, batch_size), desc=f"extract {lo}:{hi}", unit="batch", disable=not progress,
+                      mininterval=5):
+            b = min(a + batch_size, hi)
+            x = network_input(torch.from_numpy(np.ascontiguousarray(image[a:b])).to(device))
+            with torch.inference_mode():
+                model(x)
+            pending.put((a, b, {name: v.numpy() for name, v in captured.items()}))
+            captured.clear()
+            if errors:
+                break
+    finally:
+        pending.put(None)
+        thread.join()
+        for hk in hooks:
+            hk.remove()
+    if errors:
+        raise errors[0]
+
+
+def _worker_device(device: str | torch.device, rank: int) -> str:
+    """The device of worker ``rank``: one GPU each (round robin) when extracting on CUDA."""
+    if str(device).startswith("cuda") and torch.cuda.device_count() > 1:
+        return f"cuda:{rank % torch.cuda.device_count()}"
+    return str(device)
+
+
 def extract(model_path: str | Path, stimuli_path: str | Path, out: str | Path, layers: list[str] | None = None,
             pooling: dict[str, Any] | None = None, dtype: str = "float16", batch_size: int = 128,
-            chunk_mb: float = 16.0, device: str | torch.device = "cpu", progress: bool = True) -> Path:
-    """Extract the read-out layers of ``model_path`` on every image of ``stimuli_path`` into ``out``."""
+            chunk_mb: float = 16.0, device: str | torch.device = "cpu", progress: bool = True,
+            processes: int = 1, threads: int = 0) -> Path:
+    """Extract the read-out layers of ``model_path`` on every image of ``stimuli_path`` into ``out``.
+
+    With ``processes`` > 1, that many worker processes (one GPU each on a multi-GPU
+    machine, else ``threads`` CPU threads each) write their own batch-aligned sample
+    range of the same store, after this process has written its skeleton.
+    """
     layers = list(layers or READOUT_LAYERS)
     unknown = sorted(set(layers) - set(READOUT_LAYERS))
     if unknown:
@@ -185,54 +261,36 @@ def extract(model_path: str | Path, stimuli_path: str | Path, out: str | Path, l
     attrs = {"model": str(Path(model_path).parent.name), "model_path": str(model_path), "set": stim.attrs.get("set", ""),
              "stimuli": str(stimuli_path), "task": meta["task"], "classes": json.dumps(meta["classes"]),
              "dtype": dtype, "architecture": meta["architecture"]}
-    image = zarr.open_group(str(stimuli_path), mode="r")["image"]
-    mods = readout_modules(model)
-    captured: dict[str, torch.Tensor] = {}
-    hooks = [mods[p.name].register_forward_hook(
-        lambda m, i, o, p=p: captured.__setitem__(p.name, _pool(o, p).to(getattr(torch, dtype)).cpu()))
-        for p in plans]
+    del model
+    kwargs = dict(dtype=dtype, batch_size=batch_size, progress=progress)
     with atomic_store(out) as tmp:
         write_skeleton(skeleton(plans, n, _sample_coords(stim), dtype, attrs), tmp)
-        group = zarr.open_group(str(tmp), mode="r+")
-        arrays = {p.name: group[p.name]["activation"] for p in plans}
-        # One writer thread overlaps the (chunk-aligned) writes of batch k with the forward
-        # pass of batch k + 1; the queue holds at most two batches, so memory stays bounded.
-        pending: queue.Queue = queue.Queue(maxsize=2)
-        errors: list[BaseException] = []
-
-        def writer() -> None:
-            while (item := pending.get()) is not None:
-                lo, hi, outs = item
-                try:
-                    if not errors:
-                        for name, values in outs.items():
-                            arrays[name][lo:hi] = values
-                except BaseException as exc:  # re-raised in the main thread
-                    errors.append(exc)
-                release_memory()
-
-        thread = threading.Thread(target=writer, name="activation-writer", daemon=True)
-        thread.start()
-        try:
-            for lo in tqdm(range(0, n, batch_size), desc="extract", unit="batch", disable=not progress,
-                           mininterval=5):
-                hi = min(lo + batch_size, n)
-                x = network_input(torch.from_numpy(np.ascontiguousarray(image[lo:hi])).to(device))
-                with torch.inference_mode():
-                    model(x)
-                pending.put((lo, hi, {name: v.numpy() for name, v in captured.items()}))
-                captured.clear()
-                if errors:
-                    break
-        finally:
-            pending.put(None)
-            thread.join()
-            for hk in hooks:
-                hk.remove()
-        if errors:
-            raise errors[0]
-    log.info("extracted %d layers x %d images -> %s", len(plans), n, out)
+        ranges = sample_ranges(n, batch_size, processes)
+        if len(ranges) == 1:
+            extract_range(model_path, stimuli_path, tmp, plans, 0, n, device=device, threads=threads, **kwargs)
+        else:
+            _run_workers(model_path, stimuli_path, tmp, plans, ranges, device, threads, kwargs)
+    log.info("extracted %d layers x %d images with %d process(es) -> %s", len(plans), n, max(1, processes), out)
     return Path(out)
+
+
+def _run_workers(model_path: str | Path, stimuli_path: str | Path, store: Path, plans: list[LayerPlan],
+                 ranges: list[tuple[int, int]], device: str | torch.device, threads: int, kwargs: dict) -> None:
+    """One spawned process per sample range; raises if any fails (the store then stays unfinished)."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=extract_range, name=f"extract-{rank}",
+                         args=(model_path, stimuli_path, store, plans, lo, hi),
+                         kwargs=dict(device=_worker_device(device, rank), threads=threads, **kwargs))
+             for rank, (lo, hi) in enumerate(ranges)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    failed = [(p.name, p.exitcode) for p in procs if p.exitcode != 0]
+    if failed:
+        raise ExtractionError(f"extraction worker(s) failed: {failed} (see the log above)")
 
 
 def describe(path: str | Path) -> str:
