@@ -81,11 +81,12 @@ def test_store_batches_are_rank_slices_of_the_same_global_batches(tmp_path):
         task_labels(path, "gender")
 
 
-def _train(tmp_path: Path, name: str, nproc: int, spec: TrainSpec, train: Path, test: Path, env=None) -> Path:
+def _train(tmp_path: Path, name: str, nproc: int, spec: TrainSpec, train: Path, test: Path, env=None,
+           *extra: str) -> Path:
     out = tmp_path / name
     cmd = [TORCHRUN, "--standalone", f"--nproc-per-node={nproc}", "-m", "infodissect.cli", "train", "model",
            "--spec", json.dumps(spec.__dict__), "--train", str(train), "--test", str(test),
-           "--out", str(out / "model"), "--checkpoints", str(out / "ckpt"), "--threads", "1"]
+           "--out", str(out / "model"), "--checkpoints", str(out / "ckpt"), "--threads", "1", *extra]
     res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
     out.mkdir(exist_ok=True)
     (out / "log").write_text(res.stdout + res.stderr)
@@ -127,6 +128,24 @@ def test_killed_training_resumes_to_the_same_result(tmp_path):
     assert json.loads((resumed / "model" / "config.json").read_text())["spec"]["epochs"] == 3
     factors = (resumed / "model" / "accuracy_by_factor.csv").read_text()
     assert "expression,happiness" in factors and "yaw,bin0" in factors
+
+
+def test_training_killed_mid_epoch_resumes_from_its_step_checkpoint(tmp_path):
+    train, test = _store(tmp_path / "train.zarr", 48), _store(tmp_path / "test.zarr", 16, seed=1)
+    spec = TrainSpec(epochs=2, batch_size=8, lr=0.05, width=8, window=2)  # 6 steps per epoch
+    full = _train(tmp_path, "full", 2, spec, train, test)
+    steps = ("--checkpoint-steps", "2")
+    killed = _train(tmp_path, "part", 2, spec, train, test, {"INFODISSECT_KILL_AFTER_STEP": "10"}, *steps)
+    assert killed.name != "part" and not (tmp_path / "part" / "model" / "model.pt").exists()
+    state = torch.load(tmp_path / "part" / "ckpt" / "last.pt", weights_only=False)
+    assert (state["epoch"], state["step"]) == (1, 4) and state["running"][2] == 32  # 4 global batches seen
+    resumed = _train(tmp_path, "part", 2, spec, train, test, None, *steps)
+    assert "resuming identity from epoch 1, step 4" in (resumed / "log").read_text(), (resumed / "log").read_text()
+    for k, v in _weights(full).items():
+        torch.testing.assert_close(_weights(resumed)[k], v, rtol=0, atol=1e-6)
+    # The interrupted epoch's training loss and accuracy count every batch once.
+    assert (resumed / "model" / "metrics.csv").read_text().split("\n")[2].split(",")[1:3] == \
+        (full / "model" / "metrics.csv").read_text().split("\n")[2].split(",")[1:3]
 
 
 def test_on_the_fly_rendering_feeds_the_same_batches_as_the_stored_set(tmp_path):

@@ -58,7 +58,7 @@ def _train_model(a: argparse.Namespace) -> None:
 
     if a.threads:
         torch.set_num_threads(a.threads)
-    train(TrainSpec.from_json(a.spec), a.train, a.test, a.out, a.checkpoints)
+    train(TrainSpec.from_json(a.spec), a.train, a.test, a.out, a.checkpoints, checkpoint_steps=a.checkpoint_steps)
 
 
 def _train_figure(a: argparse.Namespace) -> None:
@@ -230,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--out", required=True, help="output directory (model.pt, metrics.csv, accuracy_by_factor.csv)")
     m.add_argument("--checkpoints", required=True, help="checkpoint directory (kept across reruns)")
     m.add_argument("--threads", type=int, default=0, help="torch CPU threads per process (0 = default)")
+    m.add_argument("--checkpoint-steps", type=int, default=0,
+                   help="also checkpoint every this many steps within an epoch (0 = after each epoch only)")
     m.set_defaults(func=_train_model)
     tf = tsub.add_parser("figure", help="training curves and held-out accuracy by factor")
     tf.add_argument("--metrics", required=True)

@@ -23,6 +23,7 @@ rule train_model:
         nproc=train_processes(),
         per_proc=lambda wildcards, threads: max(1, threads // train_processes()),
         checkpoints="results/checkpoints/{model}",
+        checkpoint_steps=config["training"]["checkpoint_steps"],
     threads: train_threads()
     resources:
         gpu=config["training"]["gpus"],
@@ -35,7 +36,7 @@ rule train_model:
         "OMP_NUM_THREADS={params.per_proc} torchrun --standalone --nproc-per-node {params.nproc}"
         " -m infodissect.cli train model --spec {params.spec:q}"
         " --train {input.train} --test {input.test} --out results/models/{wildcards.model}"
-        " --checkpoints {params.checkpoints} --threads {params.per_proc}"
+        " --checkpoints {params.checkpoints} --checkpoint-steps {params.checkpoint_steps} --threads {params.per_proc}"
         " > {log} 2>&1"
 
 

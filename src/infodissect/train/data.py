@@ -108,8 +108,12 @@ class StoreBatches:
         """Global batches per epoch."""
         return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
 
-    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """This rank's slice of every global batch of ``epoch``."""
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This rank's slice of every global batch of ``epoch`` from batch ``start`` on.
+
+        Skipped batches are not built (not rendered), but the shuffle is the same, so
+        resuming at ``start`` gives exactly the rest of the epoch.
+        """
         rng = np.random.default_rng([self.seed, epoch, 0xDA7A])
         order = rng.permutation(len(self.chunks)) if self.shuffle else np.arange(len(self.chunks))
         pending_x: list[np.ndarray] = []
@@ -126,7 +130,9 @@ class StoreBatches:
             bx, by = np.concatenate(pending_x), np.concatenate(pending_y)
             full = len(bx) // self.batch_size * self.batch_size
             for s in range(0, full, self.batch_size):
-                yield self._images(bx[s + lo:s + hi]), torch.from_numpy(by[s + lo:s + hi])
+                if start <= 0:
+                    yield self._images(bx[s + lo:s + hi]), torch.from_numpy(by[s + lo:s + hi])
+                start -= 1
             pending_x, pending_y = [bx[full:]], [by[full:]]
         rest_x, rest_y = np.concatenate(pending_x), np.concatenate(pending_y)
         if len(rest_x) and not self.drop_last:

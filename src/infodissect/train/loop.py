@@ -173,12 +173,23 @@ def evaluate(model: nn.Module, batches: StoreBatches, device: torch.device) -> t
     return loss / max(total, 1), correct / max(total, 1), np.concatenate(preds) if preds else np.zeros(0, int)
 
 
+def _global_sums(values: list[float], ctx: Any) -> list[float]:
+    """Sums over all ranks of per-rank running totals."""
+    counts = torch.tensor(values, dtype=torch.float64)
+    if ctx.world > 1:
+        counts = counts.to(ctx.device)
+        dist.all_reduce(counts)
+    return counts.tolist()
+
+
 def train(spec: TrainSpec, train_store: str | Path, test_store: str | Path, out_dir: str | Path,
-          checkpoints: str | Path) -> dict[str, float]:
+          checkpoints: str | Path, checkpoint_steps: int = 0) -> dict[str, float]:
     """Train ``spec`` on ``train_store``, evaluating on ``test_store``; write the model and metrics to ``out_dir``.
 
     ``train_store`` holds rendered images, or (``spec.source == "rendered"``) it is the
-    set's design table and batches are rendered on the fly with ``spec.render``.
+    set's design table and batches are rendered on the fly with ``spec.render``. A
+    checkpoint is written after every epoch and, with ``checkpoint_steps`` > 0, every
+    that many steps within an epoch; a rerun resumes from the last one exactly.
     """
     ctx = init_distributed()
     if ctx.rank == 0:
@@ -208,17 +219,25 @@ def train(spec: TrainSpec, train_store: str | Path, test_store: str | Path, out_
     if len(data) == 0:
         raise ValueError(f"{train_store}: fewer samples than one batch of {spec.batch_size}")
     history: list[dict[str, Any]] = []
-    start = 0
+    start, start_step, running = 0, 0, [0.0, 0.0, 0.0]
     ckpt = checkpoints / "last.pt"
     if ckpt.exists():
         state = torch.load(ckpt, map_location=ctx.device, weights_only=False)
         if state.get("spec") == spec.digest() and state.get("world") == ctx.world:
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
-            history, start = state["history"], state["epoch"]
-            log.info("resuming %s from epoch %d (%s)", spec.task, start, ckpt)
+            history, start, start_step = state["history"], state["epoch"], state.get("step", 0)
+            if ctx.rank == 0:  # the global running totals of the interrupted epoch, counted once
+                running = list(state.get("running", running))
+            log.info("resuming %s from epoch %d, step %d (%s)", spec.task, start, start_step, ckpt)
         else:
             log.info("ignoring checkpoint %s made for another spec or process count", ckpt)
+
+    def save(epoch: int, step: int, sums: list[float]) -> None:
+        checkpoints.mkdir(parents=True, exist_ok=True)
+        _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "step": step,
+                      "running": sums, "history": history, "spec": spec.digest(), "world": ctx.world}, ckpt)
+
     net = (nn.parallel.DistributedDataParallel(model, device_ids=[ctx.device] if ctx.device.type == "cuda" else None)
            if ctx.world > 1 else model)
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if ctx.device.type == "cuda" else nullcontext()
@@ -226,8 +245,9 @@ def train(spec: TrainSpec, train_store: str | Path, test_store: str | Path, out_
     for epoch in range(start, spec.epochs):
         t0 = time.perf_counter()
         net.train()
-        seen, correct, loss_sum = 0, 0, 0.0
-        for i, (x, y) in enumerate(data.epoch(epoch)):
+        first = start_step if epoch == start else 0
+        loss_sum, correct, seen = running if epoch == start else (0.0, 0.0, 0.0)
+        for i, (x, y) in enumerate(data.epoch(epoch, first), start=first):
             for g in opt.param_groups:
                 g["lr"] = _lr(spec, epoch * len(data) + i, total_steps)
             x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
@@ -240,11 +260,13 @@ def train(spec: TrainSpec, train_store: str | Path, test_store: str | Path, out_
             loss_sum += float(loss) * len(y)
             correct += int((out.argmax(1) == y).sum())
             seen += len(y)
-        counts = torch.tensor([loss_sum, correct, seen], dtype=torch.float64)
-        if ctx.world > 1:
-            counts = counts.to(ctx.device)
-            dist.all_reduce(counts)
-        loss_sum, correct, seen = counts.tolist()
+            if checkpoint_steps and (i + 1) % checkpoint_steps == 0 and i + 1 < len(data):
+                sums = _global_sums([loss_sum, correct, seen], ctx)
+                if ctx.rank == 0:
+                    save(epoch, i + 1, sums)
+                if os.environ.get("INFODISSECT_KILL_AFTER_STEP") == str(epoch * len(data) + i + 1):
+                    os._exit(137)  # fault injection for tests
+        loss_sum, correct, seen = _global_sums([loss_sum, correct, seen], ctx)
         row = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_accuracy": correct / seen}
         if ctx.rank == 0:
             row["test_loss"], row["test_accuracy"], _ = evaluate(model, test, ctx.device)
@@ -253,9 +275,7 @@ def train(spec: TrainSpec, train_store: str | Path, test_store: str | Path, out_
             log.info("epoch %d/%d: train loss %.3f acc %.3f, test loss %.3f acc %.3f (%.1f s)", epoch + 1,
                      spec.epochs, row["train_loss"], row["train_accuracy"], row["test_loss"],
                      row["test_accuracy"], row["seconds"])
-            checkpoints.mkdir(parents=True, exist_ok=True)
-            _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
-                          "history": history, "spec": spec.digest(), "world": ctx.world}, ckpt)
+            save(epoch + 1, 0, [0.0, 0.0, 0.0])
         if os.environ.get("INFODISSECT_KILL_AFTER_EPOCH") == str(epoch + 1):  # fault injection for tests
             os._exit(137)
         if ctx.world > 1:
