@@ -1,14 +1,19 @@
 """Print rendering throughput (images/s) at 64 px and 224 px on CPU (and CUDA when present).
 
-    python benchmarks/render.py [--threads 2] [--batch 128] [--repeats 3]
+    python benchmarks/render.py [--threads 2] [--batch 128] [--repeats 10] [--torch-cpu]
 
 Renders random identities with every factor sampled, through the same code the
-stimulus stage uses (infodissect.faces.render), with the demo generator.
+stimulus stage uses (infodissect.faces.render), with the demo generator. On the CPU
+the samples are rasterized by the compiled backend (numba); --torch-cpu also times
+the PyTorch rasterizer there (the one CUDA uses).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import platform
+import statistics
 import time
 
 import torch
@@ -34,41 +39,57 @@ def random_params(model, n: int, device: torch.device, seed: int = 0) -> dict[st
     return {k: v.to(device) for k, v in p.items()}
 
 
-def throughput(model, camera: Camera, batch: int, repeats: int) -> float:
-    """Images per second of ``render`` for full batches (after one warm-up batch)."""
+def throughput(model, camera: Camera, batch: int, repeats: int, backend: str = "auto") -> tuple[float, float]:
+    """Median and best images per second of ``render`` over ``repeats`` full batches (after a warm-up)."""
     p = random_params(model, batch, model.device)
+    times = []
     with torch.inference_mode():
-        render(model, p, camera)
-        if model.device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
+        render(model, p, camera, backend=backend)
         for _ in range(repeats):
-            render(model, p, camera)
-        if model.device.type == "cuda":
-            torch.cuda.synchronize()
-    return batch * repeats / (time.perf_counter() - t0)
+            if model.device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            render(model, p, camera, backend=backend)
+            if model.device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+    return batch / statistics.median(times), batch / min(times)
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.machine()
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--antialias", type=int, default=2)
+    ap.add_argument("--torch-cpu", action="store_true", help="also time the PyTorch rasterizer on the CPU")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
+    print(f"cpu: {_cpu_name()}, {os.cpu_count()} cores; torch {torch.__version__}", flush=True)
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     for dev in devices:
         model = build_face_model(device=dev)
+        backends = ["numba", "torch"] if dev.type == "cpu" and a.torch_cpu else ["auto"]
         for res in (64, 224):
             batch = a.batch if res == 64 else max(1, a.batch // 4)
             if dev.type == "cuda":
-                batch *= 8
+                batch *= 8 if res == 64 else 4
             camera = Camera(resolution=res, antialias=a.antialias)
-            ips = throughput(model, camera, batch, a.repeats)
-            where = f"cpu ({a.threads} threads)" if dev.type == "cpu" else torch.cuda.get_device_name(dev)
-            print(f"render {res:>3} px, antialias {a.antialias}, mesh stride {camera.stride}, batch {batch:>4}, "
-                  f"{where}: {ips:8.1f} images/s", flush=True)
+            for backend in backends:
+                repeats = a.repeats if backend != "torch" else 2
+                median, best = throughput(model, camera, batch, repeats, backend)
+                where = f"cpu ({a.threads} threads)" if dev.type == "cpu" else torch.cuda.get_device_name(dev)
+                name = backend if backend != "auto" else ("numba" if dev.type == "cpu" else "torch")
+                print(f"render {res:>3} px, antialias {a.antialias}, mesh stride {camera.stride}, batch {batch:>4}, "
+                      f"{where}, {name}: {median:8.1f} images/s (median of {repeats}; best {best:.1f})", flush=True)
 
 
 if __name__ == "__main__":

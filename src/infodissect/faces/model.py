@@ -26,7 +26,7 @@ from .factors import ETHNICITIES, EXPRESSIONS
 from .mesh import (EYE_CENTRE, MOUTH_HALF_WIDTH, MOUTH_Y, PART, PART_NAMES, Template, build_template, face_labels,
                    grid_subset, part_distances)
 
-GENERATOR_VERSION = "1.2"  # 1.2: stores keep the identity codes (1.1 lost them in rendering)
+GENERATOR_VERSION = "1.3"  # 1.3: random shape fields act along the rays; reordered shading arithmetic
 
 # Coefficients of each expression on the action-unit fields of _action_units.
 EXPRESSION_AUS: dict[str, dict[str, float]] = {
@@ -157,6 +157,19 @@ def _random_fields(p: np.ndarray, n: int, rng: np.random.Generator, surface: np.
     return out
 
 
+def _radial(field: np.ndarray, p: np.ndarray, skin: np.ndarray) -> np.ndarray:
+    """The part of a displacement field along each skin vertex's ray from the head centre.
+
+    The skin is a height field over those rays, and a face keeps its orientation about
+    the centre (the star-shaped test of :func:`mesh.orientation_ok`) under any motion
+    along them; sideways motion is what tips faces over on walls nearly parallel to the
+    rays (mouth line, eyelid rims, nose sides). Eyeball vertices keep the whole field.
+    """
+    ray = p / np.linalg.norm(p, axis=1, keepdims=True)
+    along = np.sum(field * ray, axis=1, keepdims=True) * ray
+    return np.where(skin[:, None], along, field)
+
+
 def _orthonormal(fields: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Orthonormalise fields (K, D) in order; returns (Q (K, D), residual norms (K,))."""
     q, r = np.linalg.qr(fields.T)
@@ -224,6 +237,11 @@ class FaceModel:
         """(T + G, V*3): sigma-scaled texture basis stacked on the fixed albedo rows (cached)."""
         return self._cached("albedo_rows", lambda: torch.cat([self.texture_basis * self.texture_sigma[:, None],
                                                              self.albedo_fixed]))
+
+    @property
+    def hair_index(self) -> torch.Tensor:
+        """Indices of the vertices that grey with age (cached)."""
+        return self._cached("hair_index", lambda: torch.nonzero(self.hair > 0).flatten())
 
     def _cached(self, key: str, make: Callable[[], Any]) -> Any:
         """``make()``, computed once per model."""
@@ -300,7 +318,7 @@ def _build_numpy(seed: int, shape_components: int, texture_components: int, text
     names = list(named.keys())
     if shape_components > len(raw):
         extra = shape_components - len(raw)
-        raw += [0.012 * f for f in _random_fields(anchors, extra, rng, p[t.skin])]
+        raw += [_radial(0.012 * f, p, t.skin) for f in _random_fields(anchors, extra, rng, p[t.skin])]
         names += [f"random_{i}" for i in range(extra)]
     raw_arr = np.stack(raw)[:shape_components].reshape(shape_components, -1)
     names = names[:shape_components]

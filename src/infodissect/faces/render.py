@@ -1,7 +1,9 @@
 """Batched rendering of faces from factor values: geometry, shading, rasterization.
 
 ``render(model, params, camera)`` is a pure function: the same parameters give the
-same pixels, whatever else is in the batch.
+same pixels, whatever else is in the batch. (The matrix products' rounding may depend
+on the batch *size*, which can move a pixel between two nearly coincident triangles, so
+the stimulus stage always renders batches of one fixed size.)
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ import torch.nn.functional as F
 from .factors import ETHNICITIES, EXPRESSIONS
 from .mesh import PART_NAMES
 from .model import FaceModel
-from .raster import rasterize
+from .raster import Fragments, rasterize
 
+CPU_SLICE = 64  # samples drawn at once on the CPU (see render)
 PIVOT_Y = -0.25  # the camera looks at this height of the head (the middle of the face)
 
 
@@ -82,10 +85,13 @@ def face_geometry(model: FaceModel, p: dict[str, torch.Tensor]) -> tuple[torch.T
     """Model-space vertices (B, V, 3) and albedo (B, V, 3) in [0, 1] for each sample."""
     geo, alb, grey = _coefficient_rows(model, p)
     nv = model.n_vertices
-    verts = model.vertices + (geo @ model.geometry_rows).view(-1, nv, 3)
-    albedo = model.base_albedo + (alb @ model.albedo_rows).view(-1, nv, 3)
-    albedo = albedo + (grey[:, None] * model.hair)[..., None] * (0.62 - albedo)
-    return verts, albedo.clamp(0.02, 1.0)
+    verts = torch.addmm(model.vertices.view(1, -1), geo, model.geometry_rows).view(-1, nv, 3)
+    albedo = torch.addmm(model.base_albedo.view(1, -1), alb, model.albedo_rows).view(-1, nv, 3)
+    hair = model.hair_index  # greying acts on the hair vertices only
+    grey_hair = albedo.index_select(1, hair)
+    grey_hair = grey_hair + (grey[:, None] * model.hair.index_select(0, hair))[..., None] * (0.62 - grey_hair)
+    albedo.index_copy_(1, hair, grey_hair)
+    return verts, albedo.clamp_(0.02, 1.0)
 
 
 def vertex_normals(model: FaceModel, verts: torch.Tensor) -> torch.Tensor:
@@ -115,8 +121,12 @@ def _rotation(yaw: torch.Tensor, pitch: torch.Tensor, roll: torch.Tensor) -> tor
 
 
 def _apply(r: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Apply (B, 3, 3) rotations to (B, V, 3) points."""
-    return torch.bmm(v, r.transpose(1, 2))
+    """Apply (B, 3, 3) rotations to (B, V, 3) points (three fused multiply-adds per row:
+    a batched 3 x 3 matrix product is far slower on the CPU)."""
+    x, y, z = v.unbind(-1)
+    c = r[:, :, :, None]  # (B, 3, 3, 1): each entry broadcast over the vertices
+    rows = [torch.addcmul(torch.addcmul(x * c[:, i, 0], y, c[:, i, 1]), z, c[:, i, 2]) for i in range(3)]
+    return torch.stack(rows, -1)
 
 
 def world_transform(p: dict[str, torch.Tensor], verts: torch.Tensor, normals: torch.Tensor, camera: Camera
@@ -132,18 +142,19 @@ def world_transform(p: dict[str, torch.Tensor], verts: torch.Tensor, normals: to
 
 def shade(world: torch.Tensor, normals: torch.Tensor, albedo: torch.Tensor, specular: torch.Tensor,
           p: dict[str, torch.Tensor], camera: Camera) -> torch.Tensor:
-    """Lambertian plus Blinn-Phong colour per vertex (B, V, 3), display-referred."""
+    """Lambertian plus Blinn-Phong (exponent 24) colour per vertex (B, V, 3), display-referred."""
     az, el = torch.deg2rad(p["light_azimuth"]), torch.deg2rad(p["light_elevation"])
-    light = torch.stack([torch.sin(az) * torch.cos(el), torch.sin(el), torch.cos(az) * torch.cos(el)], -1)[:, None]
+    light = torch.stack([torch.sin(az) * torch.cos(el), torch.sin(el), torch.cos(az) * torch.cos(el)], -1)
     view = world.new_tensor([0.0, 0.0, camera.distance]) - world
-    view = view / view.norm(dim=-1, keepdim=True)
-    half = light + view
-    half = half / half.norm(dim=-1, keepdim=True).clamp(min=1e-12)
-    diffuse = (normals * light).sum(-1).clamp(min=0.0)
-    spec = (normals * half).sum(-1).clamp(min=0.0).pow(24.0) * specular * (diffuse > 0)
+    half = (view / view.norm(dim=-1, keepdim=True)).add_(light[:, None])  # unnormalised half vector
+    diffuse = torch.bmm(normals, light[:, :, None]).squeeze(-1).clamp_(min=0.0)
+    n_h = ((normals * half).sum(-1) / half.norm(dim=-1).clamp_(min=1e-12)).clamp_(min=0.0)
+    n_h3 = n_h * n_h * n_h
+    n_h24 = (n_h3 * n_h3).square_().square_()
+    spec = n_h24.mul_(specular).mul_(diffuse > 0)
     amb = p["light_ambient"][:, None]
-    linear = albedo.pow(2.2) * (amb + (1.0 - amb) * diffuse)[..., None] + ((1.0 - amb) * spec)[..., None]
-    return linear.clamp(min=0.0).pow(1.0 / 2.2)
+    linear = torch.addcmul((spec * (1.0 - amb))[..., None], albedo.pow(2.2), torch.addcmul(amb, 1.0 - amb, diffuse)[..., None])
+    return linear.clamp_(min=0.0).pow_(1.0 / 2.2)
 
 
 def project(world: torch.Tensor, camera: Camera) -> torch.Tensor:
@@ -167,18 +178,51 @@ def _mode_pool(labels: torch.Tensor, k: int, n_labels: int) -> torch.Tensor:
     return counts.argmax(1)
 
 
-def render(model: FaceModel, p: dict[str, torch.Tensor], camera: Camera) -> tuple[torch.Tensor, torch.Tensor]:
+def render(model: FaceModel, p: dict[str, torch.Tensor], camera: Camera, backend: str = "auto"
+           ) -> tuple[torch.Tensor, torch.Tensor]:
     """Render a batch: images (B, H, W, C) uint8 and part labels (B, H, W) uint8.
 
     Draws the mesh level ``camera.stride`` of ``model`` (see :meth:`FaceModel.coarsened`).
+    ``backend`` rasterizes and resolves the samples with ``"torch"`` (any device) or
+    ``"numba"`` (CPU: the same arithmetic compiled per image, see :mod:`.raster_cpu`);
+    ``"auto"`` takes numba on the CPU and torch elsewhere.
+    On the CPU a batch is drawn in slices of :data:`CPU_SLICE` samples, whose vertex
+    tensors stay in cache.
     """
+    n = p["yaw"].shape[0]
+    if p["yaw"].device.type == "cpu" and n > CPU_SLICE:
+        out = [_render({k: v[lo:lo + CPU_SLICE] for k, v in p.items()}, model, camera, backend)
+               for lo in range(0, n, CPU_SLICE)]
+        return torch.cat([o[0] for o in out]), torch.cat([o[1] for o in out])
+    return _render(p, model, camera, backend)
+
+
+def _render(p: dict[str, torch.Tensor], model: FaceModel, camera: Camera, backend: str
+            ) -> tuple[torch.Tensor, torch.Tensor]:
     model = model.coarsened(camera.stride)
     verts, albedo = face_geometry(model, p)
     normals = vertex_normals(model, verts)
     world, normals = world_transform(p, verts, normals, camera)
     colour = shade(world, normals, albedo, model.specular, p, camera)
-    size = camera.samples
-    frags = rasterize(project(world, camera), model.faces, size, size)
+    screen = project(world, camera)
+    if backend == "auto":
+        backend = "numba" if colour.device.type == "cpu" else "torch"
+    if backend == "numba":
+        from .raster_cpu import render_samples
+
+        img, parts = render_samples(screen, model.faces, colour, model.face_labels, p["background"],
+                                    camera.resolution, camera.antialias, camera.color == "gray", len(PART_NAMES))
+        return img.to(colour.device), parts.to(colour.device)
+    if backend != "torch":
+        raise ValueError(f"render backend must be 'auto', 'torch' or 'numba', not {backend!r}")
+    return _resolve(model, rasterize(screen, model.faces, camera.samples, camera.samples), colour,
+                    p["background"], camera)
+
+
+def _resolve(model: FaceModel, frags: Fragments, colour: torch.Tensor, background: torch.Tensor, camera: Camera
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Samples to pixels: barycentric vertex colour (background where empty), grey, box
+    filter over each ``antialias``-square block, and the block's most frequent part label."""
     hit = frags.face >= 0
     face = frags.face.clamp(min=0)
     bsz, nv = colour.shape[:2]
@@ -186,7 +230,7 @@ def render(model: FaceModel, p: dict[str, torch.Tensor], camera: Camera) -> tupl
     corners = (model.faces.index_select(0, face.reshape(-1)).view(*face.shape, 3) + offs).reshape(-1)
     cols = colour.reshape(-1, 3).index_select(0, corners).view(*face.shape, 3, 3)
     rgb = (frags.bary[..., None] * cols).sum(-2)
-    rgb = torch.where(hit[..., None], rgb, p["background"].to(rgb.dtype).view(-1, 1, 1, 1))
+    rgb = torch.where(hit[..., None], rgb, background.to(rgb.dtype).view(-1, 1, 1, 1))
     if camera.color == "gray":
         rgb = (rgb * rgb.new_tensor([0.299, 0.587, 0.114])).sum(-1, keepdim=True)
     img = rgb.permute(0, 3, 1, 2)
