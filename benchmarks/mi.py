@@ -8,7 +8,9 @@ Workloads (n samples, all pairs):
   2. 4,096 uint8 pixels x the same 8 factors (heavy ties);
   3. 4,096 pixels x 512 units (2.1 million MI(pixel; unit) pairs);
   4. maximum-statistic permutations (--perms) for workload 1.
-frites runs its vectorised nd functions (copnorm_nd, mi_nd_gg, mi_model_nd_gd).
+frites runs its vectorised nd functions (copnorm_nd, mi_nd_gg, mi_model_nd_gd); gcmi's
+numba batch path (copnorm_slice_numba, info_cc_slice_numba, info_c1d_slice_numba) runs too
+when the package `gcmi` (github.com/robince/gcmi, not on PyPI) is importable.
 In workload 3 frites needs a Python loop over units; without --full it runs 16 units
 and the time is scaled to 512 (printed as "extrapolated").
 Prints seconds, the speed-up and the largest absolute difference in bits.
@@ -78,6 +80,32 @@ def frites_pairs(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.stack([mi_nd_gg(xc, np.broadcast_to(yc[q], xc.shape), traxis=-1, mvaxis=-2) for q in range(y.shape[1])], -1)
 
 
+def gcmi_factors(x: np.ndarray, factors: xr.Dataset) -> np.ndarray:
+    """gcmi's numba batch path (robince/gcmi, python/src/gcmi/_numba.py): (P, Q)."""
+    from gcmi._numba import (_shared_continuous_stats, copnorm_slice_numba, info_c1d_slice_numba,
+                             info_cc_slice_numba)
+
+    xc = copnorm_slice_numba(np.ascontiguousarray(x.T, dtype=np.float64))
+    out = []
+    for name in factors.data_vars:
+        v = factors[name].values
+        if v.dtype.kind in "iub":
+            out.append(info_c1d_slice_numba(xc, v.astype(np.int64), np.bincount(v).astype(np.int64), True))
+        else:
+            yc = copnorm_slice_numba(v.astype(np.float64)[None])
+            cov_y, hy = _shared_continuous_stats(yc, True, False)
+            out.append(info_cc_slice_numba(xc[:, None, :], yc, cov_y, hy, True, False))
+    return np.stack(out, -1)
+
+
+def have_gcmi() -> bool:
+    try:
+        import gcmi._numba  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def report(name: str, t_frites: float, t_ours: float, diff: float | None, note: str = "") -> None:
     d = "" if diff is None else f", max |diff| {diff:.2e} bits"
     print(f"{name}: frites {t_frites:7.2f} s{note}, infodissect {t_ours:6.2f} s, "
@@ -101,12 +129,21 @@ def main() -> None:
     print(f"n = {a.n}, {a.threads} threads; units {units.shape[1]} ({(units == 0).mean():.0%} zeros), "
           f"pixels {pix.shape[1]} (uint8), factors {list(factors.data_vars)}", flush=True)
 
+    # Warm up: compiled kernels load from Numba's cache (or compile, the first time).
+    ours_factors(units[:, :8], factors)
+    ours_factors(pix[:, :8], factors)
     t_cop, _ = timed(copnorm, units)
     tf, rf = timed(frites_factors, units, factors)
     to, ro = timed(ours_factors, units, factors)
     # frites breaks no ties (argsort order), so tied units differ; compare on the tie-free factors' columns.
     report("1. 2000 units x 8 factors", tf, to, None)
     print(f"   copula normalisation alone {t_cop:.2f} s; infodissect / copnorm = {to / t_cop:.2f}", flush=True)
+    if have_gcmi():
+        gcmi_factors(units[:, :8], factors)
+        tg, _ = timed(gcmi_factors, units, factors)
+        print(f"   gcmi numba batch path {tg:.2f} s; speed-up over it {tg / to:.1f}x", flush=True)
+    else:
+        print("   gcmi (robince/gcmi, numba batch path) not installed: not timed", flush=True)
     dense = np.ascontiguousarray(units + np.random.default_rng(1).normal(scale=1e-6, size=units.shape))
     _, rf_dense = timed(frites_factors, dense[:, :200], factors)
     _, ro_dense = timed(ours_factors, dense[:, :200], factors)
@@ -116,6 +153,9 @@ def main() -> None:
     tf, rf = timed(frites_factors, pix, factors)
     to, ro = timed(ours_factors, pix, factors)
     report("2. 4096 uint8 pixels x 8 factors", tf, to, None)
+    if have_gcmi():
+        tg, _ = timed(gcmi_factors, pix, factors)
+        print(f"   gcmi numba batch path {tg:.2f} s; speed-up over it {tg / to:.1f}x", flush=True)
 
     sub = 512 if a.full else 16
     tf, rf = timed(frites_pairs, pix, units512[:, :sub])

@@ -128,3 +128,28 @@ def test_numpy_and_torch_backends_agree(rng):
         for want, got in pairs:
             assert isinstance(got, torch.Tensor) and got.dtype == dtype
             np.testing.assert_allclose(got.numpy(), want, rtol=0, atol=tol)
+
+
+@pytest.mark.parametrize("kind", ["relu32", "uint8", "float16", "float64_exact", "float64", "int64", "nan"])
+def test_compiled_cpu_ranking_gives_the_sort_ranks(rng, kind):
+    """The CPU radix sort (compiled) ranks exactly as PyTorch's sort of the same unique keys."""
+    from infodissect.info import copula
+
+    n = 3001
+    x = {"relu32": np.maximum(rng.normal(size=(n, 40)) - 0.8, 0).astype(np.float32),
+         "uint8": rng.integers(0, 256, (n, 40)).astype(np.uint8),
+         "float16": rng.normal(size=(n, 40)).astype(np.float16),
+         "float64_exact": np.round(rng.normal(size=(n, 40)) * 8) / 8,
+         "float64": np.concatenate([rng.normal(size=(n, 20)), np.round(rng.normal(size=(n, 20)))], 1),
+         "int64": rng.integers(-3, 4, (n, 40)),
+         "nan": np.where(rng.random((n, 40)) < 0.01, np.nan, rng.normal(size=(n, 40))).astype(np.float32)}[kind]
+    rows, _ = copula._rows(x)
+    expected = copula._rank_rows(rows, 7)  # PyTorch's sort
+    got = copula._rank_rows_any(rows, 7)
+    assert torch.equal(got, expected)
+    assert torch.equal(torch.sort(got, 1).values, torch.arange(n).expand(rows.shape[0], n))
+    ref = copula.normal_scores(n, torch.float64)[expected]
+    out = copula._copnorm_cpu(rows, n, 7, torch.float64)
+    if out is not None:  # float64 values float32 cannot hold take the PyTorch path
+        assert torch.equal(out, ref)
+    assert np.array_equal(copnorm(x, seed=7), copnorm(torch.as_tensor(x), seed=7).numpy(), equal_nan=True)

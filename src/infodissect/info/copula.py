@@ -12,8 +12,10 @@ inflated by the tie. Variables with a NaN come out all NaN, with a warning.
 Ranking sorts once per variable: values exactly representable in float32 (all
 activations and pixels) are sorted on a 64-bit key whose high bits order the value
 and whose low 31 bits are the random tie-breaker; other variables sort by value and
-only those with ties sort a second time. Sorting runs in PyTorch for both backends
-(multi-threaded on CPU), so NumPy and PyTorch inputs get identical ranks.
+only those with ties sort a second time. The keys are unique, so every correct sort
+gives the same ranks: on the CPU a compiled radix sort per variable
+(:mod:`.compiled`), elsewhere PyTorch's sort; NumPy and PyTorch inputs get
+identical ranks.
 """
 
 from __future__ import annotations
@@ -106,10 +108,7 @@ def _inverse(order: torch.Tensor) -> torch.Tensor:
 
 def _rank_rows(rows: torch.Tensor, seed: int) -> torch.Tensor:
     """Ranks along each row of ``rows`` (m, n), ties broken by :func:`tie_breakers`."""
-    if rows.dtype in (torch.float32, torch.float16, torch.bfloat16, torch.uint8, torch.int8, torch.int16):
-        exact = torch.ones(rows.shape[0], dtype=torch.bool, device=rows.device)
-    else:
-        exact = ((rows.to(torch.float32).to(rows.dtype) == rows) | torch.isnan(rows)).all(1)
+    exact = _exact_rows(rows)
     if bool(exact.all()):
         return _inverse(torch.sort(_float32_keys(rows, seed), dim=1).indices)
     ranks = torch.empty(rows.shape, dtype=torch.int64, device=rows.device)
@@ -146,16 +145,55 @@ def _rows(x: Array, axis: int = 0) -> tuple[torch.Tensor, int]:
     return t.reshape(n, -1).T.contiguous(), n
 
 
+def _exact_rows(rows: torch.Tensor) -> torch.Tensor:
+    """True per row whose values float32 represents exactly (NaN included)."""
+    if rows.dtype in (torch.float32, torch.float16, torch.bfloat16, torch.uint8, torch.int8, torch.int16):
+        return torch.ones(rows.shape[0], dtype=torch.bool, device=rows.device)
+    return ((rows.to(torch.float32).to(rows.dtype) == rows) | torch.isnan(rows)).all(1)
+
+
+def _cpu_rows(rows: torch.Tensor) -> np.ndarray:
+    """CPU rows as a NumPy array the compiled ranking takes: float64 as is, everything else float32."""
+    return (rows if rows.dtype == torch.float64 else rows.to(torch.float32)).numpy()
+
+
+def _rank_rows_any(rows: torch.Tensor, seed: int) -> torch.Tensor:
+    """:func:`_rank_rows`, by the compiled radix sort on the CPU (same ranks)."""
+    if rows.device.type != "cpu" or rows.shape[1] == 0:
+        return _rank_rows(rows, seed)
+    from . import compiled
+
+    exact = _exact_rows(rows)
+    if bool(exact.all()):
+        return torch.from_numpy(compiled.rank_rows(_cpu_rows(rows), seed))
+    out = _rank_rows(rows, seed)  # rows with float64-only values need the two-stage sort
+    idx = exact.nonzero().flatten()
+    if idx.numel():
+        out[idx] = torch.from_numpy(compiled.rank_rows(_cpu_rows(rows[idx]), seed))
+    return out
+
+
 def ranks(x: Array, seed: int = 0) -> Array:
     """Ranks 0..n-1 along the first axis of ``x`` (n, ...), ties broken at random (seeded)."""
     rows, n = _rows(x)
-    r = _rank_rows(rows, seed).T.reshape(x.shape)
+    r = _rank_rows_any(rows, seed).T.reshape(x.shape)
     return r if is_torch(x) else np.ascontiguousarray(r.numpy())
 
 
 def normal_scores(n: int, dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu") -> torch.Tensor:
     """``ndtri((r + 1) / (n + 1))`` for r = 0..n-1 (the copula value of each rank)."""
     return torch.special.ndtri((torch.arange(n, dtype=torch.float64, device=device) + 1.0) / (n + 1.0)).to(dtype)
+
+
+def _copnorm_cpu(rows: torch.Tensor, n: int, seed: int, dtype: torch.dtype) -> torch.Tensor | None:
+    """Copula values of CPU rows by the compiled radix ranking, or None if a row needs the float64 sort."""
+    from . import compiled
+
+    if dtype not in (torch.float32, torch.float64) or not bool(_exact_rows(rows).all()):
+        return None
+    out = torch.empty(rows.shape, dtype=dtype)
+    compiled.copnorm_rows(_cpu_rows(rows), seed, normal_scores(n, dtype).numpy(), out.numpy())
+    return out
 
 
 def copnorm(x: Array, seed: int = 0, axis: int = 0, dtype: torch.dtype | None = None) -> Array:
@@ -167,7 +205,9 @@ def copnorm(x: Array, seed: int = 0, axis: int = 0, dtype: torch.dtype | None = 
     """
     rows, n = _rows(x, axis)
     dtype = dtype or (rows.dtype if rows.dtype.is_floating_point else torch.float64)
-    out = normal_scores(n, dtype, rows.device)[_rank_rows(rows, seed)]
+    out = _copnorm_cpu(rows, n, seed, dtype) if rows.device.type == "cpu" and n else None
+    if out is None:
+        out = normal_scores(n, dtype, rows.device)[_rank_rows(rows, seed)]
     bad = torch.isnan(rows).any(1) if rows.dtype.is_floating_point else None
     if bad is not None and bool(bad.any()):
         warnings.warn(f"copnorm: {int(bad.sum())} variable(s) contain NaN; their result is NaN", RuntimeWarning,

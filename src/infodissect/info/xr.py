@@ -22,8 +22,9 @@ import torch
 import xarray as xr
 
 from ..memory import release_memory
-from .copula import copnorm
-from .estimators import encode_labels, mi_gg, mi_gg_pairs, mi_model_gd
+from .copula import copnorm, normal_scores
+from .estimators import (LN2, _dterm, _psi_sum, _warn_nan, encode_labels, mi_from_correlation, mi_gg, mi_gg_pairs,
+                         mi_model_gd, standardize)
 from .stats import null_max_gd, null_max_gg, permutations, pvalues, threshold
 
 
@@ -85,10 +86,50 @@ def _continuous(disc: list[tuple[int, np.ndarray]], n_factors: int) -> list[int]
     return [i for i in range(n_factors) if i not in discrete]
 
 
+def _copula_rows_mi(rows: np.ndarray, cont: np.ndarray, disc: list[tuple[int, np.ndarray]], n_factors: int,
+                    biascorrect: bool) -> np.ndarray | None:
+    """MI of univariate copula-normalised rows (P, n) with every factor from one pass of moments
+    (:func:`compiled.copula_moments`), or None where this shortcut does not apply.
+
+    Every row is a permutation of the same normal scores, so all rows share their mean and
+    sum of squares: a row's correlation with a factor is one dot product, and its
+    class-conditional variances come from its class sums of x and x^2. Same estimates as
+    :func:`mi_gg_pairs` and :func:`mi_model_gd`, without a pass to centre or scale.
+    """
+    n = rows.shape[-1]
+    counts = [np.bincount(codes) for _, codes in disc]
+    if not isinstance(rows, np.ndarray) or rows.dtype != np.float64 or any((c < 2).any() for c in counts):
+        return None
+    from . import compiled
+
+    scores = normal_scores(n).numpy()
+    ss = float(np.sum((scores - scores.mean()) ** 2))
+    ys = standardize(cont) if cont.shape[1] else cont
+    codes = np.stack([c for _, c in disc], 1) if disc else np.zeros((n, 0), np.int64)
+    dots, s1, s2 = compiled.copula_moments(rows, ys, codes, max((len(c) for c in counts), default=1))
+    out = np.empty((rows.shape[0], n_factors))
+    cont_pos = _continuous(disc, n_factors)
+    if cont_pos:
+        out[:, cont_pos] = _warn_nan(mi_from_correlation(dots / np.sqrt(ss), n, biascorrect), "mi_gg_pairs")
+    h_all = 0.5 * np.log(ss / (n - 1.0)) - (float(_dterm(n) + _psi_sum(n, 1)) if biascorrect else 0.0)
+    for f, ((q, _), cnt) in enumerate(zip(disc, counts)):
+        k = len(cnt)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            h_cls = 0.5 * np.log((s2[:, f, :k] - s1[:, f, :k] ** 2 / cnt) / (cnt - 1.0))
+        if biascorrect:
+            h_cls = h_cls - (_dterm(cnt) + _psi_sum(cnt, 1))
+        out[:, q] = _warn_nan((h_all - h_cls @ (cnt / n)) / LN2, "mi_model_gd")
+    return out
+
+
 def _rows_mi(rows: np.ndarray, cont: np.ndarray, disc: list[tuple[int, np.ndarray]], n_factors: int, d: int,
              biascorrect: bool) -> np.ndarray:
     """MI of copula-normalised rows (P*d, n), d rows per variable, with every factor: (P, n_factors)."""
     n = rows.shape[-1]
+    if d == 1:
+        fast = _copula_rows_mi(rows, cont, disc, n_factors, biascorrect)
+        if fast is not None:
+            return fast
     x = rows.reshape(-1, d, n).transpose(2, 0, 1)  # (n, P, d) view
     out = np.empty((x.shape[1], n_factors))
     cont_pos = _continuous(disc, n_factors)
