@@ -13,6 +13,7 @@ import pytest
 import torch
 import xarray as xr
 
+from infodissect.faces.model import GENERATOR_VERSION
 from infodissect.nets import READOUT_LAYERS, build_model, readout_modules
 from infodissect.train.data import DataError, StoreBatches, task_labels
 from infodissect.train.loop import TrainSpec, parse_model_name
@@ -29,7 +30,7 @@ def _store(path: Path, n: int, identities: int = 4, seed: int = 0, size: int = 1
     ds = xr.Dataset({"image": (("sample", "y", "x", "channel"), img)},
                     coords={"identity": ("sample", ident), "yaw": ("sample", rng.uniform(-45, 45, n)),
                             "expression": ("sample", np.array(["neutral", "happiness"], dtype=object)[ident % 2])})
-    ds.attrs.update(identities=identities, factors=json.dumps({
+    ds.attrs.update(identities=identities, generator_version=GENERATOR_VERSION, factors=json.dumps({
         "identity": {"kind": "categorical"}, "yaw": {"kind": "continuous"},
         "expression": {"kind": "categorical", "levels": ["neutral", "happiness"]}}))
     ds.chunk({"sample": chunk}).to_zarr(path, mode="w")
@@ -184,3 +185,59 @@ def test_modules_are_registered_in_forward_order():
     for (name, mod), (nxt, follower) in zip(leaves, leaves[1:]):
         if isinstance(mod, torch.nn.Conv2d):
             assert isinstance(follower, torch.nn.BatchNorm2d) and nxt.rpartition(".")[0] == name.rpartition(".")[0]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_nodes_meeting_at_a_rendezvous_train_what_one_process_trains(tmp_path):
+    """The multi-node path for real: two launchers (one per 'node', here both on localhost) whose
+    torchruns join one c10d rendezvous, one Gloo process each. They train what two processes of one
+    standalone torchrun train (which the test above ties to one process)."""
+    train, test = _store(tmp_path / "train.zarr", 48), _store(tmp_path / "test.zarr", 16, seed=1)
+    spec = TrainSpec(epochs=2, batch_size=8, lr=0.05, width=8, window=2)
+    one = _train(tmp_path, "one", 2, spec, train, test)
+    out = tmp_path / "nodes"
+    args = ["--spec", json.dumps(spec.__dict__), "--train", str(train), "--test", str(test), "--out",
+            str(out / "model"), "--checkpoints", str(out / "ckpt"), "--threads", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "INFODISSECT_RDZV_ENDPOINT": f"127.0.0.1:{_free_port()}",
+           "INFODISSECT_RDZV_ID": "test-two-nodes"}
+    launch = [sys.executable, "-m", "infodissect.cli", "train", "launch", "--nodes", "2", "--nproc-per-node", "1",
+              "--"]
+    nodes = [subprocess.Popen(launch + args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(2)]
+    logs = [p.communicate(timeout=300)[0] for p in nodes]
+    assert all(p.returncode == 0 for p in nodes), "\n".join(logs)[-3000:]
+    assert "on 2 process(es)" in "".join(logs) and "--rdzv-backend c10d" in "".join(logs)
+    for k, v in _weights(one).items():
+        torch.testing.assert_close(_weights(out)[k], v, rtol=0, atol=1e-6, msg=f"{k} differs")
+
+
+def test_launch_needs_a_rendezvous_for_several_nodes():
+    from infodissect.train.launch import LaunchError, expand_hostlist, torchrun_args
+
+    assert torchrun_args(1, 4, {})[:1] == ["--standalone"]
+    with pytest.raises(LaunchError, match="SLURM_JOB_NODELIST"):
+        torchrun_args(2, 1, {})
+    args = torchrun_args(3, 4, {"SLURM_JOB_NODELIST": "gpu[07-09]", "SLURM_JOB_ID": "42"}, port=29600)
+    assert args[args.index("--rdzv-endpoint") + 1] in ("gpu07:29600",) and args[args.index("--rdzv-id") + 1] == "42"
+    assert expand_hostlist("gpu[01-03,07],login1") == ["gpu01", "gpu02", "gpu03", "gpu07", "login1"]
+
+
+def test_a_store_from_another_generator_version_stops_training_before_it_starts(tmp_path):
+    import zarr
+
+    train, test = _store(tmp_path / "train.zarr", 16), _store(tmp_path / "test.zarr", 16, seed=1)
+    group = zarr.open_group(str(train), mode="r+")
+    group.attrs["generator_version"] = "0.9"
+    zarr.consolidate_metadata(str(train))
+    spec = TrainSpec(epochs=1, batch_size=8, width=8)
+    res = _train(tmp_path, "old", 1, spec, train, test)
+    log = (tmp_path / "old" / "log").read_text()
+    assert res.name != "old" and "generator version '0.9'" in log and "epoch" not in log, log[-2000:]
+    assert not (tmp_path / "old" / "ckpt").exists()

@@ -49,3 +49,19 @@ def test_slurm_profile_dry_run_plans_every_job(tmp_path):
     assert "gpu=1" in extract[:extract.index("\n\n")]
     mi = out[out.index("rule mi_layers:"):]
     assert "mem_mb=64000" in mi[:mi.index("\n\n")]
+
+
+def test_a_model_the_config_does_not_name_is_refused_before_any_job():
+    result = snakemake("results/models/gender_s3/model.pt", "-n", "--configfile", "config/test.yaml")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "model 'gender_s3' is not in training.models" in output, output
+
+
+def test_a_multi_node_training_job_starts_one_launcher_per_node():
+    result = snakemake("-n", "-p", "--forceall", "--configfile", "config/test.yaml", "--config",
+                       "training={nodes: 2}", "--", "results/models/identity_s0/model.pt")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "srun --ntasks-per-node=1 --kill-on-bad-exit=1 infodissect train launch --nodes 2" in output, output
+    assert "nodes=2, tasks_per_node=1, mpi=srun" in output, output

@@ -61,6 +61,20 @@ def _train_model(a: argparse.Namespace) -> None:
     train(TrainSpec.from_json(a.spec), a.train, a.test, a.out, a.checkpoints, checkpoint_steps=a.checkpoint_steps)
 
 
+def _train_launch(a: argparse.Namespace) -> None:
+    import os
+    import shutil
+
+    from .train.launch import torchrun_args
+
+    args = torchrun_args(a.nodes, a.nproc_per_node, os.environ, a.port)
+    local = Path(sys.executable).with_name("torchrun")
+    torchrun = str(local) if local.exists() else shutil.which("torchrun") or "torchrun"
+    rest = a.train_args[1:] if a.train_args[:1] == ["--"] else a.train_args
+    logging.info("launching: torchrun %s", " ".join(args))
+    os.execv(torchrun, [torchrun, *args, "-m", "infodissect.cli", "train", "model", *rest])
+
+
 def _train_figure(a: argparse.Namespace) -> None:
     from .figures.training import training_figure
 
@@ -233,6 +247,13 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--checkpoint-steps", type=int, default=0,
                    help="also checkpoint every this many steps within an epoch (0 = after each epoch only)")
     m.set_defaults(func=_train_model)
+    la = tsub.add_parser("launch", help="run `train model` under torchrun on this node (standalone or one of "
+                                        "--nodes nodes meeting at a c10d rendezvous)")
+    la.add_argument("--nodes", type=int, default=1)
+    la.add_argument("--nproc-per-node", type=int, default=1)
+    la.add_argument("--port", type=int, default=29500, help="rendezvous port on the first node (multi-node)")
+    la.add_argument("train_args", nargs=argparse.REMAINDER, help="-- then the arguments of `train model`")
+    la.set_defaults(func=_train_launch)
     tf = tsub.add_parser("figure", help="training curves and held-out accuracy by factor")
     tf.add_argument("--metrics", required=True)
     tf.add_argument("--factors", required=True)

@@ -264,7 +264,7 @@ def _training_errors(config: dict) -> Iterator[str]:
         if task not in categorical:
             yield (f"training.models[{i}]: task {task!r} of {model!r} is not a categorical factor "
                    f"(one of {', '.join(categorical)})")
-    procs = training["gpus"] or training["processes"]
+    procs = (training["gpus"] or training["processes"]) * training["nodes"]
     if training["batch_size"] % procs:
         yield (f"training.batch_size: {training['batch_size']} is not divisible by the {procs} "
                f"{'GPUs' if training['gpus'] else 'processes'} of a training job")

@@ -86,9 +86,13 @@ def train_spec(model):
     return json.dumps(spec, sort_keys=True)
 
 
-def train_input():
-    """The training set: its rendered store, or its design table when rendering on the fly."""
+def train_input(wildcards):
+    """The training set of a configured model: its rendered store, or its design table when
+    rendering on the fly. A model the config does not name is an error, before any job runs."""
     t = config["training"]
+    if wildcards.model not in t["models"]:
+        raise ValueError(f"model {wildcards.model!r} is not in training.models ({', '.join(t['models']) or 'empty'}); "
+                         "add it to the config to train it")
     if t["source"] == "rendered":
         return f"results/stimuli/designs/{t['train_set']}.zarr"
     return f"results/stimuli/{t['train_set']}.zarr"
@@ -98,6 +102,24 @@ def train_processes():
     """Processes per training job: one per GPU, else training.processes."""
     t = config["training"]
     return t["gpus"] if t["gpus"] > 0 else t["processes"]
+
+
+def train_resources():
+    """Resources of a training job: GPUs per node, memory, nodes (and, across nodes, one task per node,
+    with `mpi` telling the SLURM executor that the command starts its own srun)."""
+    t = config["training"]
+    res = {"gpu": t["gpus"], "mem_mb": 4096, "nodes": t["nodes"]}
+    if t["nodes"] > 1:
+        res.update(tasks_per_node=1, mpi="srun")
+        if t["gpus"]:  # `gpu` asks SLURM for GPUs per job; `gres` asks per node
+            del res["gpu"]
+            res["gres"] = f"gpu:{t['gpus']}"
+    return res
+
+
+def train_srun():
+    """The command prefix that starts one launcher per node of a multi-node training job."""
+    return "srun --ntasks-per-node=1 --kill-on-bad-exit=1 " if config["training"]["nodes"] > 1 else ""
 
 
 def train_threads():

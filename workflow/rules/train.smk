@@ -1,6 +1,8 @@
 # Stage 2, training: ResNet-10 models on a stimulus set, launched with torchrun.
 # `training.processes` processes per model (Gloo on CPU); with `training.gpus` > 0,
-# one process per GPU (NCCL), and the cluster profile requests the GPUs.
+# one process per GPU (NCCL), and the cluster profile requests the GPUs. With
+# `training.nodes` > 1 the job spans nodes: srun starts one launcher per node and
+# their torchruns meet at a c10d rendezvous on the first node.
 # Checkpoints live in results/checkpoints/{model}/, which Snakemake does not manage,
 # so a killed job resumes there when rerun; the outputs appear when training ends.
 
@@ -12,7 +14,7 @@ wildcard_constraints:
 rule train_model:
     """Train one model (name '<task>_s<seed>') on the training set; evaluate on the test set."""
     input:
-        train=train_input(),
+        train=train_input,
         test=f"results/stimuli/{config['training']['test_set']}.zarr",
     output:
         model="results/models/{model}/model.pt",
@@ -24,17 +26,19 @@ rule train_model:
         per_proc=lambda wildcards, threads: max(1, threads // train_processes()),
         checkpoints="results/checkpoints/{model}",
         checkpoint_steps=config["training"]["checkpoint_steps"],
+        nodes=config["training"]["nodes"],
+        port=config["training"]["rdzv_port"],
+        srun=train_srun(),
     threads: train_threads()
     resources:
-        gpu=config["training"]["gpus"],
-        mem_mb=4096,
+        **train_resources(),
     log:
         "results/logs/train/{model}.log",
     benchmark:
         "results/benchmarks/train/{model}.tsv"
     shell:
-        "OMP_NUM_THREADS={params.per_proc} torchrun --standalone --nproc-per-node {params.nproc}"
-        " -m infodissect.cli train model --spec {params.spec:q}"
+        "OMP_NUM_THREADS={params.per_proc} {params.srun}infodissect train launch --nodes {params.nodes}"
+        " --nproc-per-node {params.nproc} --port {params.port} -- --spec {params.spec:q}"
         " --train {input.train} --test {input.test} --out results/models/{wildcards.model}"
         " --checkpoints {params.checkpoints} --checkpoint-steps {params.checkpoint_steps} --threads {params.per_proc}"
         " > {log} 2>&1"

@@ -164,14 +164,26 @@ class RenderedBatches(StoreBatches):
     _missing = "not a design table (no shape_coeff)"
 
     def _read(self, chunk: tuple[int, int]) -> np.ndarray:
-        """One chunk's payload: its sample indices (rendered later, per local batch)."""
-        return np.arange(*chunk)
+        """One chunk's payload: its rows' renderer parameters, packed as a float64 matrix (k, D).
+
+        Reading whole chunks of the table (not a row selection per batch) keeps the
+        reads chunk-aligned; the rows are unpacked per local batch in :meth:`_images`.
+        """
+        from ..stimuli.store import design_params
+
+        params = design_params(self.design.isel(sample=slice(*chunk)).load())
+        self._layout = [(k, tuple(v.shape[1:]), v.dtype) for k, v in params.items()]
+        return np.concatenate([v.reshape(len(v), -1).to(torch.float64).numpy() for v in params.values()], 1)
 
     def _images(self, payload: np.ndarray) -> torch.Tensor:
         from ..faces.render import render
-        from ..stimuli.store import design_params
 
-        params = design_params(self.design.isel(sample=payload).load(), self.device)
+        cols = torch.from_numpy(payload).to(self.device)
+        params, at = {}, 0
+        for name, shape, dtype in self._layout:
+            width = int(np.prod(shape)) if shape else 1
+            params[name] = cols[:, at:at + width].reshape((len(cols),) + shape).to(dtype)
+            at += width
         with torch.inference_mode():
             img, _ = render(self.face_model, params, self.camera)
         return network_input(img)

@@ -191,6 +191,11 @@ def train(spec: TrainSpec, train_store: str | Path, test_store: str | Path, out_
     checkpoint is written after every epoch and, with ``checkpoint_steps`` > 0, every
     that many steps within an epoch; a rerun resumes from the last one exactly.
     """
+    from ..stimuli.store import open_store
+
+    # Stores from another generator version, unfinished or not stimulus stores stop here, before any work.
+    open_store(train_store, require=("shape_coeff",) if spec.source == "rendered" else ("image",))
+    open_store(test_store, require=("image",))
     ctx = init_distributed()
     if ctx.rank == 0:
         log.info("training %s_s%d on %d process(es), %s (%s)", spec.task, spec.seed, ctx.world, ctx.device,
