@@ -44,36 +44,43 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--dtype", default="float16")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--dir", default=None, help="where the stores are written (default: a temporary directory)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     n = zarr.open_group(a.stimuli, mode="r")["image"].shape[0]
     forward_only(a.model, a.stimuli, a.batch, device)  # warm-up
-    fwd = forward_only(a.model, a.stimuli, a.batch, device)
-    tmp = Path(tempfile.mkdtemp()) / "act.zarr"
-    try:
-        ex = importlib.import_module("infodissect.activations.extract")
+    ex = importlib.import_module("infodissect.activations.extract")
+    fwd, total, loop = [], [], []
+    for _ in range(a.repeats):
+        fwd.append(forward_only(a.model, a.stimuli, a.batch, device))
+        tmp = Path(tempfile.mkdtemp(dir=a.dir)) / "act.zarr"
+        try:
+            marks = {}
+            real_tqdm = ex.tqdm
 
-        marks = {}
-        real_tqdm = ex.tqdm
+            def timed_batches(it, **kw):  # the batch loop starts after the store's skeleton is written
+                marks["loop"] = time.perf_counter()
+                return real_tqdm(it, **kw)
 
-        def timed_batches(it, **kw):  # the batch loop starts after the store's skeleton is written
-            marks["loop"] = time.perf_counter()
-            return real_tqdm(it, **kw)
-
-        ex.tqdm = timed_batches
-        t0 = time.perf_counter()
-        extract(a.model, a.stimuli, tmp, dtype=a.dtype, batch_size=a.batch, device=device, progress=False)
-        t1 = time.perf_counter()
-        ex.tqdm = real_tqdm
-        ext, loop = n / (t1 - t0), n / (t1 - marks["loop"])
-        size = sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file()) / 2**20
-    finally:
-        shutil.rmtree(tmp.parent, ignore_errors=True)
+            ex.tqdm = timed_batches
+            t0 = time.perf_counter()
+            extract(a.model, a.stimuli, tmp, dtype=a.dtype, batch_size=a.batch, device=device, progress=False)
+            t1 = time.perf_counter()
+            ex.tqdm = real_tqdm
+            total.append(n / (t1 - t0))
+            loop.append(n / (t1 - marks["loop"]))
+            size = sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file()) / 2**20
+        finally:
+            shutil.rmtree(tmp.parent, ignore_errors=True)
+    f, t, lp = (float(np.median(v)) for v in (fwd, total, loop))
     where = f"cpu ({a.threads} threads)" if device == "cpu" else torch.cuda.get_device_name()
-    print(f"{n} images, {where}: forward pass {fwd:8.1f} images/s; extraction of every layer ({a.dtype}, "
-          f"{size:.0f} MB on disk): {ext:8.1f} images/s in all = {100 * ext / fwd:.0f}% of the forward pass; "
-          f"{loop:8.1f} images/s = {100 * loop / fwd:.0f}% once the store's skeleton is written")
+    print(f"{n} images, {where}, stores in {a.dir or tempfile.gettempdir()}, median of {a.repeats}: "
+          f"forward pass {f:8.1f} images/s; extraction of every layer ({a.dtype}, {size:.0f} MB): "
+          f"{lp:8.1f} images/s = {100 * lp / f:.0f}% of the forward pass once the store's skeleton is written "
+          f"(runs: {', '.join(f'{100 * x / f:.0f}%' for x in loop)}); {t:8.1f} images/s = {100 * t / f:.0f}% "
+          f"including the skeleton ({n / t - n / lp:.2f} s)")
 
 
 if __name__ == "__main__":

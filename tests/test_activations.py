@@ -55,19 +55,53 @@ def test_store_equals_a_direct_forward_pass_and_is_labelled(tmp_path):
     assert set(act.coords) >= {"sample", "identity", "yaw", "expression"}
     assert act.attrs["layer"] == "block2_out" and tree.attrs["model"] == "m" and tree.attrs["dtype"] == "float32"
     # A direct forward pass over the same batches gives exactly the stored values.
+    seen = _forward(model_path, stim, 32)
+    for name in READOUT_LAYERS:
+        np.testing.assert_array_equal(tree[name].activation.values, seen[name])
+    assert not (tmp_path / "a.zarr.partial").exists()
+
+
+def _forward(model_path: Path, stim: Path, batch: int) -> dict[str, np.ndarray]:
+    """Every read-out layer of a direct forward pass over the set, in batches."""
     model = build_model(4, width=8)
     model.load_state_dict(torch.load(model_path, weights_only=False)["state_dict"])
     model.eval()
-    seen = {}
+    seen: dict[str, list] = {}
     for name, mod in readout_modules(model).items():
         mod.register_forward_hook(lambda m, i, o, name=name: seen.setdefault(name, []).append(o.detach()))
     images = xr.open_zarr(stim).image.values
     with torch.inference_mode():
-        for lo in range(0, 100, 32):
-            model(torch.from_numpy(images[lo:lo + 32]).permute(0, 3, 1, 2).float() / 255.0)
+        for lo in range(0, len(images), batch):
+            model(torch.from_numpy(images[lo:lo + batch]).permute(0, 3, 1, 2).float() / 255.0)
+    return {k: torch.cat(v).numpy() for k, v in seen.items()}
+
+
+def test_shard_files_written_directly_read_back_through_zarr(tmp_path, monkeypatch):
+    """Units split into chunks with a remainder, several shards per layer, a short last batch:
+    the directly written shard files read back (through zarr's own sharding codec) as the forward pass."""
+    import importlib
+
+    import zarr
+
+    from infodissect.activations.extract import ShardWriter
+
+    # (the package's `extract` function shadows its module's name)
+    monkeypatch.setattr(importlib.import_module("infodissect.activations.extract"), "SHARD_BYTES", 40_000)
+    stim, model_path = _stimuli(tmp_path / "s.zarr", 90), _model(tmp_path / "m" / "model.pt")
+    out = extract(model_path, stim, tmp_path / "a.zarr", dtype="float32", batch_size=16, chunk_mb=0.012,
+                  progress=False)
+    root = zarr.open_group(str(out), mode="r")
+    arr = root["block1_out"]["activation"]
+    writer = ShardWriter(arr)
+    assert writer.root is not None, "the direct path must apply to the extractor's own layout"
+    assert arr.shape[1] % writer.inner[1] and writer.per_shard[1] > 1  # units split, with a remainder
+    assert -(-90 // writer.shard[0]) > 1  # several shards along samples
+    files = [f for f in (out / "block1_out" / "activation").iterdir() if f.name != "zarr.json"]
+    assert len(files) == -(-90 // writer.shard[0])  # one file per shard, not one per chunk
+    seen = _forward(model_path, stim, 16)
+    tree = xr.open_datatree(out, engine="zarr")
     for name in READOUT_LAYERS:
-        np.testing.assert_array_equal(tree[name].activation.values, torch.cat(seen[name]).numpy())
-    assert not (tmp_path / "a.zarr.partial").exists()
+        np.testing.assert_array_equal(tree[name].activation.values, seen[name])
 
 
 def test_worker_processes_write_their_own_sample_ranges_of_one_store(tmp_path):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import pickle
 import queue
 import threading
@@ -29,7 +30,6 @@ import xarray as xr
 import zarr
 from tqdm import tqdm
 
-from ..memory import release_memory
 from ..nets import READOUT_LAYERS, build_model, network_input, readout_modules
 from ..stimuli.store import atomic_store, open_store
 
@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 DTYPES = {"float16": np.float16, "float32": np.float32}
 # Uncompressed activations: compression cost several times the forward pass (see benchmarks/extract.py).
-ACTIVATION_ENCODING: dict[str, Any] = {"compressors": None}
+ACTIVATION_ENCODING: dict[str, Any] = {"compressors": None, "chunk_key_encoding": {"name": "default", "separator": "."}}
 
 
 class ExtractionError(ValueError):
@@ -53,7 +53,8 @@ class LayerPlan:
     shape: tuple[int, ...]
     pool: str  # "full", "grid" or "mean"
     grid: int
-    chunks: tuple[int, ...]  # (sample, unit[, y, x])
+    chunks: tuple[int, ...]  # (sample, unit[, y, x]): a batch of samples, as many units as fit chunk_mb
+    shards: tuple[int, ...] = ()  # whole batches of every unit: one file each (see ShardWriter)
 
 
 def load_trained(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -85,11 +86,16 @@ def probe_shapes(model: torch.nn.Module, image_shape: tuple[int, int, int], laye
     return shapes
 
 
+SHARD_BYTES = 1 << 31  # the largest shard file (2 GiB); a shard holds whole batches of every unit
+
+
 def plan_layers(shapes: dict[str, tuple[int, ...]], pooling: dict[str, Any], dtype: str, batch_size: int,
-                chunk_mb: float) -> list[LayerPlan]:
+                chunk_mb: float, n: int = 0) -> list[LayerPlan]:
     """Stored form of each layer: ``pooling[layer]`` (or ``pooling['default']``) is ``full``,
     ``mean`` (global average, a vector) or an int g (average-pooled to a g x g grid).
-    Chunks hold ``batch_size`` samples and as many units as fit in ``chunk_mb``."""
+    Chunks hold ``batch_size`` samples and as many units as fit in ``chunk_mb``; shards
+    (the files) hold as many whole batches of all units as fit in :data:`SHARD_BYTES`,
+    at most the ``n`` samples of the set."""
     plans = []
     item = np.dtype(DTYPES[dtype]).itemsize
     for name, shape in shapes.items():
@@ -107,7 +113,10 @@ def plan_layers(shapes: dict[str, tuple[int, ...]], pooling: dict[str, Any], dty
             raise ExtractionError(f"pooling.{name}: {how!r} is not 'full', 'mean' or a grid size >= 1")
         per_unit = batch_size * int(np.prod(out[1:], dtype=np.int64)) * item
         units = max(1, min(out[0], int(chunk_mb * 2**20 // max(per_unit, 1))))
-        plans.append(LayerPlan(name, dims, tuple(out), pool, grid, (batch_size, units) + tuple(out[1:])))
+        unit_chunks = -(-out[0] // units)
+        batches = max(1, min(-(-max(n, 1) // batch_size), SHARD_BYTES // (per_unit * units * unit_chunks)))
+        plans.append(LayerPlan(name, dims, tuple(out), pool, grid, (batch_size, units) + tuple(out[1:]),
+                               (batch_size * batches, units * unit_chunks) + tuple(out[1:])))
     return plans
 
 
@@ -145,10 +154,11 @@ def skeleton(plans: list[LayerPlan], n: int, coords: dict[str, Any], dtype: str,
     factors = {k: v for k, v in coords.items() if len(v[0]) == 1}
     nodes: dict[str, xr.Dataset] = {"/": xr.Dataset(coords=coords, attrs=attrs)}
     for p in plans:
-        data = da.zeros((n,) + p.shape, dtype=DTYPES[dtype], chunks=p.chunks)
+        data = da.zeros((n,) + p.shape, dtype=DTYPES[dtype], chunks=tuple(min(c, s) for c, s in zip(p.shards, (n,) + p.shape)))
         act = xr.DataArray(data, dims=("sample",) + p.dims,
                            attrs={"layer": p.name, "pooling": p.pool if p.pool != "grid" else f"grid {p.grid}",
                                   "units": "activation (a.u.)"})
+        act.encoding = {**ACTIVATION_ENCODING, "chunks": p.chunks, "shards": p.shards}
         nodes[p.name] = xr.Dataset({"activation": act}, coords=factors, attrs={"layer": p.name, **attrs})
     return xr.DataTree.from_dict(nodes)
 
@@ -156,13 +166,124 @@ def skeleton(plans: list[LayerPlan], n: int, coords: dict[str, Any], dtype: str,
 def write_skeleton(tree: xr.DataTree, path: Path) -> None:
     """Write a store's metadata and coordinates (not its activations), consolidating the metadata once.
 
-    (Consolidating per group, as DataTree.to_zarr does, cost 0.8 s of the 3.6 s skeleton of the demo.)
+    xarray writes the root and the first layer group; every other layer group is that
+    group's copy (the same factor coordinates, already encoded) with its own group
+    attributes and its own ``activation`` array metadata (shape, chunks, dims, layer
+    attributes), edited as zarr v3 JSON. Writing ~20 coordinate arrays per layer through
+    xarray cost a second or more per store, longer than extracting the demo set.
     """
+    import shutil
+
     tree.root.to_dataset(inherit=False).to_zarr(path, mode="w", compute=False, zarr_format=3, consolidated=False)
-    for name in tree.children:
-        tree[name].to_dataset(inherit=True).to_zarr(path, group=name, mode="w", compute=False, zarr_format=3,
-                                                    consolidated=False, encoding={"activation": ACTIVATION_ENCODING})
+    names = list(tree.children)
+    for k, name in enumerate(names):
+        ds = tree[name].to_dataset(inherit=True)
+        if k == 0:
+            ds.to_zarr(path, group=name, mode="w", compute=False, zarr_format=3, consolidated=False)
+            continue
+        shutil.copytree(path / names[0], path / name)
+        _edit_json(path / name / "zarr.json", lambda meta: meta.update(attributes=dict(ds.attrs)))
+        act = ds["activation"]
+
+        def array_meta(meta: dict[str, Any], act: xr.DataArray = act) -> None:
+            meta["shape"] = list(act.shape)
+            meta["chunk_grid"]["configuration"]["chunk_shape"] = list(act.encoding["shards"])
+            (sharding,) = meta["codecs"]
+            sharding["configuration"]["chunk_shape"] = list(act.encoding["chunks"])
+            meta["dimension_names"] = list(act.dims)
+            meta["attributes"].update({k: v for k, v in act.attrs.items()})
+
+        _edit_json(path / name / "activation" / "zarr.json", array_meta)
     zarr.consolidate_metadata(str(path))
+    group = zarr.open_group(str(path), mode="r+")
+    for name in names:
+        ShardWriter(group[name]["activation"]).allocate()
+
+
+def _edit_json(path: Path, edit: Any) -> None:
+    """Apply ``edit`` to the JSON document at ``path`` (in place)."""
+    meta = json.loads(path.read_text())
+    edit(meta)
+    path.write_text(json.dumps(meta, indent=2))
+
+
+class ShardWriter:
+    """Writes batches of an activation array straight into its shard files.
+
+    A layer's array is sharded (zarr v3 ``sharding_indexed``): a shard file holds whole
+    batches of every unit, as uncompressed inner chunks at fixed offsets, so its index
+    is known before any value is: :meth:`allocate` sizes each shard file (sparse) and
+    writes its index once, and each batch is then a few ``pwrite`` calls into files
+    that already exist (worker processes write their own ranges of the same files).
+    Per-chunk files cost a file creation each, slower than the forward pass on some
+    file systems. Anything but a local store with this layout is written through zarr.
+    """
+
+    def __init__(self, arr: zarr.Array) -> None:
+        self.arr = arr
+        self.fds: dict[Path, int] = {}
+        self.root: Path | None = None
+        store = arr.store_path.store
+        codecs = arr.metadata.codecs
+        if not (isinstance(store, zarr.storage.LocalStore) and len(codecs) == 1
+                and type(codecs[0]).__name__ == "ShardingCodec" and np.little_endian):
+            return
+        shard = codecs[0]
+        inner = [type(c).__name__ for c in shard.codecs]
+        index = [type(c).__name__ for c in shard.index_codecs]
+        if (inner != ["BytesCodec"] or index not in (["BytesCodec"], ["BytesCodec", "Crc32cCodec"])
+                or shard.index_location.value != "end"):
+            return
+        self.root = Path(store.root) / arr.store_path.path
+        self.checksum = index[-1] == "Crc32cCodec"
+        self.inner = tuple(shard.chunk_shape)
+        self.shard = tuple(arr.metadata.chunk_grid.chunk_shape)
+        self.per_shard = tuple(s // c for s, c in zip(self.shard, self.inner))  # (batches, unit chunks, 1, 1)
+        self.chunk_bytes = int(np.prod(self.inner)) * arr.dtype.itemsize
+
+    def allocate(self) -> None:
+        """Create every shard file at its full size (sparse), its index at the end."""
+        if self.root is None:
+            return
+        count = int(np.prod(self.per_shard))
+        offsets = np.arange(count, dtype="<u8") * self.chunk_bytes
+        index = np.stack([offsets, np.full(count, self.chunk_bytes, dtype="<u8")], 1).tobytes()
+        if self.checksum:
+            import google_crc32c
+
+            index += np.uint32(google_crc32c.value(index)).astype("<u4").tobytes()
+        for s in range(-(-self.arr.shape[0] // self.shard[0])):
+            with open(self._path(s), "wb") as fh:
+                fh.seek(count * self.chunk_bytes)
+                fh.write(index)
+
+    def _path(self, shard: int) -> Path:
+        assert self.root is not None
+        return self.root / self.arr.metadata.encode_chunk_key((shard,) + (0,) * (len(self.shard) - 1))
+
+    def __call__(self, start: int, values: np.ndarray) -> None:
+        """Write ``values`` (m, units, ...) for samples ``start:start + m`` (``start`` on a batch boundary)."""
+        if self.root is None or start % self.inner[0] or len(values) > self.inner[0]:
+            self.arr[start:start + len(values)] = values
+            return
+        c = start // self.inner[0]
+        shard, i = divmod(c, self.per_shard[0])
+        path = self._path(shard)
+        if path not in self.fds:
+            self.fds[path] = os.open(path, os.O_WRONLY)
+        u = self.inner[1]
+        for j in range(self.per_shard[1]):
+            block = values[:, j * u:(j + 1) * u]
+            if block.shape[1] < u:  # the last unit chunk is padded to full size
+                block = np.concatenate([block, np.zeros((len(block), u - block.shape[1]) + block.shape[2:],
+                                                        block.dtype)], 1)
+            data = np.ascontiguousarray(block, dtype=self.arr.dtype)
+            os.pwrite(self.fds[path], memoryview(data).cast("B"), (i * self.per_shard[1] + j) * self.chunk_bytes)
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()
 
 
 def sample_ranges(n: int, batch_size: int, processes: int) -> list[tuple[int, int]]:
@@ -178,33 +299,40 @@ def extract_range(model_path: str | Path, stimuli_path: str | Path, store: str |
     """Forward images ``lo:hi`` and write their activations into the (skeleton) ``store``, batch by batch.
 
     One writer thread overlaps the chunk-aligned writes of batch k with the forward pass of
-    batch k + 1; the queue holds at most two batches, so memory stays bounded. Runs in the
-    extracting process or in one of its worker processes (each its own sample range).
+    batch k + 1. The hooks copy each layer's output (pooled, cast) into one of three
+    preallocated batch buffers that the writer hands back once written, so memory is
+    three batches, allocated once, whatever the set's size. Runs in the extracting
+    process or in one of its worker processes (each its own sample range).
     """
     if threads:
         torch.set_num_threads(threads)
     model, _ = load_trained(model_path, device)
     image = zarr.open_group(str(stimuli_path), mode="r")["image"]
     group = zarr.open_group(str(store), mode="r+")
-    arrays = {p.name: group[p.name]["activation"] for p in plans}
+    arrays = {p.name: ShardWriter(group[p.name]["activation"]) for p in plans}
+    free: queue.Queue = queue.Queue()
+    for _ in range(3):
+        free.put({p.name: torch.empty((batch_size,) + p.shape, dtype=getattr(torch, dtype)) for p in plans})
     mods = readout_modules(model)
-    captured: dict[str, torch.Tensor] = {}
-    hooks = [mods[p.name].register_forward_hook(
-        lambda m, i, o, p=p: captured.__setitem__(p.name, _pool(o, p).to(getattr(torch, dtype)).cpu()))
-        for p in plans]
-    pending: queue.Queue = queue.Queue(maxsize=2)
+    current: dict[str, torch.Tensor] = {}
+
+    def capture(plan: LayerPlan, output: torch.Tensor) -> None:  # returns None: the output stays as it is
+        current[plan.name][:len(output)].copy_(_pool(output, plan))
+
+    hooks = [mods[p.name].register_forward_hook(lambda m, i, o, p=p: capture(p, o)) for p in plans]
+    pending: queue.Queue = queue.Queue()
     errors: list[BaseException] = []
 
     def writer() -> None:
         while (item := pending.get()) is not None:
-            a, b, outs = item
+            a, b, bufs = item
             try:
                 if not errors:
-                    for name, values in outs.items():
-                        arrays[name][a:b] = values
+                    for name, values in bufs.items():
+                        arrays[name](a, values[:b - a].numpy())
             except BaseException as exc:  # re-raised in the calling thread
                 errors.append(exc)
-            release_memory()
+            free.put(bufs)
 
     thread = threading.Thread(target=writer, name="activation-writer", daemon=True)
     thread.start()
@@ -213,10 +341,10 @@ def extract_range(model_path: str | Path, stimuli_path: str | Path, store: str |
                       mininterval=5):
             b = min(a + batch_size, hi)
             x = network_input(torch.from_numpy(np.ascontiguousarray(image[a:b])).to(device))
+            current.update(free.get())  # blocks while the writer is two batches behind
             with torch.inference_mode():
                 model(x)
-            pending.put((a, b, {name: v.numpy() for name, v in captured.items()}))
-            captured.clear()
+            pending.put((a, b, dict(current)))
             if errors:
                 break
     finally:
@@ -224,6 +352,8 @@ def extract_range(model_path: str | Path, stimuli_path: str | Path, store: str |
         thread.join()
         for hk in hooks:
             hk.remove()
+        for w in arrays.values():
+            w.close()
     if errors:
         raise errors[0]
 
@@ -257,7 +387,7 @@ def extract(model_path: str | Path, stimuli_path: str | Path, out: str | Path, l
     if c != meta["in_channels"]:
         raise ExtractionError(f"{stimuli_path}: images have {c} channel(s), model {model_path} expects "
                               f"{meta['in_channels']}")
-    plans = plan_layers(probe_shapes(model, (h, w, c), layers, device), pooling or {}, dtype, batch_size, chunk_mb)
+    plans = plan_layers(probe_shapes(model, (h, w, c), layers, device), pooling or {}, dtype, batch_size, chunk_mb, n)
     attrs = {"model": str(Path(model_path).parent.name), "model_path": str(model_path), "set": stim.attrs.get("set", ""),
              "stimuli": str(stimuli_path), "task": meta["task"], "classes": json.dumps(meta["classes"]),
              "dtype": dtype, "architecture": meta["architecture"]}
