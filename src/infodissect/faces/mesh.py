@@ -339,3 +339,62 @@ def build_template(rings: int = 100, segments: int = 128, eye_segments: int = 24
         mouth_line=np.concatenate(mline),
         directions=np.concatenate(dlist),
     )
+
+
+def _segments_cross_triangles(p: np.ndarray, q: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.ndarray,
+                              eps: float = 1e-12) -> np.ndarray:
+    """True where segment p-q passes through the interior of triangle a-b-c (all (N, 3); Moller-Trumbore)."""
+    d = q - p
+    e1, e2 = b - a, c - a
+    h = np.cross(d, e2)
+    det = np.einsum("ni,ni->n", e1, h)
+    ok = np.abs(det) > eps  # a segment parallel to the triangle's plane is not counted
+    inv = np.where(ok, 1.0 / np.where(ok, det, 1.0), 0.0)
+    s = p - a
+    u = inv * np.einsum("ni,ni->n", s, h)
+    qv = np.cross(s, e1)
+    v = inv * np.einsum("ni,ni->n", d, qv)
+    t = inv * np.einsum("ni,ni->n", e2, qv)
+    return ok & (u > 0) & (v > 0) & (u + v < 1) & (t > 0) & (t < 1)
+
+
+def self_intersections(vertices: np.ndarray, faces: np.ndarray, cell: float | None = None) -> np.ndarray:
+    """Pairs (K, 2) of faces that cut through each other, among faces that share no vertex.
+
+    Broad phase: faces whose bounding boxes share a cell of a uniform grid (``cell``,
+    default twice the mean edge length); narrow phase: an edge of one face crossing the
+    other face. Faces sharing a vertex or edge (neighbours on a mesh) are not tested.
+    """
+    tri = vertices[faces]  # (F, 3, 3)
+    if cell is None:
+        cell = 2.0 * float(np.linalg.norm(tri[:, 1] - tri[:, 0], axis=1).mean())
+    lo = np.floor(tri.min(1) / cell).astype(np.int64)
+    hi = np.floor(tri.max(1) / cell).astype(np.int64)
+    span = hi - lo + 1
+    counts = span.prod(1)
+    owner = np.repeat(np.arange(len(faces)), counts)
+    offset = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    sx, sy = span[owner, 0], span[owner, 1]
+    cells = lo[owner] + np.stack([offset % sx, (offset // sx) % sy, offset // (sx * sy)], 1)
+    key = (cells[:, 0] * 73856093) ^ (cells[:, 1] * 19349663) ^ (cells[:, 2] * 83492791)
+    order = np.lexsort((owner, key))
+    key, owner = key[order], owner[order]
+    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+    sizes = np.diff(np.r_[starts, len(key)])
+    pairs = []
+    for size in np.unique(sizes[sizes > 1]):
+        groups = starts[sizes == size][:, None] + np.arange(size)
+        i, j = np.triu_indices(size, 1)
+        pairs.append(np.stack([owner[groups[:, i]].ravel(), owner[groups[:, j]].ravel()], 1))
+    if not pairs:
+        return np.zeros((0, 2), np.int64)
+    pairs = np.unique(np.sort(np.concatenate(pairs), 1), axis=0)
+    pairs = pairs[pairs[:, 0] != pairs[:, 1]]
+    shared = (faces[pairs[:, 0], :, None] == faces[pairs[:, 1], None, :]).any((1, 2))
+    pairs = pairs[~shared]
+    t1, t2 = tri[pairs[:, 0]], tri[pairs[:, 1]]
+    hit = np.zeros(len(pairs), bool)
+    for (x, y) in ((t1, t2), (t2, t1)):
+        for k in range(3):
+            hit |= _segments_cross_triangles(x[:, k], x[:, (k + 1) % 3], y[:, 0], y[:, 1], y[:, 2])
+    return pairs[hit]
