@@ -24,18 +24,17 @@ import json
 import subprocess
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import zarr
 
 from infodissect.config import load_config
 from infodissect.nets import build_model, network_input
 from infodissect.train.data import RenderedBatches, StoreBatches, task_labels
+from infodissect.train.loop import autocast, train_step
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -104,15 +103,10 @@ def main() -> None:
     channels = zarr.open_group(str(store), mode="r")["image"].shape[-1]
     model = build_model(len(labels.classes), width=t["width"], stem=t["stem"], in_channels=channels).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    amp = autocast(device)
 
     def step(x: torch.Tensor, y: torch.Tensor) -> None:
-        with amp:
-            out = model(x)
-        loss = F.cross_entropy(out.float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        train_step(model, opt, x, y, amp)
 
     b = t["batch_size"]
     where = f"cpu ({a.threads} threads)" if device.type == "cpu" else torch.cuda.get_device_name(device)

@@ -111,7 +111,7 @@ def _radix_order(keys, order, key2, order2, count):
 
 @nb.njit(parallel=True, cache=True)
 def _copnorm_rows(bits32, ints, w, wide, seed, scores, out):
-    """Per row: out[row, j] = scores[rank of sample j] (ranks by the unique keys)."""
+    """Per row: out[row, j] = scores[rank of sample j] (ranks by the unique keys; scores 0..n-1 give the ranks)."""
     m, n = bits32.shape
     for i in nb.prange(m):
         keys = np.empty(n, np.uint64)
@@ -123,22 +123,6 @@ def _copnorm_rows(bits32, ints, w, wide, seed, scores, out):
         sorted_pos = _radix_order(keys, order, key2, order2, count)
         for r in range(n):
             out[i, sorted_pos[r]] = scores[r]
-
-
-@nb.njit(parallel=True, cache=True)
-def _rank_rows(bits32, ints, w, wide, seed, out):
-    """Per row: out[row, j] = rank of sample j."""
-    m, n = bits32.shape
-    for i in nb.prange(m):
-        keys = np.empty(n, np.uint64)
-        key2 = np.empty(n, np.uint64)
-        order = np.empty(n, np.int64)
-        order2 = np.empty(n, np.int64)
-        count = np.empty((_PASSES, _BUCKETS), np.int64)
-        _row_keys(bits32[i], ints[i], w, wide, seed, keys)
-        sorted_pos = _radix_order(keys, order, key2, order2, count)
-        for r in range(n):
-            out[i, sorted_pos[r]] = r
 
 
 def _inputs(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
@@ -157,11 +141,8 @@ def copnorm_rows(rows: np.ndarray, seed: int, scores: np.ndarray, out: np.ndarra
 
 
 def rank_rows(rows: np.ndarray, seed: int) -> np.ndarray:
-    """Ranks (m, n) int64 of rows whose values float32 represents exactly."""
-    bits, ints, wide = _inputs(rows)
-    out = np.empty(rows.shape, np.int64)
-    _rank_rows(bits, ints, weights(rows.shape[1], wide), wide, np.uint64(int(seed) & (2**64 - 1)), out)
-    return out
+    """Ranks (m, n) int64 of rows whose values float32 represents exactly (the 'scores' 0..n-1)."""
+    return copnorm_rows(rows, seed, np.arange(rows.shape[1], dtype=np.int64), np.empty(rows.shape, np.int64))
 
 
 @nb.njit(parallel=True, cache=True)

@@ -182,6 +182,23 @@ def _global_sums(values: list[float], ctx: Any) -> list[float]:
     return counts.tolist()
 
 
+def autocast(device: torch.device) -> Any:
+    """bf16 autocast on CUDA; nothing on the CPU."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+
+def train_step(net: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, amp: Any
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One SGD step on a batch: forward (under ``amp``), cross-entropy, backward, update. Returns (loss, logits)."""
+    with amp:
+        out = net(x)
+    loss = F.cross_entropy(out.float(), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss, out
+
+
 def train(spec: TrainSpec, train_store: str | Path, test_store: str | Path, out_dir: str | Path,
           checkpoints: str | Path, checkpoint_steps: int = 0) -> dict[str, float]:
     """Train ``spec`` on ``train_store``, evaluating on ``test_store``; write the model and metrics to ``out_dir``.
@@ -245,7 +262,7 @@ def train(spec: TrainSpec, train_store: str | Path, test_store: str | Path, out_
 
     net = (nn.parallel.DistributedDataParallel(model, device_ids=[ctx.device] if ctx.device.type == "cuda" else None)
            if ctx.world > 1 else model)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if ctx.device.type == "cuda" else nullcontext()
+    amp = autocast(ctx.device)
     total_steps = spec.epochs * len(data)
     for epoch in range(start, spec.epochs):
         t0 = time.perf_counter()
@@ -256,12 +273,7 @@ def train(spec: TrainSpec, train_store: str | Path, test_store: str | Path, out_
             for g in opt.param_groups:
                 g["lr"] = _lr(spec, epoch * len(data) + i, total_steps)
             x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
-            with amp:
-                out = net(x)
-            loss = F.cross_entropy(out.float(), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            loss, out = train_step(net, opt, x, y, amp)
             loss_sum += float(loss) * len(y)
             correct += int((out.argmax(1) == y).sum())
             seen += len(y)
