@@ -222,6 +222,7 @@ class ShardWriter:
     def __init__(self, arr: zarr.Array) -> None:
         self.arr = arr
         self.fds: dict[Path, int] = {}
+        self.direct: dict[Path, int | None] = {}
         self.root: Path | None = None
         store = arr.store_path.store
         codecs = arr.metadata.codecs
@@ -271,19 +272,61 @@ class ShardWriter:
         path = self._path(shard)
         if path not in self.fds:
             self.fds[path] = os.open(path, os.O_WRONLY)
+            self.direct[path] = _open_direct(path)
         u = self.inner[1]
         for j in range(self.per_shard[1]):
             block = values[:, j * u:(j + 1) * u]
             if block.shape[1] < u:  # the last unit chunk is padded to full size
                 block = np.concatenate([block, np.zeros((len(block), u - block.shape[1]) + block.shape[2:],
                                                         block.dtype)], 1)
-            data = np.ascontiguousarray(block, dtype=self.arr.dtype)
-            os.pwrite(self.fds[path], memoryview(data).cast("B"), (i * self.per_shard[1] + j) * self.chunk_bytes)
+            data = memoryview(np.ascontiguousarray(block, dtype=self.arr.dtype)).cast("B")
+            offset = (i * self.per_shard[1] + j) * self.chunk_bytes
+            if not (self.direct[path] is not None and _aligned(data, offset) and _pwrite(self.direct[path], data, offset)):
+                os.pwrite(self.fds[path], data, offset)
 
     def close(self) -> None:
-        for fd in self.fds.values():
+        for fd in list(self.fds.values()) + [d for d in self.direct.values() if d is not None]:
             os.close(fd)
         self.fds.clear()
+        self.direct.clear()
+
+
+_ALIGN = 4096  # O_DIRECT needs buffer address, size and file offset aligned to the device's blocks
+
+
+def aligned_empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """An uninitialised array in page-aligned (anonymous mmap) memory, which O_DIRECT writes can use."""
+    import mmap
+
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    return np.frombuffer(mmap.mmap(-1, max(nbytes, 1)), dtype=np.uint8)[:nbytes].view(dtype).reshape(shape)
+
+
+def _open_direct(path: Path) -> int | None:
+    """A second descriptor of ``path`` that bypasses the page cache (O_DIRECT), where the OS and file system allow.
+
+    Full, aligned chunks go straight to the device (DMA): the copy into the page cache would
+    otherwise take the CPU time the forward pass needs, and more of it on some file systems.
+    """
+    if not hasattr(os, "O_DIRECT"):
+        return None
+    try:
+        return os.open(path, os.O_WRONLY | os.O_DIRECT)
+    except OSError:  # e.g. tmpfs
+        return None
+
+
+def _aligned(data: memoryview, offset: int) -> bool:
+    address = np.frombuffer(data, dtype=np.uint8).ctypes.data if len(data) else 0
+    return address % _ALIGN == 0 and len(data) % _ALIGN == 0 and offset % _ALIGN == 0
+
+
+def _pwrite(fd: int, data: memoryview, offset: int) -> bool:
+    """``os.pwrite`` of all of ``data``; False (nothing to retry from) if the descriptor refuses it."""
+    try:
+        return os.pwrite(fd, data, offset) == len(data)
+    except OSError:
+        return False
 
 
 def sample_ranges(n: int, batch_size: int, processes: int) -> list[tuple[int, int]]:
@@ -311,8 +354,8 @@ def extract_range(model_path: str | Path, stimuli_path: str | Path, store: str |
     group = zarr.open_group(str(store), mode="r+")
     arrays = {p.name: ShardWriter(group[p.name]["activation"]) for p in plans}
     free: queue.Queue = queue.Queue()
-    for _ in range(3):
-        free.put({p.name: torch.empty((batch_size,) + p.shape, dtype=getattr(torch, dtype)) for p in plans})
+    for _ in range(3):  # page-aligned, so full chunks can bypass the page cache (see ShardWriter)
+        free.put({p.name: torch.from_numpy(aligned_empty((batch_size,) + p.shape, DTYPES[dtype])) for p in plans})
     mods = readout_modules(model)
     current: dict[str, torch.Tensor] = {}
 
