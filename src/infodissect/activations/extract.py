@@ -154,7 +154,8 @@ def skeleton(plans: list[LayerPlan], n: int, coords: dict[str, Any], dtype: str,
     factors = {k: v for k, v in coords.items() if len(v[0]) == 1}
     nodes: dict[str, xr.Dataset] = {"/": xr.Dataset(coords=coords, attrs=attrs)}
     for p in plans:
-        data = da.zeros((n,) + p.shape, dtype=DTYPES[dtype], chunks=tuple(min(c, s) for c, s in zip(p.shards, (n,) + p.shape)))
+        shape = (n,) + p.shape
+        data = da.zeros(shape, dtype=DTYPES[dtype], chunks=tuple(min(c, s) for c, s in zip(p.shards, shape)))
         act = xr.DataArray(data, dims=("sample",) + p.dims,
                            attrs={"layer": p.name, "pooling": p.pool if p.pool != "grid" else f"grid {p.grid}",
                                   "units": "activation (a.u.)"})
@@ -281,7 +282,8 @@ class ShardWriter:
                                                         block.dtype)], 1)
             data = memoryview(np.ascontiguousarray(block, dtype=self.arr.dtype)).cast("B")
             offset = (i * self.per_shard[1] + j) * self.chunk_bytes
-            if not (self.direct[path] is not None and _aligned(data, offset) and _pwrite(self.direct[path], data, offset)):
+            direct = self.direct[path]
+            if not (direct is not None and _aligned(data, offset) and _pwrite(direct, data, offset)):
                 os.pwrite(self.fds[path], data, offset)
 
     def close(self) -> None:

@@ -18,6 +18,8 @@ import numba as nb
 import numpy as np
 import torch
 
+from ..threads import match_numba_threads
+
 _DEPTH_SCALE = np.float32((1 << 39) - 1)  # as .raster: float32((1 << _DEPTH_BITS) - 1)
 _INDEX_BITS = 24
 _INDEX_MASK = (1 << _INDEX_BITS) - 1
@@ -160,18 +162,13 @@ def _resolve(screen, faces, colour, face_labels, background, res, k, gray, n_lab
     return img, parts
 
 
-def _threads() -> None:
-    """Run Numba's parallel loops on as many threads as PyTorch uses."""
-    nb.set_num_threads(max(1, min(torch.get_num_threads(), nb.config.NUMBA_NUM_THREADS)))
-
-
 def _np(t: torch.Tensor, dtype) -> np.ndarray:
     return t.detach().to(dtype=dtype).contiguous().numpy()
 
 
 def fragments(screen: torch.Tensor, faces: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``(face, bary)`` as :func:`.raster.rasterize` computes them, for CPU tensors."""
-    _threads()
+    match_numba_threads()
     face, bary = _fragments(_np(screen, torch.float32), _np(faces, torch.int64), height, width)
     return torch.from_numpy(face), torch.from_numpy(bary).to(screen.dtype)
 
@@ -185,7 +182,7 @@ def render_samples(screen: torch.Tensor, faces: torch.Tensor, colour: torch.Tens
     (B, V, 3) display-referred vertex colours, ``face_labels`` (F,) part of each face,
     ``background`` (B,) grey level of empty samples.
     """
-    _threads()
+    match_numba_threads()
     img, parts = _resolve(_np(screen, torch.float32), _np(faces, torch.int64), _np(colour, torch.float32),
                           _np(face_labels, torch.int64), _np(background, torch.float32), resolution, antialias,
                           gray, n_labels)

@@ -153,7 +153,8 @@ def shade(world: torch.Tensor, normals: torch.Tensor, albedo: torch.Tensor, spec
     n_h24 = (n_h3 * n_h3).square_().square_()
     spec = n_h24.mul_(specular).mul_(diffuse > 0)
     amb = p["light_ambient"][:, None]
-    linear = torch.addcmul((spec * (1.0 - amb))[..., None], albedo.pow(2.2), torch.addcmul(amb, 1.0 - amb, diffuse)[..., None])
+    lit = torch.addcmul(amb, 1.0 - amb, diffuse)  # ambient plus diffuse share of the light
+    linear = torch.addcmul((spec * (1.0 - amb))[..., None], albedo.pow(2.2), lit[..., None])
     return linear.clamp_(min=0.0).pow_(1.0 / 2.2)
 
 
@@ -189,6 +190,8 @@ def render(model: FaceModel, p: dict[str, torch.Tensor], camera: Camera, backend
     On the CPU a batch is drawn in slices of :data:`CPU_SLICE` samples, whose vertex
     tensors stay in cache.
     """
+    if backend not in ("auto", "torch", "numba"):
+        raise ValueError(f"render backend must be 'auto', 'torch' or 'numba', not {backend!r}")
     n = p["yaw"].shape[0]
     if p["yaw"].device.type == "cpu" and n > CPU_SLICE:
         out = [_render({k: v[lo:lo + CPU_SLICE] for k, v in p.items()}, model, camera, backend)
@@ -213,8 +216,6 @@ def _render(p: dict[str, torch.Tensor], model: FaceModel, camera: Camera, backen
         img, parts = render_samples(screen, model.faces, colour, model.face_labels, p["background"],
                                     camera.resolution, camera.antialias, camera.color == "gray", len(PART_NAMES))
         return img.to(colour.device), parts.to(colour.device)
-    if backend != "torch":
-        raise ValueError(f"render backend must be 'auto', 'torch' or 'numba', not {backend!r}")
     return _resolve(model, rasterize(screen, model.faces, camera.samples, camera.samples), colour,
                     p["background"], camera)
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
+from ..threads import match_numba_threads
+
 _MASK31 = (1 << 31) - 1
 _DIGIT = 11
 _BUCKETS = 1 << _DIGIT
@@ -136,6 +138,7 @@ def _inputs(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
 def copnorm_rows(rows: np.ndarray, seed: int, scores: np.ndarray, out: np.ndarray) -> np.ndarray:
     """Copula values of rows (m, n) whose values float32 represents exactly, into ``out`` (m, n)."""
     bits, ints, wide = _inputs(rows)
+    match_numba_threads()
     _copnorm_rows(bits, ints, weights(rows.shape[1], wide), wide, np.uint64(int(seed) & (2**64 - 1)), scores, out)
     return out
 
@@ -168,6 +171,7 @@ def copula_moments(rows: np.ndarray, ys: np.ndarray, codes: np.ndarray, n_classe
     dots = np.zeros((m, ys.shape[1]))
     s1 = np.zeros((m, codes.shape[1], n_classes))
     s2 = np.zeros((m, codes.shape[1], n_classes))
+    match_numba_threads()
     _moments(np.ascontiguousarray(rows, dtype=np.float64), np.ascontiguousarray(ys, dtype=np.float64),
              np.ascontiguousarray(codes, dtype=np.int64), dots, s1, s2)
     return dots, s1, s2

@@ -207,7 +207,7 @@ def copnorm(x: Array, seed: int = 0, axis: int = 0, dtype: torch.dtype | None = 
     dtype = dtype or (rows.dtype if rows.dtype.is_floating_point else torch.float64)
     out = _copnorm_cpu(rows, n, seed, dtype) if rows.device.type == "cpu" and n else None
     if out is None:
-        out = normal_scores(n, dtype, rows.device)[_rank_rows(rows, seed)]
+        out = normal_scores(n, dtype, rows.device)[_rank_rows_any(rows, seed)]
     bad = torch.isnan(rows).any(1) if rows.dtype.is_floating_point else None
     if bad is not None and bool(bad.any()):
         warnings.warn(f"copnorm: {int(bad.sum())} variable(s) contain NaN; their result is NaN", RuntimeWarning,

@@ -48,7 +48,8 @@ def _first_host(nodelist: str) -> str:
 def torchrun_args(nodes: int, nproc_per_node: int, env: Mapping[str, str], port: int = 29500) -> list[str]:
     """torchrun's options for ``nodes`` nodes of ``nproc_per_node`` processes each."""
     if nodes < 1 or nproc_per_node < 1:
-        raise LaunchError(f"a training job needs at least 1 node and 1 process per node (got {nodes}, {nproc_per_node})")
+        raise LaunchError(f"a training job needs at least 1 node and 1 process per node "
+                          f"(got {nodes}, {nproc_per_node})")
     if nodes == 1:
         return ["--standalone", "--nnodes", "1", "--nproc-per-node", str(nproc_per_node)]
     endpoint = env.get("INFODISSECT_RDZV_ENDPOINT")
