@@ -19,6 +19,7 @@ EXPRESSIONS: tuple[str, ...] = (
 )
 GENDERS: tuple[str, ...] = ("female", "male")
 ETHNICITIES: tuple[str, ...] = ("A", "B", "C")
+HAIR_STYLES: tuple[str, ...] = ("short", "long")
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,8 @@ FACTORS: dict[str, Factor] = {
                True, levels=ETHNICITIES),
         Factor("age", "continuous", "years", "age in years (jaw, cheeks, skin texture)", True,
                bounds=(15.0, 90.0)),
+        Factor("hair_style", "categorical", "", "hair style (short: cropped; long: to the shoulders)", True,
+               levels=HAIR_STYLES),
         Factor("expression", "categorical", "", "facial expression", levels=EXPRESSIONS),
         Factor("expression_intensity", "continuous", "", "expression strength (0 = neutral)",
                bounds=(0.0, 1.0)),

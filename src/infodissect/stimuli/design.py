@@ -62,7 +62,7 @@ def identity_pool(seed: int, n: int, stimuli: dict[str, Any]) -> dict[str, np.nd
         for name in INTRINSIC:
             if name != "identity":
                 out[name].append(draw_factor(name, factors[name], rng, 1)[0])
-    res = {key: np.asarray(v, dtype=object if key in ("gender", "ethnicity") else float) for key, v in out.items()}
+    res = {key: np.asarray(v, dtype=object if key in ("gender", "ethnicity", "hair_style") else float) for key, v in out.items()}
     res["identity"] = np.arange(n)
     return res
 

@@ -21,14 +21,14 @@ import torch
 import xarray as xr
 from tqdm import tqdm
 
-from ..faces.factors import ETHNICITIES, EXPRESSIONS, GENDERS
+from ..faces.factors import ETHNICITIES, EXPRESSIONS, GENDERS, HAIR_STYLES
 from ..faces.mesh import PART_NAMES
 from ..faces.model import GENERATOR_VERSION, FaceModel, model_from_config
 from ..faces.render import Camera, render
 
 log = logging.getLogger(__name__)
 
-_CODES = {"gender": GENDERS, "ethnicity": ETHNICITIES, "expression": EXPRESSIONS}
+_CODES = {"gender": GENDERS, "ethnicity": ETHNICITIES, "hair_style": HAIR_STYLES, "expression": EXPRESSIONS}
 _CONTINUOUS = ("gender_strength", "age", "expression_intensity", "yaw", "pitch", "roll", "light_azimuth",
                "light_elevation", "light_ambient", "scale", "shift_x", "shift_y", "background")
 
