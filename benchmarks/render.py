@@ -31,6 +31,7 @@ def random_params(model, n: int, device: torch.device, seed: int = 0) -> dict[st
         "texture_coeff": torch.randn(n, model.texture_basis.shape[0], generator=g),
         "gender": torch.randint(0, 2, (n,), generator=g), "gender_strength": u(0, 1),
         "ethnicity": torch.randint(0, 3, (n,), generator=g), "age": u(20, 70),
+        "hair_style": torch.randint(0, 2, (n,), generator=g),
         "expression": torch.randint(0, 7, (n,), generator=g), "expression_intensity": u(0.3, 1),
         "yaw": u(-45, 45), "pitch": u(-20, 20), "roll": u(-15, 15), "light_azimuth": u(-60, 60),
         "light_elevation": u(-20, 50), "light_ambient": u(0.2, 0.6), "scale": u(0.85, 1.15),

@@ -286,10 +286,12 @@ def test_revcorr_on_a_face_model_and_its_figure(tmp_path):
                         attrs={"task": "identity", "classes": json.dumps(["0", "1", "2"]), "model": "m_s0"}),
         "logits": xr.Dataset({"activation": (("sample", "unit"), logits)}, coords=coords)})
     ds = revcorr_analysis(tree, model, n_perm=50, alpha=0.05)
-    # The vertices the first shape component moves most carry the most information about the evidence.
-    moved = np.linalg.norm((model.shape_basis[0] * model.shape_sigma[0]).numpy().reshape(-1, 3), axis=1)
+    # The vertices whose motion is most the first shape component's carry the most information about the evidence.
+    rows = (model.shape_basis * model.shape_sigma[:, None]).numpy().reshape(k, -1, 3)
+    moved = np.linalg.norm(rows, axis=2) ** 2  # (component, vertex) variance of each vertex's motion
+    share = moved[0] / np.maximum(moved.sum(0), 1e-30)
     best = int(np.nanargmax(ds["shape_mi"].sel(identity="0").values))
-    assert moved[best] > np.quantile(moved, 0.9)
+    assert share[best] > np.quantile(share[moved.sum(0) > 1e-12], 0.9)
     assert ds["shape_significant"].sum() > 0 and ds["mesh_faces"].shape[1] == 3
     assert len(frontal_faces(ds["vertex_position"].values, ds["mesh_faces"].values)) < ds.sizes["face"]
     revcorr_figure(ds, tmp_path / "revcorr.png")
@@ -363,3 +365,100 @@ def test_hidden_layers_carry_the_planted_diagnostic_feature(tmp_path):
 
     features_figure(ds, tmp_path / "features.png")
     assert (tmp_path / "features.png").stat().st_size > 10_000
+
+
+def _pixel_mi_store(path):
+    """A pixel MI store (group `pixels`) with known numbers: 3 factors, 2 channels, 2 x 2 pixels.
+
+    identity: max 0.5 bits at (g, 1, 0); significant at 2 positions (one of them in both channels).
+    yaw: max 0.03 bits; significant at 1 position. expression: nothing above its threshold (max 0.004)."""
+    mi = np.zeros((3, 2, 2, 2), dtype=np.float32)
+    mi[0, 0, 0, 0], mi[0, 1, 0, 0], mi[0, 1, 1, 0] = 0.2, 0.3, 0.5
+    mi[1, 0, 1, 1] = 0.03
+    mi[2] = 0.004
+    mi[2, 0, 0, 1] = -0.001  # bias-corrected MI may dip below 0
+    threshold = np.array([0.1, 0.02, 0.01])
+    ds = xr.Dataset({"mi": (("factor", "channel", "y", "x"), mi),
+                     "significant": (("factor", "channel", "y", "x"), mi > threshold[:, None, None, None]),
+                     "threshold": ("factor", threshold),
+                     "factor_kind": ("factor", np.asarray(["categorical", "continuous", "categorical"], dtype=object))},
+                    coords={"factor": np.asarray(["identity", "yaw", "expression"], dtype=object),
+                            "channel": np.asarray(["r", "g"], dtype=object), "y": [0, 1], "x": [0, 1]},
+                    attrs={"set": "analysis", "n_samples": 2048, "n_perm": 100, "alpha": 0.05, "units": "bits"})
+    xr.DataTree.from_dict({"/": xr.Dataset(attrs={"model": "pixels"}), "pixels": ds}).to_zarr(
+        path, zarr_format=3, consolidated=True)
+    return path
+
+
+def _model_dir(root, name, task, test_accuracy, counts, heldout=None):
+    """A trained model's directory as the training stage (and the held-out evaluation) leaves it."""
+    d = root / name
+    d.mkdir(parents=True)
+    (d / "config.json").write_text(json.dumps({"spec": {"task": task}, "test_store": "results/stimuli/test.zarr"}))
+    (d / "metrics.csv").write_text(f"epoch,test_accuracy\n1,0.1\n2,{test_accuracy}\n")
+    rows = "".join(f"{task},{level},,,{n},0.5\n" for level, n in counts.items())
+    (d / "accuracy_by_factor.csv").write_text("factor,level,low,high,n,accuracy\n" + rows + "yaw,bin0,-45,0,9,0.5\n")
+    if heldout is not None:
+        (d / "heldout.json").write_text(json.dumps(heldout))
+    return d
+
+
+def test_factor_visibility_numbers_from_a_known_pixel_store(tmp_path):
+    from infodissect.analyses.visibility import HELDOUT, TEST, factor_visibility, invisible_factors, model_score
+
+    pixels = open_tree(_pixel_mi_store(tmp_path / "pixels.zarr"))["pixels"].to_dataset()
+    models = [model_score(_model_dir(tmp_path, "identity_s0", "identity", 0.875, {"0": 30, "1": 10})),
+              model_score(_model_dir(tmp_path, "gender_s1", "gender", 1.0, {"female": 5, "male": 15},
+                                     {"accuracy": 0.6, "chance": 0.55, "n": 40, "set": "heldout"})),
+              model_score(_model_dir(tmp_path, "age_s2", "ethnicity", 0.7, {"A": 10, "B": 10, "C": 20}))]
+    ds = factor_visibility(pixels, models)
+    assert list(ds["factor"].values) == ["identity", "yaw", "expression"]
+    np.testing.assert_allclose(ds["max_mi"].values, [0.5, 0.03, 0.004], rtol=1e-6)
+    np.testing.assert_allclose(ds["share_significant"].values, [2 / 4, 1 / 4, 0.0])  # positions, any channel
+    np.testing.assert_allclose(ds["threshold"].values, [0.1, 0.02, 0.01])
+    assert ds["max_mi"].attrs["units"] == "bits" and list(ds["factor_kind"].values) == [
+        "categorical", "continuous", "categorical"] and bool(ds["intrinsic"].sel(factor="identity"))
+    assert invisible_factors(ds) == ["expression"]
+    # Identity: test-set accuracy, chance = the largest class's share; others: held-out identities when evaluated.
+    assert list(ds["model"].values) == ["identity_s0", "gender_s1", "age_s2"]
+    np.testing.assert_allclose(ds["accuracy"].values, [0.875, 0.6, 0.7])
+    np.testing.assert_allclose(ds["chance"].values, [0.75, 0.55, 0.5])
+    np.testing.assert_allclose(ds["test_accuracy"].values, [0.875, 1.0, 0.7])
+    assert list(ds["n"].values) == [40, 40, 40] and list(ds["task"].values) == ["identity", "gender", "ethnicity"]
+    assert list(ds["evaluated_on"].values) == [TEST, HELDOUT, TEST]
+    assert list(ds["eval_set"].values) == ["test", "heldout", "test"] and ds.attrs["set"] == "analysis"
+    # Without pixel MI the model part stands alone.
+    alone = factor_visibility(None, models[:1])
+    assert alone.sizes["factor"] == 0 and alone.attrs["pixels"].startswith("not measured")
+
+
+def test_visibility_command_writes_store_figure_and_the_report_shows_the_table(tmp_path):
+    from infodissect.cli import main
+
+    pixels = _pixel_mi_store(tmp_path / "pixels.zarr")
+    ident = _model_dir(tmp_path, "identity_s0", "identity", 0.875, {"0": 30, "1": 10})
+    gender = _model_dir(tmp_path, "gender_s1", "gender", 1.0, {"female": 5, "male": 15},
+                        {"accuracy": 0.6, "chance": 0.55, "n": 40, "set": "heldout", "identities": 4})
+    out, fig = tmp_path / "visibility.zarr", tmp_path / "factor_visibility.png"
+    assert main(["analyses", "visibility", "--pixels", str(pixels), "--models", str(ident), str(gender),
+                 "--out", str(out), "--figure", str(fig)]) == 0
+    ds = xr.open_zarr(out)
+    assert float(ds["max_mi"].sel(factor="identity")) == pytest.approx(0.5) and ds.sizes["model"] == 2
+    assert fig.stat().st_size > 10_000
+    cap = tmp_path / "cap.rst"
+    cap.write_text("Visibility.")
+    spec = {"title": "T", "models": {"gender_s1": {"heldout": str(gender / "heldout.json")}},
+            "sections": [{"title": "Factor visibility", "visibility": str(out),
+                          "figures": [{"path": str(fig), "caption": str(cap)}]}]}
+    html = build_report(spec, tmp_path / "report.html").read_text()
+    table = html[html.index("<h2>Factor visibility</h2>"):]
+    assert "max pixel MI (bits)" in table and "<td>0.500</td>" in table and "<td>50.0%</td>" in table
+    assert "gender_s1: 60.0% (55.0%) on held-out identities" in table  # on the gender row, no pixel MI for it
+    assert "no pixel above the threshold: <b>expression</b>" in table
+    assert "accuracy on held-out identities" in html and "60.0% (chance 55.0%; 4 people" in html
+    spec["sections"][0]["visibility"] = str(tmp_path / "nope.zarr")
+    with pytest.raises(FileNotFoundError, match="nope.zarr"):
+        build_report(spec, tmp_path / "report2.html")
+    # A store that is not a pixel MI store is refused, naming it.
+    assert main(["analyses", "visibility", "--pixels", str(out), "--models", str(ident), "--out",
+                 str(tmp_path / "v2.zarr"), "--figure", str(tmp_path / "v2.png")]) == 2

@@ -153,6 +153,29 @@ def _error(config: dict) -> str:
             "stimuli.factors.ethnicity.weights[1]:",
         ),
         (lambda c: c["stimuli"]["sets"]["morphs"].update(levels=[]), "stimuli.sets.morphs.levels:"),
+        (lambda c: c["stimuli"].update(heldout_identities=0),
+         "stimuli.sets.heldout.pool: heldout needs held-out identities, but stimuli.heldout_identities is 0"),
+        (lambda c: c["stimuli"].update(heldout_identities=-1),
+         "stimuli.heldout_identities: -1 is less than the minimum of 0"),
+        (lambda c: c["stimuli"]["sets"]["heldout"].update(pool="people"),
+         "stimuli.sets.heldout.pool: 'people' is not one of ['train', 'heldout']"),
+        (lambda c: c["stimuli"]["sets"]["morphs"].update(pool="heldout"),
+         "stimuli.sets.morphs.pool: a morph set cannot draw from the held-out pool"),
+        (lambda c: c["stimuli"]["sets"]["revcorr"].update(pool="heldout"),
+         "stimuli.sets.revcorr.pool: a revcorr set cannot draw from the held-out pool"),
+        (lambda c: c["stimuli"].update(heldout_identities=1, sets={
+            **c["stimuli"]["sets"], "sweeps": {"design": "sweep", "identities": 2, "pool": "heldout"}}),
+         "stimuli.sets.sweeps.identities: 2 is more than the identity pool (stimuli.heldout_identities = 1)"),
+        (lambda c: c["training"].update(heldout_set="nope"), "training.heldout_set: 'nope' is not a stimulus set"),
+        (lambda c: c["training"].update(heldout_set="test"),
+         "training.heldout_set: 'test' draws from the training identities"),
+        (lambda c: c["training"].update(train_set="heldout"),
+         "training.train_set: 'heldout' draws from the held-out identities"),
+        (lambda c: c["training"].update(test_set="heldout"),
+         "training.test_set: 'heldout' draws from the held-out identities (pool: heldout), which identity models"),
+        (lambda c: c["activations"].update(models=["gender_s3"]),
+         "activations.models[0]: 'gender_s3' is not among training.models (identity_s0, expression_s1, gender_s1)"),
+        (lambda c: c["activations"].update(models=["Gender"]), "activations.models[0]: 'Gender' does not match"),
         (
             lambda c: c["stimuli"]["sets"].update(Bad={"design": "portraits"}),
             "stimuli.sets.Bad: set name must match",
@@ -193,6 +216,25 @@ def _error(config: dict) -> str:
 def test_errors_name_the_key(demo, mutate, expected):
     mutate(demo)
     assert _error(demo).startswith(expected)
+
+
+def test_heldout_keys_default_and_what_they_need(demo):
+    config = validate_config({"stimuli": {"sets": {"p": {"design": "portraits"}, "m": {
+        "design": "morph", "pairs": 1, "levels": [0]}}},
+        "training": {"models": ["identity_s0"], "train_set": "p", "test_set": "p"},
+        "activations": {"sets": ["m"]}, "mi": {"sets": ["m"]}, "analyses": {"pose_set": "", "revcorr_set": "",
+                                                                           "morph_set": "m"}})
+    assert config["stimuli"]["heldout_identities"] == 16
+    assert config["stimuli"]["sets"]["p"]["pool"] == config["stimuli"]["sets"]["m"]["pool"] == "train"
+    assert config["training"]["heldout_set"] == "heldout" and config["activations"]["models"] == ["identity_s0"]
+    # training.heldout_set is needed (and checked) only when a model other than identity is trained.
+    assert "heldout" not in config["stimuli"]["sets"]
+    demo["training"].update(models=["identity_s0", "gender_s0"], heldout_set="")
+    demo["activations"]["models"] = []  # [] = every trained model
+    assert validate_config(demo)["training"]["heldout_set"] == ""
+    demo["training"]["heldout_set"] = "heldout"
+    del demo["stimuli"]["sets"]["heldout"]
+    assert _error(demo).startswith("training.heldout_set: 'heldout' is not a stimulus set")
 
 
 def test_config_error_is_value_error():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,8 @@ def run_test_config(workdir: Path, *args: str):
 def test_pipeline_runs_and_second_run_does_nothing(tmp_path):
     run = run_test_config(tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
-    for name in ("stimuli_factors.png", "stimuli_identities.png", "identity_s0_training.png"):
+    for name in ("stimuli_factors.png", "stimuli_identities.png", "identity_s0_training.png",
+                 "expression_s1_training.png", "factor_visibility.png"):
         assert (tmp_path / "results" / "figures" / name).stat().st_size > 10_000
     # Training ran through torchrun with 2 Gloo processes (config/test.yaml) and left its outputs.
     model_dir = tmp_path / "results" / "models" / "identity_s0"
@@ -51,11 +53,33 @@ def test_pipeline_runs_and_second_run_does_nothing(tmp_path):
     for name in ("analysis_layer_profile", "analysis_units", "analysis_spatial_maps", "generalisation", "revcorr",
                  "features", "pose"):
         assert (res / "figures" / f"identity_s0_{name}.png").stat().st_size > 10_000
+    # The expression model is trained and evaluated on the held-out identities, but not analysed
+    # (activations.models: [identity_s0]); the identity model is not evaluated on people it has no class for.
+    heldout = json.loads((res / "models" / "expression_s1" / "heldout.json").read_text())
+    assert heldout["set"] == "heldout" and heldout["pool"] == "heldout" and heldout["shared_identities"] == 0
+    assert heldout["n"] == 16 and heldout["identities"] == 2 and 0 <= heldout["accuracy"] <= 1
+    assert not (res / "models" / "identity_s0" / "heldout.json").exists()
+    assert not (res / "activations" / "expression_s1").exists()
+    held = xr.open_zarr(res / "stimuli" / "heldout.zarr")
+    assert held.attrs["pool"] == "heldout" and set(held.identity.values.tolist()) == {4, 5}
+    # Factor visibility: pixel MI per measured factor, accuracy per trained model, in the report as a table.
+    vis = xr.open_zarr(res / "analyses" / "visibility.zarr")
+    assert list(vis.factor.values) == ["identity", "gender", "expression", "yaw", "light_azimuth", "scale",
+                                       "background"]
+    assert vis.max_mi.attrs["units"] == "bits" and list(vis.model.values) == ["identity_s0", "expression_s1"]
+    assert vis.accuracy.sel(model="expression_s1") == heldout["accuracy"]
+    assert vis.evaluated_on.sel(model="identity_s0") == "test set (training identities)"
     report = (res / "report.html").read_text()
-    assert report.count("<figure>") == 10 and "held-out accuracy" in report and "generalisation gap" in report
+    for kind in ("factors", "identities", "portraits"):  # the stimulus figures at the extra resolution
+        assert (res / "figures" / f"stimuli_{kind}_48.png").stat().st_size > 5_000
+    assert report.count("<figure>") == 15 and "held-out accuracy" in report and "generalisation gap" in report
+    assert "<h2>Factor visibility</h2>" in report and "max pixel MI (bits)" in report
+    assert report.index("Factor visibility") < report.index("<h2>Model identity_s0</h2>")
+    assert "accuracy on held-out identities" in report
     # Changing an MI setting reruns the MI jobs and what reads them, nothing upstream.
     changed = job_counts(run_test_config(tmp_path, "-n", "--config", "mi={n_perm: 10}").stdout)
-    assert set(changed) == {"mi_layers", "mi_pixels", "analyses_profile", "analyses_revcorr", "report", "all"}
+    assert set(changed) == {"mi_layers", "mi_pixels", "analyses_profile", "analyses_revcorr", "analyses_visibility",
+                            "report", "all"}
     ds = xr.open_zarr(tmp_path / "results" / "stimuli" / "analysis.zarr")
     assert ds.image.dims == ("sample", "y", "x", "channel") and ds.image.shape[1:] == (32, 32, 3)
     assert ds.parts.attrs["part_names"][0] == "background"

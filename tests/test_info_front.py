@@ -251,8 +251,10 @@ def test_a_distributed_scheduler_gives_the_same_result():
         remote = mutual_information(x, f, n_perm=50, seed=3, scheduler=cluster.scheduler_address)
         with Client(cluster):
             lazy = mutual_information(x, f, seed=3).compute()
-    # The null's sums run in float32 (stats.py), so its last digits follow the workers' thread counts.
-    xr.testing.assert_allclose(remote.drop_vars("null_max"), local.drop_vars("null_max"), rtol=0, atol=1e-12)
-    xr.testing.assert_allclose(remote.null_max, local.null_max, rtol=1e-5, atol=0)
+    # The null's sums run in float32 (stats.py), so its last digits, and those of the thresholds taken
+    # from it, follow the workers' thread counts; the MI itself is float64.
+    null = ["null_max", "threshold"]
+    xr.testing.assert_allclose(remote.drop_vars(null), local.drop_vars(null), rtol=0, atol=1e-12)
+    xr.testing.assert_allclose(remote[null], local[null], rtol=1e-4, atol=0)  # float32 sums of 800 terms
     assert (remote.null_max > 0).all()
     xr.testing.assert_allclose(lazy, local.mi.drop_attrs(), rtol=0, atol=1e-12)

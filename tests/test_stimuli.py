@@ -24,7 +24,8 @@ def config() -> dict:
 def stage_spec(config: dict, name: str, seed: int | None = None) -> dict:
     st = config["stimuli"]
     return {"seed": config["seed"] if seed is None else seed, "identities": st["identities"],
-            "generator": st["generator"], "factors": st["factors"], "set": st["sets"][name], "name": name}
+            "heldout_identities": st["heldout_identities"], "generator": st["generator"], "factors": st["factors"],
+            "set": st["sets"][name], "name": name}
 
 
 def write_design(config: dict, name: str, path: Path, seed: int | None = None) -> Path:
@@ -122,3 +123,94 @@ def test_a_failed_write_leaves_no_store(tmp_path):
             tmp.mkdir()
             raise RuntimeError("killed")
     assert not (tmp_path / "s.zarr").exists() and not (tmp_path / "s.zarr.partial").exists()
+
+
+def _with_heldout_set(config: dict, design: str = "crossed", **keys) -> dict:
+    """The test config plus a set `heldout` of the held-out pool (crossed over it by default)."""
+    config = copy.deepcopy(config)
+    spec = {"design": design, "pool": "heldout", **keys}
+    if design == "crossed":
+        spec.setdefault("samples_per_identity", 3)
+        spec.setdefault("vary", ["expression", "yaw"])
+    config["stimuli"]["sets"]["heldout"] = spec
+    return validate_config(config)
+
+
+def test_heldout_identities_are_disjoint_from_training_and_a_pure_function_of_their_index(config):
+    from infodissect.stimuli.design import identity_pool
+
+    cfg = _with_heldout_set(config)
+    st = cfg["stimuli"]
+    n_train, n_held = st["identities"], st["heldout_identities"]
+    held = build_design("heldout", stage_spec(cfg, "heldout"))
+    train = build_design("train", stage_spec(cfg, "train"))
+    assert sorted(set(held.identity.values.tolist())) == list(range(n_train, n_train + n_held))
+    assert not set(held.identity.values.tolist()) & set(train.identity.values.tolist())
+    assert (held.attrs["pool"], held.attrs["pool_first"], held.attrs["pool_size"]) == ("heldout", n_train, n_held)
+    assert train.attrs["pool"] == "train" and held.attrs["identities"] == n_train  # an identity network's classes
+    # No held-out face is a training face: the codes differ too.
+    assert not np.isin(held.shape_coeff.values[:, 0], train.shape_coeff.values[:, 0]).any()
+    # Identity i is the same person however the pool is cut: alone, or in a larger held-out pool.
+    for i in (n_train, n_train + n_held - 1):
+        alone = identity_pool(cfg["seed"], 1, st, start=i)
+        row = int(np.flatnonzero(held.identity.values == i)[0])
+        assert np.array_equal(alone["shape_coeff"][0], held.shape_coeff.values[row])
+        assert np.array_equal(alone["texture_coeff"][0], held.texture_coeff.values[row])
+        assert alone["gender"][0] == held.gender.values[row] and alone["identity"][0] == i
+    bigger = copy.deepcopy(cfg)
+    bigger["stimuli"]["heldout_identities"] = n_held + 3
+    more = build_design("heldout", stage_spec(bigger, "heldout"))
+    for i in range(n_train, n_train + n_held):
+        a = held.shape_coeff.values[held.identity.values == i][0]
+        b = more.shape_coeff.values[more.identity.values == i][0]
+        assert np.array_equal(a, b)
+    # Built twice: the same bits; and the training sets do not depend on the held-out pool at all.
+    again = build_design("heldout", stage_spec(cfg, "heldout"))
+    for name in ("shape_coeff", "texture_coeff", "identity", "yaw", "expression"):
+        assert np.array_equal(held[name].values, again[name].values), name
+    assert np.array_equal(build_design("train", stage_spec(bigger, "train")).texture_coeff.values,
+                          train.texture_coeff.values)
+
+
+@pytest.mark.parametrize(("design", "keys"), [
+    ("crossed", {"samples_per_identity": 5, "vary": ["yaw"]}),
+    ("independent", {"samples": 7, "vary": ["identity", "yaw"]}),
+    ("independent", {"samples": 3, "vary": ["yaw"]}),
+    ("portraits", {"count": 5}),
+    ("sweep", {"identities": 2, "steps": 3, "factors": ["yaw", "expression"]}),
+])
+def test_heldout_sets_match_their_planned_size_and_draw_only_heldout_identities(config, design, keys):
+    cfg = _with_heldout_set(config, design, **keys)
+    st = cfg["stimuli"]
+    ds = build_design("heldout", stage_spec(cfg, "heldout"))
+    assert ds.sizes["sample"] == design_size(st["sets"]["heldout"], st) > 0
+    ids = set(ds.identity.values.tolist())
+    assert ids <= set(range(st["identities"], st["identities"] + st["heldout_identities"]))
+
+
+def test_designs_refuse_the_heldout_pool_where_it_makes_no_sense(config):
+    from infodissect.stimuli.design import pool_range
+
+    st = dict(config["stimuli"], heldout_identities=2)
+    with pytest.raises(ValueError, match="morph set cannot draw from the held-out pool"):
+        pool_range({"design": "morph", "pool": "heldout"}, st)
+    with pytest.raises(ValueError, match="stimuli.heldout_identities >= 1"):
+        pool_range({"design": "crossed", "pool": "heldout"}, dict(st, heldout_identities=0))
+    assert pool_range({"design": "crossed"}, st) == (0, st["identities"])
+
+
+def test_a_heldout_set_renders_the_same_bits_whatever_the_sharding(config, tmp_path):
+    cfg = _with_heldout_set(config, samples_per_identity=8, vary=["expression", "yaw"])
+    path = tmp_path / "heldout.design.zarr"
+    with atomic_store(path) as tmp:
+        write_zarr(build_design("heldout", stage_spec(cfg, "heldout")), tmp)
+    render = {"generator": cfg["stimuli"]["generator"], "render": dict(cfg["stimuli"]["render"], batch_size=8)}
+    render_shard(path, 0, {**render, "render": dict(render["render"], shard_size=16)}, tmp_path / "one" / "0.zarr")
+    gather_shards(path, [tmp_path / "one" / "0.zarr"], tmp_path / "one.zarr")
+    shards = [tmp_path / "two" / f"{i}.zarr" for i in range(2)]
+    for i, shard in enumerate(shards):
+        render_shard(path, i, {**render, "render": dict(render["render"], shard_size=8)}, shard)
+    gather_shards(path, shards, tmp_path / "two.zarr")
+    a, b = open_store(tmp_path / "one.zarr"), open_store(tmp_path / "two.zarr")
+    assert np.array_equal(a.image.values, b.image.values) and a.attrs["pool"] == b.attrs["pool"] == "heldout"
+    assert a.sizes["sample"] == 16 and a.image.values.std() > 10

@@ -241,3 +241,106 @@ def test_a_store_from_another_generator_version_stops_training_before_it_starts(
     log = (tmp_path / "old" / "log").read_text()
     assert res.name != "old" and "generator version '0.9'" in log and "epoch" not in log, log[-2000:]
     assert not (tmp_path / "old" / "ckpt").exists()
+
+
+def _people_store(path: Path, first: int, people: int, per: int, pool: str, seed: int = 0,
+                  expressions: tuple[str, ...] = ("neutral", "happiness")) -> Path:
+    """A stimulus-format store of identities first..first+people-1 whose images show their expression
+    (a bright left or right half) under noise: an expression task a network can learn and transfer."""
+    rng = np.random.default_rng(seed)
+    n = people * per
+    ident = first + np.repeat(np.arange(people), per)
+    expr = np.arange(n) % len(expressions)
+    img = rng.uniform(0, 120, size=(n, 16, 16, 3))
+    img[expr == 1, :, :8] += 120
+    img[expr == 0, :, 8:] += 120
+    levels = ["neutral", "happiness", "fear"]
+    ds = xr.Dataset({"image": (("sample", "y", "x", "channel"), np.clip(img, 0, 255).astype(np.uint8))},
+                    coords={"identity": ("sample", ident), "yaw": ("sample", rng.uniform(-45, 45, n)),
+                            "expression": ("sample", np.asarray(expressions, dtype=object)[expr])})
+    ds.attrs.update(identities=4, pool=pool, set=path.stem, generator_version=GENERATOR_VERSION, factors=json.dumps({
+        "identity": {"kind": "categorical"}, "yaw": {"kind": "continuous"},
+        "expression": {"kind": "categorical", "levels": levels}}))
+    ds.chunk({"sample": 8}).to_zarr(path, mode="w")
+    return path
+
+
+def _saved_model(path: Path, task: str, classes: list[str], train: Path | None = None, steps: int = 0) -> Path:
+    """A model.pt as the training stage writes it, optionally trained for a few in-process steps."""
+    from infodissect.train.loop import autocast, train_step
+
+    torch.manual_seed(0)
+    model = build_model(len(classes), width=8)
+    if steps:
+        labels = task_labels(train, task, tuple(classes))
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        batches = StoreBatches(train, labels, 8, seed=0, window=2)
+        for epoch in range(steps):
+            for x, y in batches.epoch(epoch):
+                train_step(model, opt, x, y, autocast(torch.device("cpu")))
+    spec = TrainSpec(task=task, width=8).__dict__
+    torch.save({"state_dict": model.state_dict(), "classes": classes, "task": task, "spec": spec,
+                "readout_layers": list(READOUT_LAYERS), "architecture": "ResNet10"}, path)
+    return path
+
+
+def test_scores_count_what_they_say():
+    from infodissect.train.evaluate import scores
+
+    truth = np.array([0, 0, 0, 0, 1, 1, 2, 2])
+    preds = np.array([0, 0, 1, 0, 1, 0, 2, 2])
+    s = scores(truth, preds, ("a", "b", "c", "d"))
+    assert s["n"] == 8 and s["accuracy"] == 6 / 8 and s["chance"] == 4 / 8
+    assert s["balanced_accuracy"] == pytest.approx((3 / 4 + 1 / 2 + 1) / 3) and s["chance_balanced"] == 1 / 3
+    assert [c["class"] for c in s["per_class"]] == ["a", "b", "c"]  # d never occurs
+    assert s["confusion"]["matrix"][0] == [3, 1, 0, 0] and s["confusion"]["matrix"][1] == [1, 1, 0, 0]
+    assert np.trace(np.asarray(s["confusion"]["matrix"])) == 6
+
+
+def test_evaluate_command_scores_a_model_on_heldout_identities(tmp_path):
+    from infodissect.cli import main
+    from infodissect.nets import network_input
+
+    train = _people_store(tmp_path / "train.zarr", 0, 4, 16, "train")
+    held = _people_store(tmp_path / "heldout.zarr", 4, 3, 8, "heldout", seed=1)
+    model = _saved_model(tmp_path / "model.pt", "expression", ["neutral", "happiness", "fear"], train, steps=3)
+    out = tmp_path / "expression_s1" / "heldout.json"
+    assert main(["train", "evaluate", "--model", str(model), "--stimuli", str(held), "--train", str(train),
+                 "--name", "expression_s1", "--batch-size", "5", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert (res["model"], res["task"], res["set"], res["pool"]) == ("expression_s1", "expression", "heldout", "heldout")
+    assert res["n"] == 24 and res["identities"] == 3 and res["shared_identities"] == 0
+    assert res["classes_seen"] == ["neutral", "happiness"] and res["chance"] == 0.5
+    # The same answers as a forward pass over the whole set, in order.
+    net = build_model(3, width=8)
+    net.load_state_dict(torch.load(model, weights_only=False)["state_dict"])
+    with torch.inference_mode():
+        preds = net.eval()(network_input(xr.open_zarr(held).image.values)).argmax(1).numpy()
+    truth = np.asarray([["neutral", "happiness"].index(e) for e in xr.open_zarr(held).expression.values])
+    assert len(set(preds.tolist())) > 1, "the test needs a model whose answers depend on the image"
+    assert res["accuracy"] == float(np.mean(preds == truth)) > 0.9
+    assert np.asarray(res["confusion"]["matrix"])[:2, :2].sum() == 24
+    assert {r["factor"] for r in res["by_factor"]} == {"identity", "yaw", "expression"}
+    # Evaluated on the training identities, the overlap shows.
+    again = tmp_path / "again.json"
+    assert main(["train", "evaluate", "--model", str(model), "--stimuli", str(train), "--train", str(train),
+                 "--out", str(again)]) == 0
+    assert json.loads(again.read_text())["shared_identities"] == 4
+
+
+def test_evaluate_refuses_classes_the_model_never_saw_and_identity_models_on_new_people(tmp_path, caplog):
+    from infodissect.cli import main
+    from infodissect.train.evaluate import EvaluationError, evaluate_model
+
+    train = _people_store(tmp_path / "train.zarr", 0, 4, 8, "train")
+    held = _people_store(tmp_path / "heldout.zarr", 4, 2, 6, "heldout", expressions=("neutral", "happiness", "fear"))
+    model = _saved_model(tmp_path / "model.pt", "expression", ["neutral", "happiness", "fear"])
+    with pytest.raises(EvaluationError, match=r"expression class\(es\) \['fear'\] that model m_s0 never saw"):
+        evaluate_model(model, held, train, name="m_s0")
+    out = tmp_path / "refused.json"
+    assert main(["train", "evaluate", "--model", str(model), "--stimuli", str(held), "--train", str(train),
+                 "--out", str(out)]) == 2
+    assert "never saw in training" in caplog.text and not out.exists()
+    ident = _saved_model(tmp_path / "identity.pt", "identity", ["0", "1", "2", "3"])
+    with pytest.raises(EvaluationError, match="has no class for"):
+        evaluate_model(ident, held, train)

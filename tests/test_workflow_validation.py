@@ -41,8 +41,8 @@ def test_slurm_profile_dry_run_plans_every_job(tmp_path):
     assert slurm.returncode == 0, out
     counts = job_counts(out)
     assert counts == job_counts(local.stdout + local.stderr)
-    for rule in ("stimuli_render", "train_model", "activations_extract", "mi_layers", "mi_pixels",
-                 "analyses_profile", "analyses_generalisation", "report", "all"):
+    for rule in ("stimuli_render", "train_model", "train_evaluate", "activations_extract", "mi_layers", "mi_pixels",
+                 "analyses_profile", "analyses_generalisation", "analyses_visibility", "report", "all"):
         assert counts.get(rule, 0) >= 1, (rule, counts)
     # The profile's per-rule resources reach the jobs: a GPU for extraction, memory for MI.
     extract = out[out.index("rule activations_extract:"):]
@@ -65,3 +65,45 @@ def test_a_multi_node_training_job_starts_one_launcher_per_node():
     assert result.returncode == 0, output
     assert "srun --ntasks-per-node=1 --kill-on-bad-exit=1 infodissect train launch --nodes 2" in output, output
     assert "nodes=2, tasks_per_node=1, mpi=srun" in output, output
+
+
+def test_demo_plans_heldout_evaluation_and_visibility_and_analyses_only_activations_models(tmp_path):
+    result = snakemake("-n", "-p", "--forceall", "--directory", str(tmp_path), "--configfile",
+                       str(ROOT / "config" / "config.yaml"))
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out
+    counts = job_counts(out)
+    # Three models trained, the two that are not identity models evaluated on the held-out identities,
+    # only identity_s0 (activations.models) extracted and analysed.
+    assert counts["train_model"] == 3 and counts["train_evaluate"] == 2 and counts["train_figure"] == 3
+    assert counts["activations_extract"] == 3 and counts["mi_layers"] == 1 and counts["analyses_profile"] == 1
+    assert counts["analyses_visibility"] == 1 and counts["mi_pixels"] == 1
+    for model in ("expression_s1", "gender_s1"):
+        assert (f"infodissect train evaluate --model results/models/{model}/model.pt --stimuli "
+                f"results/stimuli/heldout.zarr --train results/stimuli/designs/train.zarr") in out
+        assert f"results/activations/{model}/" not in out
+    assert "results/models/identity_s0/heldout.json" not in out
+    assert ("infodissect analyses visibility --pixels results/mi/pixels/analysis.zarr --models "
+            "results/models/identity_s0 results/models/expression_s1 results/models/gender_s1") in out
+    assert "results/logs/analyses/visibility.log" in out and "results/logs/train/evaluate_gender_s1.log" in out
+    # The held-out set is a stimulus set like any other (design, render, gather).
+    assert "results/stimuli/designs/heldout.zarr" in out and "results/stimuli/heldout.zarr" in out
+    # [] = every trained model is analysed.
+    every = snakemake("-n", "--forceall", "--directory", str(tmp_path), "--configfile",
+                      str(ROOT / "config" / "config.yaml"), "--config", "activations={models: []}")
+    assert every.returncode == 0, every.stderr[-2000:]
+    assert job_counts(every.stdout)["activations_extract"] == 9
+
+
+def test_heldout_evaluation_of_an_identity_model_is_refused_before_any_job():
+    result = snakemake("results/models/identity_s0/heldout.json", "-n", "--configfile", "config/test.yaml")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "model 'identity_s0' is not evaluated on held-out identities: an identity model has no class" in output
+
+
+def test_a_heldout_set_without_heldout_identities_stops_the_workflow_naming_the_key():
+    result = snakemake("-n", "--configfile", "config/test.yaml", "--config", "stimuli={heldout_identities: 0}")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "stimuli.sets.heldout.pool: heldout needs held-out identities" in output, output

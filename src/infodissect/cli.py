@@ -38,15 +38,26 @@ def _stimuli_gather(a: argparse.Namespace) -> None:
 
 
 def _stimuli_figure(a: argparse.Namespace) -> None:
-    from .figures.stimuli import factor_sweeps, identity_gallery
-    from .stimuli.store import open_store
+    from .figures.stimuli import factor_sweeps, identity_gallery, portrait_sheet
+    from .stimuli.store import open_store, render_in_memory
 
-    ds = open_store(a.stimuli, require=("image",))
+    if a.design:  # render the design at the figure's resolution
+        import torch
+
+        if not a.spec:
+            raise SystemExit("stimuli figure: --design needs --spec (the render spec)")
+        torch.set_num_threads(a.threads)
+        ds = render_in_memory(a.design, json.loads(a.spec), a.resolution)
+        a.stimuli = a.design
+    else:
+        ds = open_store(a.stimuli, require=("image",))
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     if a.kind == "factors":
         if "sweep_factor" not in ds.coords:
             raise SystemExit(f"{a.stimuli}: not a sweep set (no sweep_factor coordinate)")
         factor_sweeps(ds, a.out)
+    elif a.kind == "portraits":
+        portrait_sheet(ds, a.out)
     else:
         identity_gallery(ds, a.out)
 
@@ -73,6 +84,19 @@ def _train_launch(a: argparse.Namespace) -> None:
     rest = a.train_args[1:] if a.train_args[:1] == ["--"] else a.train_args
     logging.info("launching: torchrun %s", " ".join(args))
     os.execv(torchrun, [torchrun, *args, "-m", "infodissect.cli", "train", "model", *rest])
+
+
+def _train_evaluate(a: argparse.Namespace) -> None:
+    import torch
+
+    from .stimuli.store import resolve_device
+    from .train.evaluate import evaluate_model, write_json
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    result = evaluate_model(a.model, a.stimuli, a.train, name=a.name, batch_size=a.batch_size,
+                            device=resolve_device(a.device))
+    write_json(result, a.out)
 
 
 def _train_figure(a: argparse.Namespace) -> None:
@@ -195,6 +219,31 @@ def _analyses_pose(a: argparse.Namespace) -> None:
     pose_figure(ds, a.figure, title=f"{a.title}: pose invariance of the identity code")
 
 
+def _analyses_visibility(a: argparse.Namespace) -> None:
+    from .analyses.information import PIXELS, open_tree
+    from .analyses.visibility import factor_visibility, invisible_factors, model_score
+    from .figures.visibility import visibility_figure
+    from .stimuli.store import atomic_store, write_zarr
+
+    pixels = None
+    if a.pixels:
+        tree = open_tree(a.pixels, "pixel MI")
+        if PIXELS not in tree.children:
+            raise ValueError(f"{a.pixels}: no `{PIXELS}` group (is it a pixel MI store, "
+                             "results/mi/pixels/{set}.zarr?)")
+        pixels = tree[PIXELS].to_dataset()
+    ds = factor_visibility(pixels, [model_score(d) for d in a.models])
+    with atomic_store(a.out) as tmp:
+        write_zarr(ds, tmp)
+    visibility_figure(ds, a.figure, title=a.title)
+    if a.pixels:
+        logging.info("factors with no pixel above the threshold: %s", ", ".join(invisible_factors(ds)) or "none")
+    for m in ds["model"].values:
+        row = ds.sel(model=m)
+        logging.info("%s: accuracy %.3f on %s (chance %.3f)", m, float(row["accuracy"]),
+                     str(row["evaluated_on"].values), float(row["chance"]))
+
+
 def _report(a: argparse.Namespace) -> None:
     from .report import build_report
 
@@ -230,8 +279,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.set_defaults(func=_stimuli_gather)
 
     f = sub.add_parser("figure", help="stimulus figures")
-    f.add_argument("kind", choices=["factors", "identities"])
-    f.add_argument("--stimuli", required=True, help="sweeps store (factors) or portraits store (identities)")
+    f.add_argument("kind", choices=["factors", "identities", "portraits"])
+    src = f.add_mutually_exclusive_group(required=True)
+    src.add_argument("--stimuli",
+                     help="sweeps store (factors) or portraits store (identities: a gallery; portraits: large portraits)")
+    src.add_argument("--design", help="a sweeps or portraits design, rendered for the figure (with --spec)")
+    f.add_argument("--spec", help="render spec (JSON) of --design")
+    f.add_argument("--resolution", type=int, help="render --design at this resolution instead of the spec's")
+    f.add_argument("--threads", type=int, default=2)
     f.add_argument("--out", required=True)
     f.set_defaults(func=_stimuli_figure)
 
@@ -254,6 +309,18 @@ def build_parser() -> argparse.ArgumentParser:
     la.add_argument("--port", type=int, default=29500, help="rendezvous port on the first node (multi-node)")
     la.add_argument("train_args", nargs=argparse.REMAINDER, help="-- then the arguments of `train model`")
     la.set_defaults(func=_train_launch)
+    ev = tsub.add_parser("evaluate", help="evaluate a trained model on another set (e.g. held-out identities): "
+                                          "accuracy, chance, per-class accuracy, confusion matrix -> JSON")
+    ev.add_argument("--model", required=True, help="model.pt of the training stage")
+    ev.add_argument("--stimuli", required=True, help="rendered stimulus store to evaluate on")
+    ev.add_argument("--train", required=True, help="the model's training set (store or design table): the classes "
+                                                   "and identities it saw")
+    ev.add_argument("--name", default="", help="model name (default: the directory of --model)")
+    ev.add_argument("--batch-size", type=int, default=64)
+    ev.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    ev.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    ev.add_argument("--out", required=True, help="output JSON (e.g. results/models/{model}/heldout.json)")
+    ev.set_defaults(func=_train_evaluate)
     tf = tsub.add_parser("figure", help="training curves and held-out accuracy by factor")
     tf.add_argument("--metrics", required=True)
     tf.add_argument("--factors", required=True)
@@ -325,9 +392,19 @@ def build_parser() -> argparse.ArgumentParser:
     po.add_argument("--title", default="")
     po.set_defaults(func=_analyses_pose)
 
+    vi = ansub.add_parser("visibility", help="factor visibility: pixel MI per factor and every trained classifier's "
+                                             "accuracy (held-out identities) against chance")
+    vi.add_argument("--pixels", default=None,
+                    help="pixel MI store (results/mi/pixels/{set}.zarr); omit if not measured")
+    vi.add_argument("--models", nargs="*", default=[], help="trained models' directories (results/models/{model})")
+    vi.add_argument("--out", required=True, help="output store (factor, model)")
+    vi.add_argument("--figure", required=True)
+    vi.add_argument("--title", default="")
+    vi.set_defaults(func=_analyses_visibility)
+
     rp = stages.add_parser("report", help="the HTML report of every figure and the key numbers")
-    rp.add_argument("--spec", required=True, help="JSON: title, intro, models {name: {metrics, profile, "
-                    "generalisation}}, sections [{title, figures [{path, caption, wildcards}]}]")
+    rp.add_argument("--spec", required=True, help="JSON: title, intro, models {name: {metrics, heldout, profile, "
+                    "generalisation, pose}}, sections [{title, figures [{path, caption, wildcards}], visibility}]")
     rp.add_argument("--out", required=True)
     rp.set_defaults(func=_report)
     return p

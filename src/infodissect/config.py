@@ -27,6 +27,7 @@ import yaml
 from jsonschema.exceptions import ValidationError, best_match
 
 from infodissect.faces.factors import FACTORS
+from infodissect.stimuli.design import HELDOUT_DESIGNS
 
 __all__ = [
     "ConfigError",
@@ -187,12 +188,24 @@ def _semantic_errors(config: dict) -> Iterator[str]:
             f"stimuli.render.batch_size ({render['batch_size']})"
         )
 
-    pool = stimuli["identities"]
     for name, spec in stimuli["sets"].items():
         path = f"stimuli.sets.{name}"
         if not SET_NAME.fullmatch(name):
             yield f"{path}: set name must match [a-z][a-z0-9_]*"
         design = spec["design"]
+        pool_key = "stimuli.identities"
+        pool = stimuli["identities"]
+        if spec.get("pool") == "heldout":
+            pool_key, pool = "stimuli.heldout_identities", stimuli["heldout_identities"]
+            if design not in HELDOUT_DESIGNS:
+                yield (f"{path}.pool: a {design} set cannot draw from the held-out pool (its analyses read an "
+                       f"identity network's logit for each identity); pool: heldout is for "
+                       f"{', '.join(HELDOUT_DESIGNS)} sets")
+                continue
+            if pool < 1:
+                yield (f"{path}.pool: heldout needs held-out identities, but stimuli.heldout_identities is 0 "
+                       "(set it to the size of the held-out pool)")
+                continue
         for key in ("vary", "factors"):
             for i, factor in enumerate(spec.get(key, [])):
                 if factor not in FACTORS:
@@ -206,7 +219,7 @@ def _semantic_errors(config: dict) -> Iterator[str]:
         if design in ("sweep", "revcorr") and spec["identities"] > pool:
             yield (
                 f"{path}.identities: {spec['identities']} is more than the identity "
-                f"pool (stimuli.identities = {pool})"
+                f"pool ({pool_key} = {pool})"
             )
 
 
@@ -219,6 +232,11 @@ def _analysis_errors(config: dict) -> Iterator[str]:
     if not config["training"]["models"]:
         return
     sets, extracted = config["stimuli"]["sets"], config["activations"]["sets"]
+    trained = config["training"]["models"]
+    for i, model in enumerate(config["activations"]["models"]):
+        if model not in trained:
+            yield (f"activations.models[{i}]: {model!r} is not among training.models ({', '.join(trained)}); "
+                   "list trained models, or [] for every one of them")
     for i, name in enumerate(extracted):
         if name not in sets:
             yield f"activations.sets[{i}]: {name!r} is not a stimulus set"
@@ -258,6 +276,20 @@ def _training_errors(config: dict) -> Iterator[str]:
     for key in ("train_set", "test_set"):
         if training[key] not in sets:
             yield f"training.{key}: {training[key]!r} is not a stimulus set (stimuli.sets: {', '.join(sets)})"
+    if training["train_set"] in sets and sets[training["train_set"]].get("pool", "train") == "heldout":
+        yield (f"training.train_set: {training['train_set']!r} draws from the held-out identities (pool: heldout); "
+               "train on a set of the training pool")
+    identity_models = [m for m in training["models"] if m.rpartition("_s")[0] == "identity"]
+    if identity_models and training["test_set"] in sets and sets[training["test_set"]].get("pool") == "heldout":
+        yield (f"training.test_set: {training['test_set']!r} draws from the held-out identities (pool: heldout), "
+               f"which identity models ({', '.join(identity_models)}) have no classes for; test on a set of the "
+               "training pool")
+    heldout = training["heldout_set"] if len(identity_models) < len(training["models"]) else ""  # used only then
+    if heldout and heldout not in sets:
+        yield f"training.heldout_set: {heldout!r} is not a stimulus set (stimuli.sets: {', '.join(sets)}; '' = none)"
+    elif heldout and sets[heldout].get("pool", "train") != "heldout":
+        yield (f"training.heldout_set: {heldout!r} draws from the training identities; held-out evaluation needs "
+               "a set with pool: heldout (or '' for none)")
     categorical = [n for n, f in FACTORS.items() if f.kind != "continuous"]
     for i, model in enumerate(training["models"]):
         task = model.rpartition("_s")[0]

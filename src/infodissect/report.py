@@ -1,4 +1,5 @@
-"""The HTML report: every figure with its caption, and a table of the key numbers per model.
+"""The HTML report: every figure with its caption, a table of the key numbers per model, and the factor
+visibility table (pixel MI and classifier accuracy per factor) in its section.
 
 The captions are the reStructuredText files the rules also give Snakemake's
 ``report()`` (workflow/report/*.rst), so ``snakemake --report`` and this report say
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,11 @@ def key_numbers(model: str, inputs: dict[str, str]) -> dict[str, Any]:
     if "metrics" in inputs:
         m = pd.read_csv(inputs["metrics"])
         row["held-out accuracy"] = f"{100 * float(m['test_accuracy'].iloc[-1]):.1f}%"
+    if "heldout" in inputs:
+        h = json.loads(Path(inputs["heldout"]).read_text())
+        row["accuracy on held-out identities"] = (
+            f"{100 * h['accuracy']:.1f}% (chance {100 * h['chance']:.1f}%; {h['identities']} people, {h['n']} images "
+            f"of set {h['set']})")
     if "profile" in inputs:
         prof = open_tree(inputs["profile"], "profile").to_dataset()
         if "identity" in [str(f) for f in prof["factor"].values]:
@@ -62,6 +69,55 @@ def key_numbers(model: str, inputs: dict[str, str]) -> dict[str, Any]:
     return row
 
 
+def _percent(value: float) -> str:
+    return "" if not np.isfinite(value) else f"{100 * value:.1f}%"
+
+
+def _classifier_cell(m: xr.Dataset) -> str:
+    """One classifier's accuracy, chance and where it was measured (with its test-set accuracy when held out)."""
+    where = str(m["evaluated_on"].values)
+    text = f"{m['model'].values}: {_percent(float(m['accuracy']))} ({_percent(float(m['chance']))}) on {where}"
+    if "held-out" in where:
+        text += f"; {_percent(float(m['test_accuracy']))} on the test set (training identities)"
+    return text
+
+
+def visibility_rows(ds: xr.Dataset) -> pd.DataFrame:
+    """The factor visibility table: one row per factor (and per classifier task whose pixels were not measured)
+    with its pixel MI, threshold, share of pixels above it and the accuracy of each classifier of that factor."""
+    factors = [str(f) for f in ds["factor"].values]
+    tasks = [str(t) for t in ds["task"].values]
+    rows = []
+    for name in factors + [t for t in dict.fromkeys(tasks) if t not in factors]:
+        row: dict[str, Any] = {"factor": name}
+        if name in factors:
+            f = ds.sel(factor=name)
+            row["kind"] = str(f["factor_kind"].values)
+            row["max pixel MI (bits)"] = f"{float(f['max_mi']):.3f}"
+            row["threshold (bits)"] = f"{float(f['threshold']):.3f}" if np.isfinite(float(f["threshold"])) else ""
+            row["pixels above threshold"] = _percent(float(f["share_significant"]))
+        else:
+            row["max pixel MI (bits)"] = "not measured"
+        row["classifier accuracy (chance)"] = "; ".join(
+            _classifier_cell(ds.isel(model=i)) for i, t in enumerate(tasks) if t == name)
+        rows.append(row)
+    return pd.DataFrame(rows).fillna("")
+
+
+def _visibility_html(path: str | Path) -> str:
+    ds = xr.open_zarr(path, consolidated=True).load()
+    table = visibility_rows(ds).to_html(index=False, escape=True)
+    parts = []
+    if ds["factor"].size:
+        share = ds["share_significant"].values
+        invisible = [str(f) for f, v in zip(ds["factor"].values, share) if not v > 0]
+        parts.append(f"<p>Pixel MI on the {html.escape(str(ds.attrs.get('set', '')))} set "
+                     f"({ds.attrs.get('n_samples', '?')} images, {ds.attrs.get('n_perm', '?')} permutations, "
+                     f"family-wise alpha {ds.attrs.get('alpha', '?')}). Factors with no pixel above the threshold: "
+                     f"<b>{html.escape(', '.join(invisible) or 'none')}</b>.</p>")
+    return "".join(parts) + table
+
+
 def _figure_html(fig: dict[str, Any]) -> str:
     path = Path(fig["path"])
     data = base64.b64encode(path.read_bytes()).decode()
@@ -78,6 +134,7 @@ table{border-collapse:collapse}td,th{border:1px solid #bbb;padding:4px 8px;text-
 def build_report(spec: dict[str, Any], out: str | Path) -> Path:
     """Write the report described by ``spec`` (title, intro, models' inputs, sections of figures) to ``out``."""
     missing = [f["path"] for s in spec["sections"] for f in s["figures"] if not Path(f["path"]).exists()]
+    missing += [s["visibility"] for s in spec["sections"] if s.get("visibility") and not Path(s["visibility"]).exists()]
     missing += [p for m in spec.get("models", {}).values() for p in m.values() if not Path(p).exists()]
     if missing:
         raise FileNotFoundError(f"report inputs missing: {missing}")
@@ -92,6 +149,8 @@ def build_report(spec: dict[str, Any], out: str | Path) -> Path:
     for section in spec["sections"]:
         parts.append(f"<h2>{html.escape(section['title'])}</h2>")
         parts.extend(_figure_html(f) for f in section["figures"])
+        if section.get("visibility"):
+            parts.append(_visibility_html(section["visibility"]))
     parts.append("</body></html>")
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(f"{out}.partial")

@@ -1,5 +1,6 @@
-# Stage 5, analyses: the layer profile, unit and spatial MI figures, the generalisation
-# test on the morph set, and the HTML report of everything.
+# Stage 5, analyses: factor visibility (pixel MI and classifier accuracy per factor), the
+# layer profile, unit and spatial MI figures, the generalisation test on the morph set, and
+# the HTML report of everything.
 
 
 rule analyses_profile:
@@ -89,6 +90,26 @@ rule analyses_pose:
     shell:
         "infodissect analyses pose --activations {input} --spec {params.spec:q} --threads {threads}"
         " --out {output.summary} --figure {output.figure} --title {wildcards.model} > {log} 2>&1"
+
+
+rule analyses_visibility:
+    """Factor visibility: per factor, the pixel MI (largest, share of pixels above the permutation threshold)
+    and the held-out accuracy of every classifier the pipeline trained, against chance."""
+    input:
+        unpack(visibility_inputs),
+    output:
+        store=directory(VISIBILITY[0]),
+        figure=report(VISIBILITY[1], caption="../report/factor_visibility.rst", category="Stimuli"),
+    params:
+        pixels=lambda wildcards, input: f"--pixels {input.pixels}" if "pixels" in input.keys() else "",
+        models=" ".join(f"results/models/{m}" for m in model_names()),
+    log:
+        "results/logs/analyses/visibility.log",
+    benchmark:
+        "results/benchmarks/analyses/visibility.tsv"
+    shell:
+        "infodissect analyses visibility {params.pixels} --models {params.models} --out {output.store}"
+        " --figure {output.figure} > {log} 2>&1"
 
 
 rule report:

@@ -48,6 +48,8 @@ def stage_spec(set_name):
         "set": stimuli["sets"][set_name],
         "name": set_name,
     }
+    if spec["set"].get("pool") == "heldout":  # only held-out sets depend on the held-out pool's size
+        spec["heldout_identities"] = stimuli["heldout_identities"]
     return json.dumps(spec, sort_keys=True)
 
 
@@ -61,6 +63,27 @@ def render_spec():
     return json.dumps(spec, sort_keys=True)
 
 
+def stimulus_figures():
+    """The stimulus figures: (path, caption file, wildcards), at the render resolution from the
+    `sweeps` and `portraits` stores and at each of stimuli.figures.resolutions rendered from their
+    designs (factors, identities and large portraits)."""
+    names = set_names()
+    out = []
+    if "sweeps" in names:
+        out.append(("results/figures/stimuli_factors.png", caption("stimuli_factors"), {}))
+    if "portraits" in names:
+        out.append(("results/figures/stimuli_identities.png", caption("stimuli_identities"), {}))
+    for res in config["stimuli"]["figures"]["resolutions"]:
+        if "sweeps" in names:
+            out.append((f"results/figures/stimuli_factors_{res}.png", caption("stimuli_factors"), {"res": str(res)}))
+        if "portraits" in names:
+            out.append((f"results/figures/stimuli_identities_{res}.png", caption("stimuli_identities"),
+                        {"res": str(res)}))
+            out.append((f"results/figures/stimuli_portraits_{res}.png", caption("stimuli_portraits"),
+                        {"res": str(res)}))
+    return out
+
+
 def render_mem_mb():
     """Rough memory estimate (MB) of one render job, from batch size and image size."""
     render = config["stimuli"]["render"]
@@ -71,6 +94,37 @@ def render_mem_mb():
 def model_names():
     """Names of the models the config trains ('<task>_s<seed>')."""
     return list(config["training"]["models"])
+
+
+def task_of(model):
+    """The task of a model name ('gender_s1' -> 'gender')."""
+    return model.rpartition("_s")[0]
+
+
+def analysed_models():
+    """The models whose activations, MI and analyses are run: activations.models, or every trained model."""
+    return list(config["activations"]["models"]) or model_names()
+
+
+def heldout_models():
+    """The trained models evaluated on training.heldout_set: every one whose task is not identity
+    (an identity network has no class for a person it never saw)."""
+    if not config["training"]["heldout_set"]:
+        return []
+    return [m for m in model_names() if task_of(m) != "identity"]
+
+
+def heldout_input(wildcards):
+    """Inputs of a model's held-out evaluation; a clear error, before any job runs, for one not scheduled."""
+    t = config["training"]
+    if wildcards.model not in heldout_models():
+        why = ("training.heldout_set is ''" if not t["heldout_set"] else
+               "an identity model has no class for the held-out identities" if task_of(wildcards.model) == "identity"
+               else f"it is not in training.models ({', '.join(t['models']) or 'empty'})")
+        raise ValueError(f"model {wildcards.model!r} is not evaluated on held-out identities: {why}")
+    return {"model": f"results/models/{wildcards.model}/model.pt",
+            "stimuli": f"results/stimuli/{t['heldout_set']}.zarr",
+            "train": f"results/stimuli/designs/{t['train_set']}.zarr"}
 
 
 def train_spec(model):
@@ -170,17 +224,35 @@ def caption(name):
     return os.path.join(workflow.basedir, "workflow", "report", f"{name}.rst")
 
 
+def visibility_inputs(wildcards=None):
+    """Inputs of the factor-visibility analysis: the pixel MI store of the first of mi.sets (when pixels are
+    measured) and the outputs of every trained model (held-out evaluation where there is one)."""
+    inputs = {}
+    if config["mi"]["pixels"] and config["mi"]["sets"]:
+        inputs["pixels"] = f"results/mi/pixels/{config['mi']['sets'][0]}.zarr"
+    for model in model_names():
+        inputs[f"{model}_metrics"] = f"results/models/{model}/metrics.csv"
+        inputs[f"{model}_factors"] = f"results/models/{model}/accuracy_by_factor.csv"
+        if model in heldout_models():
+            inputs[f"{model}_heldout"] = f"results/models/{model}/heldout.json"
+    return inputs
+
+
+VISIBILITY = ("results/analyses/visibility.zarr", "results/figures/factor_visibility.png")
+
+
 def report_figures():
     """Sections of report.html: (title, [(figure path, caption file, wildcards)])."""
     names, t = set_names(), config["training"]
-    stimuli = []
-    if "sweeps" in names:
-        stimuli.append(("results/figures/stimuli_factors.png", caption("stimuli_factors"), {}))
-    if "portraits" in names:
-        stimuli.append(("results/figures/stimuli_identities.png", caption("stimuli_identities"), {}))
-    sections = [("Stimuli", stimuli)]
+    sections = [("Stimuli", stimulus_figures())]
+    if model_names():
+        sections.append(("Factor visibility", [(VISIBILITY[1], caption("factor_visibility"), {})]))
+    analysed = analysed_models()
     for model in model_names():
         figs = [(f"results/figures/{model}_training.png", caption("training"), {"model": model})]
+        if model not in analysed:
+            sections.append((f"Model {model}", figs))
+            continue
         morphs = config["analyses"]["morph_set"]
         if morphs:
             figs.append((f"results/figures/{model}_generalisation.png", caption("generalisation"), {"model": model}))
@@ -199,8 +271,14 @@ def report_figures():
 def report_models():
     """Per model, the files behind the report's table of key numbers."""
     out = {}
+    analysed = analysed_models()
     for model in model_names():
         inputs = {"metrics": f"results/models/{model}/metrics.csv"}
+        if model in heldout_models():
+            inputs["heldout"] = f"results/models/{model}/heldout.json"
+        if model not in analysed:
+            out[model] = inputs
+            continue
         if config["mi"]["sets"]:
             inputs["profile"] = f"results/analyses/{model}/{config['mi']['sets'][0]}_profile.zarr"
         if config["analyses"]["morph_set"]:
@@ -215,6 +293,9 @@ def report_spec():
     """JSON of report.html: title, the models' key-number inputs and the figure sections."""
     sections = [{"title": title, "figures": [{"path": p, "caption": c, "wildcards": w} for p, c, w in figs]}
                 for title, figs in report_figures()]
+    for section in sections:
+        if section["title"] == "Factor visibility":
+            section["visibility"] = VISIBILITY[0]  # its table of numbers
     intro = ("infodissect: what each layer, unit and pixel of a face-identity network carries about the factors "
              "that generated its input (after Xu et al., arXiv:1811.07807).")
     return json.dumps({"title": "infodissect report", "intro": intro, "models": report_models(),
@@ -226,6 +307,8 @@ def report_inputs():
     files = [p for _, figs in report_figures() for p, _, _ in figs]
     files += sorted({c for _, figs in report_figures() for _, c, _ in figs})
     files += [p for inputs in report_models().values() for p in inputs.values()]
+    if model_names():
+        files.append(VISIBILITY[0])
     return files
 
 
@@ -236,14 +319,13 @@ def all_targets():
     on_the_fly = t["source"] == "rendered" and t["models"]
     # A training set rendered on the fly is never stored.
     targets = [f"results/stimuli/{name}.zarr" for name in names if not (on_the_fly and name == t["train_set"])]
-    if "sweeps" in names:
-        targets.append("results/figures/stimuli_factors.png")
-    if "portraits" in names:
-        targets.append("results/figures/stimuli_identities.png")
+    targets += [path for path, _, _ in stimulus_figures()]
     for model in model_names():
         targets += [f"results/models/{model}/model.pt", f"results/figures/{model}_training.png"]
+    targets += [f"results/models/{model}/heldout.json" for model in heldout_models()]
+    for model in analysed_models():
         targets += [f"results/activations/{model}/{s}.zarr" for s in config["activations"]["sets"]]
         targets += [f"results/mi/{model}/{s}.zarr" for s in config["mi"]["sets"]]
     if model_names():
-        targets.append("results/report.html")
+        targets += [*VISIBILITY, "results/report.html"]
     return targets

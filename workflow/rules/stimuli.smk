@@ -92,3 +92,29 @@ rule stimuli_figure_identities:
         "results/benchmarks/stimuli/figure_identities.tsv"
     shell:
         "infodissect stimuli figure identities --stimuli {input} --out {output} > {log} 2>&1"
+
+
+rule stimuli_figure_resolution:
+    """A stimulus figure at another resolution (stimuli.figures.resolutions): the `sweeps` or
+    `portraits` design rendered for it."""
+    input:
+        lambda wildcards: f"results/stimuli/designs/{'sweeps' if wildcards.kind == 'factors' else 'portraits'}.zarr",
+    output:
+        report(
+            "results/figures/stimuli_{kind}_{res}.png",
+            caption="../report/stimuli_{kind}.rst",
+            category="Stimuli",
+        ),
+    wildcard_constraints:
+        kind="factors|identities|portraits",
+        res=r"\d+",
+    params:
+        spec=render_spec(),
+    threads: 2
+    log:
+        "results/logs/stimuli/figure_{kind}_{res}.log",
+    benchmark:
+        "results/benchmarks/stimuli/figure_{kind}_{res}.tsv"
+    shell:
+        "infodissect stimuli figure {wildcards.kind} --design {input} --spec {params.spec:q}"
+        " --resolution {wildcards.res} --threads {threads} --out {output} > {log} 2>&1"

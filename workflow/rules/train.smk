@@ -58,3 +58,27 @@ rule train_figure:
     shell:
         "infodissect train figure --metrics {input.metrics} --factors {input.factors}"
         " --title {wildcards.model} --out {output} > {log} 2>&1"
+
+
+rule train_evaluate:
+    """Accuracy of a trained model (task other than identity) on the held-out identities of
+    training.heldout_set: people it never saw, so it must read the factor, not recognise the person."""
+    input:
+        unpack(heldout_input),
+    output:
+        "results/models/{model}/heldout.json",
+    params:
+        batch=config["training"]["batch_size"],
+        device="auto" if config["training"]["gpus"] else "cpu",
+    threads: config["training"]["threads"]
+    resources:
+        gpu=min(1, config["training"]["gpus"]),
+        mem_mb=4096,
+    log:
+        "results/logs/train/evaluate_{model}.log",
+    benchmark:
+        "results/benchmarks/train/evaluate_{model}.tsv"
+    shell:
+        "infodissect train evaluate --model {input.model} --stimuli {input.stimuli} --train {input.train}"
+        " --name {wildcards.model} --batch-size {params.batch} --device {params.device} --threads {threads}"
+        " --out {output} > {log} 2>&1"

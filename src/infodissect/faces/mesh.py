@@ -1,12 +1,24 @@
-"""A procedural template head: a closed, star-shaped skin mesh plus two eyeballs.
+"""The template head: skin, eyeballs, teeth, a hair shell and a clothed torso.
 
-The skin is an implicit surface (smooth unions of anatomical primitives: cranium,
-face, jaw, chin, cheekbones, brow ridge, eye sockets with eyelids, nose with bridge,
-tip, alae and nostrils, lips with a mouth line, ears, neck) sampled along rays from
-the head centre on a latitude-longitude grid. The grid has sphere topology, so the
-skin is closed by construction, and because every vertex lies on its own ray the
-surface cannot intersect itself as long as every triangle keeps its orientation
-around the centre (see :func:`orientation_ok`).
+Every surface but the rigid eyeballs and teeth is a *grid*: a latitude-longitude grid of
+rays from a centre, each vertex at the outermost crossing of an implicit surface (smooth
+unions of anatomical primitives) along its ray. A grid has sphere topology, so it is
+closed, and as long as every triangle keeps its orientation about the centre (see
+:func:`orientation_ok`) it is star-shaped and cannot intersect itself.
+
+- **skin** (head and neck, centred in the head): cranium, face, jaw, chin, cheekbones,
+  brow ridge, eye sockets closed by eyelids with almond-shaped openings, nose, lips and
+  ears. Its grid holds four coincident rings on the mouth line: the inner edges of the
+  upper and lower lips and, set back into the head, the roof and floor of the oral
+  cavity; when the jaw drops they part into an open mouth.
+- **hair** (a shell over the skin, same centre): the short style lies on the scalp; other
+  styles are displacements of it (see :func:`hair_style_radii`). Where no style has hair
+  the shell lies under the skin and its faces are dropped.
+- **torso** (centred in the chest): shoulders and the collar of a shirt, which the neck
+  enters.
+- **eyeballs** and **teeth** (upper and lower arch): rigid meshes.
+
+Units are decimetres (1 = 100 mm); x is the subject's left, y up, z out of the face.
 """
 
 from __future__ import annotations
@@ -27,42 +39,98 @@ PART_NAMES: tuple[str, ...] = (
     "mouth",
     "ears",
     "hair",
+    "mouth_interior",
+    "clothing",
 )
 PART = {name: i for i, name in enumerate(PART_NAMES)}
 
-# Anatomical landmarks of the template (units: ~10 cm; x = subject's left, y = up,
-# z = out of the face). "Left" is the subject's left, which a frontal camera shows
-# on the right of the image.
-EYE_CENTRE = np.array([0.3, 0.1, 0.655])
-EYE_RADIUS = 0.13
-MOUTH_Y = -0.585
-MOUTH_HALF_WIDTH = 0.19
-PUPIL_DEG = 11.0
-IRIS_DEG = 24.0
+# Mesh components (Template.kind).
+SKIN, LEFT_EYE, RIGHT_EYE, UPPER_TEETH, LOWER_TEETH, HAIR, TORSO = range(7)
+GRIDS = ("skin", "hair", "torso")
+
+# Anatomical landmarks of the template (the androgynous mean face; decimetres).
+EYE_CENTRE = np.array([0.315, 0.10, 0.64])
+EYE_RADIUS = 0.122
+PUPIL_DEG = 12.0
+IRIS_DEG = 29.0
+FISSURE = (0.168, 0.428, 0.05, 0.04)  # inner x, outer x, upper and lower lid heights of the eye opening
+MOUTH_Y = -0.63
+MOUTH_HALF_WIDTH = 0.26
+MOUTH_DEPTH = 0.3  # how far the oral cavity reaches back from the lips
+HEAD_CENTRE = np.zeros(3)
+TORSO_CENTRE = np.array([0.0, -2.25, -0.2])
+NECK = (0.0, -0.24, 0.46, 0.5)  # neck axis x, z and half-widths in x, z
+
+
+@dataclass(frozen=True)
+class Grid:
+    """One latitude-longitude grid of a template: vertices ``start .. start + rings*segments + 2``
+    (ring-major, then the south and north poles), rays from ``centre``."""
+
+    name: str
+    start: int
+    rings: int
+    segments: int
+    centre: tuple[float, float, float]
+    rigid: bool = False  # moves as a whole (the eyeballs): normals from the template
+
+    @property
+    def size(self) -> int:
+        return self.rings * self.segments + 2
 
 
 @dataclass(frozen=True)
 class Template:
     """The template head.
 
-    ``vertices`` (V, 3); ``faces`` (F, 3) int, outward oriented; ``labels`` (V,) part
-    ids into :data:`PART_NAMES`; ``skin`` (V,) bool, True for skin vertices (the
-    rest are eyeball vertices); ``eye`` (V,) int, 0 for skin, 1 left eyeball,
-    2 right eyeball; ``eye_angle`` (V,) degrees from the gaze axis for eyeball
-    vertices; ``grid_shape`` (rings, segments) of the skin grid (skin vertices
-    ``[:rings*segments]`` in ring-major order, then the two poles); ``mouth_line``
-    (V,) bool, the vertices of the closed mouth line.
+    ``vertices`` (V, 3); ``faces`` (F, 3) int, outward oriented; ``labels`` (V,) part ids
+    into :data:`PART_NAMES`; ``kind`` (V,) the component of each vertex (``SKIN`` ...
+    ``TORSO``); ``grids`` the grid components; ``neighbours`` (V, 4) the vertices whose
+    differences give a vertex's normal (left, right, up, down; -1 for the rigid parts,
+    whose normals are the template's); ``eye_angle`` (V,) degrees from the gaze axis on
+    the eyeballs; ``mouth_rings`` the skin rings of the lower lip edge, cavity floor,
+    cavity roof and upper lip edge; ``directions`` (V, 3) unit rays of the grid vertices;
+    ``hair_cover`` (V,) bool, the hair-shell vertices some style shows; ``tooth_shade`` (V,)
+    1 on enamel, less in the gaps between teeth, 0 on the gums and elsewhere; ``landmarks``
+    name -> vertex index (anthropometric points of Farkas' norms, left side where paired).
     """
 
     vertices: np.ndarray
     faces: np.ndarray
     labels: np.ndarray
-    skin: np.ndarray
-    eye: np.ndarray
+    kind: np.ndarray
+    grids: tuple[Grid, ...]
+    neighbours: np.ndarray
     eye_angle: np.ndarray
-    grid_shape: tuple[int, int]
-    mouth_line: np.ndarray
+    mouth_rings: tuple[int, int, int, int]
     directions: np.ndarray
+    hair_cover: np.ndarray
+    tooth_shade: np.ndarray
+    landmarks: dict
+
+    @property
+    def skin(self) -> np.ndarray:
+        """(V,) bool: the skin grid."""
+        return self.kind == SKIN
+
+    @property
+    def grid_shape(self) -> tuple[int, int]:
+        """(rings, segments) of the skin grid."""
+        g = self.grid("skin")
+        return g.rings, g.segments
+
+    def grid(self, name: str) -> Grid:
+        return next(g for g in self.grids if g.name == name)
+
+    @property
+    def mouth_line(self) -> np.ndarray:
+        """(V,) bool: the lip-edge vertices of the open mouth (inside the mouth corners)."""
+        g = self.grid("skin")
+        out = np.zeros(len(self.vertices), bool)
+        for r in (self.mouth_rings[0], self.mouth_rings[3]):
+            idx = g.start + r * g.segments + np.arange(g.segments)
+            out[idx] = self.labels[idx] == PART["mouth"]
+        return out
 
 
 # --------------------------------------------------------------------------- SDF
@@ -86,11 +154,6 @@ def _round_cone(p: np.ndarray, a, b, ra: float, rb: float) -> np.ndarray:
     return np.linalg.norm(p - (a + t[..., None] * ba), axis=-1) - (ra + (rb - ra) * t)
 
 
-def _capsule_y(p: np.ndarray, x: float, z: float, y0: float, y1: float, r: float) -> np.ndarray:
-    y = np.clip(p[..., 1], y0, y1)
-    return np.sqrt((p[..., 0] - x) ** 2 + (p[..., 1] - y) ** 2 + (p[..., 2] - z) ** 2) - r
-
-
 def _smin(a: np.ndarray, b: np.ndarray, k: float) -> np.ndarray:
     h = np.maximum(k - np.abs(a - b), 0.0) / k
     return np.minimum(a, b) - h * h * k * 0.25
@@ -100,59 +163,104 @@ def _smax(a: np.ndarray, b: np.ndarray, k: float) -> np.ndarray:
     return -_smin(-a, -b, k)
 
 
-def _mirror(p: np.ndarray) -> np.ndarray:
+def mirror(p: np.ndarray) -> np.ndarray:
     """Fold x so that bilateral features are written once (for the +x side)."""
-    q = p.copy()
+    q = np.array(p, dtype=float, copy=True)
     q[..., 0] = np.abs(q[..., 0])
     return q
 
 
+def fissure_heights(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Upper and lower lid margins (y) of the eye opening at |x| (almond: a rounded upper
+    arc peaking medially of centre, a flatter lower arc, the outer corner a little higher)."""
+    x0, x1, hu, hl = FISSURE
+    s = np.clip((np.abs(x) - x0) / (x1 - x0), 0.0, 1.0)
+    tilt = 0.018 * s  # the outer canthus sits higher than the inner one
+    upper = EYE_CENTRE[1] + tilt + hu * np.sin(np.pi * s ** 0.85) ** 0.8
+    lower = EYE_CENTRE[1] + tilt - hl * np.sin(np.pi * s ** 1.1) ** 0.9
+    return upper, lower
+
+
+def _fissure(p: np.ndarray) -> np.ndarray:
+    """Approximate signed distance (in y and x) of points to the eye opening, negative inside."""
+    m = mirror(p)
+    upper, lower = fissure_heights(m[..., 0])
+    x0, x1 = FISSURE[:2]
+    return np.maximum(np.maximum(m[..., 1] - upper, lower - m[..., 1]), np.maximum(x0 - m[..., 0], m[..., 0] - x1))
+
+
 def part_distances(p: np.ndarray) -> dict[str, np.ndarray]:
     """Signed distances (approximate) of points to the named anatomical parts."""
-    m = _mirror(p)
-    nose = _smin(
-        _round_cone(p, (0, 0.16, 0.83), (0, -0.27, 1.07), 0.045, 0.07),
-        _sphere(p, (0, -0.28, 1.06), 0.085),
-        0.05,
-    )
-    nose = _smin(nose, _sphere(m, (0.095, -0.33, 0.96), 0.068), 0.05)
-    nose = _smin(nose, _ellipsoid(p, (0, -0.30, 0.90), (0.13, 0.10, 0.14)), 0.06)
-    lips = _smin(
-        _ellipsoid(p, (0, -0.535, 0.845), (0.2, 0.058, 0.1)),
-        _ellipsoid(p, (0, -0.64, 0.825), (0.18, 0.062, 0.1)),
-        0.02,
-    )
-    ear = _ellipsoid(m, (0.72, 0.02, -0.12), (0.085, 0.26, 0.16))
-    brow = _ellipsoid(m, (0.3, 0.29, 0.78), (0.19, 0.05, 0.12))
+    m = mirror(p)
+    nose = _smin(_round_cone(p, (0, 0.12, 0.85), (0, -0.25, 1.04), 0.06, 0.058),
+                 _sphere(p, (0, -0.265, 1.04), 0.068), 0.05)
+    nose = _smin(nose, _ellipsoid(m, (0.11, -0.33, 0.935), (0.065, 0.05, 0.055)), 0.07)  # alae
+    nose = _smin(nose, _ellipsoid(p, (0, -0.32, 0.92), (0.13, 0.08, 0.1)), 0.08)
+    lips = 0.006 - lip_height(p)  # negative on the red of the lips
+    ear = _ellipsoid(m, (0.75, 0.0, -0.12), (0.1, 0.3, 0.17))
+    brow = _ellipsoid(m, (0.31, 0.31, 0.78), (0.2, 0.055, 0.14))
     return {"nose": nose, "lips": lips, "ear": ear, "brow": brow}
 
 
+def lip_height(p: np.ndarray) -> np.ndarray:
+    """How far the lips stand out of the face (decimetres): an upper and a fuller lower lip, both
+    tapering smoothly to nothing at the mouth corners, with a shallow crease where they meet."""
+    x, y = p[..., 0], p[..., 1]
+    taper = np.clip(1.0 - (x / (MOUTH_HALF_WIDTH + 0.02)) ** 2, 0.0, 1.0) ** 0.8 * (p[..., 2] > 0.6)
+    upper = 0.03 * np.exp(-(((y - MOUTH_Y - 0.028) / 0.032) ** 2))
+    upper = upper * (1.0 + 0.25 * np.exp(-((np.abs(x) - 0.06) / 0.04) ** 2))  # the cupid's bow
+    lower = 0.032 * np.exp(-(((y - MOUTH_Y + 0.034) / 0.036) ** 2))
+    crease = 0.006 * np.exp(-(((y - MOUTH_Y) / 0.008) ** 2))
+    return taper * (upper + lower - crease)
+
+
+def eye_aperture(p: np.ndarray) -> np.ndarray:
+    """Signed distance (approximate, negative inside) to the region cut out in front of each
+    eyeball: the almond opening of the lids, extruded forward from just in front of the
+    eyeball's centre."""
+    return np.maximum(_fissure(p), EYE_CENTRE[2] + 0.015 - p[..., 2])
+
+
 def head_sdf(p: np.ndarray) -> np.ndarray:
-    """Approximate signed distance of points (..., 3) to the template skin."""
-    m = _mirror(p)
+    """Approximate signed distance of points (..., 3) to the template skin (head and neck)."""
+    m = mirror(p)
     parts = part_distances(p)
-    d = _ellipsoid(p, (0, 0.25, -0.15), (0.75, 0.88, 0.98))  # cranium
-    d = _smin(d, _ellipsoid(p, (0, -0.25, 0.15), (0.64, 0.8, 0.72)), 0.15)  # face
-    d = _smin(d, _ellipsoid(p, (0, -0.68, 0.1), (0.5, 0.34, 0.6)), 0.15)  # jaw
-    d = _smin(d, _ellipsoid(p, (0, -0.9, 0.48), (0.2, 0.15, 0.2)), 0.1)  # chin
-    neck = _capsule_y(p, 0.0, -0.2, -1.8, -0.45, 0.4)
-    neck = _smax(neck, -(p[..., 1] + 1.75), 0.04)  # flat cut at the base
-    d = _smin(d, neck, 0.2)
-    d = _smin(d, _ellipsoid(m, (0.4, -0.12, 0.56), (0.22, 0.14, 0.2)), 0.1)  # cheekbones
-    d = _smin(d, _ellipsoid(p, (0, 0.28, 0.68), (0.5, 0.1, 0.16)), 0.08)  # brow ridge
-    # Eye socket: hollow around the eyeball, closed again by the eyelid shell, which
-    # an almond-shaped aperture opens in front of the eyeball.
-    d = _smax(d, -_ellipsoid(m, EYE_CENTRE, (0.19, 0.15, 0.2)), 0.04)
-    lid = _sphere(m, EYE_CENTRE, EYE_RADIUS + 0.014)
-    lid = _smax(lid, -_ellipsoid(m, EYE_CENTRE + [0.0, 0.0, 0.14], (0.115, 0.047, 0.12)), 0.012)
-    d = _smin(d, lid, 0.03)
-    d = _smin(d, parts["nose"], 0.04)
-    d = _smax(d, -_ellipsoid(m, (0.052, -0.385, 1.0), (0.028, 0.03, 0.05)), 0.01)  # nostrils
-    d = _smin(d, parts["lips"], 0.03)
-    d = _smax(d, -_ellipsoid(p, (0, MOUTH_Y, 0.92), (MOUTH_HALF_WIDTH, 0.01, 0.12)), 0.01)
-    ear = _smax(parts["ear"], -_ellipsoid(m, (0.8, 0.0, -0.1), (0.04, 0.12, 0.08)), 0.02)
-    d = _smin(d, ear, 0.05)
-    return d
+    d = _ellipsoid(p, (0, 0.25, -0.14), (0.74, 0.9, 0.97))  # cranium
+    d = _smin(d, _ellipsoid(p, (0, -0.2, 0.16), (0.62, 0.82, 0.7)), 0.15)  # face
+    d = _smin(d, _ellipsoid(p, (0, -0.62, 0.12), (0.42, 0.36, 0.56)), 0.16)  # jaw
+    d = _smin(d, _ellipsoid(p, (0, -0.6, 0.52), (0.3, 0.3, 0.37)), 0.12)  # the dental arches under the lips
+    d = _smin(d, _ellipsoid(p, (0, -0.845, 0.6), (0.21, 0.15, 0.28)), 0.1)  # chin
+    neck_x, neck_z, rx, rz = NECK
+    q = np.stack([(p[..., 0] - neck_x) / rx, (p[..., 2] - neck_z) / rz], -1)
+    neck = (np.linalg.norm(q, axis=-1) - 1.0) * min(rx, rz)
+    neck = _smax(neck, p[..., 1] + 0.55, 0.1)  # the neck below the jaw ...
+    neck = _smax(neck, -(p[..., 1] + 2.1), 0.04)  # ... ends inside the torso
+    d = _smin(d, neck, 0.3)
+    d = _smin(d, _ellipsoid(m, (0.42, -0.1, 0.47), (0.24, 0.16, 0.22)), 0.16)  # cheekbones
+    d = _smin(d, _ellipsoid(p, (0, 0.29, 0.66), (0.52, 0.1, 0.19)), 0.1)  # brow ridge
+    # The lids wrap the front of the eyeball; the almond opening between them shows it.
+    d = _smin(d, _sphere(m, EYE_CENTRE, EYE_RADIUS + 0.014), 0.05)
+    d = _smax(d, -eye_aperture(p), 0.006)
+    d = _smin(d, parts["nose"], 0.07)
+    d = _smax(d, -_ellipsoid(m, (0.058, -0.38, 0.985), (0.03, 0.02, 0.045)), 0.012)  # nostrils
+    d = d - lip_height(p)
+    ear = _smax(parts["ear"], -_ellipsoid(m, (0.84, 0.0, -0.1), (0.04, 0.14, 0.09)), 0.02)
+    return _smin(d, ear, 0.05)
+
+
+def torso_sdf(p: np.ndarray) -> np.ndarray:
+    """Approximate signed distance to the shoulders and shirt of the torso, with a crew collar
+    round the base of the neck (lower in front)."""
+    m = mirror(p)
+    d = _ellipsoid(p, (0, -2.35, -0.2), (1.2, 0.75, 0.6))  # chest
+    d = _smin(d, _ellipsoid(m, (1.05, -2.0, -0.25), (0.62, 0.3, 0.45)), 0.35)  # shoulders
+    neck_x, neck_z, rx, rz = NECK
+    q = np.stack([(p[..., 0] - neck_x) / (rx + 0.07), (p[..., 2] - neck_z) / (rz + 0.07)], -1)
+    collar = (np.linalg.norm(q, axis=-1) - 1.0) * min(rx, rz)
+    top = -1.36 - 0.16 * np.clip((p[..., 2] - neck_z) / rz, 0.0, 1.0) ** 2
+    collar = _smax(collar, p[..., 1] - top, 0.03)
+    d = _smin(d, _smax(collar, -(p[..., 1] + 2.2), 0.02), 0.25)
+    return _smax(d, -(p[..., 1] + 3.0), 0.05)
 
 
 # ------------------------------------------------------------------------ grid
@@ -168,37 +276,24 @@ def _warped(n: int, lo: float, hi: float, peaks: list[tuple[float, float, float]
     return np.interp((np.arange(n) + 0.5) / n * cdf[-1], cdf, x)
 
 
-def _radial_extract(directions: np.ndarray, sdf, t_max: float = 2.6) -> np.ndarray:
-    """Outermost crossing of ``sdf`` along rays from the origin (sphere tracing inward)."""
+def radial_extract(directions: np.ndarray, sdf, centre=(0.0, 0.0, 0.0), t_max: float = 2.6) -> np.ndarray:
+    """Distance from ``centre`` to the outermost crossing of ``sdf`` along each ray (sphere
+    tracing inward, then bisection)."""
+    c = np.asarray(centre, dtype=float)
     t = np.full(len(directions), t_max)
-    for _ in range(400):
-        d = sdf(directions * t[:, None])
+    for _ in range(500):
+        d = sdf(c + directions * t[:, None])
         active = d > 1e-5
         if not active.any():
             break
-        t = np.where(active, t - np.clip(0.7 * d, 2e-4, 0.05), t)
-    lo, hi = t - 0.06, t + 1e-4
-    lo = np.maximum(lo, 0.05)
-    for _ in range(30):  # bisection between the last outside and first inside point
+        t = np.where(active, t - np.clip(0.6 * d, 2e-4, 0.05), t)
+    lo, hi = np.maximum(t - 0.06, 0.02), t + 1e-4
+    for _ in range(32):
         mid = 0.5 * (lo + hi)
-        inside = sdf(directions * mid[:, None]) <= 0
+        inside = sdf(c + directions * mid[:, None]) <= 0
         lo = np.where(inside, mid, lo)
         hi = np.where(inside, hi, mid)
     return 0.5 * (lo + hi)
-
-
-def _eyeball(side: int, segments: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Vertices, faces and gaze angles of one eyeball (pole on the gaze axis +z)."""
-    alphas = np.array([4.0, 8.0, PUPIL_DEG, 15.0, 19.0, 22.0, IRIS_DEG, 28.0, 36.0, 48.0,
-                       62.0, 78.0, 95.0, 115.0, 140.0, 162.0])
-    beta = np.linspace(0, 2 * np.pi, segments, endpoint=False)
-    a = np.deg2rad(alphas)[:, None]
-    ring = np.stack([np.sin(a) * np.cos(beta), np.sin(a) * np.sin(beta), np.cos(a) * np.ones_like(beta)], -1)
-    pts = np.concatenate([[[0, 0, 1.0]], ring.reshape(-1, 3), [[0, 0, -1.0]]])
-    ang = np.concatenate([[0.0], np.repeat(alphas, segments), [180.0]])
-    faces = _grid_faces(len(alphas), segments, first=1, south=0, north=len(pts) - 1)
-    centre = EYE_CENTRE * np.array([side, 1, 1])
-    return centre + EYE_RADIUS * pts, faces, ang
 
 
 def _grid_faces(rings: int, segments: int, first: int, south: int, north: int) -> np.ndarray:
@@ -212,6 +307,17 @@ def _grid_faces(rings: int, segments: int, first: int, south: int, north: int) -
     fan_s = np.stack([np.full(segments, south), s1, s0], -1)
     fan_n = np.stack([np.full(segments, north), n0, n1], -1)
     return np.concatenate([quads, fan_s, fan_n]).astype(np.int64)
+
+
+def _grid_neighbours(rings: int, segments: int, first: int) -> np.ndarray:
+    """(rings*segments + 2, 4) left, right, up, down neighbours of a grid's vertices (poles: -1)."""
+    r, s = np.meshgrid(np.arange(rings), np.arange(segments), indexing="ij")
+    at = lambda rr, ss: first + rr * segments + ss % segments  # noqa: E731
+    south, north = first + rings * segments, first + rings * segments + 1
+    up = np.where(r + 1 < rings, at(np.minimum(r + 1, rings - 1), s), north)
+    down = np.where(r > 0, at(np.maximum(r - 1, 0), s), south)
+    nb = np.stack([at(r, s - 1), at(r, s + 1), up, down], -1).reshape(-1, 4)
+    return np.concatenate([nb, np.full((2, 4), -1)]).astype(np.int64)
 
 
 def orientation_ok(vertices: np.ndarray, faces: np.ndarray, centre=(0.0, 0.0, 0.0)) -> np.ndarray:
@@ -233,112 +339,416 @@ def face_labels(vertex_labels: np.ndarray, faces: np.ndarray) -> np.ndarray:
     return fl.astype(np.uint8)
 
 
-def mouth_ring(t: Template) -> int:
-    """Index of the skin-grid ring the lips part on."""
-    segments = t.grid_shape[1]
-    return int(np.flatnonzero(t.mouth_line)[0] // segments)
+def _lat_long(rings: int, segments: int, ring_peaks, segment_peaks, lo: float = -np.pi / 2,
+              hi: float = np.pi / 2) -> tuple[np.ndarray, np.ndarray]:
+    theta = _warped(rings, lo, hi, ring_peaks)
+    phi = _warped(segments, -np.pi, np.pi, segment_peaks)
+    # Mirror-symmetric longitudes: segment s and segments-1-s are mirror images.
+    phi = 0.5 * (phi - phi[::-1])
+    return theta, phi
 
 
-def grid_subset(t: Template, stride: int) -> tuple[np.ndarray, Template]:
-    """A coarser template keeping every ``stride``-th ring and segment of the skin grid.
+def _directions(theta: np.ndarray, phi: np.ndarray) -> np.ndarray:
+    th, ph = np.meshgrid(theta, phi, indexing="ij")
+    dirs = np.stack([np.cos(th) * np.sin(ph), np.sin(th), np.cos(th) * np.cos(ph)], -1).reshape(-1, 3)
+    return np.concatenate([dirs, [[0, -1.0, 0], [0, 1.0, 0]]])
 
-    The kept rings include the mouth ring and the kept segments are mirror-symmetric
-    about the face's midline (the segments either side of it are both kept), so a
-    coarsened face keeps its mouth line and its bilateral symmetry; eyeballs are kept
-    whole. Returns ``(index, template)``: ``index`` (V',) selects the kept vertices of ``t``.
-    """
-    rings, segments = t.grid_shape
-    if stride == 1:
-        return np.arange(len(t.vertices)), t
-    m = mouth_ring(t)
-    keep_r = np.array([r for r in range(rings) if (r - m) % stride == 0])
-    half = segments // 2
-    keep_s = np.array(sorted([s for s in range(half) if (half - 1 - s) % stride == 0]
-                             + [s for s in range(half, segments) if (s - half) % stride == 0]))
-    grid = (keep_r[:, None] * segments + keep_s[None, :]).reshape(-1)
-    n_grid = rings * segments
-    eyes = np.arange(n_grid + 2, len(t.vertices))
-    index = np.concatenate([grid, [n_grid, n_grid + 1], eyes])
-    n_new = len(grid) + 2
-    skin_f = _grid_faces(len(keep_r), len(keep_s), first=0, south=n_new - 2, north=n_new - 1)
-    if orientation_ok(t.vertices[index], skin_f).mean() < 0.5:
-        skin_f = skin_f[:, [0, 2, 1]]
-    eye_faces = t.faces[np.all(t.faces >= n_grid + 2, axis=1)] - (n_grid + 2) + n_new
-    faces = np.concatenate([skin_f, eye_faces])
-    sub = Template(
-        vertices=t.vertices[index], faces=faces, labels=t.labels[index], skin=t.skin[index], eye=t.eye[index],
-        eye_angle=t.eye_angle[index], grid_shape=(len(keep_r), len(keep_s)), mouth_line=t.mouth_line[index],
-        directions=t.directions[index],
-    )
-    return index, sub
+
+# ------------------------------------------------------------------------ skin
 
 
 def _skin_labels(p: np.ndarray, parts: dict[str, np.ndarray]) -> np.ndarray:
     x, y, z = p[:, 0], p[:, 1], p[:, 2]
     lab = np.full(len(p), PART["skin"], dtype=np.uint8)
-    hairline = np.interp(z, [-0.5, -0.2, 0.3, 0.55], [-0.42, -0.15, 0.45, 0.56])
-    hair = (y > hairline) & (parts["ear"] > 0.03)
-    lab[hair] = PART["hair"]
-    lab[(parts["ear"] < 0.03) & (np.abs(x) > 0.55)] = PART["ears"]
+    scalp = (y > np.interp(z, [-1.0, -0.5, -0.2, 0.3, 0.55], [-0.5, -0.35, -0.1, 0.55, 0.66])) & (parts["ear"] > 0.03)
+    lab[scalp] = PART["hair"]
+    lab[(parts["ear"] < 0.03) & (np.abs(x) > 0.58)] = PART["ears"]
     lab[parts["nose"] < 0.012] = PART["nose"]
-    lab[(parts["lips"] < 0.01) | ((np.abs(y - MOUTH_Y) < 0.03) & (np.abs(x) < MOUTH_HALF_WIDTH) & (z > 0.7))] = PART["mouth"]
-    brow = (parts["brow"] < 0.0) & (z > 0.6)
+    lab[(parts["lips"] < 0.0) & (z > 0.7)] = PART["mouth"]
+    brow = (brow_density(p) > 0.35) & (z > 0.55)
     lab[brow & (x > 0)] = PART["left_brow"]
     lab[brow & (x < 0)] = PART["right_brow"]
     return lab
 
 
+def brow_density(p: np.ndarray, spread: float = 1.0) -> np.ndarray:
+    """Hair density (0..1) of the eyebrows: thick medially, arched, tapering laterally
+    (``spread`` > 1: a wider, fuller brow)."""
+    m = mirror(p)
+    s = np.clip((m[..., 0] - 0.1) / 0.38, -0.2, 1.2)  # 0 at the medial head, 1 at the tail
+    centre = 0.268 + 0.05 * np.sin(np.pi * np.clip(s, 0, 1) ** 0.8) - 0.012 * s
+    half = 0.03 * spread * (1.0 - 0.6 * np.clip(s, 0, 1))
+    across = np.abs(m[..., 1] - centre) / half
+    along = np.clip(1.0 - np.abs(s - 0.5) / 0.62, 0, 1) ** 0.3
+    return np.clip(1.3 - across, 0, 1) * along * (m[..., 2] > 0.5)
+
+
+def _mouth_latitudes(theta_mouth: float, phi: np.ndarray) -> np.ndarray:
+    """Latitude of the lips' meeting line along each longitude: the rays that meet the skin at
+    the height ``MOUTH_Y`` (a latitude circle would curve up towards the mouth corners)."""
+    lat = np.full(len(phi), theta_mouth)
+    front = np.clip(1.0 - np.abs(phi) / np.deg2rad(70), 0.0, 1.0) ** 2
+    for _ in range(3):
+        d = np.stack([np.cos(lat) * np.sin(phi), np.sin(lat), np.cos(lat) * np.cos(phi)], -1)
+        horizontal = radial_extract(d, head_sdf) * np.cos(lat)
+        lat = theta_mouth + front * (np.arctan2(MOUTH_Y, horizontal) - theta_mouth)
+    return lat
+
+
+def _skin(rings: int, segments: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int, int, int]]:
+    """Skin grid vertices, rays and labels with the four mouth rings (lower lip edge, floor, roof, upper lip edge)."""
+    theta, phi = _lat_long(rings, segments, [(np.deg2rad(-15), np.deg2rad(32), 2.0)],
+                           [(0.0, np.deg2rad(55), 1.6)])
+    theta_mouth = np.arctan2(MOUTH_Y, 0.93)
+    m = int(np.argmin(np.abs(theta - theta_mouth)))
+    theta[m] = theta_mouth
+    theta = np.concatenate([theta[:m], np.full(4, theta_mouth), theta[m + 1:]])
+    rings = len(theta)
+    # Rings near the mouth bend with the lips' meeting line (fading over a few degrees).
+    shift = _mouth_latitudes(theta_mouth, phi) - theta_mouth
+    fade = np.exp(-(((theta - theta_mouth) / np.deg2rad(9.0)) ** 2))
+    th = theta[:, None] + fade[:, None] * shift[None, :]
+    dirs = np.stack([np.cos(th) * np.sin(phi), np.sin(th), np.cos(th) * np.cos(phi)], -1).reshape(-1, 3)
+    dirs = np.concatenate([dirs, [[0, -1.0, 0], [0, 1.0, 0]]])
+    r = radial_extract(dirs, head_sdf)
+    v = dirs * r[:, None]
+    labels = _skin_labels(v, part_distances(v))
+    mouth = (m, m + 1, m + 2, m + 3)
+    grid = v[: rings * segments].reshape(rings, segments, 3)
+    lab = labels[: rings * segments].reshape(rings, segments)
+    x = grid[m, :, 0]
+    inside = np.clip(1.0 - (x / MOUTH_HALF_WIDTH) ** 2, 0.0, 1.0) * (grid[m, :, 2] > 0.5)
+    depth = MOUTH_DEPTH * inside
+    for ring in mouth[1:3]:  # the cavity's floor and roof, set back into the head
+        grid[ring, :, 2] -= depth
+        lab[ring] = np.where(inside > 0, PART["mouth_interior"], lab[ring])
+    for ring in (mouth[0], mouth[3]):
+        lab[ring] = np.where(inside > 0, PART["mouth"], lab[ring])
+    v[: rings * segments] = grid.reshape(-1, 3)
+    labels[: rings * segments] = lab.reshape(-1)
+    return v, dirs, labels, mouth
+
+
+# ------------------------------------------------------------------------ hair
+
+
+def hair_style_radii(dirs: np.ndarray, skin_r: np.ndarray) -> dict[str, np.ndarray]:
+    """Radius of the hair shell along each ray for every style; where a style has no hair the
+    shell dips under the skin, crossing it smoothly (a clean hairline).
+
+    ``short``: a cropped cap on the scalp above a hairline at the forehead, temples and
+    nape, fuller at the crown; ``long``: fuller still, and falling beside the face and
+    behind the neck to the shoulders.
+    """
+    p = dirs * skin_r[:, None]
+    x, y, z = p[:, 0], p[:, 1], p[:, 2]
+    hairline = np.interp(z, [-1.0, -0.55, -0.2, 0.2, 0.45, 0.62], [-0.62, -0.42, -0.08, 0.42, 0.62, 0.7])
+    hairline = hairline + 0.06 * np.exp(-((np.abs(x) - 0.36) / 0.1) ** 2) * (z > 0.3)  # temple recess
+    above = y - hairline
+    ears = np.clip(-_ellipsoid(mirror(p), (0.75, 0.0, -0.12), (0.13, 0.33, 0.2)) / 0.03, 0.0, 1.0)
+    grow = np.clip(above / 0.05 + 0.5, 0.0, 1.0) * (1.0 - ears)  # 0 under the skin .. 1 full hair
+    grow = grow * grow * (3 - 2 * grow)
+    crown = np.clip(y + 0.2, 0.0, 1.2)
+    short = skin_r - 0.02 + grow * (0.024 + 0.03 * crown + 0.012 * np.clip(z, 0, 1))
+    fuller = skin_r - 0.02 + grow * (0.03 + 0.06 * crown + 0.02 * np.clip(z, 0, 1))
+    # Long: a curtain (an elliptic cylinder round the head) from the temples to the shoulders,
+    # open in front of the face.
+    d = dirs
+    a, b, zc = 0.86, 1.0, -0.12
+    qa = (d[:, 0] / a) ** 2 + (d[:, 2] / b) ** 2
+    qb = -2 * d[:, 2] * zc / b**2
+    qc = (zc / b) ** 2 - 1.0
+    t_curtain = (-qb + np.sqrt(np.maximum(qb**2 - 4 * qa * qc, 0.0))) / (2 * np.maximum(qa, 1e-9))
+    pc = d * t_curtain[:, None]
+    azimuth = np.degrees(np.arctan2(np.abs(pc[:, 0]), pc[:, 2] - zc))
+    front = 58.0 + 45.0 * np.clip((0.1 - pc[:, 1]) / 0.9, 0, 1)  # the face stays open, wider below the jaw
+    bottom = -1.45 + 0.06 * np.cos(azimuth / 7.0)
+    side = np.clip((azimuth - front) / 14.0, 0.0, 1.0) * np.clip((pc[:, 1] - bottom) / 0.06, 0.0, 1.0)
+    side = side * np.clip((0.45 - pc[:, 1]) / 0.2, 0.0, 1.0) * (t_curtain > skin_r)
+    side = side * side * (3 - 2 * side)
+    curtain = skin_r - 0.02 + side * (t_curtain - skin_r + 0.02)
+    return {"short": short, "long": np.maximum(curtain, fuller)}
+
+
+def hair_sex_difference(dirs: np.ndarray, skin_r: np.ndarray) -> np.ndarray:
+    """Women's minus men's hair along each ray at gender_strength 1 (whatever the style): fuller,
+    reaching further down the temples, over the ears and down the nape, where men's is cropped
+    higher. Zero in front of the face and on the curtains of long hair."""
+    p = dirs * skin_r[:, None]
+    hairline = np.interp(p[:, 2], [-1.0, -0.55, -0.2, 0.2, 0.45, 0.62], [-0.62, -0.42, -0.08, 0.42, 0.62, 0.7])
+    above = p[:, 1] - hairline
+    sides = np.clip((0.4 - p[:, 2]) / 0.25, 0.0, 1.0)
+    extend = np.clip(1.0 + above / 0.09, 0.0, 1.0)
+    return sides * 0.1 * extend * extend + 0.02 * np.clip(above / 0.05, 0.0, 1.0)
+
+
+def _hair(rings: int, segments: int) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], np.ndarray]:
+    """Hair-shell grid: vertices (short style), rays, every style's radii and the cover mask."""
+    theta, phi = _lat_long(rings, segments, [(np.deg2rad(-20), np.deg2rad(40), 1.0)], [])
+    dirs = _directions(theta, phi)
+    skin_r = radial_extract(dirs, head_sdf)
+    radii = hair_style_radii(dirs, skin_r)
+    fuller = 0.5 * hair_sex_difference(dirs, skin_r)
+    cover = np.zeros(len(dirs), bool)
+    for r in radii.values():
+        cover |= r + fuller > skin_r
+    return dirs * radii["short"][:, None], dirs, radii, cover
+
+
+# ------------------------------------------------------------------------ rigid parts
+
+
+def _eyeball(side: int, segments: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Vertices, faces and gaze angles of one eyeball (pole on the gaze axis +z)."""
+    alphas = np.array([4.0, 8.0, PUPIL_DEG, 16.0, 20.0, 24.0, IRIS_DEG, 33.0, 40.0, 50.0,
+                       62.0, 78.0, 95.0, 115.0, 140.0, 162.0])
+    beta = np.linspace(0, 2 * np.pi, segments, endpoint=False)
+    a = np.deg2rad(alphas)[:, None]
+    ring = np.stack([np.sin(a) * np.cos(beta), np.sin(a) * np.sin(beta), np.cos(a) * np.ones_like(beta)], -1)
+    pts = np.concatenate([ring.reshape(-1, 3), [[0, 0, 1.0], [0, 0, -1.0]]])  # a grid: rings, then the poles
+    ang = np.concatenate([np.repeat(alphas, segments), [0.0, 180.0]])
+    # The cornea bulges in front of the iris.
+    edge = np.cos(np.deg2rad(IRIS_DEG + 4))
+    pts = pts * (1.0 + 0.06 * np.clip(np.cos(np.deg2rad(ang)) - edge, 0, None) / (1 - edge))[:, None]
+    faces = _grid_faces(len(alphas), segments, first=0, south=len(pts) - 2, north=len(pts) - 1)
+    centre = EYE_CENTRE * np.array([side, 1, 1])
+    return centre + EYE_RADIUS * pts, faces, ang
+
+
+def _teeth(upper: bool, segments: int = 17) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One dental arch: a curved slab of teeth (labial face, biting edge, lingual face) with gum
+    along its root. Returns vertices, faces and a per-vertex shade (1 = enamel, less in the
+    gaps between teeth, 0 = gum)."""
+    s = np.linspace(-1.0, 1.0, segments)
+    half_width = 0.2 if upper else 0.17
+    x = half_width * np.sin(s * 1.2) / np.sin(1.2)
+    sign = 1.0 if upper else -1.0
+    z_front = 0.8 - 0.13 * (x / half_width) ** 2 - (0.0 if upper else 0.03)
+    # Upper incisors reach a little below the lips' meeting line, the lower ones just behind them.
+    edge = MOUTH_Y + (-0.018 if upper else -0.01) + sign * 0.012 * (np.abs(s) > 0.45)
+    gum = edge + sign * 0.115
+    enamel = edge + sign * 0.09
+    thick = 0.05
+    gaps = 1.0 - 0.35 * (np.abs(np.cos(s * np.pi * 4.5)) > 0.92)
+    # Cross-section loop: gum front, enamel top front, edge front, edge back, gum back.
+    loop = [(gum, 0.0, 0.0), (enamel, 0.0, 1.0), (edge, 0.0, 1.0), (edge, -thick, 1.0), (gum, -thick, 0.0)]
+    v = np.stack([np.stack([x * (1 - 0.15 * (dz < 0)), yy, z_front + dz], -1) for yy, dz, _ in loop], 1)
+    shade = np.stack([gaps * e for _, _, e in loop], 1)
+    n_loop = v.shape[1]
+    idx = np.arange(segments * n_loop).reshape(segments, n_loop)
+    a, b, c, d = idx[:-1, :-1], idx[1:, :-1], idx[:-1, 1:], idx[1:, 1:]
+    faces = np.concatenate([np.stack([a, c, b], -1).reshape(-1, 3), np.stack([b, c, d], -1).reshape(-1, 3)])
+    if not upper:  # the lower arch's loop runs upwards: turn its faces to face outward
+        faces = faces[:, [0, 2, 1]]
+    return v.reshape(-1, 3), faces.astype(np.int64), shade.reshape(-1)
+
+
+# ------------------------------------------------------------------------ template
+
+
+def _landmarks(v: np.ndarray, kind: np.ndarray, labels: np.ndarray, lips_meet: np.ndarray) -> dict[str, int]:
+    """Vertex indices of Farkas' anthropometric points on the template (left side where paired)."""
+    skin = kind == SKIN
+    idx = np.flatnonzero(skin)
+    p = v[idx]
+
+    def nearest(target, mask=None) -> int:
+        q = np.flatnonzero(mask[idx]) if mask is not None else np.arange(len(idx))
+        return int(idx[q[np.argmin(np.linalg.norm(p[q] - np.asarray(target), axis=1))]])
+
+    front = (p[:, 2] > 0.2)
+    # The eye's corners: the innermost and outermost points of the lids' rim round the opening.
+    rim = (np.abs(_fissure(p)) < 0.012) & (p[:, 2] > EYE_CENTRE[2]) & (p[:, 0] > 0) \
+        & (np.abs(p[:, 1] - EYE_CENTRE[1] - 0.01) < 0.025)
+    out = {
+        "en": int(idx[np.argmin(np.where(rim, p[:, 0], 9))]),
+        "ex": int(idx[np.argmax(np.where(rim, p[:, 0], -9))]),
+        "n": nearest([0.0, 0.13, 0.9]),
+        "sn": nearest([0.0, -0.385, 0.95]),
+        "prn": int(idx[np.argmax(np.where(np.abs(p[:, 0]) < 0.02, p[:, 2], -9))]),
+        "gn": nearest([0.0, -0.985, 0.62]),
+    }
+    corner = lips_meet[idx] & (p[:, 0] > 0) & (p[:, 0] < MOUTH_HALF_WIDTH) & (p[:, 2] > 0.6)
+    out["ch"] = int(idx[np.argmax(np.where(corner, p[:, 0], -9))])
+    nose = (labels[idx] == PART["nose"]) & (np.abs(p[:, 1] + 0.36) < 0.04)
+    out["al"] = int(idx[np.argmax(np.where(nose & (p[:, 0] > 0), p[:, 0], -9))])
+    band = front & (np.abs(p[:, 1] - 0.0) < 0.03) & (p[:, 2] > 0.05) & (p[:, 2] < 0.45) & (labels[idx] == PART["skin"])
+    out["zy"] = int(idx[np.argmax(np.where(band & (p[:, 0] > 0), p[:, 0], -9))])
+    jaw = (np.abs(p[:, 1] + 0.8) < 0.04) & (p[:, 2] > -0.1) & (p[:, 2] < 0.25)
+    out["go"] = int(idx[np.argmax(np.where(jaw & (p[:, 0] > 0), p[:, 0], -9))])
+    return out
+
+
 @lru_cache(maxsize=4)
 def build_template(rings: int = 100, segments: int = 128, eye_segments: int = 24) -> Template:
-    """Build the template head mesh (cached per resolution)."""
-    theta = _warped(rings, -np.pi / 2, np.pi / 2, [(np.deg2rad(-15), np.deg2rad(32), 2.0)])
-    # Snap the ring nearest the mouth line onto it, so the lips always part on a ring.
-    theta_mouth = np.arctan2(MOUTH_Y, 0.93)
-    theta[np.argmin(np.abs(theta - theta_mouth))] = theta_mouth
-    phi = _warped(segments, -np.pi, np.pi, [(0.0, np.deg2rad(55), 1.6)])
-    th, ph = np.meshgrid(theta, phi, indexing="ij")
-    dirs = np.stack([np.cos(th) * np.sin(ph), np.sin(th), np.cos(th) * np.cos(ph)], -1).reshape(-1, 3)
-    dirs = np.concatenate([dirs, [[0, -1.0, 0], [0, 1.0, 0]]])
-    r = _radial_extract(dirs, head_sdf)
-    skin_v = dirs * r[:, None]
-    n_skin = len(skin_v)
-    skin_f = _grid_faces(rings, segments, first=0, south=n_skin - 2, north=n_skin - 1)
-    if orientation_ok(skin_v, skin_f).mean() < 0.5:
-        skin_f = skin_f[:, [0, 2, 1]]
-    parts = part_distances(skin_v)
-    labels = _skin_labels(skin_v, parts)
-    ring_of = np.concatenate([np.repeat(np.arange(rings), segments), [-1, -1]])
-    mouth_ring = int(np.argmin(np.abs(theta - theta_mouth)))
-    mouth_line = (ring_of == mouth_ring) & (np.abs(skin_v[:, 0]) < MOUTH_HALF_WIDTH * 0.97) & (skin_v[:, 2] > 0.7)
-    labels[mouth_line] = PART["mouth"]
+    """Build the template head (cached per resolution): ``rings`` latitude rings of the skin
+    (plus three on the mouth line) and ``segments`` longitudes; the hair shell and the torso
+    have half and a quarter of the rings."""
+    verts, faces, labels, kinds, dirs, angles, nbs, grids, shades = [], [], [], [], [], [], [], [], []
+    offset = 0
 
-    verts, faces, lab, eye, ang, mline, dlist = [skin_v], [skin_f], [labels], [np.zeros(n_skin, int)], [np.zeros(n_skin)], [mouth_line], [dirs]
-    offset = n_skin
-    for k, side in ((1, 1), (2, -1)):
+    def add(v, f, lab, kind, d=None, ang=None, nb=None, shade=None):
+        nonlocal offset
+        verts.append(v)
+        shades.append(shade if shade is not None else np.zeros(len(v)))
+        faces.append(f + offset)
+        labels.append(np.asarray(lab, np.uint8) * np.ones(len(v), np.uint8))
+        kinds.append(np.full(len(v), kind, np.int8))
+        dirs.append(d if d is not None else np.zeros((len(v), 3)))
+        angles.append(ang if ang is not None else np.zeros(len(v)))
+        nbs.append(nb + offset * (nb >= 0) if nb is not None else np.full((len(v), 4), -1))
+        offset += len(v)
+
+    skin_v, skin_d, skin_lab, mouth = _skin(rings, segments)
+    n_rings = rings + 3
+    f = _grid_faces(n_rings, segments, 0, n_rings * segments, n_rings * segments + 1)
+    if orientation_ok(skin_v, f).mean() < 0.5:
+        f = f[:, [0, 2, 1]]
+    grids.append(Grid("skin", offset, n_rings, segments, (0.0, 0.0, 0.0)))
+    add(skin_v, f, skin_lab, SKIN, skin_d, nb=_mouth_neighbours(_grid_neighbours(n_rings, segments, 0), mouth,
+                                                                   segments))
+    for kind, side in ((LEFT_EYE, 1), (RIGHT_EYE, -1)):
         ev, ef, ea = _eyeball(side, eye_segments)
         if orientation_ok(ev, ef, ev.mean(0)).mean() < 0.5:
             ef = ef[:, [0, 2, 1]]
-        verts.append(ev)
-        faces.append(ef + offset)
-        lab.append(np.full(len(ev), PART["left_eye"] if side > 0 else PART["right_eye"], np.uint8))
-        eye.append(np.full(len(ev), k))
-        ang.append(ea)
-        mline.append(np.zeros(len(ev), bool))
-        dlist.append((ev - ev.mean(0)) / EYE_RADIUS)
-        offset += len(ev)
+        grids.append(Grid("left_eye" if side > 0 else "right_eye", offset, (len(ev) - 2) // eye_segments,
+                          eye_segments, tuple(EYE_CENTRE * [side, 1, 1]), rigid=True))
+        add(ev, ef, PART["left_eye"] if side > 0 else PART["right_eye"], kind, (ev - ev.mean(0)) / EYE_RADIUS, ea)
+    for kind, upper in ((UPPER_TEETH, True), (LOWER_TEETH, False)):
+        tv, tf, ts = _teeth(upper)
+        add(tv, tf, PART["mouth_interior"], kind, shade=ts)
+    h_rings, h_segs = max(8, rings // 2), max(8, segments // 2)
+    hv, hd, _, cover = _hair(h_rings, h_segs)
+    hf = _grid_faces(h_rings, h_segs, 0, h_rings * h_segs, h_rings * h_segs + 1)
+    if orientation_ok(hv, hf).mean() < 0.5:
+        hf = hf[:, [0, 2, 1]]
+    hair_start = offset
+    grids.append(Grid("hair", offset, h_rings, h_segs, (0.0, 0.0, 0.0)))
+    add(hv, hf[cover[hf].any(1)], PART["hair"], HAIR, hd, nb=_grid_neighbours(h_rings, h_segs, 0))
+    t_rings, t_segs = max(8, rings // 4), max(8, segments // 4)
+    theta, phi = _lat_long(t_rings, t_segs, [(np.deg2rad(60), np.deg2rad(30), 1.5)], [])
+    td = _directions(theta, phi)
+    tv = TORSO_CENTRE + td * radial_extract(td, torso_sdf, TORSO_CENTRE, t_max=3.0)[:, None]
+    tf = _grid_faces(t_rings, t_segs, 0, t_rings * t_segs, t_rings * t_segs + 1)
+    if orientation_ok(tv, tf, TORSO_CENTRE).mean() < 0.5:
+        tf = tf[:, [0, 2, 1]]
+    grids.append(Grid("torso", offset, t_rings, t_segs, tuple(TORSO_CENTRE)))
+    add(tv, tf, PART["clothing"], TORSO, td, nb=_grid_neighbours(t_rings, t_segs, 0))
+
     vertices = np.concatenate(verts)
-    eye_arr = np.concatenate(eye)
+    kind = np.concatenate(kinds)
+    lab = np.concatenate(labels)
+    hair_cover = np.zeros(len(vertices), bool)
+    hair_cover[hair_start:hair_start + len(hv)] = cover
     return Template(
         vertices=vertices.astype(np.float64),
         faces=np.concatenate(faces),
-        labels=np.concatenate(lab).astype(np.uint8),
-        skin=eye_arr == 0,
-        eye=eye_arr,
-        eye_angle=np.concatenate(ang),
-        grid_shape=(rings, segments),
-        mouth_line=np.concatenate(mline),
-        directions=np.concatenate(dlist),
+        labels=lab,
+        kind=kind,
+        grids=tuple(grids),
+        neighbours=np.concatenate(nbs),
+        eye_angle=np.concatenate(angles),
+        mouth_rings=mouth,
+        directions=np.concatenate(dirs),
+        hair_cover=hair_cover,
+        tooth_shade=np.concatenate(shades),
+        landmarks=_landmarks(vertices, kind, lab, np.isin(np.arange(len(vertices)),
+                                                          mouth[3] * segments + np.arange(segments))),
     )
+
+
+def _mouth_neighbours(nb: np.ndarray, mouth: tuple[int, int, int, int], segments: int) -> np.ndarray:
+    """Normals of the lip edges from the lip side only, of the cavity from its back wall."""
+    nb = nb.copy()
+    lower, floor, roof, upper = (r * segments + np.arange(segments) for r in mouth)
+    nb[upper, 3] = upper  # up: the ring above; down: itself
+    nb[lower, 2] = lower
+    for ring in (floor, roof):
+        nb[ring, 2], nb[ring, 3] = roof, floor
+    return nb
+
+
+def hidden_faces(t: Template) -> np.ndarray:
+    """(F,) True for faces no pose can show: the neck inside the shirt's collar and the back of
+    each eyeball inside the skull. The renderer leaves them out."""
+    v = t.vertices[t.faces]
+    kind = t.kind[t.faces]
+    neck = np.all(kind == SKIN, 1) & np.all(v[..., 1] < -1.62, 1)
+    eye_back = np.all(np.isin(kind, (LEFT_EYE, RIGHT_EYE)), 1) & np.all(t.eye_angle[t.faces] > 90.0, 1)
+    return neck | eye_back
+
+
+def mouth_ring(t: Template) -> int:
+    """Index of the skin ring of the upper lip's edge (where the lips meet)."""
+    return t.mouth_rings[3]
+
+
+def grid_subset(t: Template, stride: int) -> tuple[np.ndarray, Template]:
+    """A coarser template keeping every ``stride``-th ring and segment of each grid.
+
+    The skin keeps its four mouth rings, the eyeballs all their rings (pupil and iris
+    edges), the kept segments are mirror-symmetric about the face's midline, and the
+    teeth are kept whole, so a coarsened face keeps its mouth, its bilateral symmetry and
+    its identity. Returns ``(index, template)``: ``index`` (V',) selects the kept vertices
+    of ``t``.
+    """
+    if stride == 1:
+        return np.arange(len(t.vertices)), t
+    index, faces, nbs, grids = [], [], [], []
+    new_offset = 0
+    mouth = t.mouth_rings
+    for g in t.grids:
+        if g.name == "skin":
+            m = t.mouth_rings
+            keep_r = sorted(set(r for r in range(m[0] + 1) if (m[0] - r) % stride == 0) | set(m)
+                            | set(r for r in range(m[3], g.rings) if (r - m[3]) % stride == 0))
+            mouth = tuple(keep_r.index(r) for r in m)
+        elif g.rigid:
+            keep_r = list(range(g.rings))
+        else:
+            keep_r = list(range(0, g.rings, stride))
+        half = g.segments // 2
+        keep_s = sorted([s for s in range(half) if (half - 1 - s) % stride == 0]
+                        + [s for s in range(half, g.segments) if (s - half) % stride == 0])
+        sel = (g.start + np.asarray(keep_r)[:, None] * g.segments + np.asarray(keep_s)[None, :]).reshape(-1)
+        sel = np.concatenate([sel, [g.start + g.rings * g.segments, g.start + g.rings * g.segments + 1]])
+        nr, ns = len(keep_r), len(keep_s)
+        f = _grid_faces(nr, ns, new_offset, new_offset + nr * ns, new_offset + nr * ns + 1)
+        if orientation_ok(t.vertices[sel], f - new_offset, g.centre).mean() < 0.5:
+            f = f[:, [0, 2, 1]]
+        if g.name == "hair":
+            f = f[t.hair_cover[sel][f - new_offset].any(1)]
+        if g.rigid:
+            nb = np.full((len(sel), 4), -1)
+        else:
+            nb = _grid_neighbours(nr, ns, 0)
+            if g.name == "skin":
+                nb = _mouth_neighbours(nb, mouth, ns)
+            nb = nb + new_offset * (nb >= 0)
+        index.append(sel)
+        faces.append(f)
+        nbs.append(nb)
+        grids.append(Grid(g.name, new_offset, nr, ns, g.centre, g.rigid))
+        new_offset += len(sel)
+    teeth = np.flatnonzero(np.isin(t.kind, (UPPER_TEETH, LOWER_TEETH)))
+    remap = np.full(len(t.vertices), -1)
+    remap[teeth] = new_offset + np.arange(len(teeth))
+    faces.append(remap[t.faces[np.all(np.isin(t.faces, teeth), 1)]])
+    nbs.append(np.full((len(teeth), 4), -1))
+    index.append(teeth)
+    index_a = np.concatenate(index)
+    all_faces = np.concatenate(faces)
+    # Faces in the full template's order of components (skin, eyes, teeth, hair, torso).
+    order = np.argsort(t.kind[index_a][all_faces[:, 0]], kind="stable")
+    old_to_new = np.full(len(t.vertices), -1)
+    old_to_new[index_a] = np.arange(len(index_a))
+    sub = Template(
+        vertices=t.vertices[index_a], faces=all_faces[order], labels=t.labels[index_a], kind=t.kind[index_a],
+        grids=tuple(grids), neighbours=np.concatenate(nbs), eye_angle=t.eye_angle[index_a], mouth_rings=mouth,
+        directions=t.directions[index_a], hair_cover=t.hair_cover[index_a], tooth_shade=t.tooth_shade[index_a],
+        landmarks={k: int(old_to_new[v]) for k, v in t.landmarks.items() if old_to_new[v] >= 0},
+    )
+    return index_a, sub
 
 
 def _segments_cross_triangles(p: np.ndarray, q: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.ndarray,

@@ -1,201 +1,74 @@
-"""The face model: template, identity bases and intrinsic-factor fields.
+"""The face model: template, identity bases, and the fields of sex, ethnicity, age, hair style and expression.
 
-Shape and texture of a face are linear in a coefficient vector:
+Shape and albedo are linear in a coefficient vector per face:
 
-* shape: ``template + sum_k sigma_k c_k Q_k + gender + ethnicity + age + expression``
-  with ``Q`` an orthonormal basis (in R^{3V}) of smooth displacement fields, both
-  anatomically named (nose width, lip fullness, eye spacing, jaw width, ...) and
-  global, ordered by a decaying ``sigma``;
-* texture: ``albedo(ethnicity) + sum_{band,k} tau_{band,k} t_{band,k} T_{band,k} + ...``
-  with ``T`` an orthonormal basis of RGB albedo fields in spatial-frequency bands.
+* shape: ``template + Q^T diag(sigma) c + sum_g w_g G_g`` where the rows of ``Q`` are the
+  principal components of the identity fields (named anatomical deformations, scaled so
+  that sampled identities match Farkas' anthropometric norms, plus random smooth fields)
+  and the fixed rows ``G`` are male, female, the ethnic groups, age, hair styles and
+  expressions (sums of FACS action units);
+* albedo: ``base + T^T diag(tau) t + sum_g w_g A_g``, ``T`` the principal components of the
+  identity texture fields within each spatial-frequency band.
 
-Identity is the pair of coefficient vectors (c, t), drawn from N(0, I).
+Identity is the pair of coefficient vectors (c, t), drawn from N(0, I). A built model is
+cached on disk (``$INFODISSECT_CACHE``, default ``~/.cache/infodissect``), keyed by its
+configuration and the source of this package's face modules.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import tempfile
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable
 from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
-import scipy.linalg
+import scipy.optimize
 import torch
 
-from .factors import ETHNICITIES, EXPRESSIONS
-from .mesh import (EYE_CENTRE, MOUTH_HALF_WIDTH, MOUTH_Y, PART, PART_NAMES, Template, build_template, face_labels,
-                   grid_subset, part_distances)
+from . import albedo as alb
+from .factors import ETHNICITIES, EXPRESSIONS, HAIR_STYLES
+from .fields import (EXPRESSION_AUS, action_unit_fields, age_fields, anatomical_fields, lip_split, random_fields,
+                     sex_fields)
+from .mesh import (EYE_CENTRE, HAIR, LEFT_EYE, LOWER_TEETH, MOUTH_Y, PART_NAMES, RIGHT_EYE, SKIN, TORSO,
+                   UPPER_TEETH, Template, build_template, face_labels, grid_subset, hidden_faces)
 
-GENERATOR_VERSION = "1.3"  # 1.3: random shape fields act along the rays; reordered shading arithmetic
+GENERATOR_VERSION = "2.0"  # 2.0: face model 2 (FACS expressions, sex dimorphism, hair styles, teeth, torso, norms)
 
-# Coefficients of each expression on the action-unit fields of _action_units.
-EXPRESSION_AUS: dict[str, dict[str, float]] = {
-    "neutral": {},
-    "happiness": {"cheek_raise": 0.9, "lip_corner_pull": 1.0, "jaw_drop": 0.25, "lid_tighten": 0.3},
-    "surprise": {"inner_brow_raise": 1.0, "brow_raise": 1.0, "upper_lid_raise": 1.0, "jaw_drop": 0.9},
-    "fear": {"inner_brow_raise": 1.0, "brow_raise": 0.4, "brow_lower": 0.5, "upper_lid_raise": 1.0,
-             "lip_stretch": 1.0, "jaw_drop": 0.4},
-    "disgust": {"nose_wrinkle": 1.0, "upper_lip_raise": 1.0, "brow_lower": 0.5, "lip_corner_depress": 0.4,
-                "lid_tighten": 0.4},
-    "anger": {"brow_lower": 1.0, "lid_tighten": 0.8, "upper_lid_raise": 0.3, "lip_press": 1.0},
-    "sadness": {"inner_brow_raise": 1.0, "brow_lower": 0.3, "lip_corner_depress": 1.0, "lid_tighten": 0.3},
+# Row layout of geometry_fixed / albedo_fixed (and of the fixed coefficients of render._coefficient_rows).
+FIXED_ROWS: tuple[str, ...] = (
+    ("male", "female") + tuple(f"ethnicity_{e}" for e in ETHNICITIES) + ("age_linear", "age_sag")
+    + tuple(f"hair_{h}" for h in HAIR_STYLES) + tuple(f"expression_{e}" for e in EXPRESSIONS)
+)
+
+# Anthropometric norms (mm) of young adults (North American Caucasians, 18-25 years; Farkas 1994,
+# "Anthropometry of the head and face", as tabulated by Farkas et al. 2005): male mean, SD,
+# female mean, SD. Paired landmarks are measured between the left point and its mirror image.
+NORMS: dict[str, tuple[str, str, float, float, float, float]] = {
+    "zy-zy": ("zy", "zy'", 137.1, 4.3, 129.9, 4.6),  # face width
+    "go-go": ("go", "go'", 97.4, 6.7, 91.1, 5.4),  # mandible width
+    "n-gn": ("n", "gn", 121.3, 6.8, 112.0, 5.2),  # face height
+    "n-sn": ("n", "sn", 54.8, 3.3, 50.6, 3.1),  # nose height
+    "en-en": ("en", "en'", 33.3, 2.7, 31.8, 2.3),  # intercanthal width
+    "ex-ex": ("ex", "ex'", 91.2, 3.2, 87.8, 3.2),  # biocular width
+    "al-al": ("al", "al'", 34.9, 2.1, 31.4, 2.0),  # nose width
+    "ch-ch": ("ch", "ch'", 53.3, 3.3, 50.2, 3.2),  # mouth width
 }
-
-
-def _bump(p: np.ndarray, c, r) -> np.ndarray:
-    return np.exp(-np.sum(((p - np.asarray(c)) / np.asarray(r)) ** 2, -1))
-
-
-def _sgnx(p: np.ndarray, w: float = 0.1) -> np.ndarray:
-    """A smooth sign of x: +1 on the subject's left, -1 on the right."""
-    return np.tanh(p[:, 0] / w)
-
-
-def _field(weight: np.ndarray, vec) -> np.ndarray:
-    """A displacement field: per-vertex ``weight`` times a vector (3,) or (V, 3)."""
-    vec = np.asarray(vec, dtype=float)
-    return weight[:, None] * (vec if vec.ndim == 2 else vec[None, :])
-
-
-def _mirror(p: np.ndarray) -> np.ndarray:
-    q = p.copy()
-    q[:, 0] = np.abs(q[:, 0])
-    return q
-
-
-def _lateral(p: np.ndarray, amount: float) -> np.ndarray:
-    """Per-vertex vector pointing away from the midline (x only)."""
-    return np.stack([_sgnx(p) * amount, np.zeros(len(p)), np.zeros(len(p))], -1)
-
-
-def anatomical_fields(p: np.ndarray) -> dict[str, np.ndarray]:
-    """Named identity deformations at one standard deviation, evaluated at anchors ``p``."""
-    m = _mirror(p)
-    x, y, z = p[:, 0], p[:, 1], p[:, 2]
-    eye_c = EYE_CENTRE
-    ear_c = np.array([0.72, 0.02, -0.12])
-    face_w = 1.0 / (1.0 + np.exp(-(z - 0.1) / 0.15))
-    zero = np.zeros_like(x)
-    f: dict[str, np.ndarray] = {
-        "head_width": np.stack([0.05 * x, zero, zero], -1),
-        "head_height": np.stack([zero, 0.045 * (y + 0.2), zero], -1),
-        "head_depth": np.stack([zero, zero, 0.04 * (z + 0.15)], -1),
-        "face_length": _field(face_w / (1 + np.exp((y + 0.35) / 0.12)), [0, -0.045, 0]),
-        "jaw_width": _field(_bump(m, (0.45, -0.72, 0.15), (0.22, 0.22, 0.35)), [0, 0, 0]) + _lateral(p, 0.04) * _bump(m, (0.45, -0.72, 0.15), (0.22, 0.22, 0.35))[:, None],
-        "chin_protrusion": _field(_bump(p, (0, -0.95, 0.5), (0.2, 0.16, 0.22)), [0, 0, 0.04]),
-        "chin_height": _field(_bump(p, (0, -0.98, 0.45), (0.22, 0.14, 0.25)), [0, -0.035, 0]),
-        "cheekbones": _bump(m, (0.42, -0.12, 0.6), (0.16, 0.12, 0.16))[:, None] * np.stack([_sgnx(p) * 0.025, zero, np.full_like(x, 0.015)], -1),
-        "brow_ridge": _field(_bump(p, (0, 0.28, 0.78), (0.42, 0.08, 0.12)), [0, 0, 0.03]),
-        "eye_spacing": _lateral(p, 0.016) * _bump(m, eye_c, (0.22, 0.2, 0.4))[:, None],
-        "eye_height": _field(_bump(m, eye_c, (0.24, 0.2, 0.4)), [0, 0.016, 0]),
-        "eye_depth": _field(_bump(m, eye_c, (0.16, 0.13, 0.3)), [0, 0, -0.022]),
-        "nose_width": _lateral(p, 0.022) * _bump(p, (0, -0.32, 0.95), (0.16, 0.1, 0.16))[:, None],
-        "nose_length": _field(_bump(p, (0, -0.3, 1.05), (0.18, 0.16, 0.2)), [0, -0.02, 0.01]),
-        "nose_protrusion": _field(_bump(p, (0, -0.18, 1.0), (0.16, 0.2, 0.2)), [0, 0, 0.035]),
-        "nose_bridge": _field(_bump(p, (0, 0.05, 0.88), (0.12, 0.12, 0.1)), [0, 0, 0.025]),
-        "lip_fullness": _bump(p, (0, MOUTH_Y, 0.86), (0.2, 0.09, 0.12))[:, None]
-        * np.stack([zero, 0.008 * np.tanh((y - MOUTH_Y) / 0.05), np.full_like(x, 0.016)], -1),
-        "mouth_width": _lateral(p, 0.016) * _bump(m, (0.17, MOUTH_Y, 0.85), (0.12, 0.1, 0.14))[:, None],
-        "mouth_height": _field(_bump(p, (0, MOUTH_Y, 0.85), (0.26, 0.12, 0.2)), [0, 0.022, 0]),
-        "forehead_slope": _field(_bump(p, (0, 0.55, 0.6), (0.6, 0.3, 0.35)), [0, 0, 0.04]),
-        "ear_size": 0.18 * (m - ear_c) * _bump(m, ear_c, (0.15, 0.32, 0.22))[:, None] * np.stack([np.sign(x + 1e-12), np.ones_like(x), np.ones_like(x)], -1),
-        "ear_protrusion": _lateral(p, 0.035) * _bump(m, ear_c, (0.14, 0.3, 0.22))[:, None],
-        "cheek_fullness": _bump(m, (0.45, -0.5, 0.45), (0.2, 0.2, 0.2))[:, None] * np.stack([_sgnx(p) * 0.025, zero, np.full_like(x, 0.01)], -1),
-    }
-    return f
-
-
-def action_unit_fields(p: np.ndarray, mouth_line: np.ndarray) -> dict[str, np.ndarray]:
-    """Expression action units at full intensity (smooth displacement fields)."""
-    m = _mirror(p)
-    x, y, z = p[:, 0], p[:, 1], p[:, 2]
-    ec = EYE_CENTRE
-    zero = np.zeros_like(x)
-    upper_lid = _bump(m, ec + [0, 0.055, 0.13], (0.12, 0.045, 0.09))
-    lower_lid = _bump(m, ec + [0, -0.05, 0.13], (0.11, 0.03, 0.09))
-    corner = (MOUTH_HALF_WIDTH, MOUTH_Y, 0.8)
-    below = 1.0 / (1.0 + np.exp((y - MOUTH_Y) / 0.006))
-    jaw = below * np.exp(-((x / 0.42) ** 4)) / (1 + np.exp(-(z - 0.05) / 0.1)) / (1 + np.exp(-(y + 1.25) / 0.08))
-    jaw_vec = np.stack([zero, np.full_like(x, -0.12), np.full_like(x, -0.01)], -1) * jaw[:, None]
-    jaw_vec[mouth_line] -= 0.08 * p[mouth_line] / np.linalg.norm(p[mouth_line], axis=1, keepdims=True)  # recedes
-    fields = {
-        "brow_raise": _field(_bump(m, (0.3, 0.3, 0.78), (0.2, 0.11, 0.18)), [0, 0.035, 0]),
-        "inner_brow_raise": _field(_bump(m, (0.12, 0.28, 0.82), (0.09, 0.08, 0.12)), [0, 0.03, 0]),
-        "brow_lower": _bump(m, (0.2, 0.28, 0.8), (0.16, 0.08, 0.14))[:, None] * np.stack([-_sgnx(p) * 0.015, np.full_like(x, -0.028), zero], -1),
-        "upper_lid_raise": _field(upper_lid, [0, 0.02, 0]),
-        "lid_tighten": _field(upper_lid, [0, -0.02, 0]) + _field(lower_lid, [0, 0.012, 0]),
-        "cheek_raise": _field(_bump(m, (0.38, -0.22, 0.62), (0.15, 0.13, 0.16)), [0, 0.025, 0.01]),
-        "nose_wrinkle": _field(_bump(p, (0, -0.15, 1.0), (0.12, 0.14, 0.14)), [0, 0.015, 0]),
-        "upper_lip_raise": _field(_bump(p, (0, MOUTH_Y + 0.05, 0.88), (0.14, 0.04, 0.12)) * (1 - below), [0, 0.02, 0]),
-        "lip_corner_pull": _bump(m, corner, (0.08, 0.07, 0.12))[:, None] * np.stack([_sgnx(p) * 0.02, np.full_like(x, 0.035), np.full_like(x, -0.012)], -1),
-        "lip_corner_depress": _field(_bump(m, (MOUTH_HALF_WIDTH, MOUTH_Y - 0.01, 0.8), (0.08, 0.06, 0.12)), [0, -0.03, 0]),
-        "lip_stretch": _bump(m, corner, (0.09, 0.08, 0.12))[:, None] * np.stack([_sgnx(p) * 0.03, np.full_like(x, -0.006), np.full_like(x, -0.01)], -1),
-        "lip_press": _bump(p, (0, MOUTH_Y, 0.86), (0.18, 0.07, 0.12))[:, None] * np.stack([zero, -0.01 * np.tanh((y - MOUTH_Y) / 0.03), np.full_like(x, -0.01)], -1),
-    }
-    # Expressions are meant to read at 64 px: the smooth fields act at 1.6x their anatomical size.
-    fields = {k: 1.6 * v for k, v in fields.items()}
-    fields["jaw_drop"] = jaw_vec
-    return fields
-
-
-def _random_fields(p: np.ndarray, n: int, rng: np.random.Generator, surface: np.ndarray) -> list[np.ndarray]:
-    """Random smooth displacement fields: symmetric sums of Gaussian bumps on the face."""
-    front = surface[(surface[:, 2] > 0.2) & (surface[:, 1] > -1.1)]
-    out = []
-    for _ in range(n):
-        acc = np.zeros_like(p)
-        for _ in range(3):
-            c = front[rng.integers(len(front))]
-            radius = rng.uniform(0.18, 0.45)
-            normal = c / np.linalg.norm(c)
-            vec = 0.7 * normal * rng.normal() + 0.3 * rng.normal(size=3)
-            acc += _field(_bump(p, c, radius), vec)
-            if rng.random() < 0.85:  # mostly bilateral, like faces
-                cm = c * [-1, 1, 1]
-                acc += _field(_bump(p, cm, radius), vec * [-1, 1, 1])
-        out.append(acc)
-    return out
-
-
-def _radial(field: np.ndarray, p: np.ndarray, skin: np.ndarray) -> np.ndarray:
-    """The part of a displacement field along each skin vertex's ray from the head centre.
-
-    The skin is a height field over those rays, and a face keeps its orientation about
-    the centre (the star-shaped test of :func:`mesh.orientation_ok`) under any motion
-    along them; sideways motion is what tips faces over on walls nearly parallel to the
-    rays (mouth line, eyelid rims, nose sides). Eyeball vertices keep the whole field.
-    """
-    ray = p / np.linalg.norm(p, axis=1, keepdims=True)
-    along = np.sum(field * ray, axis=1, keepdims=True) * ray
-    return np.where(skin[:, None], along, field)
-
-
-def _orthonormal(fields: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Orthonormalise fields (K, D) in order; returns (Q (K, D), residual norms (K,))."""
-    q, r = np.linalg.qr(fields.T)
-    sign = np.sign(np.diag(r))
-    sign[sign == 0] = 1
-    return (q * sign).T, np.abs(np.diag(r))
-
-
-def _texture_fields(p: np.ndarray, bands: int, per_band: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Band-limited RGB albedo fields (random Fourier features) and their band index."""
-    fields, band_of = [], []
-    for j in range(bands):
-        lo = 2.5 * 2.0**j
-        for _ in range(per_band):
-            s = np.zeros(len(p))
-            for _ in range(4):
-                direction = rng.normal(size=3)
-                direction /= np.linalg.norm(direction)
-                omega = direction * rng.uniform(lo, 2 * lo)
-                s += np.cos(p @ omega + rng.uniform(0, 2 * np.pi))
-            # Mostly lightness, some redness, a little yellowness: skin-like variation.
-            colour = (rng.normal() * np.array([1.0, 1.0, 1.0]) + 0.5 * rng.normal() * np.array([1.0, -0.45, -0.55])
-                      + 0.25 * rng.normal() * np.array([0.5, 0.4, -0.9]))
-            fields.append(s[:, None] * colour[None, :])
-            band_of.append(j)
-    return np.stack(fields), np.asarray(band_of)
+MM = 0.01  # model units (decimetres) per mm
+# Differences (mm) of the group means from group A, and named fields' offsets (in SDs) beyond them.
+ETHNIC_SHAPE: dict[str, tuple[dict[str, float], dict[str, float]]] = {
+    "A": ({}, {}),
+    "B": ({"en-en": 4.0, "zy-zy": 6.0, "al-al": 3.5, "ex-ex": 3.0, "n-sn": -2.0},
+          {"nose_bridge": -2.0, "eye_depth": -1.2, "brow_ridge": -1.2, "cheekbones": 1.2, "head_length": -1.0,
+           "nose_protrusion": -1.0}),
+    "C": ({"al-al": 9.0, "ch-ch": 4.0, "en-en": 2.0, "zy-zy": 3.0, "n-sn": -2.0},
+          {"upper_lip": 2.0, "lower_lip": 2.0, "nose_bridge": -1.5, "nose_protrusion": -1.2,
+           "chin_protrusion": -0.8, "forehead_slope": 1.0}),
+}
 
 
 @dataclass
@@ -209,17 +82,21 @@ class FaceModel:
     texture_band: torch.Tensor  # (T,) band index of each texture component
     texture_sigma: torch.Tensor  # (T,)
     texture_basis: torch.Tensor  # (T, V*3) orthonormal rows
-    geometry_fixed: torch.Tensor  # (G, V*3): gender, ethnicities, age terms, expressions
+    geometry_fixed: torch.Tensor  # (G, V*3): the FIXED_ROWS
     albedo_fixed: torch.Tensor  # (G, V*3)
     vertices: torch.Tensor  # (V, 3) template
-    base_albedo: torch.Tensor  # (V, 3)
-    hair: torch.Tensor  # (V,) hair weight for greying
-    face_labels: torch.Tensor  # (F,) uint8 part label of each face
-    faces: torch.Tensor  # (F, 3) int64
+    base_albedo: torch.Tensor  # (V, 3) display-referred
+    hair: torch.Tensor  # (V,) how much each vertex greys with age
+    face_labels: torch.Tensor  # (F,) uint8 part label of each face drawn
+    faces: torch.Tensor  # (F, 3) int64: the template's faces but those no pose shows (mesh.hidden_faces)
     specular: torch.Tensor  # (V,) specular strength
-    normals_template: torch.Tensor  # (V, 3) outward normals of the template
-    eye_mask: torch.Tensor  # (V,) bool
+    normals_template: torch.Tensor  # (V, 3) outward normals of the template (used for the rigid parts)
+    neighbours: torch.Tensor  # (V, 4) int64 left, right, up, down vertices of the normals (-1: rigid)
     device: torch.device
+    action_units: tuple[str, ...] = ()  # FACS action units of au_geometry / au_albedo
+    au_geometry: torch.Tensor | None = None  # (A, V*3) each action unit at intensity 1
+    au_albedo: torch.Tensor | None = None  # (A, V*3)
+    texture_index: torch.Tensor | None = None  # (T',) the identity texture components drawn (None: all)
     _cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -257,10 +134,12 @@ class FaceModel:
         return FaceModel(**kw)
 
     def coarsened(self, stride: int) -> "FaceModel":
-        """The same model on every ``stride``-th ring and segment of the skin grid (cached).
+        """The same model on every ``stride``-th ring and segment of each grid (cached).
 
         Identities, factors and labels are the template's own, subsampled, so a face
-        keeps its identity at every level of detail (see :func:`mesh.grid_subset`).
+        keeps its identity at every level of detail (see :func:`mesh.grid_subset`). Texture
+        bands too fine for the coarser vertex spacing (wavelengths under two vertex
+        spacings) are left out, as a mipmap filters them.
         """
         if stride == 1:
             return self
@@ -269,175 +148,148 @@ class FaceModel:
     def _subset(self, stride: int) -> "FaceModel":
         index, sub = grid_subset(self.template, stride)
         idx = torch.as_tensor(index, device=self.device)
+        drawn = sub.faces[~hidden_faces(sub)]
 
         def rows(a: torch.Tensor) -> torch.Tensor:
             return a.view(a.shape[0], -1, 3).index_select(1, idx).reshape(a.shape[0], -1)
 
+        keep = torch.nonzero(texture_band_wavelength(self.texture_band) >= 2 * GRID_SPACING * stride).flatten()
+        if len(keep) == 0:
+            keep = torch.nonzero(self.texture_band == 0).flatten()
         return FaceModel(
             template=sub, shape_names=self.shape_names, shape_sigma=self.shape_sigma,
-            shape_basis=rows(self.shape_basis), texture_band=self.texture_band, texture_sigma=self.texture_sigma,
-            texture_basis=rows(self.texture_basis), geometry_fixed=rows(self.geometry_fixed),
+            shape_basis=rows(self.shape_basis), texture_band=self.texture_band[keep],
+            texture_sigma=self.texture_sigma[keep], texture_basis=rows(self.texture_basis[keep]),
+            texture_index=keep, geometry_fixed=rows(self.geometry_fixed),
             albedo_fixed=rows(self.albedo_fixed), vertices=self.vertices[idx], base_albedo=self.base_albedo[idx],
-            hair=self.hair[idx], face_labels=torch.as_tensor(face_labels(sub.labels, sub.faces), device=self.device),
-            faces=torch.as_tensor(sub.faces, device=self.device), specular=self.specular[idx],
-            normals_template=self.normals_template[idx], eye_mask=self.eye_mask[idx], device=self.device,
+            hair=self.hair[idx], face_labels=torch.as_tensor(face_labels(sub.labels, drawn), device=self.device),
+            faces=torch.as_tensor(drawn, device=self.device), specular=self.specular[idx],
+            normals_template=self.normals_template[idx],
+            neighbours=torch.as_tensor(sub.neighbours, device=self.device), device=self.device,
+            action_units=self.action_units, au_geometry=rows(self.au_geometry), au_albedo=rows(self.au_albedo),
         )
 
 
-# Row layout of geometry_fixed / albedo_fixed.
-FIXED_ROWS: tuple[str, ...] = (
-    ("gender",) + tuple(f"ethnicity_{e}" for e in ETHNICITIES) + ("age_linear", "age_wrinkles")
-    + tuple(f"expression_{e}" for e in EXPRESSIONS)
-)
+GRID_SPACING = 0.013  # skin-grid vertex spacing on the face at stride 1 (decimetres)
 
 
-def _albedo_template(t: Template, parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Per-vertex colour masks used to paint skin, lips, brows, hair and eyes."""
-    p = t.vertices
-    m = _mirror(p)
-    aperture = np.linalg.norm((m - (EYE_CENTRE + [0, 0, 0.14])) / [0.115, 0.047, 0.12], axis=1)
-    lash = np.exp(-(((aperture - 1.0) / 0.18) ** 2)) * (m[:, 2] > 0.6) * t.skin
-    nostril = np.linalg.norm((m - [0.052, -0.385, 1.0]) / [0.04, 0.04, 0.06], axis=1) < 1.0
-    return {"lash": lash, "nostril": nostril.astype(float)}
+def texture_band_wavelength(band: torch.Tensor) -> torch.Tensor:
+    """Shortest wavelength (decimetres) of the texture fields of each band (see
+    :func:`.albedo.identity_texture_fields`)."""
+    return 2 * np.pi / (5.0 * 2.0 ** band.double())
 
 
-@lru_cache(maxsize=4)
-def _build_numpy(seed: int, shape_components: int, texture_components: int, texture_bands: int,
-                 rings: int, segments: int) -> dict[str, np.ndarray]:
-    t = build_template(rings, segments)
-    rng = np.random.default_rng([seed, 1811])
-    p = t.vertices
-    # Eyeballs move rigidly with the displacement at their centre.
-    anchors = p.copy()
-    for k, side in ((1, 1.0), (2, -1.0)):
-        anchors[t.eye == k] = EYE_CENTRE * [side, 1, 1]
-    nv = len(p)
+# --------------------------------------------------------------------------- anchors and landmarks
 
-    named = anatomical_fields(anchors)
-    raw = list(named.values())
-    names = list(named.keys())
-    if shape_components > len(raw):
-        extra = shape_components - len(raw)
-        raw += [_radial(0.012 * f, p, t.skin) for f in _random_fields(anchors, extra, rng, p[t.skin])]
-        names += [f"random_{i}" for i in range(extra)]
-    raw_arr = np.stack(raw)[:shape_components].reshape(shape_components, -1)
-    names = names[:shape_components]
-    # Pivoted Gram-Schmidt: each step keeps the field with the largest residual,
-    # so sigma (the residual norms) decays by construction.
-    _, _, order = scipy.linalg.qr(raw_arr.T, mode="economic", pivoting=True)
-    q, sig = _orthonormal(raw_arr[order])
 
-    tex, band_of = _texture_fields(p, texture_bands, texture_components, rng)
-    tex[:, ~t.skin] = 0.0
-    tex = tex.reshape(len(tex), -1)
-    tq, _ = _orthonormal(tex)
-    n_skin = int(t.skin.sum())
-    k_in_band = np.tile(np.arange(texture_components), texture_bands)
-    weight = 1.0 / (1.0 + k_in_band / 8.0)
-    band_total = np.array([0.038, 0.028, 0.022, 0.015, 0.011, 0.008, 0.006, 0.005])[band_of]
-    rms = band_total * np.sqrt(weight / np.sum(weight[band_of == 0]))
-    tsig = rms * np.sqrt(3 * n_skin)
+def anchors(t: Template) -> np.ndarray:
+    """Where each vertex samples the deformation fields (see :mod:`.fields`)."""
+    a = t.vertices.copy()
+    for kind, side in ((LEFT_EYE, 1.0), (RIGHT_EYE, -1.0)):
+        a[t.kind == kind] = EYE_CENTRE * [side, 1, 1]
+    g = t.grid("skin")
+    lower, floor, roof, upper = (g.start + r * g.segments + np.arange(g.segments) for r in t.mouth_rings)
+    centre = upper[np.argmax(t.vertices[upper, 2])]  # where the lips meet on the midline
+    a[t.kind == UPPER_TEETH] = t.vertices[centre] + [0.0, 0.01, 0.0]
+    a[t.kind == LOWER_TEETH] = t.vertices[centre] + [0.0, -0.01, 0.0]
+    a[floor], a[roof] = a[lower], a[upper]  # the cavity moves with its lip
+    hair = t.kind == HAIR
+    hair_dirs = t.directions[hair]
+    from .mesh import head_sdf, radial_extract
 
-    parts = part_distances(p)
-    paint = _albedo_template(t, parts)
-    lab = t.labels
-    base = np.zeros((nv, 3))
-    skin_tone = np.array([0.86, 0.68, 0.58])
-    base[:] = skin_tone
-    base[lab == PART["mouth"]] = skin_tone * [0.9, 0.6, 0.6]
-    base[lab == PART["ears"]] = skin_tone * [1.0, 0.92, 0.9]
-    hair_colour = np.array([0.3, 0.22, 0.15])
-    base[lab == PART["hair"]] = hair_colour
-    brow = (lab == PART["left_brow"]) | (lab == PART["right_brow"])
-    base[brow] = 0.35 * skin_tone + 0.65 * hair_colour
-    base[t.mouth_line] = [0.18, 0.06, 0.06]
-    base *= 1.0 - 0.6 * paint["lash"][:, None]
-    base[paint["nostril"] > 0] *= 0.4
-    cheeks = _bump(_mirror(p), (0.42, -0.3, 0.6), (0.15, 0.15, 0.2))
-    base += cheeks[:, None] * [0.04, -0.02, -0.02]
-    ang = t.eye_angle
-    eye = t.eye > 0
-    iris = np.array([0.33, 0.24, 0.16])
-    base[eye] = [0.9, 0.88, 0.84]
-    base[eye & (ang <= 24.0)] = iris
-    base[eye & (ang <= 11.0)] = [0.03, 0.03, 0.03]
-    hair = (lab == PART["hair"]).astype(float)
+    a[hair] = hair_dirs * radial_extract(hair_dirs, head_sdf)[:, None]
+    a[t.kind == TORSO] = [0.0, -1.35, -0.2]
+    return a
 
-    # Intrinsic factors. Gender: +1 male, -1 female, times strength.
-    gender_geo = 0.5 * (1.2 * named["jaw_width"] + 1.2 * named["brow_ridge"] + 0.8 * named["chin_height"]
-                        + 0.8 * named["nose_protrusion"] + 0.6 * named["nose_width"] - 1.0 * named["lip_fullness"]
-                        - 0.6 * named["eye_depth"] * -1 + 0.6 * named["head_width"] + 0.5 * named["forehead_slope"] * -1)
-    beard = (_bump(p, (0, -0.75, 0.6), (0.45, 0.3, 0.35)) + _bump(p, (0, -0.46, 0.9), (0.16, 0.05, 0.1)))
-    beard = np.clip(beard, 0, 1) * (lab == PART["skin"]) * t.skin
-    gender_alb = np.zeros((nv, 3))
-    gender_alb += beard[:, None] * [-0.07, -0.065, -0.05]
-    gender_alb += (t.skin & (lab == PART["skin"]))[:, None] * [-0.01, -0.025, -0.025]
-    gender_alb[brow] += [-0.06, -0.05, -0.04]
-    gender_alb[lab == PART["mouth"]] += [-0.05, 0.02, 0.02]
-    gender_alb += paint["lash"][:, None] * 0.08
 
-    eth_geo = {
-        "A": 0.8 * named["nose_bridge"] - 0.6 * named["nose_width"] - 0.5 * named["lip_fullness"] + 0.5 * named["nose_protrusion"],
-        "B": -0.9 * named["nose_bridge"] + 0.7 * named["cheekbones"] - 0.7 * named["eye_depth"] * -1 - 0.6 * named["brow_ridge"] + 0.5 * named["head_width"],
-        "C": 1.0 * named["nose_width"] + 1.0 * named["lip_fullness"] - 0.4 * named["nose_bridge"] + 0.5 * named["mouth_height"] * 0 + 0.6 * named["chin_protrusion"],
-    }
-    tones = {"A": ([0.86, 0.68, 0.58], [0.33, 0.24, 0.16], [0.3, 0.4, 0.5]),
-             "B": ([0.74, 0.55, 0.41], [0.1, 0.085, 0.075], [0.25, 0.16, 0.09]),
-             "C": ([0.47, 0.32, 0.23], [0.07, 0.06, 0.055], [0.17, 0.1, 0.06])}
-    eth_alb = {}
-    skin_like = t.skin & (lab != PART["hair"])
-    for e, (tone, hair_c, iris_c) in tones.items():
-        off = np.zeros((nv, 3))
-        ratio = np.asarray(tone) / skin_tone
-        off[skin_like] = base[skin_like] * (ratio - 1.0)
-        off[lab == PART["hair"]] = np.asarray(hair_c) - hair_colour
-        off[brow] += 0.65 * (np.asarray(hair_c) - hair_colour)
-        off[eye & (ang <= 24.0) & (ang > 11.0)] = np.asarray(iris_c) - iris
-        eth_alb[e] = off
+def mirror_index(t: Template, i: int) -> int:
+    """The vertex of the skin grid mirroring vertex ``i`` across the midline."""
+    g = t.grid("skin")
+    r, s = divmod(i - g.start, g.segments)
+    return g.start + r * g.segments + (g.segments - 1 - s)
 
-    # Age: a = (age - 30) / 40 (shape), w = clip((age - 25) / 45, 0, 1) (wrinkles, blotches).
-    age_geo = (_bump(_mirror(p), (0.4, -0.72, 0.35), (0.2, 0.16, 0.25))[:, None] * [0, -0.03, 0.008]
-               - 0.6 * named["cheek_fullness"] + 0.5 * named["nose_length"] - 0.5 * named["lip_fullness"]
-               + 0.4 * named["ear_size"])
-    x, y, z = p[:, 0], p[:, 1], p[:, 2]
-    front = (z > 0.3) & t.skin & (lab == PART["skin"])
-    forehead = _bump(p, (0, 0.42, 0.75), (0.35, 0.12, 0.3)) * (np.cos(y * 70.0) > 0.6)
-    crow = _bump(_mirror(p), (0.5, 0.08, 0.55), (0.07, 0.07, 0.15)) * (np.cos(np.arctan2(y - 0.08, np.abs(x) - 0.42) * 9.0) > 0.5)
-    fold = np.exp(-(((np.abs(x) - (0.13 + 0.1 * np.clip((-0.35 - y) / 0.25, 0, 1))) / 0.018) ** 2)) * ((y < -0.33) & (y > -0.62))
-    blotch = sum(np.cos(p @ rng.normal(scale=40.0, size=3) + rng.uniform(0, 6.3)) for _ in range(6)) / 6.0
-    wrinkle = (0.55 * forehead + 0.5 * crow + 0.45 * fold) * front
-    age_alb = -(wrinkle[:, None] * np.array([0.16, 0.16, 0.14])) + (blotch * front)[:, None] * np.array([0.05, 0.035, 0.03])
 
-    aus = action_unit_fields(anchors, t.mouth_line)
-    expr_geo = []
-    for e in EXPRESSIONS:
-        acc = np.zeros((nv, 3))
-        for au, wgt in EXPRESSION_AUS[e].items():
-            acc += wgt * aus[au]
-        expr_geo.append(acc)
-    geo_fixed = [gender_geo] + [eth_geo[e] for e in ETHNICITIES] + [age_geo, np.zeros((nv, 3))] + expr_geo
-    alb_fixed = [gender_alb] + [eth_alb[e] for e in ETHNICITIES] + [np.zeros((nv, 3)), age_alb] + [np.zeros((nv, 3))] * len(EXPRESSIONS)
+def landmark_pairs(t: Template) -> dict[str, tuple[int, int]]:
+    """The vertex pair of each distance in :data:`NORMS`."""
+    lm = dict(t.landmarks)
+    for k in list(lm):
+        lm[k + "'"] = mirror_index(t, lm[k])
+    return {name: (lm[a], lm[b]) for name, (a, b, *_) in NORMS.items()}
 
-    spec = np.full(nv, 0.18)
-    spec[lab == PART["mouth"]] = 0.3
-    spec[lab == PART["hair"]] = 0.08
-    spec[eye] = 0.7
-    normals = _vertex_normals_np(p, t.faces)
-    return {
-        "shape_names": np.asarray(names)[order],
-        "shape_sigma": sig,
-        "shape_basis": q,
-        "texture_band": band_of,
-        "texture_sigma": tsig,
-        "texture_basis": tq,
-        "geometry_fixed": np.stack(geo_fixed).reshape(len(geo_fixed), -1),
-        "albedo_fixed": np.stack(alb_fixed).reshape(len(alb_fixed), -1),
-        "base_albedo": base,
-        "hair": hair,
-        "face_labels": face_labels(lab, t.faces),
-        "specular": spec,
-        "normals": normals,
-    }
+
+def distances(vertices: np.ndarray, pairs: dict[str, tuple[int, int]]) -> dict[str, np.ndarray]:
+    """Landmark distances (mm) of one or more meshes (..., V, 3)."""
+    return {k: np.linalg.norm(vertices[..., i, :] - vertices[..., j, :], axis=-1) / MM for k, (i, j) in pairs.items()}
+
+
+def _gradients(vertices: np.ndarray, pairs: dict[str, tuple[int, int]], fields_: np.ndarray) -> np.ndarray:
+    """(D, N): first-order change (mm) of each distance under each field (N, V, 3)."""
+    out = []
+    for i, j in pairs.values():
+        u = vertices[i] - vertices[j]
+        u /= np.linalg.norm(u)
+        out.append((fields_[:, i] - fields_[:, j]) @ u / MM)
+    return np.asarray(out)
+
+
+def _fit(jac: np.ndarray, target: np.ndarray, ridge: float) -> np.ndarray:
+    """Ridge least squares ``argmin |J b - target|^2 + ridge |b|^2``."""
+    k = jac.shape[1]
+    a = np.vstack([jac, np.sqrt(ridge) * np.eye(k)])
+    return np.linalg.lstsq(a, np.concatenate([target, np.zeros(k)]), rcond=None)[0]
+
+
+def calibrate_shape(t: Template, named: dict[str, np.ndarray], random: list[np.ndarray]
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Fit the mean face, the identity spread and the sex difference to :data:`NORMS`.
+
+    Returns ``(mean_offset (V, 3), amplitude (N_named,), sex (V, 3), ethnic offsets)``: the
+    template plus ``mean_offset`` has the mean of the male and female norms; named field k
+    scaled by ``amplitude[k]`` (with the random fields) gives every distance the average of
+    the two SDs; ``sex`` (male minus female at gender_strength 1) gives the norms' sex
+    differences, with the heavier brow ridge, squarer chin and thinner lips of
+    :func:`.fields.sex_fields`.
+    """
+    pairs = landmark_pairs(t)
+    names = list(named)
+    f = np.stack([named[k] for k in names])
+    jac = _gradients(t.vertices, pairs, f)  # (D, N)
+    d0 = np.array([v for v in distances(t.vertices, pairs).values()])
+    norms = np.array([n[2:] for n in NORMS.values()])
+    mean_target = 0.5 * (norms[:, 0] + norms[:, 2])
+    offset_coef = _fit(jac, mean_target - d0, 0.5)
+    mean_offset = np.tensordot(offset_coef, f, 1)
+    sd_target = np.sqrt(0.5 * (norms[:, 1] ** 2 + norms[:, 3] ** 2))
+    rand_var = (_gradients(t.vertices, pairs, np.stack(random)) ** 2).sum(1) if random else np.zeros(len(pairs))
+    # Variance of distance d is sum_k a_k^2 J_dk^2 (+ the random fields'): linear in a^2.
+    a = jac**2 / sd_target[:, None] ** 2
+    b = 1.0 - rand_var / sd_target**2
+    reg = 0.02
+    sol = scipy.optimize.lsq_linear(np.vstack([a, np.sqrt(reg) * np.eye(len(names))]),
+                                    np.concatenate([b, np.sqrt(reg) * np.ones(len(names))]), bounds=(0.0, 16.0))
+    amplitude = np.sqrt(sol.x)
+    scaled = f * amplitude[:, None, None]
+    jac_s = jac * amplitude[None, :]
+    extra = sex_fields({k: scaled[i] for i, k in enumerate(names)}, t.vertices, t.kind)
+    sex_target = (norms[:, 0] - norms[:, 2]) - _gradients(t.vertices, pairs, extra[None])[:, 0]
+    sex = extra + np.tensordot(_fit(jac_s, sex_target, 0.3), scaled, 1)
+    ethnic = {}
+    for group, (diffs, offsets) in ETHNIC_SHAPE.items():
+        base = sum((w * scaled[names.index(k)] for k, w in offsets.items()), np.zeros_like(t.vertices))
+        target = np.array([diffs.get(k, 0.0) for k in NORMS]) - _gradients(t.vertices, pairs, base[None])[:, 0]
+        ethnic[group] = base + np.tensordot(_fit(jac_s, target, 0.3), scaled, 1)
+    return mean_offset, amplitude, sex, ethnic
+
+
+# --------------------------------------------------------------------------- bases
+
+
+def principal_components(raw: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Orthonormal rows (k, D) and standard deviations (k,) of sum_i c_i raw_i with c ~ N(0, I)."""
+    _, sigma, vt = np.linalg.svd(raw, full_matrices=False)
+    basis, sigma = vt[:k], sigma[:k]
+    basis *= np.sign(basis[np.arange(len(basis)), np.argmax(np.abs(basis), 1)])[:, None]
+    return basis, sigma
 
 
 def _vertex_normals_np(v: np.ndarray, f: np.ndarray) -> np.ndarray:
@@ -446,6 +298,147 @@ def _vertex_normals_np(v: np.ndarray, f: np.ndarray) -> np.ndarray:
     for k in range(3):
         np.add.at(n, f[:, k], fn)
     return n / np.linalg.norm(n, axis=1, keepdims=True).clip(1e-12)
+
+
+def _expression_rows(aus: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Each expression's row: its action units' fields weighted as in :data:`.fields.EXPRESSION_AUS`
+    (an action unit missing from ``aus`` contributes nothing)."""
+    zero = np.zeros_like(next(iter(aus.values())))
+    return [sum((w * aus.get(au, zero) for au, w in EXPRESSION_AUS[e].items()), zero) for e in EXPRESSIONS]
+
+
+def _ethnic_albedo(t: Template, base: np.ndarray, mk: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Albedo offsets of each ethnic group from the template (group A): skin tone, hair, brows and irises."""
+    out = {}
+    skin_like = (t.kind == SKIN) & (mk["scalp"] == 0)
+    hair_like = (mk["hair"] + mk["scalp"]) > 0
+    iris = mk["iris"] > 0
+    ref_skin, ref_hair, ref_iris = (np.asarray(c) for c in alb.ETHNIC_TONES["A"])
+    for group, (tone, hair_c, iris_c) in alb.ETHNIC_TONES.items():
+        off = np.zeros_like(base)
+        off[skin_like] = base[skin_like] * (np.asarray(tone) / ref_skin - 1.0)
+        off[hair_like] = base[hair_like] * (np.asarray(hair_c) / ref_hair - 1.0)
+        off += (mk["brow"] * 0.8)[:, None] * (np.asarray(hair_c) - ref_hair)
+        off[iris] = base[iris] * (np.asarray(iris_c) / ref_iris - 1.0)
+        out[group] = off
+    return out
+
+
+def _build(seed: int, shape_components: int, texture_components: int, texture_bands: int, rings: int,
+           segments: int) -> dict[str, np.ndarray]:
+    """Every array of the face model (see :class:`FaceModel`), in NumPy."""
+    t = build_template(rings, segments)
+    rng = np.random.default_rng([seed, 1811])
+    anc = anchors(t)
+    skin = t.kind == SKIN
+    named = anatomical_fields(anc, t.kind)
+    n_random = max(0, shape_components - len(named))
+    random = random_fields(anc, n_random, rng, t.vertices[skin])
+    random = [np.where(np.isin(t.kind, (SKIN, HAIR))[:, None], r, 0.0) for r in random]
+    mean_offset, amplitude, sex, ethnic = calibrate_shape(t, named, random)
+    raw = [amplitude[i] * f for i, f in enumerate(named.values())] + random
+    shape_basis, shape_sigma = principal_components(np.stack(raw).reshape(len(raw), -1), shape_components)
+
+    mk = alb.masks(t, anc)
+    base = alb.template_albedo(t, mk)
+    tex, band_of, _ = alb.identity_texture_fields(t, mk, texture_bands, texture_components, rng)
+    tex_basis, tex_sigma, tex_band = [], [], []
+    for j in range(texture_bands):  # band by band, each orthogonal to the coarser bands
+        rows = tex[band_of == j].reshape((band_of == j).sum(), -1)
+        for q in tex_basis:
+            rows = rows - (rows @ q.T) @ q
+        q, s = principal_components(rows, texture_components)
+        tex_basis.append(q)
+        tex_sigma.append(s)
+        tex_band.append(np.full(len(s), j))
+
+    split = lip_split(t, anc)
+    aus = action_unit_fields(anc, split, t.kind)
+    age_linear, age_sag = age_fields({k: amplitude[i] * f for i, (k, f) in enumerate(named.items())}, anc)
+    age_alb_linear, age_alb_sag = alb.age_albedo(t, mk, rng)
+    male_alb, female_alb = alb.sex_albedo(t, mk)
+    au_alb = alb.action_unit_albedo(t, mk)
+    eth_alb = _ethnic_albedo(t, base, mk)
+    from .mesh import hair_sex_difference, hair_style_radii, radial_extract, head_sdf
+
+    hair = t.kind == HAIR
+    skin_r = radial_extract(t.directions[hair], head_sdf)
+    radii = hair_style_radii(t.directions[hair], skin_r)
+    hair_rows = []
+    for style in HAIR_STYLES:
+        row = np.zeros_like(t.vertices)
+        row[hair] = t.directions[hair] * (radii[style] - radii["short"])[:, None]
+        hair_rows.append(row)
+    sex = sex.copy()
+    sex[hair] -= t.directions[hair] * hair_sex_difference(t.directions[hair], skin_r)[:, None]
+    zero = np.zeros_like(t.vertices)
+    geo = ([0.5 * sex, -0.5 * sex] + [ethnic[e] for e in ETHNICITIES] + [age_linear, age_sag] + hair_rows
+           + _expression_rows(aus))
+    colour = ([male_alb, female_alb] + [eth_alb[e] for e in ETHNICITIES] + [age_alb_linear, age_alb_sag]
+              + [zero] * len(HAIR_STYLES) + _expression_rows(au_alb))
+    au_names = list(aus)
+    vertices = t.vertices + mean_offset
+    return {
+        "vertices": vertices,
+        "shape_names": np.asarray([f"pc{k}" for k in range(len(shape_sigma))]),
+        "shape_sigma": shape_sigma,
+        "shape_basis": shape_basis,
+        "texture_band": np.concatenate(tex_band),
+        "texture_sigma": np.concatenate(tex_sigma),
+        "texture_basis": np.concatenate(tex_basis),
+        "geometry_fixed": np.stack(geo).reshape(len(geo), -1),
+        "albedo_fixed": np.stack(colour).reshape(len(colour), -1),
+        "base_albedo": base,
+        "hair": alb.hair_weight(t, mk),
+        "face_labels": face_labels(t.labels, t.faces),
+        "specular": alb.specular_strength(t, mk),
+        "normals": _vertex_normals_np(vertices, t.faces),
+        "field_amplitude": amplitude,
+        "field_names": np.asarray(list(named)),
+        "action_units": np.asarray(au_names),
+        "au_geometry": np.stack([aus[a] for a in au_names]).reshape(len(au_names), -1),
+        "au_albedo": np.stack([au_alb.get(a, zero) for a in au_names]).reshape(len(au_names), -1),
+    }
+
+
+# --------------------------------------------------------------------------- cache
+
+
+def _source_digest() -> str:
+    """Hash of the face modules' source (a cached model is rebuilt when the code changes)."""
+    h = hashlib.sha256(GENERATOR_VERSION.encode())
+    here = Path(__file__).parent
+    for name in ("mesh.py", "fields.py", "albedo.py", "model.py", "factors.py"):
+        h.update((here / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def cache_dir() -> Path:
+    """Where built face models are cached: ``$INFODISSECT_CACHE`` or ``~/.cache/infodissect``."""
+    return Path(os.environ.get("INFODISSECT_CACHE") or Path.home() / ".cache" / "infodissect") / "faces"
+
+
+@lru_cache(maxsize=4)
+def _build_cached(seed: int, shape_components: int, texture_components: int, texture_bands: int, rings: int,
+                  segments: int) -> dict[str, np.ndarray]:
+    """:func:`_build`, read from the disk cache when it holds this configuration (written atomically)."""
+    key = json.dumps([seed, shape_components, texture_components, texture_bands, rings, segments, _source_digest()])
+    path = cache_dir() / f"model-{hashlib.sha256(key.encode()).hexdigest()[:20]}.npz"
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError, KeyError, EOFError):
+        pass
+    out = _build(seed, shape_components, texture_components, texture_bands, rings, segments)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.partial")
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **out)
+        os.replace(tmp, path)
+    except OSError:  # a read-only or full cache is not an error: the model was built
+        pass
+    return out
 
 
 def build_face_model(
@@ -457,9 +450,11 @@ def build_face_model(
     segments: int = 128,
     device: str | torch.device = "cpu",
 ) -> FaceModel:
-    """Build (and cache per process) the face model for a generator configuration."""
-    d = _build_numpy(seed, shape_components, texture_components, texture_bands, rings, segments)
+    """Build (or load from the cache) the face model for a generator configuration."""
+    d = _build_cached(seed, shape_components, texture_components, texture_bands, rings, segments)
     t = build_template(rings, segments)
+    t = Template(**{**{f.name: getattr(t, f.name) for f in fields(t)}, "vertices": d["vertices"]})
+    drawn = t.faces[~hidden_faces(t)]
     f32 = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32, device=device)  # noqa: E731
     return FaceModel(
         template=t,
@@ -471,15 +466,18 @@ def build_face_model(
         texture_basis=f32(d["texture_basis"]),
         geometry_fixed=f32(d["geometry_fixed"]),
         albedo_fixed=f32(d["albedo_fixed"]),
-        vertices=f32(t.vertices),
+        vertices=f32(d["vertices"]),
         base_albedo=f32(d["base_albedo"]),
         hair=f32(d["hair"]),
-        face_labels=torch.as_tensor(d["face_labels"], device=device),
-        faces=torch.as_tensor(t.faces, device=device),
+        face_labels=torch.as_tensor(face_labels(t.labels, drawn), device=device),
+        faces=torch.as_tensor(drawn, device=device),
         specular=f32(d["specular"]),
         normals_template=f32(d["normals"]),
-        eye_mask=torch.as_tensor(~t.skin, device=device),
+        neighbours=torch.as_tensor(t.neighbours, device=device),
         device=torch.device(device),
+        action_units=tuple(str(a) for a in d["action_units"]),
+        au_geometry=f32(d["au_geometry"]),
+        au_albedo=f32(d["au_albedo"]),
     )
 
 
@@ -496,4 +494,5 @@ def model_from_config(generator: dict, device: str | torch.device = "cpu") -> Fa
     )
 
 
-__all__ = ["FaceModel", "build_face_model", "model_from_config", "GENERATOR_VERSION", "PART_NAMES", "FIXED_ROWS"]
+__all__ = ["FaceModel", "build_face_model", "model_from_config", "GENERATOR_VERSION", "PART_NAMES", "FIXED_ROWS",
+           "NORMS", "distances", "landmark_pairs"]

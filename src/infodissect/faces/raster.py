@@ -41,7 +41,7 @@ def _edge_coefficients(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, 
     a = torch.stack([y1 - y2, y2 - y0, y0 - y1], -1)
     b = torch.stack([x2 - x1, x0 - x2, x1 - x0], -1)
     c = torch.stack([x1 * y2 - x2 * y1, x2 * y0 - x0 * y2, x0 * y1 - x1 * y0], -1)
-    return torch.stack([a, b, c], -1) / area[:, None, None], area
+    return torch.stack([a, b, c], -1) * (1.0 / area)[:, None, None], area
 
 
 def rasterize(
@@ -111,7 +111,7 @@ def rasterize(
         cy = ((pix // width) % height).to(screen.dtype) + 0.5
         lam = coef[:, :, 0] * cx[:, None] + coef[:, :, 1] * cy[:, None] + coef[:, :, 2]
         lam = lam.clamp(min=0.0)
-        lam = lam / lam.sum(-1, keepdim=True).clamp(min=1e-12)
+        lam = lam * (1.0 / lam.sum(-1, keepdim=True).clamp(min=1e-12))
         lam = torch.where(hit[:, None], lam, torch.zeros_like(lam))
     else:
         lam = torch.zeros(zbuf.numel(), 3, device=device, dtype=screen.dtype)

@@ -1,9 +1,12 @@
 """Batched rendering of faces from factor values: geometry, shading, rasterization.
 
-``render(model, params, camera)`` is a pure function: the same parameters give the
-same pixels, whatever else is in the batch. (The matrix products' rounding may depend
-on the batch *size*, which can move a pixel between two nearly coincident triangles, so
-the stimulus stage always renders batches of one fixed size.)
+``render(model, params, camera)`` is a pure function: the same parameters give the same
+pixels. Shape and albedo come from two matrix products (whose rounding may depend on the
+batch *size*, so the stimulus stage always renders batches of one fixed size); everything
+after them (normals, pose, shading, projection, rasterization and resolve) is written
+twice with the same float32 arithmetic, step for step: in PyTorch (any device) and, on
+the CPU, compiled per image with Numba (:mod:`.raster_cpu`). Both use only exactly
+rounded operations (+, -, *, /, sqrt, min, max), so the two give identical images (tested).
 """
 
 from __future__ import annotations
@@ -14,26 +17,28 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .factors import ETHNICITIES, EXPRESSIONS
+from .albedo import GREY_HAIR
+from .factors import ETHNICITIES, EXPRESSIONS, GENDERS, HAIR_STYLES
 from .mesh import PART_NAMES
 from .model import FaceModel
 from .raster import Fragments, rasterize
 
 CPU_SLICE = 64  # samples drawn at once on the CPU (see render)
-PIVOT_Y = -0.25  # the camera looks at this height of the head (the middle of the face)
+PIVOT_Y = -0.3  # the camera looks at this height of the head (the middle of the face)
+WRAP = 0.3  # wrap lighting: light reaches a little past the terminator, as through skin
 
 
 @dataclass(frozen=True)
 class Camera:
     """Perspective camera and image format.
 
-    ``detail`` is the skin-grid stride of the mesh level drawn (1 = every vertex);
-    0 chooses it from the resolution (see :attr:`stride`).
+    ``detail`` is the grid stride of the mesh level drawn (1 = every vertex); 0 chooses it
+    from the resolution (see :attr:`stride`).
     """
 
     resolution: int = 64
     antialias: int = 2
-    fov_deg: float = 12.5
+    fov_deg: float = 14.0
     distance: float = 11.0
     color: str = "rgb"
     detail: int = 0
@@ -49,67 +54,68 @@ class Camera:
 
     @property
     def stride(self) -> int:
-        """Skin-grid stride of the mesh level drawn: ``detail``, or (0) 2 up to 96 px, where
-        the full mesh's triangles and texture detail are finer than a pixel, else 1."""
+        """Grid stride of the mesh level drawn: ``detail``, or (0) 2 up to 96 px, where the
+        full mesh's triangles and texture detail are finer than a pixel, else 1."""
         if self.detail:
             return self.detail
         return 2 if self.resolution <= 96 else 1
 
+    def constants(self) -> tuple[float, float, float, float]:
+        """``(focal, size, near, far)``: the projection's focal factor, sample-grid side and the
+        inverse-depth range mapped to [0, 1]."""
+        focal = 1.0 / math.tan(math.radians(self.fov_deg) / 2)
+        return focal, float(self.samples), 1.0 / (self.distance + 4.0), 1.0 / (self.distance - 4.0)
+
 
 PARAM_NAMES: tuple[str, ...] = (
-    "shape_coeff", "texture_coeff", "gender", "gender_strength", "ethnicity", "age", "expression",
+    "shape_coeff", "texture_coeff", "gender", "gender_strength", "ethnicity", "age", "hair_style", "expression",
     "expression_intensity", "yaw", "pitch", "roll", "light_azimuth", "light_elevation", "light_ambient",
     "scale", "shift_x", "shift_y", "background",
 )
+_MALE = GENDERS.index("male")
 
 
-def _coefficient_rows(model: FaceModel, p: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-sample coefficients on [basis; fixed] rows for geometry and albedo, and greying."""
-    b = p["yaw"].shape[0]
-    dt = model.vertices.dtype
-    sign = (p["gender"].to(dt) * 2.0 - 1.0) * p["gender_strength"].to(dt)
-    eth = F.one_hot(p["ethnicity"].long(), len(ETHNICITIES)).to(dt)
-    age = p["age"].to(dt)
-    age_lin = (age - 30.0) / 40.0
-    wrinkles = ((age - 25.0) / 45.0).clamp(0.0, 1.0)
-    grey = ((age - 40.0) / 35.0).clamp(0.0, 1.0)
-    expr = F.one_hot(p["expression"].long(), len(EXPRESSIONS)).to(dt) * p["expression_intensity"].to(dt)[:, None]
-    zeros = torch.zeros(b, 1, dtype=dt, device=age.device)
-    geo = torch.cat([p["shape_coeff"].to(dt), sign[:, None], eth, age_lin[:, None], zeros, expr], 1)
-    alb = torch.cat([p["texture_coeff"].to(dt), sign[:, None], eth, zeros, wrinkles[:, None],
-                     torch.zeros_like(expr)], 1)
-    return geo, alb, grey
+def fixed_coefficients(p: dict[str, torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+    """(B, G) coefficients of the fixed rows (:data:`.model.FIXED_ROWS`)."""
+    strength = p["gender_strength"].to(dtype)
+    male = (p["gender"] == _MALE).to(dtype)
+    eth = F.one_hot(p["ethnicity"].long(), len(ETHNICITIES)).to(dtype)
+    age = p["age"].to(dtype)
+    hair = F.one_hot(p["hair_style"].long(), len(HAIR_STYLES)).to(dtype)
+    expr = F.one_hot(p["expression"].long(), len(EXPRESSIONS)).to(dtype) * p["expression_intensity"].to(dtype)[:, None]
+    return torch.cat([(strength * male)[:, None], (strength * (1.0 - male))[:, None], eth,
+                      ((age - 30.0) / 40.0)[:, None], ((age - 25.0) / 45.0).clamp(0.0, 1.0)[:, None], hair, expr], 1)
 
 
 def face_geometry(model: FaceModel, p: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Model-space vertices (B, V, 3) and albedo (B, V, 3) in [0, 1] for each sample."""
-    geo, alb, grey = _coefficient_rows(model, p)
+    """Model-space vertices (B, V, 3) and display-referred albedo (B, V, 3) in [0.02, 1] of each sample.
+
+    ``p`` holds the factors of :data:`PARAM_NAMES` and, optionally, ``action_units`` (B, A):
+    intensities of the model's FACS action units (:attr:`.model.FaceModel.action_units`)
+    added to those of the expression.
+    """
+    dt = model.vertices.dtype
+    fixed = fixed_coefficients(p, dt)
+    geo = torch.cat([p["shape_coeff"].to(dt), fixed], 1)
+    texture = p["texture_coeff"] if model.texture_index is None else p["texture_coeff"][:, model.texture_index]
+    alb = torch.cat([texture.to(dt), fixed], 1)
     nv = model.n_vertices
-    verts = torch.addmm(model.vertices.view(1, -1), geo, model.geometry_rows).view(-1, nv, 3)
-    albedo = torch.addmm(model.base_albedo.view(1, -1), alb, model.albedo_rows).view(-1, nv, 3)
-    hair = model.hair_index  # greying acts on the hair vertices only
+    verts = torch.addmm(model.vertices.view(1, -1), geo, model.geometry_rows)
+    albedo = torch.addmm(model.base_albedo.view(1, -1), alb, model.albedo_rows)
+    if "action_units" in p:  # explicit FACS action units on top of the expression
+        au = p["action_units"].to(dt)
+        verts = torch.addmm(verts, au, model.au_geometry)
+        albedo = torch.addmm(albedo, au, model.au_albedo)
+    verts, albedo = verts.view(-1, nv, 3), albedo.view(-1, nv, 3)
+    grey = ((p["age"].to(dt) - 40.0) / 35.0).clamp(0.0, 1.0)
+    hair = model.hair_index  # greying acts on hair, scalp and brows
     grey_hair = albedo.index_select(1, hair)
-    grey_hair = grey_hair + (grey[:, None] * model.hair.index_select(0, hair))[..., None] * (0.62 - grey_hair)
+    grey_hair = grey_hair + (grey[:, None] * model.hair.index_select(0, hair))[..., None] * (GREY_HAIR - grey_hair)
     albedo.index_copy_(1, hair, grey_hair)
     return verts, albedo.clamp_(0.02, 1.0)
 
 
-def vertex_normals(model: FaceModel, verts: torch.Tensor) -> torch.Tensor:
-    """Unit normals (B, V, 3): central differences on the skin grid; eyeballs rigid."""
-    rings, segs = model.template.grid_shape
-    n_grid = rings * segs
-    grid = verts[:, :n_grid].view(-1, rings, segs, 3)
-    south, north = verts[:, n_grid : n_grid + 1], verts[:, n_grid + 1 : n_grid + 2]
-    d_phi = torch.roll(grid, -1, 2) - torch.roll(grid, 1, 2)
-    up = torch.cat([grid[:, 1:], north[:, None].expand(-1, 1, segs, 3)], 1)
-    down = torch.cat([south[:, None].expand(-1, 1, segs, 3), grid[:, :-1]], 1)
-    n = torch.linalg.cross(d_phi, up - down, dim=-1).reshape(-1, n_grid, 3)
-    rest = model.normals_template[n_grid:].expand(verts.shape[0], -1, 3)
-    n = torch.cat([n, rest], 1)
-    return n / n.norm(dim=-1, keepdim=True).clamp(min=1e-12)
-
-
-def _rotation(yaw: torch.Tensor, pitch: torch.Tensor, roll: torch.Tensor) -> torch.Tensor:
+def rotation(yaw: torch.Tensor, pitch: torch.Tensor, roll: torch.Tensor) -> torch.Tensor:
     """Rotation matrices (B, 3, 3): roll(z) @ pitch(x) @ yaw(y), angles in degrees."""
     a, b, c = (torch.deg2rad(t) for t in (yaw, pitch, roll))
     one, zero = torch.ones_like(a), torch.zeros_like(a)
@@ -120,54 +126,91 @@ def _rotation(yaw: torch.Tensor, pitch: torch.Tensor, roll: torch.Tensor) -> tor
     return rz.view(shape) @ rx.view(shape).transpose(1, 2) @ ry.view(shape)
 
 
-def _apply(r: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Apply (B, 3, 3) rotations to (B, V, 3) points (three fused multiply-adds per row:
-    a batched 3 x 3 matrix product is far slower on the CPU)."""
-    x, y, z = v.unbind(-1)
-    c = r[:, :, :, None]  # (B, 3, 3, 1): each entry broadcast over the vertices
-    rows = [torch.addcmul(torch.addcmul(x * c[:, i, 0], y, c[:, i, 1]), z, c[:, i, 2]) for i in range(3)]
-    return torch.stack(rows, -1)
+@dataclass(frozen=True)
+class Pose:
+    """Per-image constants of the vertex stage, computed once in PyTorch for both backends."""
+
+    rot: torch.Tensor  # (B, 3, 3)
+    scale: torch.Tensor  # (B,)
+    shift: torch.Tensor  # (B, 3) camera-space translation
+    light: torch.Tensor  # (B, 3) unit direction towards the light
+    ambient: torch.Tensor  # (B,)
+    background: torch.Tensor  # (B,)
 
 
-def world_transform(p: dict[str, torch.Tensor], verts: torch.Tensor, normals: torch.Tensor, camera: Camera
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pose, scale and translate model-space vertices and normals into camera space."""
-    r = _rotation(p["yaw"], p["pitch"], p["roll"])
-    centred = verts - verts.new_tensor([0.0, PIVOT_Y, 0.0])
-    world = _apply(r, centred) * p["scale"][:, None, None]
+def pose(p: dict[str, torch.Tensor], camera: Camera, dtype: torch.dtype = torch.float32) -> Pose:
+    """The pose, framing and light of each sample."""
     half = camera.distance * math.tan(math.radians(camera.fov_deg) / 2)
     shift = torch.stack([p["shift_x"] * 2 * half, p["shift_y"] * 2 * half, torch.zeros_like(p["shift_x"])], -1)
-    return world + shift[:, None, :], _apply(r, normals)
-
-
-def shade(world: torch.Tensor, normals: torch.Tensor, albedo: torch.Tensor, specular: torch.Tensor,
-          p: dict[str, torch.Tensor], camera: Camera) -> torch.Tensor:
-    """Lambertian plus Blinn-Phong (exponent 24) colour per vertex (B, V, 3), display-referred."""
     az, el = torch.deg2rad(p["light_azimuth"]), torch.deg2rad(p["light_elevation"])
     light = torch.stack([torch.sin(az) * torch.cos(el), torch.sin(el), torch.cos(az) * torch.cos(el)], -1)
-    view = world.new_tensor([0.0, 0.0, camera.distance]) - world
-    half = (view / view.norm(dim=-1, keepdim=True)).add_(light[:, None])  # unnormalised half vector
-    diffuse = torch.bmm(normals, light[:, :, None]).squeeze(-1).clamp_(min=0.0)
-    n_h = ((normals * half).sum(-1) / half.norm(dim=-1).clamp_(min=1e-12)).clamp_(min=0.0)
-    n_h3 = n_h * n_h * n_h
-    n_h24 = (n_h3 * n_h3).square_().square_()
-    spec = n_h24.mul_(specular).mul_(diffuse > 0)
-    amb = p["light_ambient"][:, None]
-    lit = torch.addcmul(amb, 1.0 - amb, diffuse)  # ambient plus diffuse share of the light
-    linear = torch.addcmul((spec * (1.0 - amb))[..., None], albedo.pow(2.2), lit[..., None])
-    return linear.clamp_(min=0.0).pow_(1.0 / 2.2)
+    return Pose(rot=rotation(p["yaw"], p["pitch"], p["roll"]).to(dtype), scale=p["scale"].to(dtype),
+                shift=shift.to(dtype), light=light.to(dtype), ambient=p["light_ambient"].to(dtype),
+                background=p["background"].to(dtype))
 
 
-def project(world: torch.Tensor, camera: Camera) -> torch.Tensor:
-    """Camera-space points to sample-grid coordinates (x, y, inverse depth)."""
-    size = camera.resolution * camera.antialias
-    focal = 1.0 / math.tan(math.radians(camera.fov_deg) / 2)
-    zc = camera.distance - world[..., 2]
-    inv = 1.0 / zc
-    sx = (world[..., 0] * focal * inv + 1.0) * 0.5 * size
-    sy = (1.0 - world[..., 1] * focal * inv) * 0.5 * size
-    w = ((inv - 1.0 / (camera.distance + 4.0)) / (1.0 / (camera.distance - 4.0) - 1.0 / (camera.distance + 4.0)))
-    return torch.stack([sx, sy, w], -1)
+def _dot3(ax, ay, az, bx, by, bz):
+    return ax * bx + ay * by + az * bz
+
+
+def vertex_normals(model: FaceModel, verts: torch.Tensor) -> torch.Tensor:
+    """Unit normals (B, V, 3) in model space: central differences over each grid vertex's
+    neighbours; the rigid parts (eyeballs, teeth) and grid poles keep the template's."""
+    nb = model.neighbours.clamp(min=0)
+    d1 = verts.index_select(1, nb[:, 1]) - verts.index_select(1, nb[:, 0])
+    d2 = verts.index_select(1, nb[:, 2]) - verts.index_select(1, nb[:, 3])
+    ax, ay, az = d1.unbind(-1)
+    bx, by, bz = d2.unbind(-1)
+    n = torch.stack([ay * bz - az * by, az * bx - ax * bz, ax * by - ay * bx], -1)
+    length = torch.sqrt(_dot3(*n.unbind(-1), *n.unbind(-1))).clamp(min=1e-12)
+    n = n * (1.0 / length)[..., None]
+    rigid = (model.neighbours[:, 0] < 0)[None, :, None]
+    return torch.where(rigid, model.normals_template.to(n.dtype)[None], n)
+
+
+def _rotate(r: torch.Tensor, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor) -> list[torch.Tensor]:
+    c = r[:, :, :, None]  # (B, 3, 3, 1): each entry broadcast over the vertices
+    return [x * c[:, i, 0] + y * c[:, i, 1] + z * c[:, i, 2] for i in range(3)]
+
+
+def shade_and_project(model: FaceModel, verts: torch.Tensor, albedo: torch.Tensor, ps: Pose, camera: Camera
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample-grid coordinates (x, y, inverse depth) and display colours of every vertex (B, V, 3).
+
+    Pose (rotation about the pivot, scale, shift), wrapped Lambertian (:data:`WRAP`) plus
+    Blinn-Phong (exponent 24) shading in linear light (albedo squared, colour its square
+    root), perspective projection.
+    """
+    n = vertex_normals(model, verts)
+    x, y, z = verts.unbind(-1)
+    wx, wy, wz = _rotate(ps.rot, x, y - PIVOT_Y, z)
+    s, t = ps.scale[:, None], ps.shift[:, :, None]
+    wx, wy, wz = wx * s + t[:, 0], wy * s + t[:, 1], wz * s + t[:, 2]
+    nx, ny, nz = _rotate(ps.rot, *n.unbind(-1))
+    lx, ly, lz = (ps.light[:, i, None] for i in range(3))
+    dist = camera.distance
+    vx, vy, vz = -wx, -wy, dist - wz
+    ivlen = 1.0 / torch.sqrt(_dot3(vx, vy, vz, vx, vy, vz))
+    hx, hy, hz = vx * ivlen + lx, vy * ivlen + ly, vz * ivlen + lz
+    ihlen = 1.0 / torch.sqrt(_dot3(hx, hy, hz, hx, hy, hz)).clamp(min=1e-12)
+    diffuse = ((_dot3(nx, ny, nz, lx, ly, lz) + WRAP) / (1.0 + WRAP)).clamp(min=0.0)
+    n_h = (_dot3(nx, ny, nz, hx, hy, hz) * ihlen).clamp(min=0.0)
+    n3 = n_h * n_h * n_h
+    n6 = n3 * n3
+    n12 = n6 * n6
+    spec = torch.where(diffuse > 0.0, n12 * n12 * model.specular, torch.zeros_like(n12))
+    amb = ps.ambient[:, None]
+    rest = 1.0 - amb
+    lit = amb + rest * diffuse
+    glint = spec * rest
+    colour = torch.stack([torch.sqrt((albedo[..., c] * albedo[..., c] * lit + glint).clamp(min=0.0)) for c in range(3)],
+                         -1)
+    focal, size, near, far = camera.constants()
+    inv = 1.0 / (dist - wz)
+    sx = (wx * focal * inv + 1.0) * 0.5 * size
+    sy = (1.0 - wy * focal * inv) * 0.5 * size
+    w = (inv - near) / (far - near)
+    return torch.stack([sx, sy, w], -1), colour
 
 
 def _mode_pool(labels: torch.Tensor, k: int, n_labels: int) -> torch.Tensor:
@@ -184,11 +227,10 @@ def render(model: FaceModel, p: dict[str, torch.Tensor], camera: Camera, backend
     """Render a batch: images (B, H, W, C) uint8 and part labels (B, H, W) uint8.
 
     Draws the mesh level ``camera.stride`` of ``model`` (see :meth:`FaceModel.coarsened`).
-    ``backend`` rasterizes and resolves the samples with ``"torch"`` (any device) or
-    ``"numba"`` (CPU: the same arithmetic compiled per image, see :mod:`.raster_cpu`);
-    ``"auto"`` takes numba on the CPU and torch elsewhere.
-    On the CPU a batch is drawn in slices of :data:`CPU_SLICE` samples, whose vertex
-    tensors stay in cache.
+    ``backend`` runs the vertex stage, rasterization and resolve with ``"torch"`` (any
+    device) or ``"numba"`` (CPU: compiled per image, see :mod:`.raster_cpu`); ``"auto"``
+    takes numba on the CPU and torch elsewhere. On the CPU a batch is drawn in slices of
+    :data:`CPU_SLICE` samples, whose vertex tensors stay in cache.
     """
     if backend not in ("auto", "torch", "numba"):
         raise ValueError(f"render backend must be 'auto', 'torch' or 'numba', not {backend!r}")
@@ -204,20 +246,17 @@ def _render(p: dict[str, torch.Tensor], model: FaceModel, camera: Camera, backen
             ) -> tuple[torch.Tensor, torch.Tensor]:
     model = model.coarsened(camera.stride)
     verts, albedo = face_geometry(model, p)
-    normals = vertex_normals(model, verts)
-    world, normals = world_transform(p, verts, normals, camera)
-    colour = shade(world, normals, albedo, model.specular, p, camera)
-    screen = project(world, camera)
+    ps = pose(p, camera, verts.dtype)
     if backend == "auto":
-        backend = "numba" if colour.device.type == "cpu" else "torch"
+        backend = "numba" if verts.device.type == "cpu" else "torch"
     if backend == "numba":
-        from .raster_cpu import render_samples
+        from .raster_cpu import render_images
 
-        img, parts = render_samples(screen, model.faces, colour, model.face_labels, p["background"],
-                                    camera.resolution, camera.antialias, camera.color == "gray", len(PART_NAMES))
-        return img.to(colour.device), parts.to(colour.device)
+        img, parts = render_images(model, verts, albedo, ps, camera, len(PART_NAMES))
+        return img.to(verts.device), parts.to(verts.device)
+    screen, colour = shade_and_project(model, verts, albedo, ps, camera)
     return _resolve(model, rasterize(screen, model.faces, camera.samples, camera.samples), colour,
-                    p["background"], camera)
+                    ps.background, camera)
 
 
 def _resolve(model: FaceModel, frags: Fragments, colour: torch.Tensor, background: torch.Tensor, camera: Camera
@@ -230,15 +269,21 @@ def _resolve(model: FaceModel, frags: Fragments, colour: torch.Tensor, backgroun
     offs = (torch.arange(bsz, device=colour.device) * nv).view(-1, 1, 1, 1)
     corners = (model.faces.index_select(0, face.reshape(-1)).view(*face.shape, 3) + offs).reshape(-1)
     cols = colour.reshape(-1, 3).index_select(0, corners).view(*face.shape, 3, 3)
-    rgb = (frags.bary[..., None] * cols).sum(-2)
+    bary = frags.bary
+    rgb = torch.stack([bary[..., 0] * cols[..., 0, c] + bary[..., 1] * cols[..., 1, c] + bary[..., 2] * cols[..., 2, c]
+                       for c in range(3)], -1)
     rgb = torch.where(hit[..., None], rgb, background.to(rgb.dtype).view(-1, 1, 1, 1))
     if camera.color == "gray":
-        rgb = (rgb * rgb.new_tensor([0.299, 0.587, 0.114])).sum(-1, keepdim=True)
-    img = rgb.permute(0, 3, 1, 2)
-    if camera.antialias > 1:
-        img = F.avg_pool2d(img, camera.antialias)
-    img = (img.clamp(0.0, 1.0) * 255.0 + 0.5).floor().to(torch.uint8).permute(0, 2, 3, 1)
+        rgb = (rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114)[..., None]
+    k = camera.antialias
+    # Box filter: the block's samples summed row by row, then scaled.
+    blocks = rgb.view(bsz, camera.resolution, k, camera.resolution, k, -1).permute(0, 1, 3, 2, 4, 5)
+    blocks = blocks.reshape(bsz, camera.resolution, camera.resolution, k * k, -1)
+    acc = blocks[..., 0, :]
+    for i in range(1, k * k):
+        acc = acc + blocks[..., i, :]
+    img = ((acc / float(k * k)).clamp(0.0, 1.0) * 255.0 + 0.5).floor().to(torch.uint8)
     labels = torch.where(hit, model.face_labels.index_select(0, face.reshape(-1)).view(face.shape).long(),
                          torch.zeros_like(face))
-    parts = _mode_pool(labels, camera.antialias, len(PART_NAMES)).to(torch.uint8)
+    parts = _mode_pool(labels, k, len(PART_NAMES)).to(torch.uint8)
     return img.contiguous(), parts.contiguous()

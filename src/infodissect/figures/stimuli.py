@@ -1,4 +1,4 @@
-"""Figures of the stimulus stage: factor sweeps and a gallery of identities."""
+"""Figures of the stimulus stage: factor sweeps, a gallery of identities and a sheet of large portraits."""
 
 from __future__ import annotations
 
@@ -53,10 +53,16 @@ def factor_sweeps(sweeps: xr.Dataset, out: str | Path, identity: int | None = No
             ax.set_title(_value_label(f, ds[f].values[i]), fontsize=7, pad=2)
         unit = FACTORS[f].unit
         axes[r, 0].set_ylabel(f + (f"\n({unit})" if unit else ""), fontsize=8, rotation=0, ha="right", va="center")
-    fig.suptitle(f"Each generative factor swept around a neutral face (identity {ident})", fontsize=10)
+    fig.suptitle(f"Each generative factor swept around a neutral face (identity {ident}, {ds.sizes['y']} px)",
+                 fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.98))
     fig.savefig(out, dpi=110)
     plt.close(fig)
+
+
+def _identity_label(ds: xr.Dataset, k: int) -> str:
+    return (f"id {int(ds['identity'].values[k])}: {ds['gender'].values[k]}, {ds['ethnicity'].values[k]}, "
+            f"{float(ds['age'].values[k]):.0f} y, {ds['hair_style'].values[k]} hair")
 
 
 def identity_gallery(portraits: xr.Dataset, out: str | Path, count: int = 16) -> None:
@@ -65,15 +71,37 @@ def identity_gallery(portraits: xr.Dataset, out: str | Path, count: int = 16) ->
     portraits = portraits.isel(sample=slice(0, n)).load()
     ncol = int(np.ceil(np.sqrt(n)))
     nrow = int(np.ceil(n / ncol))
-    fig, axes = plt.subplots(nrow, ncol, figsize=(1.8 * ncol, 2.0 * nrow), squeeze=False)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(1.9 * ncol, 2.1 * nrow), squeeze=False)
     for k, ax in enumerate(axes.flat):
         if k >= n:
             ax.axis("off")
             continue
         _show(ax, portraits["image"].values[k])
-        ax.set_title(f"id {int(portraits['identity'].values[k])}: {portraits['gender'].values[k]}, "
-                     f"{portraits['ethnicity'].values[k]}, {float(portraits['age'].values[k]):.0f} y", fontsize=7)
-    fig.suptitle("Random identities (neutral pose, expression and light)", fontsize=10)
+        ax.set_title(_identity_label(portraits, k), fontsize=6)
+    res = portraits.sizes["y"]
+    fig.suptitle(f"Random identities (neutral pose, expression and light; {res} px)", fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.97))
     fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def portrait_sheet(portraits: xr.Dataset, out: str | Path, count: int = 8) -> None:
+    """Large portraits, each shown at its native resolution (one image pixel per figure pixel)."""
+    n = min(count, portraits.sizes["sample"])
+    portraits = portraits.isel(sample=slice(0, n)).load()
+    res = portraits.sizes["y"]
+    ncol = min(n, 4)
+    nrow = int(np.ceil(n / ncol))
+    dpi = 100
+    side = res / dpi
+    fig, axes = plt.subplots(nrow, ncol, figsize=(ncol * (side + 0.15), nrow * (side + 0.45)), squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        if k >= n:
+            ax.axis("off")
+            continue
+        _show(ax, portraits["image"].values[k])
+        ax.set_title(_identity_label(portraits, k), fontsize=7)
+    fig.suptitle(f"Portraits at {res} px", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    fig.savefig(out, dpi=dpi)
     plt.close(fig)

@@ -19,6 +19,10 @@ from ..faces.factors import FACTORS, INTRINSIC
 from ..faces.model import GENERATOR_VERSION
 
 DESIGNS = ("crossed", "independent", "sweep", "portraits", "morph", "revcorr")
+POOLS = ("train", "heldout")
+# Designs whose identities may come from the held-out pool. Morph and revcorr sets are read through an
+# identity network's logit for each of their identities, which held-out identities do not have.
+HELDOUT_DESIGNS = ("crossed", "independent", "sweep", "portraits")
 SWEEP_EXPRESSION = "happiness"  # the expression whose intensity a sweep of expression_intensity shows
 
 
@@ -49,13 +53,40 @@ def n_texture(generator: dict[str, Any]) -> int:
     return int(generator["texture_components"]) * int(generator["texture_bands"])
 
 
-def identity_pool(seed: int, n: int, stimuli: dict[str, Any]) -> dict[str, np.ndarray]:
-    """Codes and intrinsic factors of identities ``0..n-1`` (each a pure function of seed, index)."""
+def pool_range(set_spec: dict[str, Any], stimuli: dict[str, Any]) -> tuple[int, int]:
+    """First global identity index and size of the identity pool a set draws from.
+
+    The training pool is identities ``0 .. stimuli.identities-1``; the held-out pool
+    (``pool: heldout``) is ``identities .. identities+heldout_identities-1``, disjoint
+    from it by construction.
+    """
+    n_train = int(stimuli["identities"])
+    pool = set_spec.get("pool", "train")
+    if pool == "train":
+        return 0, n_train
+    if pool != "heldout":
+        raise ValueError(f"pool {pool!r}: use one of {', '.join(POOLS)}")
+    if set_spec["design"] not in HELDOUT_DESIGNS:
+        raise ValueError(f"a {set_spec['design']} set cannot draw from the held-out pool "
+                         f"(designs that can: {', '.join(HELDOUT_DESIGNS)})")
+    n_heldout = int(stimuli.get("heldout_identities", 0))
+    if n_heldout < 1:
+        raise ValueError("pool: heldout needs stimuli.heldout_identities >= 1 (it is 0)")
+    return n_train, n_heldout
+
+
+def identity_pool(seed: int, n: int, stimuli: dict[str, Any], start: int = 0) -> dict[str, np.ndarray]:
+    """Codes and intrinsic factors of identities ``start .. start+n-1``.
+
+    Identity ``i`` is a pure function of (seed, i), so the same global index gives the
+    same person in every set and the training and held-out pools never share one.
+    ``identity`` holds the global indices; the other arrays are in the same order.
+    """
     gen, factors = stimuli["generator"], stimuli["factors"]
     k, t = int(gen["shape_components"]), n_texture(gen)
     out: dict[str, list] = {"shape_coeff": [], "texture_coeff": []}
     out.update({name: [] for name in INTRINSIC if name != "identity"})
-    for i in range(n):
+    for i in range(start, start + n):
         rng = np.random.default_rng([seed, 0x1D, i])
         out["shape_coeff"].append(rng.standard_normal(k))
         out["texture_coeff"].append(rng.standard_normal(t))
@@ -63,15 +94,16 @@ def identity_pool(seed: int, n: int, stimuli: dict[str, Any]) -> dict[str, np.nd
             if name != "identity":
                 out[name].append(draw_factor(name, factors[name], rng, 1)[0])
     res = {key: np.asarray(v, dtype=object if key in ("gender", "ethnicity", "hair_style") else float) for key, v in out.items()}
-    res["identity"] = np.arange(n)
+    res["identity"] = np.arange(start, start + n)
     return res
 
 
 def _table(ids: np.ndarray, pool: dict[str, np.ndarray], vary: list[str], factors: dict, rng: np.random.Generator
            ) -> dict[str, np.ndarray]:
-    """Factor columns for samples of identities ``ids``: varied factors drawn, others neutral/own."""
+    """Factor columns for samples of pool members ``ids`` (positions in the pool, not global indices):
+    varied factors drawn, others neutral or the identity's own; ``identity`` gets the global indices."""
     n = len(ids)
-    cols: dict[str, np.ndarray] = {"identity": ids, "shape_coeff": pool["shape_coeff"][ids],
+    cols: dict[str, np.ndarray] = {"identity": pool["identity"][ids], "shape_coeff": pool["shape_coeff"][ids],
                                    "texture_coeff": pool["texture_coeff"][ids]}
     for name in FACTORS:
         if name == "identity":
@@ -88,7 +120,9 @@ def _table(ids: np.ndarray, pool: dict[str, np.ndarray], vary: list[str], factor
 def design_size(set_spec: dict[str, Any], stimuli: dict[str, Any]) -> int:
     """Number of samples of a set, computed from the config alone."""
     kind = set_spec["design"]
-    n_id = int(stimuli["identities"])
+    if kind not in DESIGNS:
+        raise ValueError(f"unknown design kind {kind!r} (known: {', '.join(DESIGNS)})")
+    _, n_id = pool_range(set_spec, stimuli)
     if kind == "crossed":
         return n_id * int(set_spec["samples_per_identity"])
     if kind == "independent":
@@ -173,7 +207,7 @@ def _morph(spec, pool, factors, rng, n_id):
         a, b = pool[code][src_a], pool[code][dst_a]
         moving = np.isin(kinds_a, morphed)[:, None]
         cols[code] = np.where(moving, a + lev_a[:, None] * (b - a), a)
-    extra = {"morph_target": dst_a, "morph_type": kinds_a, "morph_level": lev_a}
+    extra = {"morph_target": pool["identity"][dst_a], "morph_type": kinds_a, "morph_level": lev_a}
     return cols, extra
 
 
@@ -210,12 +244,15 @@ def build_design(name: str, spec: dict[str, Any]) -> xr.Dataset:
     """The factor table of stimulus set ``name`` from its stage spec.
 
     ``spec`` holds ``seed``, ``identities``, ``generator``, ``factors`` and ``set``
-    (the set's config); see ``workflow/rules/common.smk``.
+    (the set's config), and ``heldout_identities`` for a set with ``pool: heldout``;
+    see ``workflow/rules/common.smk``. The identities come from the set's pool
+    (:func:`pool_range`); attrs ``pool``, ``pool_first`` and ``pool_size`` record it.
     """
     set_spec = spec["set"]
-    stimuli = {"identities": spec["identities"], "generator": spec["generator"], "factors": spec["factors"]}
-    n_id = int(spec["identities"])
-    pool = identity_pool(int(spec["seed"]), n_id, stimuli)
+    stimuli = {"identities": spec["identities"], "heldout_identities": spec.get("heldout_identities", 0),
+               "generator": spec["generator"], "factors": spec["factors"]}
+    start, n_id = pool_range(set_spec, stimuli)
+    pool = identity_pool(int(spec["seed"]), n_id, stimuli, start=start)
     rng = _set_rng(int(spec["seed"]), name)
     cols, extra = _BUILDERS[set_spec["design"]](set_spec, pool, spec["factors"], rng, n_id)
     n = len(cols["identity"])
@@ -251,7 +288,10 @@ def build_design(name: str, spec: dict[str, Any]) -> xr.Dataset:
         set=name,
         design=set_spec["design"],
         seed=int(spec["seed"]),
-        identities=n_id,
+        identities=int(spec["identities"]),  # the training pool (an identity network's classes)
+        pool=set_spec.get("pool", "train"),
+        pool_first=start,
+        pool_size=n_id,
         generator_version=GENERATOR_VERSION,
         generator=json.dumps(spec["generator"], sort_keys=True),
         set_config=json.dumps(set_spec, sort_keys=True),

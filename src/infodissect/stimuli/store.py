@@ -183,6 +183,27 @@ def render_shard(design_path: str | Path, shard: int, spec: dict[str, Any], out:
             write_zarr(batch, tmp, region=region)
 
 
+def render_in_memory(design_path: str | Path, spec: dict[str, Any], resolution: int | None = None) -> xr.Dataset:
+    """A small set rendered in memory (for figures): the design with ``image`` and ``parts``,
+    at ``resolution`` instead of the render spec's if given."""
+    design = open_store(design_path, require=("shape_coeff", "texture_coeff")).load()
+    generator = json.loads(design.attrs["generator"])
+    if generator != spec["generator"]:
+        raise StoreError(f"{design_path}: made with generator {generator}, but the render spec has {spec['generator']}")
+    rcfg = dict(spec["render"], **({"resolution": int(resolution)} if resolution else {}))
+    camera = camera_from_config(rcfg)
+    model = model_from_config(generator, resolve_device(rcfg["device"]))
+    batch = min(int(rcfg["batch_size"]), design.sizes["sample"])
+    images, parts = [], []
+    for _, img, lab in render_design(model, design, camera, batch):
+        images.append(img)
+        parts.append(lab)
+    ds = design.assign(image=(("sample", "y", "x", "channel"), np.concatenate(images)),
+                       parts=(("sample", "y", "x"), np.concatenate(parts)))
+    ds.attrs["render"] = json.dumps(rcfg, sort_keys=True)
+    return ds
+
+
 def _with_image_vars(design: xr.Dataset, n: int, res: int, channels: int, chunk: int, spec: dict[str, Any]) -> xr.Dataset:
     """The design plus lazily-zero ``image`` and ``parts`` variables with their chunking and attrs."""
     import dask.array as da

@@ -1,0 +1,299 @@
+"""Colours of the face model: the template's albedo and the albedo fields of identity, sex, age and expression.
+
+Albedo is display-referred RGB in [0, 1] (the shader squares it into linear reflectance).
+Skin varies along the two axes real skin colour varies along, melanin (darker and
+yellower) and haemoglobin (redder), never towards green or blue; the identity texture
+fields are smooth and low in contrast, with fine detail in the high bands.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .fields import bump, mouth_profile
+from .mesh import (EYE_CENTRE, FISSURE, HAIR, IRIS_DEG, LOWER_TEETH, MOUTH_Y, PART, PUPIL_DEG, SKIN, TORSO,
+                   UPPER_TEETH, Template, brow_density, fissure_heights, mirror, part_distances)
+
+SKIN_TONE = np.array([0.88, 0.70, 0.60])  # the template's (ethnicity A) skin
+MELANIN = np.array([-0.42, -0.4, -0.36]) / 0.7  # per unit of "darker": R falls least, B most (relative)
+HAEMOGLOBIN = np.array([0.25, -0.75, -0.45]) / 0.9
+HAIR_COLOUR = np.array([0.27, 0.19, 0.13])
+LIP_COLOUR = np.array([0.8, 0.54, 0.51])
+GREY_HAIR = 0.68  # albedo that greying hair tends to
+ETHNIC_TONES = {  # skin, hair, iris of each group
+    "A": ([0.88, 0.70, 0.60], [0.27, 0.19, 0.13], [0.36, 0.33, 0.3]),
+    "B": ([0.82, 0.64, 0.50], [0.09, 0.075, 0.07], [0.2, 0.13, 0.08]),
+    "C": ([0.50, 0.35, 0.26], [0.07, 0.06, 0.055], [0.15, 0.09, 0.06]),
+}
+
+
+def _smooth_step(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    s = np.clip((x - lo) / (hi - lo), 0.0, 1.0)
+    return s * s * (3 - 2 * s)
+
+
+def lid_margins(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Closeness (0..1) of skin points to the upper and lower lid margins of the eye opening."""
+    m = mirror(p)
+    upper, lower = fissure_heights(m[:, 0])
+    x0, x1 = FISSURE[:2]
+    span = np.clip(1.0 - np.maximum(x0 - m[:, 0], m[:, 0] - x1) / 0.02, 0, 1) * (m[:, 2] > EYE_CENTRE[2] - 0.05)
+    near_u = np.exp(-(((m[:, 1] - upper) - 0.004) / 0.01) ** 2) * span
+    near_l = np.exp(-(((m[:, 1] - lower) + 0.003) / 0.008) ** 2) * span
+    return near_u, near_l
+
+
+def _lines(coord: np.ndarray, period: float, width: float = 0.22) -> np.ndarray:
+    """Thin periodic lines (0..1) across ``coord`` (wrinkles, strands)."""
+    phase = (coord / period) % 1.0
+    return np.exp(-(((phase - 0.5) / width) ** 2))
+
+
+def masks(t: Template, anchors: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-vertex region weights (0..1) the colours are painted with."""
+    p = t.vertices
+    m = mirror(p)
+    lab = t.labels
+    skin = t.kind == SKIN
+    parts = part_distances(p)
+    face_skin = skin & np.isin(lab, [PART["skin"], PART["nose"], PART["ears"], PART["left_brow"], PART["right_brow"]])
+    lips = np.clip(-parts["lips"] / 0.01 + 0.5, 0, 1) * skin * (p[:, 2] > 0.7)
+    lash_u, lash_l = lid_margins(p)
+    from .mesh import eye_aperture
+
+    rim = (np.abs(eye_aperture(p)) < 0.006) * (m[:, 2] < EYE_CENTRE[2] + 0.12) * (m[:, 2] > EYE_CENTRE[2] - 0.02)
+    beard = np.clip(bump(p, (0, -0.85, 0.55), (0.48, 0.3, 0.4)) * 1.6 + bump(p, (0, -0.53, 0.92), (0.17, 0.05, 0.12)), 0, 1)
+    beard *= face_skin * (1 - lips) * (p[:, 1] < -0.3) * (p[:, 1] > -1.25) * (1 - _smooth_step(np.abs(p[:, 0]), 0.45, 0.62))
+    return {
+        "face_skin": face_skin.astype(float),
+        "skin": skin.astype(float),
+        "lips": lips,
+        "lash_upper": lash_u * skin,
+        "rim": rim * skin,
+        "lash_lower": lash_l * skin,
+        "upper_lid": bump(m, EYE_CENTRE + [0.02, 0.07, 0.09], (0.14, 0.04, 0.1)) * skin,
+        "brow": brow_density(p) * skin,
+        "brow_wide": brow_density(p, 1.5) * skin,
+        "cheeks": bump(m, (0.4, -0.28, 0.6), (0.14, 0.13, 0.18)) * skin,
+        "under_eye": bump(m, EYE_CENTRE + [0.02, -0.09, 0.1], (0.12, 0.04, 0.1)) * skin,
+        "nose_tip": bump(p, (0, -0.3, 1.1), (0.08, 0.08, 0.1)) * skin,
+        "beard": beard,
+        "scalp": (skin & (lab == PART["hair"])).astype(float),
+        "ears": (skin & (lab == PART["ears"])).astype(float),
+        "hair": (t.kind == HAIR).astype(float),
+        "iris": ((t.eye_angle <= IRIS_DEG) & np.isin(t.kind, (1, 2))).astype(float),
+        "forehead": bump(p, (0, 0.55, 0.68), (0.45, 0.18, 0.3)) * face_skin,
+    }
+
+
+def template_albedo(t: Template, mk: dict[str, np.ndarray]) -> np.ndarray:
+    """Albedo (V, 3) of the template (ethnicity A, androgynous, 30 years)."""
+    p = t.vertices
+    nv = len(p)
+    a = np.tile(SKIN_TONE, (nv, 1))
+    a += mk["cheeks"][:, None] * 0.6 * HAEMOGLOBIN * 0.05 + mk["nose_tip"][:, None] * HAEMOGLOBIN * 0.03
+    a += mk["ears"][:, None] * HAEMOGLOBIN * 0.04
+    a += mk["under_eye"][:, None] * np.array([-0.05, -0.05, -0.02])
+    a += mk["lips"][:, None] * (LIP_COLOUR - SKIN_TONE)
+    # Brows: hair bands whose strands run along the brow, slanting up and out.
+    m = mirror(p)
+    strands = 0.7 + 0.3 * _lines(m[:, 1] * 1.0 - 0.35 * m[:, 0], 0.012, 0.3)
+    a += (np.clip(mk["brow"] * 1.3, 0, 1) * strands)[:, None] * (0.8 * HAIR_COLOUR - SKIN_TONE) * 0.9
+    a *= (1.0 - 0.85 * mk["lash_upper"] - 0.35 * mk["lash_lower"])[:, None]
+    a[mk["rim"] > 0] = [0.3, 0.16, 0.14]  # the lids' inner margins, around the eyeball
+    a += mk["upper_lid"][:, None] * np.array([-0.03, -0.04, -0.03])
+    nostril = (np.linalg.norm((m - [0.06, -0.405, 1.0]) / [0.032, 0.026, 0.06], axis=1) < 1.0) & (t.kind == SKIN)
+    a[nostril] *= 0.35
+    a[mk["scalp"] > 0] = HAIR_COLOUR
+    # Lips' edges and the oral cavity.
+    g = t.grid("skin")
+    lower, floor, roof, upper = (g.start + r * g.segments + np.arange(g.segments) for r in t.mouth_rings)
+    inside = mouth_profile(p[upper, 0]) * (p[upper, 2] > 0.5) > 0
+    a[upper[inside]] = LIP_COLOUR * 0.45
+    a[lower[inside]] = LIP_COLOUR * 0.5
+    a[roof[inside]] = [0.16, 0.05, 0.05]
+    a[floor[inside]] = [0.36, 0.13, 0.13]
+    # Eyes: off-white sclera, a radially streaked iris with a dark limbal ring, the pupil.
+    eye = np.isin(t.kind, (1, 2))
+    ang = t.eye_angle
+    beta = np.arctan2(t.directions[:, 1], t.directions[:, 0])
+    a[eye] = [0.84, 0.81, 0.77]
+    iris = eye & (ang <= IRIS_DEG)
+    streak = 0.85 + 0.15 * np.cos(beta * 9.0) * np.cos(beta * 4.0)
+    iris_c = np.asarray(ETHNIC_TONES["A"][2])
+    a[iris] = iris_c * streak[iris, None]
+    a[eye & (ang > IRIS_DEG - 5) & (ang <= IRIS_DEG)] *= 0.55
+    a[eye & (ang <= PUPIL_DEG)] = [0.03, 0.03, 0.035]
+    a[eye & (ang > 70)] *= 0.8  # the corners of the eye, in the lids' shadow
+    # Teeth (enamel, darker in the gaps) and gums.
+    teeth = np.isin(t.kind, (UPPER_TEETH, LOWER_TEETH))
+    shade = t.tooth_shade
+    a[teeth] = np.where(shade[teeth, None] > 0, np.array([0.96, 0.94, 0.86]) * shade[teeth, None],
+                        np.array([0.72, 0.4, 0.4]))
+    # Hair: strands fanning out from the crown.
+    hair = t.kind == HAIR
+    phi = np.arctan2(t.directions[:, 0], -t.directions[:, 2])
+    strand = 0.78 + 0.22 * np.cos(phi * 60.0 + 3.0 * np.sin(phi * 7.0)) * np.cos(phi * 23.0)
+    a[hair] = HAIR_COLOUR * strand[hair, None]
+    # Clothing: a dark shirt with a slightly lighter collar band.
+    torso = t.kind == TORSO
+    collar = _smooth_step(p[:, 1], -1.62, -1.5)
+    a[torso] = np.array([0.2, 0.24, 0.32]) + collar[torso, None] * np.array([0.06, 0.06, 0.07])
+    return np.clip(a, 0.02, 1.0)
+
+
+def specular_strength(t: Template, mk: dict[str, np.ndarray]) -> np.ndarray:
+    """Per-vertex strength of the specular highlight (skin sheen, wet lips and eyes, hair, matte cloth)."""
+    s = np.full(len(t.vertices), 0.16)
+    s += 0.1 * mk["lips"] + 0.05 * mk["nose_tip"] + 0.04 * mk["forehead"]
+    s[np.isin(t.kind, (1, 2))] = 0.75
+    s[np.isin(t.kind, (UPPER_TEETH, LOWER_TEETH))] = 0.25
+    s[t.kind == HAIR] = 0.22
+    s[mk["scalp"] > 0] = 0.1
+    s[t.kind == TORSO] = 0.04
+    return s
+
+
+def hair_weight(t: Template, mk: dict[str, np.ndarray]) -> np.ndarray:
+    """How much each vertex greys with age (hair and scalp fully, brows in part)."""
+    return np.clip(mk["hair"] + mk["scalp"] + 0.7 * mk["brow"], 0.0, 1.0)
+
+
+def identity_texture_fields(t: Template, mk: dict[str, np.ndarray], bands: int, per_band: int,
+                            rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Identity texture fields (N, V, 3) at one standard deviation, their band, and names.
+
+    Band 0 holds the named fields (skin tone, redness, lip colour, brow density, hair and
+    iris colour) and the smoothest random fields; band j random fields of wavelengths
+    between 2 pi / (5 2^j) and 2 pi / (2.5 2^j) decimetres (13-25 cm in band 0, 8-16 mm in
+    band 4), each a skin-coloured mixture of melanin and haemoglobin, weaker in higher
+    bands (smooth, low-contrast skin with fine detail).
+    """
+    p = t.vertices
+    skin = mk["skin"] * (t.kind == SKIN)
+    face = mk["face_skin"]
+    named = {
+        "skin_tone": skin[:, None] * MELANIN * 0.075,
+        "redness": (0.4 * skin + mk["cheeks"] + 0.7 * mk["nose_tip"])[:, None] * HAEMOGLOBIN * 0.022,
+        "lip_colour": mk["lips"][:, None] * np.array([0.015, -0.06, -0.04]),
+        "brow_density": (mk["brow_wide"] * face)[:, None] * (HAIR_COLOUR - SKIN_TONE) * 0.3,
+        "hair_lightness": (mk["hair"] + mk["scalp"] + 0.5 * mk["brow"])[:, None] * np.array([0.15, 0.12, 0.08]),
+        "hair_redness": (mk["hair"] + mk["scalp"])[:, None] * np.array([0.045, -0.005, -0.03]),
+        "iris_lightness": mk["iris"][:, None] * np.array([0.07, 0.09, 0.11]),
+        "iris_hue": mk["iris"][:, None] * np.array([0.05, 0.02, -0.05]),
+    }
+    band_rms = np.array([0.02, 0.012, 0.008, 0.007, 0.006, 0.005, 0.005, 0.005])  # per channel, all fields of a band
+    fields, band_of, names = [], [], []
+    for j in range(bands):
+        lo = 2.5 * 2.0**j
+        count = per_band
+        if j == 0:
+            for name, f in list(named.items())[:per_band]:
+                fields.append(f)
+                band_of.append(0)
+                names.append(name)
+            count = per_band - min(per_band, len(named))
+        amp = band_rms[min(j, len(band_rms) - 1)] * np.sqrt(3.0 / max(count, 1))
+        for k in range(count):
+            s = np.zeros(len(p))
+            for _ in range(4):
+                direction = rng.normal(size=3)
+                direction /= np.linalg.norm(direction)
+                s += np.cos(p @ (direction * rng.uniform(lo, 2 * lo)) + rng.uniform(0, 2 * np.pi))
+            colour = rng.normal() * MELANIN + 0.35 * rng.normal() * HAEMOGLOBIN
+            colour /= max(np.linalg.norm(colour), 1e-9)
+            fields.append((skin * s * amp / np.sqrt(2.0))[:, None] * colour[None, :])
+            band_of.append(j)
+            names.append(f"band{j}_{k}")
+    return np.stack(fields), np.asarray(band_of), names
+
+
+def sex_albedo(t: Template, mk: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Albedo of a typical man and woman relative to the androgynous template (gender_strength 1).
+
+    Men: a beard shadow (darker, greyer), denser and darker brows, eyes in deeper shadow
+    under the brow, a slightly darker and ruddier skin; women: lighter, smoother skin,
+    redder lips, darker lashes and lid line, thinner brows and a touch of blush. Both
+    darken the eyes' surroundings and the mouth's, as the sexes' higher facial contrast
+    does (Russell 2009, Perception 38:1211).
+    """
+    nv = len(t.vertices)
+    face = mk["face_skin"]
+    male = np.zeros((nv, 3))
+    male += mk["beard"][:, None] * np.array([-0.3, -0.28, -0.2])
+    male += (mk["brow_wide"] * face)[:, None] * (0.7 * HAIR_COLOUR - SKIN_TONE) * 0.3
+    male += face[:, None] * np.array([-0.015, -0.035, -0.035])
+    male += (mk["upper_lid"] + 0.5 * mk["under_eye"])[:, None] * np.array([-0.07, -0.075, -0.06])  # deep-set eyes
+    female = np.zeros((nv, 3))
+    female += (face * (1.0 - mk["beard"]))[:, None] * np.array([0.035, 0.035, 0.03])
+    female += mk["lips"][:, None] * np.array([0.04, -0.1, -0.06])
+    female += (mk["lash_upper"] * 1.0 + 0.4 * mk["lash_lower"])[:, None] * np.array([-0.35, -0.3, -0.28])
+    female += mk["upper_lid"][:, None] * np.array([-0.05, -0.06, -0.04])
+    female += mk["cheeks"][:, None] * np.array([0.02, -0.04, -0.02])
+    female -= (np.clip(mk["brow_wide"] - mk["brow"], 0, 1) * face)[:, None] * (HAIR_COLOUR - SKIN_TONE) * 0.3
+    return male, female
+
+
+def age_albedo(t: Template, mk: dict[str, np.ndarray], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Ageing albedo: a linear trend per 40 years (paler, yellower skin, paler lips) and saturating
+    wrinkles and age spots (forehead lines, crow's feet, nasolabial and marionette folds, lines
+    under the eyes)."""
+    p = t.vertices
+    m = mirror(p)
+    face = mk["face_skin"]
+    linear = face[:, None] * np.array([0.0, -0.012, -0.03]) + mk["lips"][:, None] * np.array([-0.04, 0.03, 0.03])
+    forehead = bump(p, (0, 0.5, 0.7), (0.36, 0.13, 0.3)) * _lines(p[:, 1] + 0.01 * np.cos(p[:, 0] * 9), 0.045)
+    crow = bump(m, (0.5, 0.08, 0.52), (0.06, 0.08, 0.15)) * _lines(np.arctan2(m[:, 1] - 0.09, m[:, 0] - 0.44), 0.3)
+    fold = nasolabial(p)
+    marionette = np.exp(-(((m[:, 0] - 0.24 + 0.12 * (p[:, 1] - MOUTH_Y)) / 0.014) ** 2)) * (p[:, 1] < MOUTH_Y) \
+        * (p[:, 1] > MOUTH_Y - 0.22)
+    under_eye = bump(m, EYE_CENTRE + [0.03, -0.095, 0.1], (0.1, 0.012, 0.1))
+    wrinkle = (0.9 * forehead + 0.8 * crow + 1.0 * fold + 0.6 * marionette + 0.6 * under_eye) * face
+    spots = np.zeros(len(p))
+    for _ in range(40):
+        c = np.array([rng.uniform(-0.5, 0.5), rng.uniform(-0.5, 0.7), 0.0])
+        c[2] = 0.95 - 0.5 * (c[0] ** 2 + (c[1] + 0.1) ** 2)
+        spots += bump(p, c, rng.uniform(0.008, 0.02)) * rng.uniform(0.5, 1.0)
+    spots = np.clip(spots, 0, 1) * face
+    sag = -wrinkle[:, None] * np.array([0.3, 0.3, 0.26]) + spots[:, None] * np.array([-0.12, -0.14, -0.14])
+    return linear, sag
+
+
+def nasolabial(p: np.ndarray, width: float = 0.03) -> np.ndarray:
+    """The nasolabial fold: a soft crease from beside the nose's wing to about 1 cm beyond the
+    mouth corner, fading at both ends."""
+    m = mirror(p)
+    s = np.clip((-0.36 - p[:, 1]) / 0.34, 0, 1)
+    centre = 0.18 + 0.16 * s ** 1.3
+    fade = np.sin(np.pi * s) ** 0.7
+    return np.exp(-(((m[:, 0] - centre) / width) ** 2)) * fade * (p[:, 2] > 0.5)
+
+
+def action_unit_albedo(t: Template, mk: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Shading of the skin creases each action unit makes (darkening in display albedo)."""
+    p = t.vertices
+    m = mirror(p)
+    face = mk["face_skin"]
+    dark = np.array([-0.16, -0.17, -0.15])
+
+    def crease(w: np.ndarray) -> np.ndarray:
+        return (np.clip(w, 0, 1) * face)[:, None] * dark
+
+    forehead_lines = _lines(p[:, 1] + 0.008 * np.cos(p[:, 0] * 11), 0.042)
+    return {
+        "AU1": crease(bump(m, (0.08, 0.52, 0.75), (0.18, 0.13, 0.3)) * forehead_lines),
+        "AU2": crease(bump(m, (0.33, 0.5, 0.68), (0.16, 0.12, 0.3)) * forehead_lines),
+        "AU4": crease(bump(p, (0, 0.26, 0.86), (0.08, 0.07, 0.12)) * _lines(np.abs(p[:, 0]) + 0.015, 0.035, 0.18)
+                      * 1.4),
+        "AU6": crease(bump(m, (0.5, 0.06, 0.52), (0.06, 0.08, 0.15))
+                      * _lines(np.arctan2(m[:, 1] - 0.09, m[:, 0] - 0.44), 0.28) + 0.6 * nasolabial(p)),
+        "AU7": crease(0.5 * bump(m, EYE_CENTRE + [0.02, -0.085, 0.1], (0.1, 0.012, 0.1))),
+        "AU9": crease(bump(p, (0, 0.08, 0.9), (0.09, 0.06, 0.1)) * _lines(p[:, 1], 0.025) * 1.3 + 0.8 * nasolabial(p)),
+        "AU10": crease(nasolabial(p) * 0.8),
+        "AU12": crease(nasolabial(p) * 0.8),
+        "AU15": crease(0.5 * np.exp(-(((m[:, 0] - 0.27 + 0.1 * (p[:, 1] - MOUTH_Y)) / 0.015) ** 2))
+                       * (p[:, 1] < MOUTH_Y) * (p[:, 1] > MOUTH_Y - 0.18)),
+        "AU17": crease(0.4 * bump(p, (0, -0.9, 0.58), (0.15, 0.1, 0.2)) * (0.5 + 0.5 * np.cos(p[:, 0] * 90) * np.cos(p[:, 1] * 80))),
+        "AU20": crease(0.3 * nasolabial(p)),
+        "AU23": (np.clip(mk["lips"] * 1.6, 0, 1) * (1.0 - 0.6 * mk["lips"]))[:, None] * (SKIN_TONE - LIP_COLOUR) * 0.9,
+    }

@@ -1,0 +1,263 @@
+"""Displacement fields of the face model: identity, action units, sex, ethnicity, age.
+
+Every field is evaluated at per-vertex *anchors* (``p``, (V, 3)): the vertex itself on
+the skin, the eyeball's centre for an eyeball, a point of the jaw for the teeth, the skin
+point under a hair vertex, so rigid parts move with the skin they sit in. Amplitudes are
+in decimetres at one standard deviation (identity) or at full strength (action units at
+FACS intensity E, sex at gender_strength 1, age per 40 years).
+
+The mouth opens along a slit: ``split`` (V,) in [0, 1] is 0 above the lips' meeting
+line, 1 below it, and 1/2 on both lip edges outside the mouth corners, so a field that
+moves the lower face (``lower``) and one that moves the upper lip (``upper``) part the
+lips inside the mouth and nowhere else.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .mesh import EYE_CENTRE, HAIR, LOWER_TEETH, MOUTH_HALF_WIDTH, MOUTH_Y, SKIN, TORSO, UPPER_TEETH, Template, mirror
+
+# Facial action units (FACS) of each expression's prototype, with their weights.
+EXPRESSION_AUS: dict[str, dict[str, float]] = {
+    "neutral": {},
+    "happiness": {"AU6": 1.0, "AU12": 1.0, "AU25": 1.0, "AU26": 0.3},
+    "surprise": {"AU1": 1.0, "AU2": 1.0, "AU5": 1.0, "AU25": 0.5, "AU27": 1.0},
+    "fear": {"AU1": 1.0, "AU2": 0.6, "AU4": 0.7, "AU5": 1.0, "AU20": 1.0, "AU25": 0.6, "AU26": 1.0},
+    "disgust": {"AU9": 1.0, "AU10": 1.0, "AU25": 0.5, "AU26": 0.3},
+    "anger": {"AU4": 1.0, "AU5": 1.0, "AU7": 1.0, "AU23": 1.0},
+    "sadness": {"AU1": 1.0, "AU4": 0.8, "AU15": 1.0, "AU17": 0.5},
+}
+AU_NAMES: dict[str, str] = {
+    "AU1": "inner brow raiser", "AU2": "outer brow raiser", "AU4": "brow lowerer", "AU5": "upper lid raiser",
+    "AU6": "cheek raiser", "AU7": "lid tightener", "AU9": "nose wrinkler", "AU10": "upper lip raiser",
+    "AU12": "lip corner puller", "AU15": "lip corner depressor", "AU17": "chin raiser", "AU20": "lip stretcher",
+    "AU23": "lip tightener", "AU25": "lips part", "AU26": "jaw drop", "AU27": "mouth stretch",
+}
+
+
+def bump(p: np.ndarray, c, r) -> np.ndarray:
+    """A Gaussian bump exp(-|(p - c) / r|^2)."""
+    return np.exp(-np.sum(((p - np.asarray(c)) / np.asarray(r)) ** 2, -1))
+
+
+def _sgnx(p: np.ndarray, w: float = 0.05) -> np.ndarray:
+    """A smooth sign of x: +1 on the subject's left, -1 on the right."""
+    return np.tanh(p[:, 0] / w)
+
+
+def _vec(weight: np.ndarray, x=0.0, y=0.0, z=0.0) -> np.ndarray:
+    """(V, 3): per-vertex ``weight`` times a vector whose components may be per-vertex."""
+    n = len(weight)
+    comp = [np.broadcast_to(np.asarray(c, dtype=float), (n,)) for c in (x, y, z)]
+    return weight[:, None] * np.stack(comp, -1)
+
+
+def _lateral(p: np.ndarray, weight: np.ndarray, amount: float) -> np.ndarray:
+    """Motion away from the midline (towards it for ``amount`` < 0)."""
+    return _vec(weight, x=_sgnx(p) * amount)
+
+
+def mouth_profile(x: np.ndarray) -> np.ndarray:
+    """How open the lips part at |x| (1 at the centre, 0 at and beyond the corners)."""
+    return np.sqrt(np.clip(1.0 - (np.asarray(x) / MOUTH_HALF_WIDTH) ** 2, 0.0, 1.0))
+
+
+def lip_split(t: Template, p: np.ndarray) -> np.ndarray:
+    """(V,) how much of the lower face's motion each vertex follows: 0 above the lips' meeting line,
+    1 below it, with the lip edges and cavity rings taking their own side inside the mouth.
+
+    At the mouth corners both lip edges take 1/2 and the skin around them moves
+    progressively (falling off over about 2 cm above and below), so that even a jaw
+    opening of several centimetres stretches the skin there without folding it; above
+    the upper lip's edge the split never exceeds the edge's, below the lower lip's edge
+    it never falls under it.
+    """
+    prof = mouth_profile(p[:, 0]) * (p[:, 2] > 0.5)
+    dy = p[:, 1] - MOUTH_Y
+    fade = np.exp(-((dy / 0.2) ** 2))
+    upper_edge, lower_edge = 0.5 - 0.5 * prof, 0.5 + 0.5 * prof
+    split = np.where(dy > 0, upper_edge * fade, 1.0 - (1.0 - lower_edge) * fade)
+    g = t.grid("skin")
+    lower, floor, roof, upper = (g.start + r * g.segments + np.arange(g.segments) for r in t.mouth_rings)
+    for ring, edge in ((lower, lower_edge), (floor, lower_edge), (roof, upper_edge), (upper, upper_edge)):
+        split[ring] = edge[ring]
+    split[t.kind == UPPER_TEETH] = 0.0
+    split[t.kind == LOWER_TEETH] = 1.0
+    split[(t.kind != SKIN) & (t.kind != UPPER_TEETH) & (t.kind != LOWER_TEETH)] = 0.0
+    return split
+
+
+def jaw_region(p: np.ndarray) -> np.ndarray:
+    """(V,) how much of the mandible's motion a point follows (the lower face, not the neck or ears)."""
+    lateral = np.exp(-((p[:, 0] / 0.5) ** 4))
+    below_chin = 1.0 / (1.0 + np.exp(-(p[:, 1] + 1.1) / 0.13))  # the skin under the chin stretches gradually
+    front = 1.0 / (1.0 + np.exp(-(p[:, 2] + 0.05) / 0.08))
+    return lateral * below_chin * front
+
+
+def _along_rays(field: np.ndarray, p: np.ndarray, kind: np.ndarray) -> np.ndarray:
+    """The part of a displacement along each skin (and hair) point's ray from the head centre.
+
+    The skin is a height field over those rays: motion along them keeps every face's
+    orientation, where sideways motion tips faces on walls nearly parallel to the rays
+    (the nape, under the jaw), so the head-wide fields act along the rays there.
+    """
+    ray = p / np.maximum(np.linalg.norm(p, axis=1, keepdims=True), 1e-9)
+    along = np.sum(field * ray, axis=1, keepdims=True) * ray
+    return np.where(np.isin(kind, (SKIN, HAIR))[:, None], along, field)
+
+
+def anatomical_fields(p: np.ndarray, kind: np.ndarray) -> dict[str, np.ndarray]:
+    """Named identity deformations at one standard deviation, evaluated at anchors ``p``.
+
+    Each moves the anthropometric distance it is named after (face width at the zygomatic
+    arches, jaw width at the gonia, face height nasion-gnathion, eye spacing, eye size,
+    nose width and height, mouth width, ...); :func:`.model.calibrate_shape` scales them
+    so that sampled identities match Farkas' norms.
+    """
+    m = mirror(p)
+    x, y, z = p[:, 0], p[:, 1], p[:, 2]
+    zero = np.zeros_like(x)
+    head = kind != TORSO
+    face = 1.0 / (1.0 + np.exp(-(z - 0.05) / 0.12)) * head
+    ec = EYE_CENTRE
+    f = {
+        "head_width": _along_rays(np.stack([0.03 * x * head, zero, zero], -1), p, kind),
+        "head_length": _along_rays(np.stack([zero, zero, 0.03 * (z + 0.14) * head], -1), p, kind),
+        "head_height": _along_rays(np.stack([zero, 0.03 * np.clip(y, 0, None) * head, zero], -1), p, kind),
+        "face_width": _lateral(p, bump(m, (0.62, -0.05, 0.25), (0.2, 0.3, 0.3)), 0.03),
+        "jaw_width": _lateral(p, bump(m, (0.48, -0.8, 0.05), (0.2, 0.25, 0.35)), 0.03),
+        "lower_face_height": _vec(face / (1 + np.exp((y + 0.45) / 0.1)) * (y > -1.6), y=-0.03),
+        "chin_height": _vec(bump(p, (0, -1.0, 0.45), (0.25, 0.15, 0.25)), y=-0.02),
+        "chin_protrusion": _vec(bump(p, (0, -0.95, 0.5), (0.2, 0.15, 0.22)), z=0.025),
+        "chin_width": _lateral(p, bump(m, (0.14, -0.95, 0.45), (0.12, 0.14, 0.2)), 0.02),
+        "cheekbones": bump(m, (0.45, -0.1, 0.52), (0.16, 0.13, 0.16))[:, None] * np.stack(
+            [_sgnx(p) * 0.015, zero, np.full_like(x, 0.015)], -1),
+        "cheek_fullness": bump(m, (0.42, -0.48, 0.5), (0.18, 0.18, 0.2))[:, None] * np.stack(
+            [_sgnx(p) * 0.012, zero, np.full_like(x, 0.012)], -1),
+        "brow_ridge": _vec(bump(p, (0, 0.28, 0.75), (0.42, 0.07, 0.12)), z=0.02),
+        "forehead_height": _vec(bump(p, (0, 0.75, 0.55), (0.6, 0.25, 0.4)) * (y > 0.3), y=0.025),
+        "forehead_slope": _vec(bump(p, (0, 0.6, 0.6), (0.6, 0.25, 0.35)), z=0.025),
+        "eye_spacing": _lateral(p, bump(m, ec, (0.16, 0.13, 0.3)), 0.012),
+        "eye_size": bump(m, ec + [0, 0, 0.1], (0.2, 0.12, 0.2))[:, None] * np.stack(
+            [_sgnx(p) * 0.008 * (m[:, 0] - ec[0]) / 0.15, 0.008 * (y - ec[1]) / 0.05, zero], -1),
+        "eye_height": _vec(bump(m, ec, (0.2, 0.15, 0.3)), y=0.015),
+        "eye_depth": _vec(bump(m, ec, (0.15, 0.12, 0.3)), z=-0.015),
+        "nose_width": _lateral(p, bump(p, (0, -0.35, 0.95), (0.15, 0.09, 0.16)), 0.015),
+        "nose_height": _vec(bump(p, (0, -0.3, 1.0), (0.2, 0.14, 0.25)), y=-0.02),
+        "nose_protrusion": _vec(bump(p, (0, -0.22, 1.02), (0.14, 0.18, 0.2)), z=0.025),
+        "nose_bridge": _vec(bump(p, (0, 0.0, 0.88), (0.1, 0.14, 0.12)), z=0.02),
+        "nose_tip": bump(p, (0, -0.3, 1.1), (0.09, 0.07, 0.1))[:, None] * np.stack([zero, zero + 0.004, zero + 0.012], -1),
+        "mouth_width": _lateral(p, bump(m, (MOUTH_HALF_WIDTH, MOUTH_Y, 0.82), (0.12, 0.1, 0.15)), 0.02),
+        "upper_lip": _vec(bump(p, (0, MOUTH_Y + 0.05, 0.9), (0.24, 0.05, 0.12)), y=0.006, z=0.012),
+        "lower_lip": _vec(bump(p, (0, MOUTH_Y - 0.06, 0.88), (0.22, 0.05, 0.12)), y=-0.006, z=0.012),
+        "mouth_height": _vec(bump(p, (0, MOUTH_Y, 0.85), (0.3, 0.14, 0.25)), y=0.015),
+        "ear_size": 0.12 * (m - [0.73, 0.0, -0.12]) * bump(m, (0.73, 0.0, -0.12), (0.16, 0.34, 0.24))[:, None]
+        * np.stack([np.sign(x + 1e-12), np.ones_like(x), np.ones_like(x)], -1),
+        "ear_protrusion": _lateral(p, bump(m, (0.75, 0.0, -0.2), (0.14, 0.3, 0.2)), 0.025),
+    }
+    return f
+
+
+def random_fields(p: np.ndarray, n: int, rng: np.random.Generator, surface: np.ndarray) -> list[np.ndarray]:
+    """Random smooth displacement fields along the rays: symmetric sums of Gaussian bumps on the face.
+
+    The skin is a height field over rays from the head centre, and motion along the rays
+    keeps every skin face's orientation, so random identity fields never tip faces.
+    """
+    front = surface[(surface[:, 2] > 0.2) & (surface[:, 1] > -1.1)]
+    ray = p / np.maximum(np.linalg.norm(p, axis=1, keepdims=True), 1e-9)
+    out = []
+    for _ in range(n):
+        acc = np.zeros(len(p))
+        for _ in range(3):
+            c = front[rng.integers(len(front))]
+            radius = rng.uniform(0.15, 0.4)
+            amp = rng.normal()
+            acc += amp * bump(p, c, radius)
+            if rng.random() < 0.85:  # mostly bilateral, like faces
+                acc += amp * bump(p, c * [-1, 1, 1], radius)
+        out.append(0.008 * acc[:, None] * ray)
+    return out
+
+
+def action_unit_fields(p: np.ndarray, split: np.ndarray, kind: np.ndarray) -> dict[str, np.ndarray]:
+    """Facial action units at FACS intensity E (maximal), as displacement fields.
+
+    Amplitudes follow measured facial motion: brows rise by about 1 cm (AU1, AU2) and fall
+    by 6-7 mm (AU4), mouth corners move 7-8 mm up and out (AU12), the chin drops about
+    2 cm (AU26) and, mouth stretched wide open, 3.5 cm (AU27); ``split`` keeps the upper lip
+    still while the lower face moves. Only the skin (and the hair on it) moves with the
+    muscles; the lower teeth follow the jaw (AU26, AU27), the eyeballs and upper teeth stay.
+    """
+    out = _action_units(p, split)
+    still = ~np.isin(kind, (SKIN, HAIR))
+    for name, f in out.items():
+        f[still & ~((kind == LOWER_TEETH) & (name in ("AU26", "AU27")))] = 0.0
+    return out
+
+
+def _action_units(p: np.ndarray, split: np.ndarray) -> dict[str, np.ndarray]:
+    m = mirror(p)
+    x, y, z = p[:, 0], p[:, 1], p[:, 2]
+    ec = EYE_CENTRE
+    upper, lower = 1.0 - split, split
+    prof = mouth_profile(x)
+    corner = (MOUTH_HALF_WIDTH, MOUTH_Y, 0.78)
+    upper_lid = bump(m, ec + [0.02, 0.055, 0.1], (0.16, 0.045, 0.12)) * (y > ec[1] - 0.01)
+    lower_lid = bump(m, ec + [0.02, -0.05, 0.1], (0.15, 0.035, 0.12)) * (y < ec[1] + 0.01)
+    forehead = 1.0 / (1.0 + np.exp(-(y - 0.22) / 0.05))
+    upper_lip = bump(p, (0, MOUTH_Y + 0.05, 0.88), (0.3, 0.1, 0.2)) * upper
+    lower_lip = bump(p, (0, MOUTH_Y - 0.06, 0.86), (0.28, 0.09, 0.2)) * lower
+    jaw = jaw_region(p) * lower
+    return {
+        "AU1": _vec(bump(m, (0.13, 0.33, 0.82), (0.12, 0.2, 0.2)) * forehead, y=0.09),
+        "AU2": _vec(bump(m, (0.4, 0.33, 0.7), (0.13, 0.2, 0.2)) * forehead, y=0.08),
+        "AU4": bump(m, (0.18, 0.28, 0.8), (0.15, 0.1, 0.14))[:, None] * np.stack(
+            [-_sgnx(p) * 0.04, np.full_like(x, -0.08), np.full_like(x, 0.01)], -1),
+        "AU5": _vec(upper_lid, y=0.03),
+        "AU6": _vec(bump(m, (0.4, -0.2, 0.6), (0.16, 0.13, 0.16)), y=0.04, z=0.012) + _vec(lower_lid, y=0.022),
+        "AU7": _vec(lower_lid, y=0.028) + _vec(upper_lid, y=-0.01),
+        "AU9": _vec(bump(m, (0.07, -0.2, 0.96), (0.08, 0.16, 0.12)), y=0.035)
+        + _vec(bump(m, (0.1, 0.27, 0.82), (0.1, 0.08, 0.12)), y=-0.03) + _vec(upper_lip, y=0.02),
+        "AU10": _vec(upper_lip * (0.5 + 0.5 * bump(m, (0.12, MOUTH_Y, 0.85), (0.1, 0.2, 0.3))), y=0.05, z=0.006),
+        "AU12": bump(m, corner, (0.13, 0.12, 0.16))[:, None] * np.stack(
+            [_sgnx(p) * 0.06, np.full_like(x, 0.075), np.full_like(x, -0.03)], -1)
+        + _vec(bump(m, (0.4, -0.38, 0.62), (0.18, 0.18, 0.2)), y=0.02, z=0.01),
+        "AU15": _vec(bump(m, (MOUTH_HALF_WIDTH, MOUTH_Y - 0.02, 0.78), (0.1, 0.08, 0.14)), y=-0.055)
+        + _lateral(p, bump(m, (MOUTH_HALF_WIDTH, MOUTH_Y, 0.78), (0.1, 0.08, 0.14)), -0.008),
+        "AU17": _vec(bump(p, (0, -0.92, 0.55), (0.2, 0.14, 0.2)) * lower, y=0.02, z=0.008),
+        "AU20": bump(m, corner, (0.11, 0.1, 0.15))[:, None] * np.stack(
+            [_sgnx(p) * 0.07, np.full_like(x, -0.015), np.full_like(x, -0.02)], -1),
+        "AU23": _vec(bump(p, (0, MOUTH_Y, 0.9), (0.24, 0.1, 0.15)) * (1.0 - 0.9 * prof * bump(p, (0, MOUTH_Y, 0.9), (1, 0.015, 1))),
+                     z=-0.025) + _lateral(p, bump(m, corner, (0.1, 0.1, 0.15)), -0.02),
+        "AU25": _vec(upper_lip * prof, y=0.028) + _vec(lower_lip * prof, y=-0.04),
+        "AU26": _vec(jaw, y=-0.2, z=-0.06),
+        "AU27": _vec(jaw, y=-0.35, z=-0.1) + _lateral(p, bump(m, (MOUTH_HALF_WIDTH, MOUTH_Y, 0.78), (0.1, 0.1, 0.15)), -0.02),
+    }
+
+
+def sex_fields(f: dict[str, np.ndarray], p: np.ndarray, kind: np.ndarray) -> np.ndarray:
+    """The male-minus-female shape difference at gender_strength 1 (beyond the calibrated distances):
+    a heavier brow ridge, flatter cheeks, a squarer, more prominent chin, thinner lips and
+    broader shoulders."""
+    torso = (kind == TORSO).astype(float)
+    shoulders = np.stack([0.12 * p[:, 0] * torso, 0.02 * torso, np.zeros(len(p))], -1)
+    return (1.2 * f["brow_ridge"] - 0.8 * f["cheek_fullness"] + 1.2 * f["chin_protrusion"] + 1.0 * f["chin_width"]
+            - 0.8 * f["upper_lip"] - 0.8 * f["lower_lip"] + 0.8 * f["forehead_slope"] * -1 + shoulders)
+
+
+def age_fields(f: dict[str, np.ndarray], p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Ageing: a linear trend per 40 years (nose and ears lengthen, lips thin, cheeks flatten) and a
+    saturating one from 25 to 70 (jowls sag below the jaw line, the nasolabial fold deepens,
+    brows and upper lids droop)."""
+    m = mirror(p)
+    linear = 0.8 * f["nose_height"] + 0.5 * f["ear_size"] - 0.9 * f["upper_lip"] - 0.9 * f["lower_lip"] \
+        - 0.6 * f["cheek_fullness"]
+    sag = (_vec(bump(m, (0.36, -0.82, 0.35), (0.16, 0.12, 0.22)), y=-0.035, z=0.01)
+           + _vec(bump(m, (0.2, -0.5, 0.75), (0.08, 0.14, 0.14)), z=0.015) + _vec(bump(m, (0.27, -0.52, 0.78), (0.06, 0.12, 0.1)), z=-0.01)
+           + _vec(bump(m, (0.38, 0.27, 0.72), (0.14, 0.08, 0.14)), y=-0.02)
+           + _vec(bump(m, EYE_CENTRE + [0.05, 0.06, 0.1], (0.12, 0.04, 0.1)), y=-0.008)
+           + _vec(bump(m, EYE_CENTRE + [0.0, -0.085, 0.12], (0.1, 0.03, 0.08)), z=0.01))
+    return linear, sag
