@@ -430,15 +430,53 @@ def _build_cached(seed: int, shape_components: int, texture_components: int, tex
     except (OSError, ValueError, KeyError, EOFError):
         pass
     out = _build(seed, shape_components, texture_components, texture_bands, rings, segments)
+    out.update(_template_arrays(build_template(rings, segments)))
+    # Bases and rows are float32 in the model: stored so, at half the size.
+    rows = ("shape_basis", "texture_basis", "geometry_fixed", "albedo_fixed", "au_geometry", "au_albedo")
+    out = {k: (v.astype(np.float32) if k in rows else v) for k, v in out.items()}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.partial")
         with os.fdopen(fd, "wb") as fh:
             np.savez(fh, **out)
         os.replace(tmp, path)
+        _prune(path.parent, keep=8)
     except OSError:  # a read-only or full cache is not an error: the model was built
         pass
     return out
+
+
+def _prune(folder: Path, keep: int) -> None:
+    """Delete all but the ``keep`` most recently used cached models."""
+    files = sorted(folder.glob("model-*.npz"), key=lambda f: f.stat().st_mtime, reverse=True)
+    for f in files[keep:]:
+        f.unlink(missing_ok=True)
+
+
+_GRID_FIELDS = ("start", "rings", "segments", "cx", "cy", "cz", "rigid")
+
+
+def _template_arrays(t: Template) -> dict[str, np.ndarray]:
+    """The template as arrays (for the cache); :func:`_template_from` inverts it."""
+    out = {f"template_{f.name}": getattr(t, f.name) for f in fields(t)
+           if f.name not in ("grids", "landmarks", "mouth_rings")}
+    out["template_grid_names"] = np.asarray([g.name for g in t.grids])
+    out["template_grids"] = np.asarray([[g.start, g.rings, g.segments, *g.centre, g.rigid] for g in t.grids], float)
+    out["template_mouth_rings"] = np.asarray(t.mouth_rings)
+    out["template_landmark_names"] = np.asarray(list(t.landmarks))
+    out["template_landmarks"] = np.asarray(list(t.landmarks.values()))
+    return out
+
+
+def _template_from(d: dict[str, np.ndarray]) -> Template:
+    from .mesh import Grid
+
+    grids = tuple(Grid(str(n), int(r[0]), int(r[1]), int(r[2]), (float(r[3]), float(r[4]), float(r[5])), bool(r[6]))
+                  for n, r in zip(d["template_grid_names"], d["template_grids"]))
+    kw = {f.name: d[f"template_{f.name}"] for f in fields(Template)
+          if f.name not in ("grids", "landmarks", "mouth_rings")}
+    return Template(**kw, grids=grids, mouth_rings=tuple(int(r) for r in d["template_mouth_rings"]),
+                    landmarks={str(k): int(v) for k, v in zip(d["template_landmark_names"], d["template_landmarks"])})
 
 
 def build_face_model(
@@ -452,7 +490,7 @@ def build_face_model(
 ) -> FaceModel:
     """Build (or load from the cache) the face model for a generator configuration."""
     d = _build_cached(seed, shape_components, texture_components, texture_bands, rings, segments)
-    t = build_template(rings, segments)
+    t = _template_from(d)
     t = Template(**{**{f.name: getattr(t, f.name) for f in fields(t)}, "vertices": d["vertices"]})
     drawn = t.faces[~hidden_faces(t)]
     f32 = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32, device=device)  # noqa: E731

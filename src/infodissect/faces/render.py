@@ -38,7 +38,7 @@ class Camera:
 
     resolution: int = 64
     antialias: int = 2
-    fov_deg: float = 14.0
+    fov_deg: float = 12.5
     distance: float = 11.0
     color: str = "rgb"
     detail: int = 0

@@ -93,15 +93,15 @@ def portrait_sheet(portraits: xr.Dataset, out: str | Path, count: int = 8) -> No
     ncol = min(n, 4)
     nrow = int(np.ceil(n / ncol))
     dpi = 100
-    side = res / dpi
-    fig, axes = plt.subplots(nrow, ncol, figsize=(ncol * (side + 0.15), nrow * (side + 0.45)), squeeze=False)
-    for k, ax in enumerate(axes.flat):
-        if k >= n:
-            ax.axis("off")
-            continue
+    side, gap, title = res / dpi, 0.15, 0.35  # inches: image, margin, title band above each image
+    width, height = ncol * (side + gap) + gap, nrow * (side + title) + 0.45
+    fig = plt.figure(figsize=(width, height))
+    for k in range(n):
+        r, c = divmod(k, ncol)
+        ax = fig.add_axes(((gap + c * (side + gap)) / width, 1 - (0.45 + (r + 1) * (side + title) - title) / height,
+                           side / width, side / height))
         _show(ax, portraits["image"].values[k])
-        ax.set_title(_identity_label(portraits, k), fontsize=7)
-    fig.suptitle(f"Portraits at {res} px", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 0.97))
+        ax.set_title(_identity_label(portraits, k), fontsize=7, pad=3)
+    fig.suptitle(f"Portraits at {res} px (one image pixel per figure pixel)", fontsize=10, y=1 - 0.12 / height)
     fig.savefig(out, dpi=dpi)
     plt.close(fig)
