@@ -25,7 +25,9 @@ from infodissect.faces.render import Camera, render
 
 
 def random_params(model, n: int, device: torch.device, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Random factor values for ``n`` faces."""
+    """Random factor values for ``n`` faces, over the wide ranges of the earlier demo (yaw +-45,
+    pitch +-20, roll +-15 deg, scale +-15%), at which the anchors were measured: a harder
+    workload than today's demo ranges (more of the head's side in view)."""
     g = torch.Generator().manual_seed(seed)
     u = lambda lo, hi: (torch.rand(n, generator=g) * (hi - lo) + lo)  # noqa: E731
     p = {

@@ -400,6 +400,7 @@ def _model_dir(root, name, task, test_accuracy, counts, heldout=None):
     (d / "accuracy_by_factor.csv").write_text("factor,level,low,high,n,accuracy\n" + rows + "yaw,bin0,-45,0,9,0.5\n")
     if heldout is not None:
         (d / "heldout.json").write_text(json.dumps(heldout))
+        return d, d / "heldout.json"
     return d
 
 
@@ -408,8 +409,8 @@ def test_factor_visibility_numbers_from_a_known_pixel_store(tmp_path):
 
     pixels = open_tree(_pixel_mi_store(tmp_path / "pixels.zarr"))["pixels"].to_dataset()
     models = [model_score(_model_dir(tmp_path, "identity_s0", "identity", 0.875, {"0": 30, "1": 10})),
-              model_score(_model_dir(tmp_path, "gender_s1", "gender", 1.0, {"female": 5, "male": 15},
-                                     {"accuracy": 0.6, "chance": 0.55, "n": 40, "set": "heldout"})),
+              model_score(*_model_dir(tmp_path, "gender_s1", "gender", 1.0, {"female": 5, "male": 15},
+                                      {"accuracy": 0.6, "chance": 0.55, "n": 40, "set": "heldout"})),
               model_score(_model_dir(tmp_path, "age_s2", "ethnicity", 0.7, {"A": 10, "B": 10, "C": 20}))]
     ds = factor_visibility(pixels, models)
     assert list(ds["factor"].values) == ["identity", "yaw", "expression"]
@@ -437,11 +438,23 @@ def test_visibility_command_writes_store_figure_and_the_report_shows_the_table(t
 
     pixels = _pixel_mi_store(tmp_path / "pixels.zarr")
     ident = _model_dir(tmp_path, "identity_s0", "identity", 0.875, {"0": 30, "1": 10})
-    gender = _model_dir(tmp_path, "gender_s1", "gender", 1.0, {"female": 5, "male": 15},
-                        {"accuracy": 0.6, "chance": 0.55, "n": 40, "set": "heldout", "identities": 4})
+    gender, gender_heldout = _model_dir(tmp_path, "gender_s1", "gender", 1.0, {"female": 5, "male": 15},
+                                        {"accuracy": 0.6, "chance": 0.55, "n": 40, "set": "heldout",
+                                         "identities": 4})
     out, fig = tmp_path / "visibility.zarr", tmp_path / "factor_visibility.png"
+    # Without --heldout a heldout.json in the directory (from an earlier run) is not scored.
+    stale = tmp_path / "stale.zarr"
     assert main(["analyses", "visibility", "--pixels", str(pixels), "--models", str(ident), str(gender),
-                 "--out", str(out), "--figure", str(fig)]) == 0
+                 "--out", str(stale), "--figure", str(tmp_path / "stale.png")]) == 0
+    from infodissect.analyses.visibility import TEST
+
+    assert list(xr.open_zarr(stale)["evaluated_on"].values) == [TEST, TEST]
+    np.testing.assert_allclose(xr.open_zarr(stale)["accuracy"].values, [0.875, 1.0])
+    assert main(["analyses", "visibility", "--pixels", str(pixels), "--models", str(ident), str(gender),
+                 "--heldout", str(gender_heldout), "--out", str(out), "--figure", str(fig)]) == 0
+    # A held-out file of a model not given is refused.
+    assert main(["analyses", "visibility", "--models", str(ident), "--heldout", str(gender_heldout),
+                 "--out", str(tmp_path / "v3.zarr"), "--figure", str(tmp_path / "v3.png")]) == 2
     ds = xr.open_zarr(out)
     assert float(ds["max_mi"].sel(factor="identity")) == pytest.approx(0.5) and ds.sizes["model"] == 2
     assert fig.stat().st_size > 10_000

@@ -72,7 +72,7 @@ def test_pipeline_runs_and_second_run_does_nothing(tmp_path):
     report = (res / "report.html").read_text()
     for kind in ("factors", "identities", "portraits"):  # the stimulus figures at the extra resolution
         assert (res / "figures" / f"stimuli_{kind}_48.png").stat().st_size > 5_000
-    assert report.count("<figure>") == 15 and "held-out accuracy" in report and "generalisation gap" in report
+    assert report.count("<figure>") == 15 and "test-set accuracy (training identities)" in report and "generalisation gap" in report
     assert "<h2>Factor visibility</h2>" in report and "max pixel MI (bits)" in report
     assert report.index("Factor visibility") < report.index("<h2>Model identity_s0</h2>")
     assert "accuracy on held-out identities" in report

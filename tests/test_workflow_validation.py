@@ -84,7 +84,8 @@ def test_demo_plans_heldout_evaluation_and_visibility_and_analyses_only_activati
         assert f"results/activations/{model}/" not in out
     assert "results/models/identity_s0/heldout.json" not in out
     assert ("infodissect analyses visibility --pixels results/mi/pixels/analysis.zarr --models "
-            "results/models/identity_s0 results/models/expression_s1 results/models/gender_s1") in out
+            "results/models/identity_s0 results/models/expression_s1 results/models/gender_s1 --heldout "
+            "results/models/expression_s1/heldout.json results/models/gender_s1/heldout.json") in out
     assert "results/logs/analyses/visibility.log" in out and "results/logs/train/evaluate_gender_s1.log" in out
     # The held-out set is a stimulus set like any other (design, render, gather).
     assert "results/stimuli/designs/heldout.zarr" in out and "results/stimuli/heldout.zarr" in out
@@ -107,3 +108,14 @@ def test_a_heldout_set_without_heldout_identities_stops_the_workflow_naming_the_
     output = result.stdout + result.stderr
     assert result.returncode != 0, output
     assert "stimuli.sets.heldout.pool: heldout needs held-out identities" in output, output
+
+
+def test_a_config_that_trains_no_model_plans_stimuli_only(tmp_path):
+    # activations.models keeps its default ([identity_s0]); with nothing trained, nothing is extracted.
+    result = snakemake("-n", "--forceall", "--directory", str(tmp_path), "--configfile",
+                       str(ROOT / "config" / "test.yaml"), "--config", "training={models: []}")
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-3000:]
+    counts = job_counts(out)
+    assert counts["stimuli_render"] > 0
+    assert not {"train_model", "activations_extract", "mi_layers", "analyses_profile"} & set(counts), counts

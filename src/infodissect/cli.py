@@ -232,7 +232,11 @@ def _analyses_visibility(a: argparse.Namespace) -> None:
             raise ValueError(f"{a.pixels}: no `{PIXELS}` group (is it a pixel MI store, "
                              "results/mi/pixels/{set}.zarr?)")
         pixels = tree[PIXELS].to_dataset()
-    ds = factor_visibility(pixels, [model_score(d) for d in a.models])
+    heldout = {Path(h).parent.name: h for h in a.heldout}
+    unknown = sorted(set(heldout) - {Path(d).name for d in a.models})
+    if unknown:
+        raise ValueError(f"--heldout: no --models directory for {', '.join(unknown)}")
+    ds = factor_visibility(pixels, [model_score(d, heldout.get(Path(d).name)) for d in a.models])
     with atomic_store(a.out) as tmp:
         write_zarr(ds, tmp)
     visibility_figure(ds, a.figure, title=a.title)
@@ -321,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     ev.add_argument("--out", required=True, help="output JSON (e.g. results/models/{model}/heldout.json)")
     ev.set_defaults(func=_train_evaluate)
-    tf = tsub.add_parser("figure", help="training curves and held-out accuracy by factor")
+    tf = tsub.add_parser("figure", help="training curves and test-set accuracy by factor")
     tf.add_argument("--metrics", required=True)
     tf.add_argument("--factors", required=True)
     tf.add_argument("--title", default="")
@@ -397,6 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
     vi.add_argument("--pixels", default=None,
                     help="pixel MI store (results/mi/pixels/{set}.zarr); omit if not measured")
     vi.add_argument("--models", nargs="*", default=[], help="trained models' directories (results/models/{model})")
+    vi.add_argument("--heldout", nargs="*", default=[],
+                    help="held-out evaluations (results/models/{model}/heldout.json) to score instead of the test set")
     vi.add_argument("--out", required=True, help="output store (factor, model)")
     vi.add_argument("--figure", required=True)
     vi.add_argument("--title", default="")

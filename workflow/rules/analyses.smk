@@ -103,12 +103,14 @@ rule analyses_visibility:
     params:
         pixels=lambda wildcards, input: f"--pixels {input.pixels}" if "pixels" in input.keys() else "",
         models=" ".join(f"results/models/{m}" for m in model_names()),
+        heldout=lambda wildcards, input: " ".join(input[k] for k in input.keys() if k.endswith("_heldout")),
     log:
         "results/logs/analyses/visibility.log",
     benchmark:
         "results/benchmarks/analyses/visibility.tsv"
     shell:
-        "infodissect analyses visibility {params.pixels} --models {params.models} --out {output.store}"
+        "infodissect analyses visibility {params.pixels} --models {params.models} --heldout {params.heldout}"
+        " --out {output.store}"
         " --figure {output.figure} > {log} 2>&1"
 
 

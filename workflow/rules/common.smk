@@ -102,8 +102,10 @@ def task_of(model):
 
 
 def analysed_models():
-    """The models whose activations, MI and analyses are run: activations.models, or every trained model."""
-    return list(config["activations"]["models"]) or model_names()
+    """The models whose activations, MI and analyses are run: activations.models, or every trained model;
+    none when the config trains none (activations.models is checked against training.models otherwise)."""
+    trained = model_names()
+    return [m for m in config["activations"]["models"] if m in trained] or trained
 
 
 def heldout_models():

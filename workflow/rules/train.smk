@@ -45,7 +45,7 @@ rule train_model:
 
 
 rule train_figure:
-    """Training curves and held-out accuracy by factor."""
+    """Training curves and test-set accuracy by factor."""
     input:
         metrics="results/models/{model}/metrics.csv",
         factors="results/models/{model}/accuracy_by_factor.csv",

@@ -8,8 +8,8 @@ factor:
   pixel positions whose MI passes the maximum-statistic permutation threshold, from
   the pixel MI store (``results/mi/pixels/{set}.zarr``, :mod:`.information`);
 - a classifier: the accuracy of every model the pipeline trained, on held-out
-  identities for a task other than identity (``heldout.json`` of
-  :mod:`infodissect.train.evaluate`), else on the test set (identity models: new
+  identities for a task other than identity (the ``heldout.json`` of
+  :mod:`infodissect.train.evaluate`, given explicitly), else on the test set (identity models: new
   images of the training identities), next to its chance level.
 
 :func:`factor_visibility` joins both into one labelled Dataset along ``factor`` and
@@ -65,12 +65,18 @@ def _majority_share(rows: pd.DataFrame, task: str) -> tuple[float, int]:
     return float(n.max() / n.sum()), int(n.sum())
 
 
-def model_score(model_dir: str | Path) -> ModelScore:
+def model_score(model_dir: str | Path, heldout: str | Path | None = None) -> ModelScore:
     """The :class:`ModelScore` of a trained model's directory (``results/models/{model}/``).
 
-    Reads ``config.json`` (task), ``metrics.csv`` (final test accuracy),
-    ``accuracy_by_factor.csv`` (test-set class counts) and, when present,
-    ``heldout.json`` (the held-out evaluation, preferred for every task but identity).
+    Parameters
+    ----------
+    model_dir
+        Holds ``config.json`` (task), ``metrics.csv`` (final test accuracy) and
+        ``accuracy_by_factor.csv`` (test-set class counts).
+    heldout
+        The model's held-out evaluation (``heldout.json``), scored instead of the test set;
+        ``None`` scores the test set, whatever the directory holds (a ``heldout.json`` left by
+        an earlier run with another config is not taken for a result).
     """
     d = Path(model_dir)
     try:
@@ -81,11 +87,13 @@ def model_score(model_dir: str | Path) -> ModelScore:
         raise VisibilityError(f"{d}: not a trained model's directory ({exc})") from exc
     task = str(config.get("spec", {}).get("task", d.name.rpartition("_s")[0]))
     test_accuracy = float(metrics["test_accuracy"].iloc[-1])
-    heldout = d / "heldout.json"
-    if task != "identity" and heldout.exists():
-        h = json.loads(heldout.read_text())
-        return ModelScore(d.name, task, float(h["accuracy"]), float(h["chance"]), int(h["n"]), HELDOUT,
-                          str(h["set"]), test_accuracy)
+    if heldout is not None:
+        try:
+            h = json.loads(Path(heldout).read_text())
+            return ModelScore(d.name, task, float(h["accuracy"]), float(h["chance"]), int(h["n"]), HELDOUT,
+                              str(h["set"]), test_accuracy)
+        except (OSError, ValueError, KeyError) as exc:
+            raise VisibilityError(f"{heldout}: not a held-out evaluation of {d.name} ({exc!r})") from exc
     chance, n = _majority_share(by_factor, task)
     test_set = Path(str(config.get("test_store", ""))).stem
     return ModelScore(d.name, task, test_accuracy, chance, n, TEST, test_set, test_accuracy)

@@ -106,8 +106,7 @@ def template_albedo(t: Template, mk: dict[str, np.ndarray]) -> np.ndarray:
     a[nostril] *= 0.35
     a[mk["scalp"] > 0] = HAIR_COLOUR
     # Lips' edges and the oral cavity.
-    g = t.grid("skin")
-    lower, floor, roof, upper = (g.start + r * g.segments + np.arange(g.segments) for r in t.mouth_rings)
+    lower, floor, roof, upper = t.mouth_ring_vertices()
     inside = mouth_profile(p[upper, 0]) * (p[upper, 2] > 0.5) > 0
     a[upper[inside]] = LIP_COLOUR * 0.45
     a[lower[inside]] = LIP_COLOUR * 0.5

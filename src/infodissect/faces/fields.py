@@ -78,8 +78,7 @@ def lip_split(t: Template, p: np.ndarray) -> np.ndarray:
     fade = np.exp(-((dy / 0.2) ** 2))
     upper_edge, lower_edge = 0.5 - 0.5 * prof, 0.5 + 0.5 * prof
     split = np.where(dy > 0, upper_edge * fade, 1.0 - (1.0 - lower_edge) * fade)
-    g = t.grid("skin")
-    lower, floor, roof, upper = (g.start + r * g.segments + np.arange(g.segments) for r in t.mouth_rings)
+    lower, floor, roof, upper = t.mouth_ring_vertices()
     for ring, edge in ((lower, lower_edge), (floor, lower_edge), (roof, upper_edge), (upper, upper_edge)):
         split[ring] = edge[ring]
     split[t.kind == UPPER_TEETH] = 0.0
@@ -199,8 +198,9 @@ def action_unit_fields(p: np.ndarray, split: np.ndarray, kind: np.ndarray) -> di
 
 
 def _action_units(p: np.ndarray, split: np.ndarray) -> dict[str, np.ndarray]:
+    """Displacement fields of each action unit at full intensity (see :func:`action_unit_fields`)."""
     m = mirror(p)
-    x, y, z = p[:, 0], p[:, 1], p[:, 2]
+    x, y = p[:, 0], p[:, 1]
     ec = EYE_CENTRE
     upper, lower = 1.0 - split, split
     prof = mouth_profile(x)
@@ -240,12 +240,12 @@ def _action_units(p: np.ndarray, split: np.ndarray) -> dict[str, np.ndarray]:
 
 def sex_fields(f: dict[str, np.ndarray], p: np.ndarray, kind: np.ndarray) -> np.ndarray:
     """The male-minus-female shape difference at gender_strength 1 (beyond the calibrated distances):
-    a heavier brow ridge, flatter cheeks, a squarer, more prominent chin, thinner lips and
-    broader shoulders."""
+    a heavier brow ridge, a more sloping forehead, flatter cheeks, a squarer, more prominent chin,
+    thinner lips and broader shoulders."""
     torso = (kind == TORSO).astype(float)
     shoulders = np.stack([0.12 * p[:, 0] * torso, 0.02 * torso, np.zeros(len(p))], -1)
     return (1.2 * f["brow_ridge"] - 0.8 * f["cheek_fullness"] + 1.2 * f["chin_protrusion"] + 1.0 * f["chin_width"]
-            - 0.8 * f["upper_lip"] - 0.8 * f["lower_lip"] + 0.8 * f["forehead_slope"] * -1 + shoulders)
+            - 0.8 * f["upper_lip"] - 0.8 * f["lower_lip"] - 0.8 * f["forehead_slope"] + shoulders)
 
 
 def age_fields(f: dict[str, np.ndarray], p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

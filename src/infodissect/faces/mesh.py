@@ -113,22 +113,26 @@ class Template:
         """(V,) bool: the skin grid."""
         return self.kind == SKIN
 
-    @property
-    def grid_shape(self) -> tuple[int, int]:
-        """(rings, segments) of the skin grid."""
-        g = self.grid("skin")
-        return g.rings, g.segments
-
     def grid(self, name: str) -> Grid:
+        """The grid called ``name`` (one of :data:`GRIDS`, ``left_eye``, ``right_eye``)."""
         return next(g for g in self.grids if g.name == name)
+
+    def ring(self, r: int, name: str = "skin") -> np.ndarray:
+        """(segments,) vertex indices of ring ``r`` of grid ``name``."""
+        g = self.grid(name)
+        return g.start + r * g.segments + np.arange(g.segments)
+
+    def mouth_ring_vertices(self) -> tuple[np.ndarray, ...]:
+        """Vertex indices of the four mouth rings: lower lip edge, cavity floor, cavity roof,
+        upper lip edge (see :func:`_skin`)."""
+        return tuple(self.ring(r) for r in self.mouth_rings)
 
     @property
     def mouth_line(self) -> np.ndarray:
         """(V,) bool: the lip-edge vertices of the open mouth (inside the mouth corners)."""
-        g = self.grid("skin")
         out = np.zeros(len(self.vertices), bool)
         for r in (self.mouth_rings[0], self.mouth_rings[3]):
-            idx = g.start + r * g.segments + np.arange(g.segments)
+            idx = self.ring(r)
             out[idx] = self.labels[idx] == PART["mouth"]
         return out
 
@@ -678,16 +682,29 @@ def hidden_faces(t: Template) -> np.ndarray:
     return neck | eye_back
 
 
-def mouth_ring(t: Template) -> int:
-    """Index of the skin ring of the upper lip's edge (where the lips meet)."""
-    return t.mouth_rings[3]
+def face_spacing(t: Template) -> float:
+    """Median edge length (decimetres) of the skin triangles of the inner face (brows, nose,
+    mouth): the vertex spacing at which the face's albedo is sampled."""
+    inner = [PART[n] for n in ("left_brow", "right_brow", "nose", "mouth")]
+    f = t.faces[np.all(t.kind[t.faces] == SKIN, 1)]
+    f = f[np.all(np.isin(t.labels[f], inner), 1)]
+    return float(np.median(np.linalg.norm(t.vertices[f] - t.vertices[np.roll(f, 1, 1)], axis=2)))
+
+
+def _mirrored_segments(segments: int, stride: int) -> list[int]:
+    """Every ``stride``-th segment counted out from the midline, with its mirror image
+    (segment s mirrors ``segments - 1 - s``; an odd count keeps its middle segment)."""
+    mid = (segments + 1) // 2
+    left = {s for s in range(mid) if (mid - 1 - s) % stride == 0}
+    return sorted(left | {segments - 1 - s for s in left})
 
 
 def grid_subset(t: Template, stride: int) -> tuple[np.ndarray, Template]:
     """A coarser template keeping every ``stride``-th ring and segment of each grid.
 
-    The skin keeps its four mouth rings, the eyeballs all their rings (pupil and iris
-    edges), the kept segments are mirror-symmetric about the face's midline, and the
+    The skin keeps its four mouth rings, the eyeballs all their rings and segments (pupil
+    and iris edges; an eye's grid is tilted, so a subset of it would not mirror the other
+    eye), the kept segments of the other grids are mirror-symmetric about the face's midline, and the
     teeth are kept whole, so a coarsened face keeps its mouth, its bilateral symmetry and
     its identity. Returns ``(index, template)``: ``index`` (V',) selects the kept vertices
     of ``t``.
@@ -707,9 +724,7 @@ def grid_subset(t: Template, stride: int) -> tuple[np.ndarray, Template]:
             keep_r = list(range(g.rings))
         else:
             keep_r = list(range(0, g.rings, stride))
-        half = g.segments // 2
-        keep_s = sorted([s for s in range(half) if (half - 1 - s) % stride == 0]
-                        + [s for s in range(half, g.segments) if (s - half) % stride == 0])
+        keep_s = list(range(g.segments)) if g.rigid else _mirrored_segments(g.segments, stride)
         sel = (g.start + np.asarray(keep_r)[:, None] * g.segments + np.asarray(keep_s)[None, :]).reshape(-1)
         sel = np.concatenate([sel, [g.start + g.rings * g.segments, g.start + g.rings * g.segments + 1]])
         nr, ns = len(keep_r), len(keep_s)

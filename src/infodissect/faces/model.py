@@ -21,6 +21,8 @@ import hashlib
 import json
 import os
 import tempfile
+import time
+import zipfile
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
@@ -34,12 +36,13 @@ from . import albedo as alb
 from .factors import ETHNICITIES, EXPRESSIONS, HAIR_STYLES
 from .fields import (EXPRESSION_AUS, action_unit_fields, age_fields, anatomical_fields, lip_split, random_fields,
                      sex_fields)
-from .mesh import (EYE_CENTRE, HAIR, LEFT_EYE, LOWER_TEETH, MOUTH_Y, PART_NAMES, RIGHT_EYE, SKIN, TORSO,
-                   UPPER_TEETH, Template, build_template, face_labels, grid_subset, hidden_faces)
+from .mesh import (EYE_CENTRE, HAIR, LEFT_EYE, LOWER_TEETH, PART_NAMES, RIGHT_EYE, SKIN, TORSO,
+                   UPPER_TEETH, Template, build_template, face_labels, face_spacing, grid_subset,
+                   hidden_faces)
 
 GENERATOR_VERSION = "2.0"  # 2.0: face model 2 (FACS expressions, sex dimorphism, hair styles, teeth, torso, norms)
 
-# Row layout of geometry_fixed / albedo_fixed (and of the fixed coefficients of render._coefficient_rows).
+# Row layout of geometry_fixed / albedo_fixed (and of :func:`.render.fixed_coefficients`).
 FIXED_ROWS: tuple[str, ...] = (
     ("male", "female") + tuple(f"ethnicity_{e}" for e in ETHNICITIES) + ("age_linear", "age_sag")
     + tuple(f"hair_{h}" for h in HAIR_STYLES) + tuple(f"expression_{e}" for e in EXPRESSIONS)
@@ -139,7 +142,8 @@ class FaceModel:
         Identities, factors and labels are the template's own, subsampled, so a face
         keeps its identity at every level of detail (see :func:`mesh.grid_subset`). Texture
         bands too fine for the coarser vertex spacing (wavelengths under two vertex
-        spacings) are left out, as a mipmap filters them.
+        spacings of the inner face, :func:`mesh.face_spacing`) are left out, as a mipmap
+        filters them.
         """
         if stride == 1:
             return self
@@ -153,7 +157,8 @@ class FaceModel:
         def rows(a: torch.Tensor) -> torch.Tensor:
             return a.view(a.shape[0], -1, 3).index_select(1, idx).reshape(a.shape[0], -1)
 
-        keep = torch.nonzero(texture_band_wavelength(self.texture_band) >= 2 * GRID_SPACING * stride).flatten()
+        nyquist = 2 * face_spacing(sub)  # shortest wavelength the coarser vertex sampling carries
+        keep = torch.nonzero(texture_band_wavelength(self.texture_band) >= nyquist).flatten()
         if len(keep) == 0:
             keep = torch.nonzero(self.texture_band == 0).flatten()
         return FaceModel(
@@ -170,9 +175,6 @@ class FaceModel:
         )
 
 
-GRID_SPACING = 0.013  # skin-grid vertex spacing on the face at stride 1 (decimetres)
-
-
 def texture_band_wavelength(band: torch.Tensor) -> torch.Tensor:
     """Shortest wavelength (decimetres) of the texture fields of each band (see
     :func:`.albedo.identity_texture_fields`)."""
@@ -187,8 +189,7 @@ def anchors(t: Template) -> np.ndarray:
     a = t.vertices.copy()
     for kind, side in ((LEFT_EYE, 1.0), (RIGHT_EYE, -1.0)):
         a[t.kind == kind] = EYE_CENTRE * [side, 1, 1]
-    g = t.grid("skin")
-    lower, floor, roof, upper = (g.start + r * g.segments + np.arange(g.segments) for r in t.mouth_rings)
+    lower, floor, roof, upper = t.mouth_ring_vertices()
     centre = upper[np.argmax(t.vertices[upper, 2])]  # where the lips meet on the midline
     a[t.kind == UPPER_TEETH] = t.vertices[centre] + [0.0, 0.01, 0.0]
     a[t.kind == LOWER_TEETH] = t.vertices[centre] + [0.0, -0.01, 0.0]
@@ -426,31 +427,52 @@ def _build_cached(seed: int, shape_components: int, texture_components: int, tex
     path = cache_dir() / f"model-{hashlib.sha256(key.encode()).hexdigest()[:20]}.npz"
     try:
         with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except (OSError, ValueError, KeyError, EOFError):
-        pass
+            out = {k: z[k] for k in z.files}
+        os.utime(path)  # most recently used: the last to be pruned
+        return out
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        pass  # absent, or unreadable (a truncated file): built again and replaced
     out = _build(seed, shape_components, texture_components, texture_bands, rings, segments)
     out.update(_template_arrays(build_template(rings, segments)))
     # Bases and rows are float32 in the model: stored so, at half the size.
     rows = ("shape_basis", "texture_basis", "geometry_fixed", "albedo_fixed", "au_geometry", "au_albedo")
     out = {k: (v.astype(np.float32) if k in rows else v) for k, v in out.items()}
+    _store(path, out)
+    return out
+
+
+def _store(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write ``arrays`` to ``path`` atomically (a temporary file renamed into place, removed
+    if anything fails) and prune the cache; a read-only or full cache is not an error."""
+    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.partial")
         with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **out)
+            np.savez(fh, **arrays)
         os.replace(tmp, path)
+        tmp = None
         _prune(path.parent, keep=8)
-    except OSError:  # a read-only or full cache is not an error: the model was built
+    except OSError:
         pass
-    return out
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
 
 
-def _prune(folder: Path, keep: int) -> None:
-    """Delete all but the ``keep`` most recently used cached models."""
+def _prune(folder: Path, keep: int, stale_s: float = 3600.0) -> None:
+    """Delete all but the ``keep`` most recently used cached models, and temporary files
+    left by killed writers (older than ``stale_s`` seconds)."""
     files = sorted(folder.glob("model-*.npz"), key=lambda f: f.stat().st_mtime, reverse=True)
     for f in files[keep:]:
         f.unlink(missing_ok=True)
+    now = time.time()
+    for f in folder.glob("*.npz.partial"):
+        try:
+            if now - f.stat().st_mtime > stale_s:
+                f.unlink(missing_ok=True)
+        except OSError:
+            pass
 
 
 _GRID_FIELDS = ("start", "rings", "segments", "cx", "cy", "cz", "rigid")

@@ -7,7 +7,8 @@ The arithmetic is that of :func:`.raster.rasterize` step for step in float32 (sa
 sample centres, edge functions, inside tolerance, quantised depth keys and index
 tie-break), so both backends give the same fragments; the tests check it.
 
-:func:`render_samples` fuses rasterization with the resolve of :func:`.render.render`
+:func:`render_images` fuses, per image, the vertex stage of :func:`.render.shade_and_project`
+(normals, shading, projection), rasterization and the resolve of :func:`.render.render`
 (barycentric colour, background, grey, box-filter downsampling, part-label mode), so
 no per-sample tensor is ever built.
 """

@@ -1,4 +1,4 @@
-"""Training figure: loss and accuracy per epoch, and held-out accuracy by factor level or bin."""
+"""Training figure: loss and accuracy per epoch, and test-set accuracy by factor level or bin."""
 
 from __future__ import annotations
 
@@ -20,12 +20,12 @@ def training_figure(metrics: str | Path, factors: str | Path, out: str | Path, t
     grid = fig.add_gridspec(1, 3, width_ratios=[1, 1, 2])
     ax = fig.add_subplot(grid[0])
     ax.plot(m["epoch"], m["train_loss"], "o-", label="train")
-    ax.plot(m["epoch"], m["test_loss"], "s-", label="held-out")
+    ax.plot(m["epoch"], m["test_loss"], "s-", label="test set")
     ax.set(xlabel="epoch", ylabel="cross-entropy loss (nats)", title="loss")
     ax.legend()
     ax = fig.add_subplot(grid[1])
     ax.plot(m["epoch"], 100 * m["train_accuracy"], "o-", label="train")
-    ax.plot(m["epoch"], 100 * m["test_accuracy"], "s-", label="held-out")
+    ax.plot(m["epoch"], 100 * m["test_accuracy"], "s-", label="test set")
     ax.set(xlabel="epoch", ylabel="accuracy (%)", ylim=(0, 101), title="accuracy")
     ax.legend()
     ax = fig.add_subplot(grid[2])
@@ -37,8 +37,8 @@ def training_figure(metrics: str | Path, factors: str | Path, out: str | Path, t
         labels.append(name)
         x += len(sub) + 1
     ax.set_xticks(ticks, labels, rotation=60, ha="right", fontsize=7)
-    ax.set(ylabel="held-out accuracy (%)", ylim=(0, 101),
-           title="held-out accuracy by factor (bars: levels, or quantile bins low to high)")
+    ax.set(ylabel="test-set accuracy (%)", ylim=(0, 101),
+           title="test-set accuracy by factor (bars: levels, or quantile bins low to high)")
     fig.suptitle(title or "training")
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
