@@ -174,7 +174,7 @@ def _error(config: dict) -> str:
         (lambda c: c["training"].update(test_set="heldout"),
          "training.test_set: 'heldout' draws from the held-out identities (pool: heldout), which identity models"),
         (lambda c: c["activations"].update(models=["gender_s3"]),
-         "activations.models[0]: 'gender_s3' is not among training.models (identity_s0, expression_s1, gender_s1)"),
+         "activations.models[0]: 'gender_s3' is not among training.models (identity_s0, gender_s1)"),
         (lambda c: c["activations"].update(models=["Gender"]), "activations.models[0]: 'Gender' does not match"),
         (
             lambda c: c["stimuli"]["sets"].update(Bad={"design": "portraits"}),

@@ -518,3 +518,19 @@ def test_hair_and_torso_follow_the_head(model):
     base, _ = face_geometry(model, {**p, "shape_coeff": torch.zeros_like(p["shape_coeff"])})
     moved = (verts[0] - base[0]).norm(dim=1)
     assert float(moved[hair].max()) > 0.005  # the hair moves with the skull under it
+
+
+def test_hair_greys_towards_grey_without_a_tint(model):
+    # Every step of greying moves each hair vertex's colour straight towards grey: its chroma
+    # (largest minus smallest channel) never grows with age, whatever the identity's hair colour.
+    n = 24
+    hair = torch.as_tensor(model.template.kind == HAIR)
+    chroma = []
+    for age in (20.0, 45.0, 52.0, 60.0, 70.0):
+        _, albedo = face_geometry(model, params(model, n, seed=3, age=torch.full((n,), age),
+                                                ethnicity=torch.arange(n) % 3))
+        a = albedo[:, hair]
+        chroma.append(a.max(-1).values - a.min(-1).values)
+    for young, old in zip(chroma, chroma[1:]):
+        assert (old <= young + 1e-5).all()
+    assert (chroma[-1] < chroma[0]).float().mean() > 0.5

@@ -73,19 +73,19 @@ def test_demo_plans_heldout_evaluation_and_visibility_and_analyses_only_activati
     out = result.stdout + result.stderr
     assert result.returncode == 0, out
     counts = job_counts(out)
-    # Three models trained, the two that are not identity models evaluated on the held-out identities,
+    # Two models trained, the one that is not an identity model evaluated on the held-out identities,
     # only identity_s0 (activations.models) extracted and analysed.
-    assert counts["train_model"] == 3 and counts["train_evaluate"] == 2 and counts["train_figure"] == 3
+    assert counts["train_model"] == 2 and counts["train_evaluate"] == 1 and counts["train_figure"] == 2
     assert counts["activations_extract"] == 3 and counts["mi_layers"] == 1 and counts["analyses_profile"] == 1
     assert counts["analyses_visibility"] == 1 and counts["mi_pixels"] == 1
-    for model in ("expression_s1", "gender_s1"):
+    for model in ("gender_s1",):
         assert (f"infodissect train evaluate --model results/models/{model}/model.pt --stimuli "
                 f"results/stimuli/heldout.zarr --train results/stimuli/designs/train.zarr") in out
         assert f"results/activations/{model}/" not in out
     assert "results/models/identity_s0/heldout.json" not in out
     assert ("infodissect analyses visibility --pixels results/mi/pixels/analysis.zarr --models "
-            "results/models/identity_s0 results/models/expression_s1 results/models/gender_s1 --heldout "
-            "results/models/expression_s1/heldout.json results/models/gender_s1/heldout.json") in out
+            "results/models/identity_s0 results/models/gender_s1 --heldout "
+            "results/models/gender_s1/heldout.json") in out
     assert "results/logs/analyses/visibility.log" in out and "results/logs/train/evaluate_gender_s1.log" in out
     # The held-out set is a stimulus set like any other (design, render, gather).
     assert "results/stimuli/designs/heldout.zarr" in out and "results/stimuli/heldout.zarr" in out
@@ -93,7 +93,7 @@ def test_demo_plans_heldout_evaluation_and_visibility_and_analyses_only_activati
     every = snakemake("-n", "--forceall", "--directory", str(tmp_path), "--configfile",
                       str(ROOT / "config" / "config.yaml"), "--config", "activations={models: []}")
     assert every.returncode == 0, every.stderr[-2000:]
-    assert job_counts(every.stdout)["activations_extract"] == 9
+    assert job_counts(every.stdout)["activations_extract"] == 6
 
 
 def test_heldout_evaluation_of_an_identity_model_is_refused_before_any_job():

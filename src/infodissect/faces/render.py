@@ -109,7 +109,8 @@ def face_geometry(model: FaceModel, p: dict[str, torch.Tensor]) -> tuple[torch.T
     verts, albedo = verts.view(-1, nv, 3), albedo.view(-1, nv, 3)
     grey = ((p["age"].to(dt) - 40.0) / 35.0).clamp(0.0, 1.0)
     hair = model.hair_index  # greying acts on hair, scalp and brows
-    grey_hair = albedo.index_select(1, hair)
+    # Clamped first: a hair colour outside [0, 1] (a dark identity's texture) would grey through a tint.
+    grey_hair = albedo.index_select(1, hair).clamp_(0.02, 1.0)
     grey_hair = grey_hair + (grey[:, None] * model.hair.index_select(0, hair))[..., None] * (GREY_HAIR - grey_hair)
     albedo.index_copy_(1, hair, grey_hair)
     return verts, albedo.clamp_(0.02, 1.0)

@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
+from matplotlib import patheffects  # noqa: E402
 
 _FLOOR = 1e-3  # bits: smaller MI (and bias-corrected values below 0) are drawn at this floor of the log axis
 _COLOURS = {"held-out": "tab:green", "test": "tab:olive"}
@@ -71,9 +72,13 @@ def visibility_figure(ds: xr.Dataset, out: str | Path, title: str = "") -> None:
                 ax_acc.plot(test, yy, marker="D", markersize=6, color="black", markeredgecolor="white", zorder=4)
                 label += f"; test set {test:.0f}%"
                 right = max(right, test + 2.5)
-            inside = right > 55  # the label right of the marks if it fits, else inside the bar, clear of chance
+            width = 0.95 * len(label)  # about 1% of the axis per character at fontsize 8
+            inside = right + width > 100  # right of the marks if it fits, else over the bar, clear of chance
             x = (chance + 1.5 if chance < 35 else 2) if inside else right
-            ax_acc.text(x, yy, label, va="center", fontsize=8, color="white" if inside else "black")
+            # White with a dark outline: readable over the bar and past its end.
+            effects = [patheffects.withStroke(linewidth=2.2, foreground="0.15")] if inside else None
+            ax_acc.text(x, yy, label, va="center", fontsize=8, color="white" if inside else "black",
+                        path_effects=effects)
     if not models:
         ax_acc.text(0.5, 0.5, "no trained models", ha="center", va="center", transform=ax_acc.transAxes)
     fig.legend(handles=[Patch(color=_COLOURS["held-out"], label="classifier accuracy on held-out identities"),
