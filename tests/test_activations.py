@@ -153,6 +153,7 @@ def test_mismatches_fail_with_clear_errors(tmp_path):
     assert not (tmp_path / "a.zarr").exists() and not (tmp_path / "a.zarr.partial").exists()
 
 
+@pytest.mark.slow
 def test_extraction_memory_is_bounded_by_the_batch_not_the_set(tmp_path):
     """A set whose activations are several times the bound extracts within it."""
     n = 6144

@@ -209,6 +209,7 @@ def test_pvalues_count_the_null_maxima():
     np.testing.assert_allclose(p, [[2 / 4, 4 / 4], [4 / 4, 2 / 4]])
 
 
+@pytest.mark.slow
 def test_out_of_core_store_stays_under_a_memory_bound(tmp_path):
     """A Zarr store several times the memory bound streams through chunk by chunk."""
     store = tmp_path / "acts.zarr"

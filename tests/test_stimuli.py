@@ -73,6 +73,22 @@ def test_morphs_interpolate_and_amplify(config):
     assert not np.allclose(base.shape_coeff.values, target.shape_coeff.values)
 
 
+def test_morph_partners_share_sex_ethnicity_and_hair_style():
+    from infodissect.stimuli.design import identity_pool, morph_partners
+
+    demo = validate_config({})
+    ds = build_design("morphs", stage_spec(demo, "morphs"))
+    pool = identity_pool(demo["seed"], demo["stimuli"]["identities"], demo["stimuli"])
+    for name in ("gender", "ethnicity", "hair_style"):
+        target = pool[name][ds["morph_target"].values.astype(int)]
+        assert np.array_equal(target, ds[name].values.astype(object)), name
+    assert (ds["morph_target"].values != ds["identity"].values).all()
+    # Without a full match, the closest: here only identity 1 is female.
+    tiny = {"identity": np.arange(3), "gender": np.array(["male", "female", "male"], dtype=object),
+            "ethnicity": np.array(["A", "B", "C"], dtype=object), "hair_style": np.array(["short"] * 3, dtype=object)}
+    assert list(morph_partners(tiny, 0)) == [2] and list(morph_partners(tiny, 1)) == [0, 2]
+
+
 def test_same_seed_same_bits_whatever_the_sharding(config, tmp_path):
     spec_render = {"generator": config["stimuli"]["generator"], "render": dict(config["stimuli"]["render"])}
     design = write_design(config, "analysis", tmp_path / "analysis.design.zarr")

@@ -195,6 +195,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_nodes_meeting_at_a_rendezvous_train_what_one_process_trains(tmp_path):
     """The multi-node path for real: two launchers (one per 'node', here both on localhost) whose
     torchruns join one c10d rendezvous, one Gloo process each. They train what two processes of one

@@ -186,6 +186,24 @@ def _portraits(spec, pool, factors, rng, n_id):
     return _table(np.sort(ids) if count <= n_id else ids, pool, [], factors, rng), {}
 
 
+MORPH_MATCHED: tuple[str, ...] = ("gender", "ethnicity", "hair_style")
+
+
+def morph_partners(pool: dict[str, np.ndarray], a: int) -> np.ndarray:
+    """Pool positions an identity ``a`` may be morphed towards: those sharing its categorical
+    intrinsic factors (:data:`MORPH_MATCHED`), since a morph moves only the shape and texture
+    codes and keeps A's sex, ethnicity, hair style and age; fewer matched factors (the last
+    dropped first) where no identity shares them all."""
+    others = np.arange(len(pool["identity"])) != a
+    for k in range(len(MORPH_MATCHED), -1, -1):
+        match = others.copy()
+        for name in MORPH_MATCHED[:k]:
+            match &= pool[name] == pool[name][a]
+        if match.any():
+            return np.flatnonzero(match)
+    raise ValueError("a morph design needs at least 2 identities (stimuli.identities)")
+
+
 def _morph(spec, pool, factors, rng, n_id):
     if n_id < 2:
         raise ValueError("a morph design needs at least 2 identities (stimuli.identities)")
@@ -193,7 +211,8 @@ def _morph(spec, pool, factors, rng, n_id):
     levels = [float(x) for x in spec["levels"]]
     src, dst, kinds, lev = [], [], [], []
     for _ in range(int(spec["pairs"])):
-        a, b = rng.choice(n_id, size=2, replace=False)
+        a = int(rng.integers(n_id))
+        b = int(rng.choice(morph_partners(pool, a)))
         for t in types:
             for level in levels:
                 src.append(a)
