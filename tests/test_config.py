@@ -57,7 +57,7 @@ def test_defaults_are_filled():
     # every factor but identity gets its default entry
     assert set(stimuli["factors"]) == set(FACTORS) - {"identity"}
     assert stimuli["factors"]["yaw"] == {
-        "min": -16.0, "max": 16.0, "neutral": 0.0, "distribution": "uniform",
+        "min": -12.0, "max": 12.0, "neutral": 0.0, "distribution": "uniform",
     }
     sets = stimuli["sets"]
     assert sets["sweeps"]["identities"] == 1
@@ -76,7 +76,7 @@ def test_empty_config_is_the_demo(demo):
 def test_partial_factor_entry_keeps_other_defaults():
     config = validate_config({"stimuli": {"factors": {"yaw": {"min": -10, "max": 10, "neutral": 0}}}})
     assert config["stimuli"]["factors"]["yaw"]["max"] == 10
-    assert config["stimuli"]["factors"]["pitch"]["max"] == 7.0
+    assert config["stimuli"]["factors"]["pitch"]["max"] == 5.0
 
 
 def test_numeric_strings_from_snakemake_config_are_numbers():
