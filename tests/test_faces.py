@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from infodissect.faces.factors import EXPRESSIONS, GENDERS, HAIR_STYLES
-from infodissect.faces.mesh import (HAIR, LOWER_TEETH, PART, PART_NAMES, SKIN, TORSO, UPPER_TEETH, build_template,
+from infodissect.faces.mesh import (EYES, HAIR, LOWER_TEETH, PART, PART_NAMES, SKIN, TORSO, UPPER_TEETH, build_template,
                                     orientation_ok)
 from infodissect.faces.model import NORMS, build_face_model, distances, landmark_pairs
 from infodissect.faces.render import Camera, face_geometry, render
@@ -98,7 +98,7 @@ def _closed(faces: np.ndarray) -> bool:
 def test_template_parts_are_closed_star_shaped_and_labelled():
     t = build_template(RINGS, SEGMENTS)
     assert len(t.vertices) >= 15_000
-    for kind in (SKIN, TORSO, 1, 2):  # skin, torso and eyeballs are closed surfaces
+    for kind in (SKIN, TORSO, *EYES):  # skin, torso and eyeballs are closed surfaces
         f = t.faces[np.all(t.kind[t.faces] == kind, 1)]
         assert _closed(f), f"component {kind} is not closed"
     skin = _skin_faces(t)

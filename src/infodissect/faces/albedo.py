@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .fields import bump, mouth_profile
-from .mesh import (EYE_CENTRE, FISSURE, HAIR, IRIS_DEG, LOWER_TEETH, MOUTH_Y, PART, PUPIL_DEG, SKIN, TORSO,
+from .mesh import (EYE_CENTRE, EYES, FISSURE, HAIR, IRIS_DEG, LOWER_TEETH, MOUTH_Y, PART, PUPIL_DEG, SKIN, TORSO,
                    UPPER_TEETH, Template, brow_density, fissure_heights, mirror, part_distances)
 
 SKIN_TONE = np.array([0.88, 0.70, 0.60])  # the template's (ethnicity A) skin
@@ -81,7 +81,7 @@ def masks(t: Template, anchors: np.ndarray) -> dict[str, np.ndarray]:
         "scalp": (skin & (lab == PART["hair"])).astype(float),
         "ears": (skin & (lab == PART["ears"])).astype(float),
         "hair": (t.kind == HAIR).astype(float),
-        "iris": ((t.eye_angle <= IRIS_DEG) & np.isin(t.kind, (1, 2))).astype(float),
+        "iris": ((t.eye_angle <= IRIS_DEG) & np.isin(t.kind, EYES)).astype(float),
         "forehead": bump(p, (0, 0.55, 0.68), (0.45, 0.18, 0.3)) * face_skin,
     }
 
@@ -113,7 +113,7 @@ def template_albedo(t: Template, mk: dict[str, np.ndarray]) -> np.ndarray:
     a[roof[inside]] = [0.16, 0.05, 0.05]
     a[floor[inside]] = [0.36, 0.13, 0.13]
     # Eyes: off-white sclera, a radially streaked iris with a dark limbal ring, the pupil.
-    eye = np.isin(t.kind, (1, 2))
+    eye = np.isin(t.kind, EYES)
     ang = t.eye_angle
     beta = np.arctan2(t.directions[:, 1], t.directions[:, 0])
     a[eye] = [0.84, 0.81, 0.77]
@@ -145,7 +145,7 @@ def specular_strength(t: Template, mk: dict[str, np.ndarray]) -> np.ndarray:
     """Per-vertex strength of the specular highlight (skin sheen, wet lips and eyes, hair, matte cloth)."""
     s = np.full(len(t.vertices), 0.16)
     s += 0.1 * mk["lips"] + 0.05 * mk["nose_tip"] + 0.04 * mk["forehead"]
-    s[np.isin(t.kind, (1, 2))] = 0.75
+    s[np.isin(t.kind, EYES)] = 0.75
     s[np.isin(t.kind, (UPPER_TEETH, LOWER_TEETH))] = 0.25
     s[t.kind == HAIR] = 0.22
     s[mk["scalp"] > 0] = 0.1

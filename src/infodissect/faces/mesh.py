@@ -47,6 +47,7 @@ PART = {name: i for i, name in enumerate(PART_NAMES)}
 # Mesh components (Template.kind).
 SKIN, LEFT_EYE, RIGHT_EYE, UPPER_TEETH, LOWER_TEETH, HAIR, TORSO = range(7)
 GRIDS = ("skin", "hair", "torso")
+EYES = (LEFT_EYE, RIGHT_EYE)  # the eyeball components
 
 # Anatomical landmarks of the template (the androgynous mean face; decimetres).
 EYE_CENTRE = np.array([0.315, 0.10, 0.64])
