@@ -249,14 +249,18 @@ def fragments(screen: torch.Tensor, faces: torch.Tensor, height: int, width: int
     return torch.from_numpy(face), torch.from_numpy(bary).to(screen.dtype)
 
 
-def _used(model) -> np.ndarray:
-    """(V,) bool: the vertices some face of ``model`` uses (cached on the model)."""
-    def make() -> np.ndarray:
+def _mesh_arrays(model) -> tuple[np.ndarray, ...]:
+    """The model's constant mesh arrays as the compiled pass takes them (cached on the model):
+    neighbours (missing ones as 0), rigid (vertices without neighbours), used (vertices some
+    face uses), template normals, specular, faces and face labels."""
+    def make() -> tuple[np.ndarray, ...]:
         used = np.zeros(model.n_vertices, bool)
         used[model.faces.cpu().numpy().reshape(-1)] = True
-        return used
+        return (_np(model.neighbours.clamp(min=0), torch.int64), _np(model.neighbours[:, 0] < 0, torch.bool), used,
+                _np(model.normals_template, torch.float32), _np(model.specular, torch.float32),
+                _np(model.faces, torch.int64), _np(model.face_labels, torch.int64))
 
-    return model._cached("used_vertices", make)
+    return model._cached("cpu_mesh_arrays", make)
 
 
 def render_images(model, verts: torch.Tensor, albedo: torch.Tensor, ps, camera, n_labels: int
@@ -271,12 +275,11 @@ def render_images(model, verts: torch.Tensor, albedo: torch.Tensor, ps, camera, 
     match_numba_threads()
     f32 = np.float32
     focal, size, near, far = camera.constants()
+    neighbours, rigid, used, normals_template, specular, faces, face_labels = _mesh_arrays(model)
     return tuple(torch.from_numpy(a) for a in _render(
-        _np(verts, torch.float32), _np(albedo, torch.float32), _np(model.neighbours.clamp(min=0), torch.int64),
-        _np(model.neighbours[:, 0] < 0, torch.bool), _used(model),
-        _np(model.normals_template, torch.float32), _np(model.specular, torch.float32), _np(ps.rot, torch.float32),
-        _np(ps.scale, torch.float32), _np(ps.shift, torch.float32), _np(ps.light, torch.float32),
-        _np(ps.ambient, torch.float32), _np(ps.background, torch.float32), _np(model.faces, torch.int64),
-        _np(model.face_labels, torch.int64), f32(PIVOT_Y), f32(camera.distance), f32(focal), f32(size), f32(near),
+        _np(verts, torch.float32), _np(albedo, torch.float32), neighbours, rigid, used, normals_template, specular,
+        _np(ps.rot, torch.float32), _np(ps.scale, torch.float32), _np(ps.shift, torch.float32),
+        _np(ps.light, torch.float32), _np(ps.ambient, torch.float32), _np(ps.background, torch.float32), faces,
+        face_labels, f32(PIVOT_Y), f32(camera.distance), f32(focal), f32(size), f32(near),
         f32(far - near), f32(WRAP), f32(1.0 + WRAP), camera.resolution, camera.antialias, camera.color == "gray", n_labels,
         max(1, min(nb.get_num_threads(), verts.shape[0]))))
