@@ -16,7 +16,8 @@ import xarray as xr
 from infodissect.faces.model import GENERATOR_VERSION
 from infodissect.nets import READOUT_LAYERS, build_model, readout_modules
 from infodissect.train.data import DataError, StoreBatches, task_labels
-from infodissect.train.loop import TrainSpec, parse_model_name
+from infodissect.config import parse_model_name
+from infodissect.train.loop import TrainSpec
 
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
 

@@ -35,6 +35,7 @@ __all__ = [
     "load_schema",
     "validate_config",
     "load_config",
+    "parse_model_name",
 ]
 
 SET_NAME = re.compile(r"[a-z][a-z0-9_]*")
@@ -142,6 +143,14 @@ def _numbers_from_strings(value: Any) -> Any:
         if _NUMBER.fullmatch(text):
             return float(text)
     return value
+
+
+def parse_model_name(name: str) -> tuple[str, int]:
+    """``identity_s0`` -> (``identity``, 0)."""
+    task, sep, seed = name.rpartition("_s")
+    if not sep or not task or not seed.isdigit():
+        raise ValueError(f"model name {name!r} is not '<task>_s<seed>' (e.g. identity_s0)")
+    return task, int(seed)
 
 
 def _semantic_errors(config: dict) -> Iterator[str]:
@@ -279,7 +288,7 @@ def _training_errors(config: dict) -> Iterator[str]:
     if training["train_set"] in sets and sets[training["train_set"]].get("pool", "train") == "heldout":
         yield (f"training.train_set: {training['train_set']!r} draws from the held-out identities (pool: heldout); "
                "train on a set of the training pool")
-    identity_models = [m for m in training["models"] if m.rpartition("_s")[0] == "identity"]
+    identity_models = [m for m in training["models"] if parse_model_name(m)[0] == "identity"]
     if identity_models and training["test_set"] in sets and sets[training["test_set"]].get("pool") == "heldout":
         yield (f"training.test_set: {training['test_set']!r} draws from the held-out identities (pool: heldout), "
                f"which identity models ({', '.join(identity_models)}) have no classes for; test on a set of the "
@@ -292,7 +301,7 @@ def _training_errors(config: dict) -> Iterator[str]:
                "a set with pool: heldout (or '' for none)")
     categorical = [n for n, f in FACTORS.items() if f.kind != "continuous"]
     for i, model in enumerate(training["models"]):
-        task = model.rpartition("_s")[0]
+        task = parse_model_name(model)[0]
         if task not in categorical:
             yield (f"training.models[{i}]: task {task!r} of {model!r} is not a categorical factor "
                    f"(one of {', '.join(categorical)})")

@@ -98,7 +98,9 @@ def model_names():
 
 def task_of(model):
     """The task of a model name ('gender_s1' -> 'gender')."""
-    return model.rpartition("_s")[0]
+    from infodissect.config import parse_model_name
+
+    return parse_model_name(model)[0]
 
 
 def analysed_models():
@@ -131,7 +133,7 @@ def heldout_input(wildcards):
 
 def train_spec(model):
     """JSON (sorted keys) of a model's training spec: its task and seed from the name, the rest from config."""
-    from infodissect.train.loop import parse_model_name
+    from infodissect.config import parse_model_name
 
     task, seed = parse_model_name(model)
     t = config["training"]

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from ..config import parse_model_name
 from ..faces.factors import FACTORS
 
 HELDOUT = "held-out identities"
@@ -85,7 +86,7 @@ def model_score(model_dir: str | Path, heldout: str | Path | None = None) -> Mod
         by_factor = pd.read_csv(d / "accuracy_by_factor.csv")
     except (OSError, ValueError) as exc:
         raise VisibilityError(f"{d}: not a trained model's directory ({exc})") from exc
-    task = str(config.get("spec", {}).get("task", d.name.rpartition("_s")[0]))
+    task = str(config.get("spec", {}).get("task") or parse_model_name(d.name)[0])
     test_accuracy = float(metrics["test_accuracy"].iloc[-1])
     if heldout is not None:
         try:

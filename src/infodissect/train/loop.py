@@ -65,14 +65,6 @@ class TrainSpec:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def parse_model_name(name: str) -> tuple[str, int]:
-    """``identity_s0`` -> (``identity``, 0)."""
-    task, sep, seed = name.rpartition("_s")
-    if not sep or not task or not seed.isdigit():
-        raise ValueError(f"model name {name!r} is not '<task>_s<seed>' (e.g. identity_s0)")
-    return task, int(seed)
-
-
 # --------------------------------------------------------------------------- distributed
 
 
