@@ -23,8 +23,7 @@ from infodissect.analyses.information import dask_scheduler, factor_table, layer
 from infodissect.config import load_config
 from infodissect.faces.model import model_from_config
 from infodissect.stimuli.design import build_design
-from infodissect.stimuli.store import camera_from_config, design_params
-from infodissect.faces.render import render
+from infodissect.stimuli.store import camera_from_config, render_design
 
 BASE = {"yaw": 45.0, "pitch": 20.0, "roll": 15.0, "scale": 0.15, "shift_x": 0.08, "shift_y": 0.08}
 
@@ -41,11 +40,7 @@ def pixel_visibility(cfg: dict, scale: float, samples: int, perms: int) -> dict[
             "set": dict(st["sets"]["analysis"], samples=samples)}
     design = build_design("analysis", spec)
     model, camera = model_from_config(st["generator"]), camera_from_config(st["render"])
-    images = []
-    with torch.inference_mode():
-        for lo in range(0, samples, 128):
-            img, _ = render(model, design_params(design.isel(sample=slice(lo, lo + 128)).load()), camera)
-            images.append(img.numpy())
+    images = [img for _, img, _ in render_design(model, design.load(), camera, 128)]
     ds = design.assign(image=(("sample", "y", "x", "channel"), np.concatenate(images)))
     with dask_scheduler("synchronous"):
         res = layer_information(pixel_array(ds), factor_table(ds), n_perm=perms).compute()

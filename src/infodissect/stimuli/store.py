@@ -159,12 +159,18 @@ def _shard_bounds(n: int, shard: int, shard_size: int) -> slice:
     return slice(lo, min(lo + shard_size, n))
 
 
-def render_shard(design_path: str | Path, shard: int, spec: dict[str, Any], out: str | Path) -> None:
-    """Render shard ``shard`` of a design into its own store, batch by batch."""
+def _open_design(design_path: str | Path, spec: dict[str, Any]) -> tuple[xr.Dataset, dict[str, Any]]:
+    """A design table and its generator, refused if the render spec names another generator."""
     design = open_store(design_path, require=("shape_coeff", "texture_coeff"))
     generator = json.loads(design.attrs["generator"])
     if generator != spec["generator"]:
         raise StoreError(f"{design_path}: made with generator {generator}, but the render spec has {spec['generator']}")
+    return design, generator
+
+
+def render_shard(design_path: str | Path, shard: int, spec: dict[str, Any], out: str | Path) -> None:
+    """Render shard ``shard`` of a design into its own store, batch by batch."""
+    design, generator = _open_design(design_path, spec)
     rcfg = spec["render"]
     if int(rcfg["shard_size"]) % int(rcfg["batch_size"]):
         raise StoreError("stimuli.render.shard_size must be a multiple of stimuli.render.batch_size")
@@ -186,10 +192,8 @@ def render_shard(design_path: str | Path, shard: int, spec: dict[str, Any], out:
 def render_in_memory(design_path: str | Path, spec: dict[str, Any], resolution: int | None = None) -> xr.Dataset:
     """A small set rendered in memory (for figures): the design with ``image`` and ``parts``,
     at ``resolution`` instead of the render spec's if given."""
-    design = open_store(design_path, require=("shape_coeff", "texture_coeff")).load()
-    generator = json.loads(design.attrs["generator"])
-    if generator != spec["generator"]:
-        raise StoreError(f"{design_path}: made with generator {generator}, but the render spec has {spec['generator']}")
+    design, generator = _open_design(design_path, spec)
+    design = design.load()
     rcfg = dict(spec["render"], **({"resolution": int(resolution)} if resolution else {}))
     camera = camera_from_config(rcfg)
     model = model_from_config(generator, resolve_device(rcfg["device"]))
