@@ -19,11 +19,12 @@ import time
 import numpy as np
 import torch
 
-from infodissect.analyses.information import dask_scheduler, factor_table, layer_information, pixel_array
+from infodissect.analyses.information import factor_table, layer_information, pixel_array
 from infodissect.config import load_config
 from infodissect.faces.model import model_from_config
 from infodissect.stimuli.design import build_design
 from infodissect.stimuli.store import camera_from_config, render_design
+from infodissect.store import dask_scheduler
 
 BASE = {"yaw": 45.0, "pitch": 20.0, "roll": 15.0, "scale": 0.15, "shift_x": 0.08, "shift_y": 0.08}
 

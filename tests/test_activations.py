@@ -13,6 +13,7 @@ import pytest
 import torch
 import xarray as xr
 
+from infodissect.store import StoreError, atomic_store
 from infodissect.activations import ExtractionError, describe, extract
 from infodissect.nets import READOUT_LAYERS, build_model, readout_modules
 
@@ -26,7 +27,8 @@ def _stimuli(path: Path, n: int, size: int = 32, seed: int = 0) -> Path:
                             "expression": ("sample", np.array(["neutral", "fear"], dtype=object)[np.arange(n) % 2])})
     ds.attrs.update(set="analysis", generator_version=__import__("infodissect").faces.GENERATOR_VERSION,
                     factors=json.dumps({"identity": {"kind": "categorical"}}), identities=4)
-    ds.chunk({"sample": 64}).to_zarr(path, mode="w", zarr_format=3, consolidated=True)
+    with atomic_store(path) as tmp:
+        ds.chunk({"sample": 64}).to_zarr(tmp, mode="w", zarr_format=3, consolidated=True)
     return path
 
 
@@ -134,7 +136,7 @@ def test_pooling_float16_chunking_and_info(tmp_path):
     text = describe(out)
     assert "relu_stem" in text and "(70, 8, 4, 4)" in text and "total" in text
     (tmp_path / "b.zarr.partial").mkdir()
-    with pytest.raises(ExtractionError, match="unfinished"):
+    with pytest.raises(StoreError, match="unfinished"):
         describe(tmp_path / "b.zarr")
 
 
@@ -147,7 +149,8 @@ def test_mismatches_fail_with_clear_errors(tmp_path):
     with pytest.raises(ExtractionError, match="not a trained infodissect model"):
         extract(tmp_path / "bad.pt", stim, tmp_path / "a.zarr", progress=False)
     gray = xr.open_zarr(stim).isel(channel=[0]).load()
-    gray.to_zarr(tmp_path / "g.zarr", mode="w", zarr_format=3, consolidated=True)
+    with atomic_store(tmp_path / "g.zarr") as tmp:
+        gray.to_zarr(tmp, mode="w", zarr_format=3, consolidated=True)
     with pytest.raises(ExtractionError, match="1 channel"):
         extract(model_path, tmp_path / "g.zarr", tmp_path / "a.zarr", progress=False)
     assert not (tmp_path / "a.zarr").exists() and not (tmp_path / "a.zarr.partial").exists()

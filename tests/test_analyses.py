@@ -14,10 +14,10 @@ import xarray as xr
 
 from infodissect.analyses.generalisation import MorphError, morph_responses, sign_flip_pvalue, summarise
 from infodissect.analyses.information import (InformationError, activation_information, factor_table, load_layers,
-                                              open_tree, variable_chunks)
+                                              variable_chunks)
 from infodissect.analyses.profile import layer_profile, peak_layer, profile_outputs, unit_order
 from infodissect.report import build_report, caption_text
-from infodissect.stimuli.store import StoreError
+from infodissect.store import StoreError, atomic_store, open_tree
 
 N = 800
 IDS = 5
@@ -53,7 +53,8 @@ def _planted_store(path, seed=0):
                                  coords=coords),
         "pool": xr.Dataset({"activation": (("sample", "unit"), vec.astype(np.float16))}, coords=coords),
     })
-    tree.to_zarr(path, zarr_format=3, consolidated=True)
+    with atomic_store(path) as tmp:
+        tree.to_zarr(tmp, zarr_format=3, consolidated=True)
     return path
 
 
@@ -126,7 +127,7 @@ def test_mi_store_errors_name_the_problem(planted, tmp_path):
     assert not (tmp_path / "o.zarr").exists() and not (tmp_path / "o.zarr.partial").exists()
     (tmp_path / "junk.zarr").mkdir()
     (tmp_path / "junk.zarr" / "zarr.json").write_text("{not json")
-    with pytest.raises(StoreError, match="not a readable"):
+    with pytest.raises(StoreError, match="not a finished store"):
         open_tree(tmp_path / "junk.zarr")
 
 
@@ -385,8 +386,9 @@ def _pixel_mi_store(path):
                     coords={"factor": np.asarray(["identity", "yaw", "expression"], dtype=object),
                             "channel": np.asarray(["r", "g"], dtype=object), "y": [0, 1], "x": [0, 1]},
                     attrs={"set": "analysis", "n_samples": 2048, "n_perm": 100, "alpha": 0.05, "units": "bits"})
-    xr.DataTree.from_dict({"/": xr.Dataset(attrs={"model": "pixels"}), "pixels": ds}).to_zarr(
-        path, zarr_format=3, consolidated=True)
+    with atomic_store(path) as tmp:
+        xr.DataTree.from_dict({"/": xr.Dataset(attrs={"model": "pixels"}), "pixels": ds}).to_zarr(
+            tmp, zarr_format=3, consolidated=True)
     return path
 
 

@@ -11,7 +11,8 @@ import yaml
 
 from infodissect.config import validate_config
 from infodissect.stimuli.design import build_design, design_size
-from infodissect.stimuli.store import StoreError, atomic_store, gather_shards, open_store, render_shard, write_zarr
+from infodissect.stimuli.store import gather_shards, open_stimuli, render_shard
+from infodissect.store import StoreError, atomic_store, write_zarr
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -92,7 +93,7 @@ def test_morph_partners_share_sex_ethnicity_and_hair_style():
 def test_same_seed_same_bits_whatever_the_sharding(config, tmp_path):
     spec_render = {"generator": config["stimuli"]["generator"], "render": dict(config["stimuli"]["render"])}
     design = write_design(config, "analysis", tmp_path / "analysis.design.zarr")
-    n = open_store(design).sizes["sample"]
+    n = open_stimuli(design).sizes["sample"]
     one = copy.deepcopy(spec_render)
     one["render"]["shard_size"] = n + (-n % one["render"]["batch_size"])
     render_shard(design, 0, one, tmp_path / "one" / "0.zarr")
@@ -105,32 +106,32 @@ def test_same_seed_same_bits_whatever_the_sharding(config, tmp_path):
         render_shard(design, i, several, shards[-1])
     assert len(shards) > 1
     gather_shards(design, shards, tmp_path / "many.zarr")
-    a, b = open_store(tmp_path / "one.zarr"), open_store(tmp_path / "many.zarr")
+    a, b = open_stimuli(tmp_path / "one.zarr"), open_stimuli(tmp_path / "many.zarr")
     assert np.array_equal(a.image.values, b.image.values)
     assert np.array_equal(a.parts.values, b.parts.values)
     assert a.image.dims == ("sample", "y", "x", "channel") and a.image.dtype == np.uint8
     assert a.attrs["generator_version"] and "factors" in a.attrs
     # The identity codes of the design reach the set store, whatever the sharding.
-    codes = open_store(design)
+    codes = open_stimuli(design)
     for store in (a, b):
         for name in ("shape_coeff", "texture_coeff"):
             assert np.array_equal(store[name].values, codes[name].values), name
     # A different seed gives different stimuli.
     other = write_design(config, "analysis", tmp_path / "other.design.zarr", seed=config["seed"] + 1)
     render_shard(other, 0, one, tmp_path / "other.zarr")
-    assert not np.array_equal(open_store(tmp_path / "other.zarr").image.values, a.image.values)
+    assert not np.array_equal(open_stimuli(tmp_path / "other.zarr").image.values, a.image.values)
 
 
 def test_unfinished_or_foreign_stores_are_refused(config, tmp_path):
     (tmp_path / "x.zarr.partial").mkdir()
     with pytest.raises(StoreError, match="unfinished"):
-        open_store(tmp_path / "x.zarr")
+        open_stimuli(tmp_path / "x.zarr")
     design = build_design("portraits", stage_spec(config, "portraits"))
     design.attrs["generator_version"] = "0.0"
     with atomic_store(tmp_path / "old.zarr") as tmp:
         write_zarr(design, tmp)
     with pytest.raises(StoreError, match="generator version"):
-        open_store(tmp_path / "old.zarr")
+        open_stimuli(tmp_path / "old.zarr")
 
 
 def test_a_failed_write_leaves_no_store(tmp_path):
@@ -227,6 +228,6 @@ def test_a_heldout_set_renders_the_same_bits_whatever_the_sharding(config, tmp_p
     for i, shard in enumerate(shards):
         render_shard(path, i, {**render, "render": dict(render["render"], shard_size=8)}, shard)
     gather_shards(path, shards, tmp_path / "two.zarr")
-    a, b = open_store(tmp_path / "one.zarr"), open_store(tmp_path / "two.zarr")
+    a, b = open_stimuli(tmp_path / "one.zarr"), open_stimuli(tmp_path / "two.zarr")
     assert np.array_equal(a.image.values, b.image.values) and a.attrs["pool"] == b.attrs["pool"] == "heldout"
     assert a.sizes["sample"] == 16 and a.image.values.std() > 10

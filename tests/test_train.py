@@ -13,6 +13,7 @@ import pytest
 import torch
 import xarray as xr
 
+from infodissect.store import atomic_store, write_manifest
 from infodissect.faces.model import GENERATOR_VERSION
 from infodissect.nets import READOUT_LAYERS, build_model, readout_modules
 from infodissect.train.data import DataError, StoreBatches, task_labels
@@ -34,7 +35,8 @@ def _store(path: Path, n: int, identities: int = 4, seed: int = 0, size: int = 1
     ds.attrs.update(identities=identities, generator_version=GENERATOR_VERSION, factors=json.dumps({
         "identity": {"kind": "categorical"}, "yaw": {"kind": "continuous"},
         "expression": {"kind": "categorical", "levels": ["neutral", "happiness"]}}))
-    ds.chunk({"sample": chunk}).to_zarr(path, mode="w")
+    with atomic_store(path) as tmp:
+        ds.chunk({"sample": chunk}).to_zarr(tmp, mode="w")
     return path
 
 
@@ -123,6 +125,9 @@ def test_killed_training_resumes_to_the_same_result(tmp_path):
     assert torch.load(tmp_path / "part" / "ckpt" / "last.pt", weights_only=False)["epoch"] == 1
     resumed = _train(tmp_path, "part", 1, spec, train, test)
     assert "resuming identity from epoch 1" in (resumed / "log").read_text()
+    # The killed attempt's log survives the rerun, in the checkpoint directory.
+    attempts = (tmp_path / "part" / "ckpt" / "attempts.log").read_text()
+    assert attempts.count("=== attempt") == 2 and attempts.index("epoch 1/3") < attempts.index("resuming identity")
     for k, v in _weights(full).items():
         torch.testing.assert_close(_weights(resumed)[k], v, rtol=0, atol=1e-6)
     metrics = (resumed / "model" / "metrics.csv").read_text().splitlines()
@@ -155,7 +160,8 @@ def test_on_the_fly_rendering_feeds_the_same_batches_as_the_stored_set(tmp_path)
     from infodissect.config import load_config
     from infodissect.faces.model import model_from_config
     from infodissect.stimuli.design import build_design
-    from infodissect.stimuli.store import camera_from_config, render_design, write_zarr
+    from infodissect.stimuli.store import camera_from_config, render_design
+    from infodissect.store import write_zarr
     from infodissect.train.data import RenderedBatches
 
     cfg = load_config(Path(__file__).resolve().parents[1] / "config" / "test.yaml")
@@ -163,11 +169,13 @@ def test_on_the_fly_rendering_feeds_the_same_batches_as_the_stored_set(tmp_path)
     spec = {"seed": cfg["seed"], "identities": st["identities"], "generator": st["generator"],
             "factors": st["factors"], "set": st["sets"]["train"], "name": "train"}
     design = build_design("train", spec)
-    write_zarr(design.chunk({"sample": 8}), tmp_path / "design.zarr")
+    with atomic_store(tmp_path / "design.zarr") as tmp:
+        write_zarr(design.chunk({"sample": 8}), tmp)
     images = np.concatenate([img for _, img, _ in render_design(model_from_config(st["generator"]), design,
                                                                 camera_from_config(st["render"]), 8)])
     stored = design.assign(image=(("sample", "y", "x", "channel"), images))
-    write_zarr(stored.chunk({"sample": 8}), tmp_path / "stored.zarr")
+    with atomic_store(tmp_path / "stored.zarr") as tmp:
+        write_zarr(stored.chunk({"sample": 8}), tmp)
     labels = task_labels(tmp_path / "design.zarr", "identity")
     render_spec = {"generator": st["generator"], "render": st["render"]}
     fly = list(RenderedBatches(tmp_path / "design.zarr", labels, 8, render_spec, seed=1, window=2).epoch(0))
@@ -238,11 +246,12 @@ def test_a_store_from_another_generator_version_stops_training_before_it_starts(
     group = zarr.open_group(str(train), mode="r+")
     group.attrs["generator_version"] = "0.9"
     zarr.consolidate_metadata(str(train))
+    write_manifest(train)  # as an older infodissect would have finished it
     spec = TrainSpec(epochs=1, batch_size=8, width=8)
     res = _train(tmp_path, "old", 1, spec, train, test)
     log = (tmp_path / "old" / "log").read_text()
     assert res.name != "old" and "generator version '0.9'" in log and "epoch" not in log, log[-2000:]
-    assert not (tmp_path / "old" / "ckpt").exists()
+    assert not (tmp_path / "old" / "ckpt" / "last.pt").exists()
 
 
 def _people_store(path: Path, first: int, people: int, per: int, pool: str, seed: int = 0,
@@ -263,7 +272,8 @@ def _people_store(path: Path, first: int, people: int, per: int, pool: str, seed
     ds.attrs.update(identities=4, pool=pool, set=path.stem, generator_version=GENERATOR_VERSION, factors=json.dumps({
         "identity": {"kind": "categorical"}, "yaw": {"kind": "continuous"},
         "expression": {"kind": "categorical", "levels": levels}}))
-    ds.chunk({"sample": 8}).to_zarr(path, mode="w")
+    with atomic_store(path) as tmp:
+        ds.chunk({"sample": 8}).to_zarr(tmp, mode="w")
     return path
 
 

@@ -13,7 +13,7 @@ from .config import ConfigError
 
 def _stimuli_design(a: argparse.Namespace) -> None:
     from .stimuli.design import build_design
-    from .stimuli.store import atomic_store, write_zarr
+    from .store import atomic_store, write_zarr
 
     ds = build_design(a.set, json.loads(a.spec))
     logging.info("design %s: %d samples (%s)", a.set, ds.sizes["sample"], ds.attrs["design"])
@@ -39,7 +39,7 @@ def _stimuli_gather(a: argparse.Namespace) -> None:
 
 def _stimuli_figure(a: argparse.Namespace) -> None:
     from .figures.stimuli import factor_sweeps, identity_gallery, portrait_sheet
-    from .stimuli.store import open_store, render_in_memory
+    from .stimuli.store import open_stimuli, render_in_memory
 
     if a.design:  # render the design at the figure's resolution
         import torch
@@ -50,7 +50,7 @@ def _stimuli_figure(a: argparse.Namespace) -> None:
         ds = render_in_memory(a.design, json.loads(a.spec), a.resolution)
         a.stimuli = a.design
     else:
-        ds = open_store(a.stimuli, require=("image",))
+        ds = open_stimuli(a.stimuli, require=("image",))
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     if a.kind == "factors":
         if "sweep_factor" not in ds.coords:
@@ -66,9 +66,11 @@ def _train_model(a: argparse.Namespace) -> None:
     import torch
 
     from .train import TrainSpec, train
+    from .train.loop import keep_attempt_log
 
     if a.threads:
         torch.set_num_threads(a.threads)
+    keep_attempt_log(a.checkpoints)
     train(TrainSpec.from_json(a.spec), a.train, a.test, a.out, a.checkpoints, checkpoint_steps=a.checkpoint_steps)
 
 
@@ -132,7 +134,8 @@ def _activations_info(a: argparse.Namespace) -> None:
 def _mi_run(a: argparse.Namespace) -> None:
     import torch
 
-    from .analyses.information import activation_information, dask_scheduler, pixel_information
+    from .analyses.information import activation_information, pixel_information
+    from .store import dask_scheduler
 
     spec = json.loads(a.spec)
     torch.set_num_threads(a.threads)
@@ -159,13 +162,12 @@ def _analyses_generalisation(a: argparse.Namespace) -> None:
     import xarray as xr
 
     from .analyses.generalisation import generalisation
-    from .analyses.information import open_tree
     from .figures.generalisation import generalisation_figure
-    from .stimuli.store import atomic_store
+    from .store import atomic_store, open_tree, write_tree
 
-    responses, summary = generalisation(open_tree(a.activations, "activation"))
-    with atomic_store(a.out) as tmp:
-        xr.DataTree.from_dict({"/": summary, "/responses": responses}).to_zarr(tmp, zarr_format=3, consolidated=True)
+    responses, summary = generalisation(open_tree(a.activations, "activation store"))
+    with atomic_store(a.out, inputs=[a.activations]) as tmp:
+        write_tree(xr.DataTree.from_dict({"/": summary, "/responses": responses}), tmp)
     generalisation_figure(summary, a.figure, title=f"{a.title}: generalisation under shape vs texture change")
     logging.info("generalisation: %s", {k: summary.attrs[k] for k in summary.attrs if k != "test"})
 
@@ -174,24 +176,24 @@ def _analyses_revcorr(a: argparse.Namespace) -> None:
     import torch
 
     from .analyses.features import feature_analysis
-    from .analyses.information import dask_scheduler, open_tree
     from .analyses.revcorr import revcorr_analysis
     from .faces.model import model_from_config
     from .figures.revcorr import features_figure, revcorr_figure
     from .nets import READOUT_LAYERS
-    from .stimuli.store import atomic_store, open_store, write_zarr
+    from .stimuli.store import open_stimuli
+    from .store import atomic_store, dask_scheduler, open_tree, write_zarr
 
     spec = json.loads(a.spec)
     torch.set_num_threads(a.threads)
-    tree = open_tree(a.activations, "activation")
-    model = model_from_config(json.loads(open_store(a.stimuli).attrs["generator"]))
+    tree = open_tree(a.activations, "activation store")
+    model = model_from_config(json.loads(open_stimuli(a.stimuli).attrs["generator"]))
     with dask_scheduler(spec.get("scheduler", "local"), threads=1):
         ds = revcorr_analysis(tree, model, n_perm=int(spec.get("n_perm", 100)), alpha=float(spec.get("alpha", 0.05)),
                               seed=int(spec.get("seed", 0)))
     feats = feature_analysis(tree, ds, model, [n for n in READOUT_LAYERS if n in tree.children])
-    with atomic_store(a.out) as tmp:
+    with atomic_store(a.out, inputs=[a.activations, a.stimuli]) as tmp:
         write_zarr(ds, tmp)
-    with atomic_store(a.features) as tmp:
+    with atomic_store(a.features, inputs=[a.activations, a.stimuli]) as tmp:
         write_zarr(feats, tmp)
     revcorr_figure(ds, a.figure, title=f"{a.title}: shape and texture features the network uses\n"
                                        "(grey: below the permutation threshold)")
@@ -201,33 +203,32 @@ def _analyses_revcorr(a: argparse.Namespace) -> None:
 def _analyses_pose(a: argparse.Namespace) -> None:
     import torch
 
-    from .analyses.information import open_tree
     from .analyses.pose import pose_invariance
     from .figures.pose import pose_figure
     from .nets import READOUT_LAYERS
-    from .stimuli.store import atomic_store, write_zarr
+    from .store import atomic_store, open_tree, write_zarr
 
     spec = json.loads(a.spec)
     torch.set_num_threads(a.threads)
-    tree = open_tree(a.activations, "activation")
+    tree = open_tree(a.activations, "activation store")
     layers = [n for n in READOUT_LAYERS if n in tree.children]
     ds = pose_invariance(tree, layers, pose=spec.get("pose_factor", "yaw"), n_bins=int(spec.get("pose_bins", 3)),
                          grid=int(spec.get("readout_grid", 4)))
     ds.attrs.update({k: tree.attrs[k] for k in ("model", "set") if k in tree.attrs})
-    with atomic_store(a.out) as tmp:
+    with atomic_store(a.out, inputs=[a.activations]) as tmp:
         write_zarr(ds, tmp)
     pose_figure(ds, a.figure, title=f"{a.title}: pose invariance of the identity code")
 
 
 def _analyses_visibility(a: argparse.Namespace) -> None:
-    from .analyses.information import PIXELS, open_tree
+    from .analyses.information import PIXELS
     from .analyses.visibility import factor_visibility, invisible_factors, model_score
     from .figures.visibility import visibility_figure
-    from .stimuli.store import atomic_store, write_zarr
+    from .store import atomic_store, open_tree, write_zarr
 
     pixels = None
     if a.pixels:
-        tree = open_tree(a.pixels, "pixel MI")
+        tree = open_tree(a.pixels, "pixel MI store")
         if PIXELS not in tree.children:
             raise ValueError(f"{a.pixels}: no `{PIXELS}` group (is it a pixel MI store, "
                              "results/mi/pixels/{set}.zarr?)")
@@ -237,7 +238,7 @@ def _analyses_visibility(a: argparse.Namespace) -> None:
     if unknown:
         raise ValueError(f"--heldout: no --models directory for {', '.join(unknown)}")
     ds = factor_visibility(pixels, [model_score(d, heldout.get(Path(d).name)) for d in a.models])
-    with atomic_store(a.out) as tmp:
+    with atomic_store(a.out, inputs=[p for p in [a.pixels, *a.heldout] if p]) as tmp:
         write_zarr(ds, tmp)
     visibility_figure(ds, a.figure, title=a.title)
     if a.pixels:
@@ -421,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from .stimuli.store import StoreError
+    from .store import StoreError
 
     try:
         args.func(args)

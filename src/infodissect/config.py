@@ -238,6 +238,11 @@ def _semantic_errors(config: dict) -> Iterator[str]:
 
 def _analysis_errors(config: dict) -> Iterator[str]:
     """Semantic errors of the ``activations``, ``mi`` and ``analyses`` sections."""
+    readout = load_schema()["properties"]["activations"]["properties"]["layers"]["items"]["enum"]
+    for key in config["activations"]["pooling"]:
+        if key != "default" and key not in readout:
+            yield (f"activations.pooling.{key}: not a layer; keys are `default` and the read-out layers "
+                   f"({', '.join(readout)})")
     if not config["training"]["models"]:
         return
     sets, extracted = config["stimuli"]["sets"], config["activations"]["sets"]

@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from .analyses.information import open_tree
 from .analyses.profile import peak_layer
+from .store import open_dataset, open_tree, write_text
 
 
 def caption_text(path: str | Path, wildcards: dict[str, str]) -> str:
@@ -42,7 +42,7 @@ def key_numbers(model: str, inputs: dict[str, str]) -> dict[str, Any]:
             f"{100 * h['accuracy']:.1f}% (chance {100 * h['chance']:.1f}%; {h['identities']} people, {h['n']} images "
             f"of set {h['set']})")
     if "profile" in inputs:
-        prof = open_tree(inputs["profile"], "profile").to_dataset()
+        prof = open_tree(inputs["profile"], "profile store").to_dataset()
         if "identity" in [str(f) for f in prof["factor"].values]:
             best = peak_layer(prof, "identity", "mean_mi_pooled")
             row["identity information peaks at (mean over units)"] = (
@@ -51,7 +51,7 @@ def key_numbers(model: str, inputs: dict[str, str]) -> dict[str, Any]:
             row["most informative identity unit"] = (
                 f"{best_max} ({float(prof['max_mi_pooled'].sel(layer=best_max, factor='identity')):.3f} bits)")
     if "generalisation" in inputs:
-        g = xr.open_zarr(inputs["generalisation"], consolidated=True)
+        g = open_dataset(inputs["generalisation"], what="generalisation store")
         if "shape_minus_texture_tolerance" in g.attrs:
             tol = g["tolerance"].mean("pair")
             row["tolerance to shape / texture change"] = (
@@ -60,7 +60,7 @@ def key_numbers(model: str, inputs: dict[str, str]) -> dict[str, Any]:
                 f"{g.attrs['shape_minus_texture_tolerance']:+.2f} (p = {g.attrs['p_value']:.3g}, "
                 f"{g.attrs['n_pairs']} pairs): {g.attrs['finding']}")
     if "pose" in inputs:
-        pose = xr.open_zarr(inputs["pose"], consolidated=True)
+        pose = open_dataset(inputs["pose"], what="pose store")
         inv = pose["invariance"]
         best = str(pose["layer"].values[int(np.nanargmax(inv.values))])
         row["pose invariance of identity read-outs (other / same pose)"] = (
@@ -105,7 +105,7 @@ def visibility_rows(ds: xr.Dataset) -> pd.DataFrame:
 
 
 def _visibility_html(path: str | Path) -> str:
-    ds = xr.open_zarr(path, consolidated=True).load()
+    ds = open_dataset(path, what="visibility store").load()
     table = visibility_rows(ds).to_html(index=False, escape=True)
     parts = []
     if ds["factor"].size:
@@ -152,8 +152,4 @@ def build_report(spec: dict[str, Any], out: str | Path) -> Path:
         if section.get("visibility"):
             parts.append(_visibility_html(section["visibility"]))
     parts.append("</body></html>")
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(f"{out}.partial")
-    tmp.write_text("\n".join(parts))
-    tmp.replace(out)
-    return Path(out)
+    return write_text(out, "\n".join(parts))

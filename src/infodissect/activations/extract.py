@@ -31,7 +31,8 @@ import zarr
 from tqdm import tqdm
 
 from ..nets import READOUT_LAYERS, build_model, network_input, readout_modules
-from ..stimuli.store import atomic_store, open_store
+from ..stimuli.store import open_stimuli
+from ..store import atomic_store, open_group
 
 log = logging.getLogger(__name__)
 
@@ -352,7 +353,7 @@ def extract_range(model_path: str | Path, stimuli_path: str | Path, store: str |
     if threads:
         torch.set_num_threads(threads)
     model, _ = load_trained(model_path, device)
-    image = zarr.open_group(str(stimuli_path), mode="r")["image"]
+    image = open_group(stimuli_path, "stimulus store")["image"]
     group = zarr.open_group(str(store), mode="r+")
     arrays = {p.name: ShardWriter(group[p.name]["activation"]) for p in plans}
     free: queue.Queue = queue.Queue()
@@ -427,7 +428,7 @@ def extract(model_path: str | Path, stimuli_path: str | Path, out: str | Path, l
     if dtype not in DTYPES:
         raise ExtractionError(f"dtype {dtype!r} is not one of {sorted(DTYPES)}")
     model, meta = load_trained(model_path, device)
-    stim = open_store(stimuli_path, require=("image",))
+    stim = open_stimuli(stimuli_path, require=("image",))
     n, h, w, c = stim["image"].shape
     if c != meta["in_channels"]:
         raise ExtractionError(f"{stimuli_path}: images have {c} channel(s), model {model_path} expects "
@@ -438,7 +439,7 @@ def extract(model_path: str | Path, stimuli_path: str | Path, out: str | Path, l
              "dtype": dtype, "architecture": meta["architecture"]}
     del model
     kwargs = dict(dtype=dtype, batch_size=batch_size, progress=progress)
-    with atomic_store(out) as tmp:
+    with atomic_store(out, inputs=[model_path, stimuli_path]) as tmp:
         write_skeleton(skeleton(plans, n, _sample_coords(stim), dtype, attrs), tmp)
         ranges = sample_ranges(n, batch_size, processes)
         if len(ranges) == 1:
@@ -470,10 +471,7 @@ def _run_workers(model_path: str | Path, stimuli_path: str | Path, store: Path, 
 
 def describe(path: str | Path) -> str:
     """A table of the layers of an activation store: shape, dtype, chunks and size."""
-    if not Path(path).exists():
-        partial = Path(str(path) + ".partial").exists()
-        raise ExtractionError(f"{path}: {'unfinished (only the .partial store exists)' if partial else 'no such store'}")
-    root = zarr.open_group(str(path), mode="r")
+    root = open_group(path, "activation store")
     lines = [f"{path}: model {root.attrs.get('model')}, set {root.attrs.get('set')}, dtype {root.attrs.get('dtype')}"]
     total = 0
     lines.append(f"{'layer':<14} {'dims':<28} {'shape':<24} {'chunks':<24} {'MB':>8}")

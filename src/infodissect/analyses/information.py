@@ -17,12 +17,10 @@ layer by layer into ``<out>.partial`` and renamed when complete.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +31,8 @@ import zarr
 from ..faces.factors import FACTORS
 from ..info import mutual_information
 from ..nets import READOUT_LAYERS
-from ..stimuli.store import StoreError, atomic_store, open_store, write_zarr
+from ..stimuli.store import open_stimuli
+from ..store import StoreError, atomic_store, open_tree, write_zarr
 
 log = logging.getLogger(__name__)
 
@@ -136,49 +135,10 @@ def pixel_array(stim: xr.Dataset) -> xr.DataArray:
     return image.astype(np.float32).transpose("sample", "channel", "y", "x").rename("activation")
 
 
-@contextlib.contextmanager
-def dask_scheduler(scheduler: str, threads: int = 1) -> Iterator[None]:
-    """Run the enclosed Dask work on ``scheduler``.
-
-    ``local`` starts an in-process distributed LocalCluster (one worker, ``threads``
-    threads); ``synchronous``/``threads`` use Dask's single-machine schedulers; an address
-    (``tcp://host:port``) connects to a running distributed scheduler.
-    """
-    import dask
-
-    if scheduler in ("synchronous", "threads"):
-        with dask.config.set(scheduler=scheduler):
-            yield
-        return
-    from distributed import Client, LocalCluster
-
-    if scheduler == "local":
-        with LocalCluster(n_workers=1, threads_per_worker=max(1, threads), processes=False, dashboard_address=None,
-                          silence_logs=logging.WARNING) as cluster, Client(cluster):
-            yield
-        return
-    if "://" not in scheduler:
-        raise InformationError(f"mi.scheduler {scheduler!r}: use local, synchronous, threads or tcp://host:port")
-    with Client(scheduler):
-        yield
-
-
-def open_tree(path: str | Path, what: str = "MI") -> xr.DataTree:
-    """A finished DataTree store (activations, MI, analyses) opened lazily; a clear error if it is not one."""
-    p = Path(path)
-    if not p.exists():
-        hint = " (an unfinished .partial store is there: rerun the job)" if Path(f"{p}.partial").exists() else ""
-        raise StoreError(f"{p}: no such {what} store{hint}")
-    try:
-        return xr.open_datatree(p, engine="zarr", consolidated=True)
-    except Exception as exc:  # corrupt or not a zarr store
-        raise StoreError(f"{p}: not a readable {what} store ({exc})") from exc
-
-
 def _open_layers(path: str | Path, layers: list[str] | None) -> tuple[xr.DataTree, list[str]]:
     """An activation store and the read-out layers to measure (all by default), checked."""
     p = Path(path)
-    tree = open_tree(p, "activation")
+    tree = open_tree(p, "activation store")
     stored = [n for n in READOUT_LAYERS if n in tree.children]
     names = list(layers) if layers else stored
     missing = [n for n in names if n not in stored]
@@ -197,7 +157,7 @@ def _finish(tmp: Path, attrs: dict[str, Any]) -> None:
 def information_store(layers: dict[str, xr.DataArray], factors: xr.Dataset, out: str | Path, attrs: dict[str, Any],
                       *, n_perm: int, alpha: float, seed: int, chunk_mb: float) -> Path:
     """Measure every layer in ``layers`` and write the results, one group each, to ``out`` (atomically)."""
-    with atomic_store(out) as tmp:
+    with atomic_store(out, inputs=[attrs["source"]]) as tmp:
         xr.Dataset(attrs=attrs).to_zarr(tmp, mode="w", zarr_format=3, consolidated=False)
         for i, (name, act) in enumerate(layers.items()):
             start = time.perf_counter()
@@ -230,7 +190,7 @@ def activation_information(path: str | Path, out: str | Path, *, layers: list[st
 def pixel_information(stimuli: str | Path, out: str | Path, *, factors: list[str] | None = None, n_perm: int = 100,
                       alpha: float = 0.05, seed: int = 0, chunk_mb: float = 64.0) -> Path:
     """MI between every pixel (and channel) of a stimulus set and every varying factor, into ``out``."""
-    stim = open_store(stimuli, require=("image",))
+    stim = open_stimuli(stimuli, require=("image",))
     table = factor_table(stim, factors)
     attrs = {"model": PIXELS, "set": stim.attrs.get("set", ""), "source": str(stimuli), "n_perm": int(n_perm),
              "alpha": float(alpha), "seed": int(seed), "layers": json.dumps([PIXELS]),
@@ -243,8 +203,8 @@ def load_layers(mi_path: str | Path, pixels_path: str | Path | None = None) -> d
     """The layers of an MI store (and the pixels' result first, when given), loaded, input to output."""
     layers: dict[str, xr.Dataset] = {}
     if pixels_path is not None:
-        layers[PIXELS] = open_tree(pixels_path)[PIXELS].to_dataset().load()
-    tree = open_tree(mi_path)
+        layers[PIXELS] = open_tree(pixels_path, "MI store")[PIXELS].to_dataset().load()
+    tree = open_tree(mi_path, "MI store")
     for name in READOUT_LAYERS:
         if name in tree.children:
             layers[name] = tree[name].to_dataset().load()

@@ -72,7 +72,7 @@ def profile_outputs(layers: dict[str, xr.Dataset], profile_out: str | Path, figu
                     title: str = "") -> xr.Dataset:
     """Write the layer profile store and the MI figures (keys ``profile``, ``units``, ``maps``) of ``layers``."""
     from ..figures.information import layer_profile_figure, spatial_maps_figure, unit_matrix_figure
-    from ..stimuli.store import atomic_store, write_zarr
+    from ..store import atomic_store, write_zarr
 
     prof = layer_profile(layers)
     with atomic_store(profile_out) as tmp:

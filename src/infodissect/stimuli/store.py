@@ -1,18 +1,13 @@
 """Rendering designs into Zarr stores, shard by shard, and gathering the shards.
 
-Every store is written to ``<path>.partial`` and renamed to ``<path>`` only when
-complete, so a killed job never leaves something that looks like a result.
+Stores are written and read through :mod:`infodissect.store` (atomic, integrity-checked).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +20,7 @@ from ..faces.factors import ETHNICITIES, EXPRESSIONS, GENDERS, HAIR_STYLES
 from ..faces.mesh import PART_NAMES
 from ..faces.model import GENERATOR_VERSION, FaceModel, model_from_config
 from ..faces.render import Camera, render
+from ..store import StoreError, atomic_store, open_dataset, write_zarr
 
 log = logging.getLogger(__name__)
 
@@ -33,63 +29,14 @@ _CONTINUOUS = ("gender_strength", "age", "expression_intensity", "yaw", "pitch",
                "light_elevation", "light_ambient", "scale", "shift_x", "shift_y", "background")
 
 
-class StoreError(RuntimeError):
-    """A stimulus store or design is missing, unfinished or from another generator."""
-
-
-def _quiet_zarr() -> warnings.catch_warnings:
-    ctx = warnings.catch_warnings()
-    ctx.__enter__()
-    warnings.filterwarnings("ignore", message=".*Consolidated metadata.*")
-    return ctx
-
-
-@contextmanager
-def atomic_store(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path; on success move it to ``path`` (replacing nothing half-done)."""
-    final = Path(path)
-    tmp = final.with_name(final.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    os.replace(tmp, final)
-
-
-def write_zarr(ds: xr.Dataset, path: str | Path, **kwargs: Any) -> None:
-    """Write a Dataset as Zarr v3 with consolidated metadata."""
-    ctx = _quiet_zarr()
-    try:
-        ds.to_zarr(path, zarr_format=3, consolidated=True, **kwargs)
-    finally:
-        ctx.__exit__(None, None, None)
-
-
-def open_store(path: str | Path, require: tuple[str, ...] = ()) -> xr.Dataset:
-    """Open a stimulus store or design lazily, checking it is complete and current."""
-    p = Path(path)
-    if not p.exists():
-        partial = p.with_name(p.name + ".partial")
-        hint = " (an unfinished .partial store is there: rerun the job)" if partial.exists() else ""
-        raise StoreError(f"{p}: no such store{hint}")
-    ctx = _quiet_zarr()
-    try:
-        ds = xr.open_zarr(p, consolidated=True)
-    except Exception as exc:  # corrupt or not a zarr store
-        raise StoreError(f"{p}: not a readable Zarr store ({exc})") from exc
-    finally:
-        ctx.__exit__(None, None, None)
+def open_stimuli(path: str | Path, require: tuple[str, ...] = ()) -> xr.Dataset:
+    """Open a stimulus store or design lazily, checked (:func:`infodissect.store.open_dataset`) and from
+    this generator version."""
+    ds = open_dataset(path, require, what="stimulus store")
     version = ds.attrs.get("generator_version")
     if version != GENERATOR_VERSION:
-        raise StoreError(f"{p}: made by generator version {version!r}, this is {GENERATOR_VERSION!r}; rerun the stimulus stage")
-    missing = [v for v in require if v not in ds.variables]
-    if missing:
-        raise StoreError(f"{p}: missing variable(s) {', '.join(missing)}")
+        raise StoreError(f"{path}: made by generator version {version!r}, this is {GENERATOR_VERSION!r}; "
+                         "rerun the stimulus stage")
     return ds
 
 
@@ -161,7 +108,7 @@ def _shard_bounds(n: int, shard: int, shard_size: int) -> slice:
 
 def _open_design(design_path: str | Path, spec: dict[str, Any]) -> tuple[xr.Dataset, dict[str, Any]]:
     """A design table and its generator, refused if the render spec names another generator."""
-    design = open_store(design_path, require=("shape_coeff", "texture_coeff"))
+    design = open_stimuli(design_path, require=("shape_coeff", "texture_coeff"))
     generator = json.loads(design.attrs["generator"])
     if generator != spec["generator"]:
         raise StoreError(f"{design_path}: made with generator {generator}, but the render spec has {spec['generator']}")
@@ -180,7 +127,7 @@ def render_shard(design_path: str | Path, shard: int, spec: dict[str, Any], out:
     part = design.isel(sample=_shard_bounds(design.sizes["sample"], shard, int(rcfg["shard_size"]))).load()
     n, res, ch = part.sizes["sample"], camera.resolution, camera.channels
     log.info("rendering shard %d: %d images at %d px on %s", shard, n, res, device)
-    with atomic_store(out) as tmp:
+    with atomic_store(out, inputs=[design_path]) as tmp:
         template = _with_image_vars(part, n, res, ch, int(rcfg["batch_size"]), spec)
         write_zarr(template, tmp, compute=False)
         for start, img, parts in render_design(model, part, camera, int(rcfg["batch_size"]), progress=True):
@@ -241,8 +188,8 @@ def _without_chunk_encoding(ds: xr.Dataset) -> xr.Dataset:
 def gather_shards(design_path: str | Path, shard_paths: list[str | Path], out: str | Path,
                   chunk_bytes: int = 8 << 20) -> None:
     """Concatenate shard stores (in order) into the final set store, streaming with Dask."""
-    design = open_store(design_path)
-    shards = [open_store(p, require=("image", "parts")) for p in shard_paths]
+    design = open_stimuli(design_path)
+    shards = [open_stimuli(p, require=("image", "parts")) for p in shard_paths]
     ds = xr.concat(shards, dim="sample", data_vars="all", coords="minimal", compat="override",
                    join="override", combine_attrs="override")
     n = design.sizes["sample"]
@@ -252,5 +199,5 @@ def gather_shards(design_path: str | Path, shard_paths: list[str | Path], out: s
     chunk = int(max(1, min(n, chunk_bytes // max(per_image, 1))))
     ds = _without_chunk_encoding(ds.chunk({"sample": chunk}))
     ds.attrs.update(shards[0].attrs)
-    with atomic_store(out) as tmp:
+    with atomic_store(out, inputs=[design_path, *shard_paths]) as tmp:
         write_zarr(ds, tmp)

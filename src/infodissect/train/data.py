@@ -18,10 +18,9 @@ from typing import Iterator
 
 import numpy as np
 import torch
-import xarray as xr
-import zarr
 
 from ..nets import network_input
+from ..store import open_dataset, open_group
 
 
 class DataError(ValueError):
@@ -44,7 +43,7 @@ def task_labels(path: str | Path, task: str, classes: tuple[str, ...] | None = N
     the identity pool), or ``classes`` when given (so that a test set maps to the
     training set's classes; an unknown level is an error).
     """
-    group = zarr.open_group(str(path), mode="r")
+    group = open_group(path, "stimulus store")
     if task not in group:
         raise DataError(f"{path}: no factor {task!r} (available: {sorted(k for k in group.array_keys())})")
     factors = json.loads(group.attrs.get("factors", "{}"))
@@ -79,7 +78,7 @@ class StoreBatches:
                  seed: int = 0, window: int = 4, shuffle: bool = True, drop_last: bool = True) -> None:
         if batch_size % world:
             raise DataError(f"batch_size {batch_size} is not divisible by the {world} processes")
-        self.group = zarr.open_group(str(path), mode="r")
+        self.group = open_group(path, "stimulus store")
         self.n, chunk = self._extent()
         self.chunks = chunk_ranges(self.n, chunk)
         self.labels, self.batch_size, self.rank, self.world = labels, batch_size, rank, world
@@ -158,7 +157,7 @@ class RenderedBatches(StoreBatches):
         self.device = torch.device(device)
         self.face_model = model_from_config(render_spec["generator"], device=self.device)
         self.camera = camera_from_config(render_spec["render"])
-        self.design = xr.open_zarr(str(design))
+        self.design = open_dataset(design, what="design table")
 
     _index_array = "shape_coeff"
     _missing = "not a design table (no shape_coeff)"

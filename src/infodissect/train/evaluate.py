@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import zarr
 
+from ..store import open_group, write_text
 from .data import DataError, StoreBatches, task_labels
 
 log = logging.getLogger(__name__)
@@ -32,7 +31,7 @@ class EvaluationError(ValueError):
 
 def _factor_values(path: str | Path, name: str) -> np.ndarray | None:
     """A factor column of a stimulus store or design table (``None`` if it has none)."""
-    group = zarr.open_group(str(path), mode="r")
+    group = open_group(path, "stimulus store")
     return np.asarray(group[name][:]) if name in group else None
 
 
@@ -117,10 +116,10 @@ def evaluate_model(model_path: str | Path, stimuli: str | Path, train: str | Pat
         model never saw in training.
     """
     from ..activations.extract import load_trained
-    from ..stimuli.store import open_store
+    from ..stimuli.store import open_stimuli
     from .loop import accuracy_by_factor, evaluate
 
-    store = open_store(stimuli, require=("image",))
+    store = open_stimuli(stimuli, require=("image",))
     model, meta = load_trained(model_path, device)
     task, classes = str(meta["task"]), tuple(str(c) for c in meta["classes"])
     name = name or Path(model_path).parent.name
@@ -158,9 +157,4 @@ def evaluate_model(model_path: str | Path, stimuli: str | Path, train: str | Pat
 
 def write_json(result: dict[str, Any], out: str | Path) -> Path:
     """Write ``result`` to ``out`` as JSON, whole or not at all (written beside it, then renamed)."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".partial")
-    tmp.write_text(json.dumps(result, indent=1))
-    os.replace(tmp, out)
-    return out
+    return write_text(out, json.dumps(result, indent=1))

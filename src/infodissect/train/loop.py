@@ -30,10 +30,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-import zarr
 from torch import nn
 
 from ..nets import READOUT_LAYERS, build_model
+from ..store import atomic_file, digest, open_group, write_text
 from .data import Labels, RenderedBatches, StoreBatches, task_labels
 
 log = logging.getLogger(__name__)
@@ -143,10 +143,30 @@ def _lr(spec: TrainSpec, step: int, total: int) -> float:
     return spec.lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
 
 
+ATTEMPTS_LOG = "attempts.log"  # in the checkpoint directory: every attempt's log, appended
+
+
+def keep_attempt_log(checkpoints: str | Path) -> Path:
+    """Append this process's log (rank 0) to ``<checkpoints>/attempts.log``, under a header naming the attempt.
+
+    The job's own log (Snakemake's ``log:``) is replaced by each rerun; the checkpoint
+    directory is kept across reruns, so a killed attempt's log survives there.
+    """
+    path = Path(checkpoints) / ATTEMPTS_LOG
+    if os.environ.get("RANK", "0") != "0":
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, mode="a")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+    log.info("=== attempt: pid %d on %s, world size %s", os.getpid(), os.uname().nodename,
+             os.environ.get("WORLD_SIZE", "1"))
+    return path
+
+
 def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def evaluate(model: nn.Module, batches: StoreBatches, device: torch.device) -> tuple[float, float, np.ndarray]:
@@ -200,11 +220,11 @@ def train(spec: TrainSpec, train_store: str | Path, test_store: str | Path, out_
     checkpoint is written after every epoch and, with ``checkpoint_steps`` > 0, every
     that many steps within an epoch; a rerun resumes from the last one exactly.
     """
-    from ..stimuli.store import open_store
+    from ..stimuli.store import open_stimuli
 
-    # Stores from another generator version, unfinished or not stimulus stores stop here, before any work.
-    open_store(train_store, require=("shape_coeff",) if spec.source == "rendered" else ("image",))
-    open_store(test_store, require=("image",))
+    # Stores from another generator version, unfinished, damaged or not stimulus stores stop here, before any work.
+    open_stimuli(train_store, require=("shape_coeff",) if spec.source == "rendered" else ("image",))
+    open_stimuli(test_store, require=("image",))
     ctx = init_distributed()
     if ctx.rank == 0:
         log.info("training %s_s%d on %d process(es), %s (%s)", spec.task, spec.seed, ctx.world, ctx.device,
@@ -216,7 +236,7 @@ def train(spec: TrainSpec, train_store: str | Path, test_store: str | Path, out_
     if spec.source == "rendered":
         channels = 1 if spec.render["render"]["color"] == "gray" else 3
     else:
-        channels = zarr.open_group(str(train_store), mode="r")["image"].shape[-1]
+        channels = open_group(train_store, "stimulus store")["image"].shape[-1]
     model = build_model(len(labels.classes), width=spec.width, stem=spec.stem, in_channels=channels)
     if ctx.world > 1:
         model = with_global_batch_norm(model)
@@ -235,9 +255,11 @@ def train(spec: TrainSpec, train_store: str | Path, test_store: str | Path, out_
     history: list[dict[str, Any]] = []
     start, start_step, running = 0, 0, [0.0, 0.0, 0.0]
     ckpt = checkpoints / "last.pt"
+    # A checkpoint resumes only the run of this spec on these data (the stores' content digests).
+    data_id = {"train": digest(train_store), "test": digest(test_store)}
     if ckpt.exists():
         state = torch.load(ckpt, map_location=ctx.device, weights_only=False)
-        if state.get("spec") == spec.digest() and state.get("world") == ctx.world:
+        if state.get("spec") == spec.digest() and state.get("world") == ctx.world and state.get("data") == data_id:
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
             history, start, start_step = state["history"], state["epoch"], state.get("step", 0)
@@ -245,12 +267,13 @@ def train(spec: TrainSpec, train_store: str | Path, test_store: str | Path, out_
                 running = list(state.get("running", running))
             log.info("resuming %s from epoch %d, step %d (%s)", spec.task, start, start_step, ckpt)
         else:
-            log.info("ignoring checkpoint %s made for another spec or process count", ckpt)
+            log.info("ignoring checkpoint %s: made for another spec, process count or training data", ckpt)
 
     def save(epoch: int, step: int, sums: list[float]) -> None:
         checkpoints.mkdir(parents=True, exist_ok=True)
         _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "step": step,
-                      "running": sums, "history": history, "spec": spec.digest(), "world": ctx.world}, ckpt)
+                      "running": sums, "history": history, "spec": spec.digest(), "world": ctx.world,
+                      "data": data_id}, ckpt)
 
     net = (nn.parallel.DistributedDataParallel(model, device_ids=[ctx.device] if ctx.device.type == "cuda" else None)
            if ctx.world > 1 else model)
@@ -308,11 +331,8 @@ def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 def _write_outputs(out_dir: Path, spec: TrainSpec, model: nn.Module, labels: Labels, history: list[dict],
                    test_store: str | Path, test_labels: Labels, preds: np.ndarray) -> None:
     """model.pt, metrics.csv, accuracy_by_factor.csv, config.json (each written whole, then renamed)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / "config.json.partial"
-    tmp.write_text(json.dumps({"spec": asdict(spec), "classes": list(labels.classes),
-                               "test_store": str(test_store)}, indent=1, sort_keys=True))
-    os.replace(tmp, out_dir / "config.json")
+    write_text(out_dir / "config.json", json.dumps({"spec": asdict(spec), "classes": list(labels.classes),
+                                                   "test_store": str(test_store)}, indent=1, sort_keys=True))
     _atomic_save({"state_dict": plain_state_dict(model), "classes": list(labels.classes), "task": spec.task,
                   "spec": asdict(spec), "readout_layers": list(READOUT_LAYERS), "architecture": "ResNet10"},
                  out_dir / "model.pt")
@@ -321,18 +341,16 @@ def _write_outputs(out_dir: Path, spec: TrainSpec, model: nn.Module, labels: Lab
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "w", newline="") as fh:
+    with atomic_file(path) as tmp, open(tmp, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["empty"])
         w.writeheader()
         w.writerows(rows)
-    os.replace(tmp, path)
 
 
 def accuracy_by_factor(test_store: str | Path, truth: np.ndarray, preds: np.ndarray, bins: int = 5
                        ) -> list[dict[str, Any]]:
     """Held-out accuracy per level of each categorical factor and per quantile bin of each continuous one."""
-    group = zarr.open_group(str(test_store), mode="r")
+    group = open_group(test_store, "stimulus store")
     factors = json.loads(group.attrs.get("factors", "{}"))
     ok = truth == preds
     rows = []
