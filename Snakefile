@@ -1,7 +1,7 @@
 # infodissect: the workflow entry point (run `snakemake --cores all` here).
 #
 # Loads config/config.yaml (merged with any --configfile / --config), validates
-# it against workflow/schemas/config.schema.yaml plus semantic checks, fills in
+# it against src/infodissect/schemas/config.schema.yaml plus semantic checks, fills in
 # defaults, and includes one rule file per stage. `rule all` is the default
 # target. Keep this file the real entry point: a Snakefile that only does
 # `include: "workflow/Snakefile"` runs nothing (include keeps the default target).

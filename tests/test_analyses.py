@@ -15,8 +15,9 @@ import xarray as xr
 from infodissect.analyses.generalisation import MorphError, morph_responses, sign_flip_pvalue, summarise
 from infodissect.analyses.information import (InformationError, activation_information, factor_table, load_layers,
                                               variable_chunks)
-from infodissect.analyses.profile import layer_profile, peak_layer, profile_outputs, unit_order
+from infodissect.analyses.profile import layer_profile, peak_layer, unit_order
 from infodissect.report import build_report, caption_text
+from infodissect.stages import run_stage
 from infodissect.store import StoreError, atomic_store, open_tree
 
 N = 800
@@ -106,8 +107,9 @@ def test_planted_profile_and_maps_name_the_factors(planted, tmp_path):
     # Units ordered by their best factor: the identity unit and the yaw unit are grouped apart.
     order = unit_order(layers["block1_out"]["mi_pooled"])
     assert sorted(order.tolist()) == [0, 1, 2, 3]
-    figs = {k: tmp_path / f"{k}.png" for k in ("profile", "units", "maps")}
-    profile_outputs(layers, tmp_path / "profile.zarr", figs, title="planted")
+    figs = {f"{k}_figure": tmp_path / f"{k}.png" for k in ("profile", "units", "maps")}
+    numbers = run_stage("profile", {}, {"mi": out}, {"out": tmp_path / "profile.zarr", **figs}, title="planted")
+    assert numbers["identity information peaks at (mean over units)"].startswith("block1_out")
     assert all(p.stat().st_size > 10_000 for p in figs.values())
     again = xr.open_zarr(tmp_path / "profile.zarr")
     assert again["max_mi"].dims == ("layer", "factor") and again["max_mi"].attrs["units"] == "bits"
@@ -212,8 +214,8 @@ def test_report_embeds_figures_with_captions_and_key_numbers(planted, tmp_path):
     assert caption_text(cap, {"model": "m_s0"}) == "Curves of model m_s0."
     metrics = tmp_path / "metrics.csv"
     metrics.write_text("epoch,test_accuracy\n1,0.5\n2,0.925\n")
-    profile_outputs(load_layers(out), tmp_path / "profile.zarr",
-                    {k: tmp_path / f"{k}.png" for k in ("profile", "units", "maps")})
+    run_stage("profile", {}, {"mi": out}, {"out": tmp_path / "profile.zarr",
+                                          **{f"{k}_figure": tmp_path / f"{k}.png" for k in ("profile", "units", "maps")}})
     spec = {"title": "T", "models": {"m_s0": {"metrics": str(metrics), "profile": str(tmp_path / "profile.zarr")}},
             "sections": [{"title": "S", "figures": [{"path": str(fig), "caption": str(cap),
                                                      "wildcards": {"model": "m_s0"}}]}]}

@@ -149,104 +149,39 @@ def _mi_run(a: argparse.Namespace) -> None:
             pixel_information(a.stimuli, a.out, **kwargs)
 
 
-def _analyses_profile(a: argparse.Namespace) -> None:
-    from .analyses.information import load_layers
-    from .analyses.profile import profile_outputs
+def _analyses(a: argparse.Namespace) -> None:
+    """Run the analysis stage ``a.command`` of the stage table with the parsed ports."""
+    from .stages import STAGES, run_stage
 
-    layers = load_layers(a.mi, a.pixels)
-    profile_outputs(layers, a.out, {"profile": a.profile_figure, "units": a.units_figure, "maps": a.maps_figure},
-                    title=a.title)
+    stage = STAGES[a.command]
+    if a.threads:
+        import torch
 
-
-def _analyses_generalisation(a: argparse.Namespace) -> None:
-    import xarray as xr
-
-    from .analyses.generalisation import generalisation
-    from .figures.generalisation import generalisation_figure
-    from .store import atomic_store, open_tree, write_tree
-
-    responses, summary = generalisation(open_tree(a.activations, "activation store"))
-    with atomic_store(a.out, inputs=[a.activations]) as tmp:
-        write_tree(xr.DataTree.from_dict({"/": summary, "/responses": responses}), tmp)
-    generalisation_figure(summary, a.figure, title=f"{a.title}: generalisation under shape vs texture change")
-    logging.info("generalisation: %s", {k: summary.attrs[k] for k in summary.attrs if k != "test"})
+        torch.set_num_threads(a.threads)
+    inputs = {p.name: getattr(a, p.name) for p in stage.inputs}
+    outputs = {p.name: getattr(a, p.name) for p in stage.outputs}
+    numbers = run_stage(a.command, json.loads(a.spec), inputs, outputs, title=a.title)
+    for key, value in numbers.items():
+        logging.info("%s: %s", key, value)
 
 
-def _analyses_revcorr(a: argparse.Namespace) -> None:
-    import torch
+def _add_stage_parsers(subparsers: argparse._SubParsersAction) -> None:
+    """One subcommand per analysis stage of the stage table: its ports, --spec, --title, --threads."""
+    from .stages import STAGES
 
-    from .analyses.features import feature_analysis
-    from .analyses.revcorr import revcorr_analysis
-    from .faces.model import model_from_config
-    from .figures.revcorr import features_figure, revcorr_figure
-    from .nets import READOUT_LAYERS
-    from .stimuli.store import open_stimuli
-    from .store import atomic_store, dask_scheduler, open_tree, write_zarr
-
-    spec = json.loads(a.spec)
-    torch.set_num_threads(a.threads)
-    tree = open_tree(a.activations, "activation store")
-    model = model_from_config(json.loads(open_stimuli(a.stimuli).attrs["generator"]))
-    with dask_scheduler(spec.get("scheduler", "local"), threads=1):
-        ds = revcorr_analysis(tree, model, n_perm=int(spec.get("n_perm", 100)), alpha=float(spec.get("alpha", 0.05)),
-                              seed=int(spec.get("seed", 0)))
-    feats = feature_analysis(tree, ds, model, [n for n in READOUT_LAYERS if n in tree.children])
-    with atomic_store(a.out, inputs=[a.activations, a.stimuli]) as tmp:
-        write_zarr(ds, tmp)
-    with atomic_store(a.features, inputs=[a.activations, a.stimuli]) as tmp:
-        write_zarr(feats, tmp)
-    revcorr_figure(ds, a.figure, title=f"{a.title}: shape and texture features the network uses\n"
-                                       "(grey: below the permutation threshold)")
-    features_figure(feats, a.features_figure, title=f"{a.title}: hidden layers and the diagnostic features")
-
-
-def _analyses_pose(a: argparse.Namespace) -> None:
-    import torch
-
-    from .analyses.pose import pose_invariance
-    from .figures.pose import pose_figure
-    from .nets import READOUT_LAYERS
-    from .store import atomic_store, open_tree, write_zarr
-
-    spec = json.loads(a.spec)
-    torch.set_num_threads(a.threads)
-    tree = open_tree(a.activations, "activation store")
-    layers = [n for n in READOUT_LAYERS if n in tree.children]
-    ds = pose_invariance(tree, layers, pose=spec.get("pose_factor", "yaw"), n_bins=int(spec.get("pose_bins", 3)),
-                         grid=int(spec.get("readout_grid", 4)))
-    ds.attrs.update({k: tree.attrs[k] for k in ("model", "set") if k in tree.attrs})
-    with atomic_store(a.out, inputs=[a.activations]) as tmp:
-        write_zarr(ds, tmp)
-    pose_figure(ds, a.figure, title=f"{a.title}: pose invariance of the identity code")
-
-
-def _analyses_visibility(a: argparse.Namespace) -> None:
-    from .analyses.information import PIXELS
-    from .analyses.visibility import factor_visibility, invisible_factors, model_score
-    from .figures.visibility import visibility_figure
-    from .store import atomic_store, open_tree, write_zarr
-
-    pixels = None
-    if a.pixels:
-        tree = open_tree(a.pixels, "pixel MI store")
-        if PIXELS not in tree.children:
-            raise ValueError(f"{a.pixels}: no `{PIXELS}` group (is it a pixel MI store, "
-                             "results/mi/pixels/{set}.zarr?)")
-        pixels = tree[PIXELS].to_dataset()
-    heldout = {Path(h).parent.name: h for h in a.heldout}
-    unknown = sorted(set(heldout) - {Path(d).name for d in a.models})
-    if unknown:
-        raise ValueError(f"--heldout: no --models directory for {', '.join(unknown)}")
-    ds = factor_visibility(pixels, [model_score(d, heldout.get(Path(d).name)) for d in a.models])
-    with atomic_store(a.out, inputs=[p for p in [a.pixels, *a.heldout] if p]) as tmp:
-        write_zarr(ds, tmp)
-    visibility_figure(ds, a.figure, title=a.title)
-    if a.pixels:
-        logging.info("factors with no pixel above the threshold: %s", ", ".join(invisible_factors(ds)) or "none")
-    for m in ds["model"].values:
-        row = ds.sel(model=m)
-        logging.info("%s: accuracy %.3f on %s (chance %.3f)", m, float(row["accuracy"]),
-                     str(row["evaluated_on"].values), float(row["chance"]))
+    for stage in STAGES.values():
+        sp = subparsers.add_parser(stage.name, help=stage.help)
+        for port in stage.inputs:
+            kwargs = {"nargs": "*", "default": []} if port.many else {"required": not port.optional, "default": None}
+            sp.add_argument(port.flag, dest=port.name, help=port.help, **kwargs)
+        for port in stage.outputs:
+            sp.add_argument(port.flag, dest=port.name, required=True, help=port.help)
+        if stage.settings:
+            sp.add_argument("--spec", default="{}", help=f"JSON: {', '.join(stage.settings)} (defaults: the config "
+                                                         f"schema's {', '.join(stage.settings.values())})")
+        sp.set_defaults(func=_analyses, spec="{}")
+        sp.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+        sp.add_argument("--title", default="", help="figure title prefix")
 
 
 def _report(a: argparse.Namespace) -> None:
@@ -358,56 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--out", required=True, help="output MI store")
         sp.set_defaults(func=_mi_run)
 
-    an = stages.add_parser("analyses", help="the paper's analyses and their figures")
-    ansub = an.add_subparsers(dest="command", required=True)
-    pr = ansub.add_parser("profile", help="layer profile, unit x factor matrices and spatial MI maps")
-    pr.add_argument("--mi", required=True, help="MI store of a model's layers")
-    pr.add_argument("--pixels", default=None, help="MI store of the set's pixels (the input baseline)")
-    pr.add_argument("--out", required=True, help="output profile store (layer, factor)")
-    pr.add_argument("--profile-figure", required=True)
-    pr.add_argument("--units-figure", required=True)
-    pr.add_argument("--maps-figure", required=True)
-    pr.add_argument("--title", default="")
-    pr.set_defaults(func=_analyses_profile)
-    ge = ansub.add_parser("generalisation", help="the network's response along shape, texture and joint morphs")
-    ge.add_argument("--activations", required=True, help="activation store of the morph set (needs logits)")
-    ge.add_argument("--out", required=True, help="output store (summary at the root, /responses per morph)")
-    ge.add_argument("--figure", required=True)
-    ge.add_argument("--title", default="")
-    ge.set_defaults(func=_analyses_generalisation)
-
-    rc = ansub.add_parser("revcorr", help="reverse-correlation shape and texture feature maps on the face mesh")
-    rc.add_argument("--activations", required=True, help="activation store of the revcorr set (needs logits)")
-    rc.add_argument("--stimuli", required=True, help="the revcorr stimulus store (for its face model)")
-    rc.add_argument("--spec", default="{}", help="JSON: n_perm, alpha, seed, scheduler")
-    rc.add_argument("--threads", type=int, default=1)
-    rc.add_argument("--out", required=True, help="output store (identity, vertex) with the template mesh")
-    rc.add_argument("--figure", required=True)
-    rc.add_argument("--features", required=True, help="output store: every layer's information about the features")
-    rc.add_argument("--features-figure", required=True)
-    rc.add_argument("--title", default="")
-    rc.set_defaults(func=_analyses_revcorr)
-
-    po = ansub.add_parser("pose", help="identity information within, across and given pose; cross-pose read-outs")
-    po.add_argument("--activations", required=True, help="activation store of a set where identity and pose vary")
-    po.add_argument("--spec", default="{}", help="JSON: pose_factor, pose_bins, readout_grid")
-    po.add_argument("--threads", type=int, default=1)
-    po.add_argument("--out", required=True, help="output store (layer, pose bins)")
-    po.add_argument("--figure", required=True)
-    po.add_argument("--title", default="")
-    po.set_defaults(func=_analyses_pose)
-
-    vi = ansub.add_parser("visibility", help="factor visibility: pixel MI per factor and every trained classifier's "
-                                             "accuracy (held-out identities) against chance")
-    vi.add_argument("--pixels", default=None,
-                    help="pixel MI store (results/mi/pixels/{set}.zarr); omit if not measured")
-    vi.add_argument("--models", nargs="*", default=[], help="trained models' directories (results/models/{model})")
-    vi.add_argument("--heldout", nargs="*", default=[],
-                    help="held-out evaluations (results/models/{model}/heldout.json) to score instead of the test set")
-    vi.add_argument("--out", required=True, help="output store (factor, model)")
-    vi.add_argument("--figure", required=True)
-    vi.add_argument("--title", default="")
-    vi.set_defaults(func=_analyses_visibility)
+    an = stages.add_parser("analyses", help="the paper's analyses and their figures (the stage table)")
+    _add_stage_parsers(an.add_subparsers(dest="command", required=True))
 
     rp = stages.add_parser("report", help="the HTML report of every figure and the key numbers")
     rp.add_argument("--spec", required=True, help="JSON: title, intro, models {name: {metrics, heldout, profile, "

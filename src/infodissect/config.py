@@ -2,7 +2,7 @@
 
 The configuration is checked in two steps:
 
-1. against the JSON schema in ``workflow/schemas/config.schema.yaml`` (types,
+1. against the JSON schema in ``src/infodissect/schemas/config.schema.yaml`` (types,
    ranges, unknown keys), filling in every ``default`` the schema declares;
 2. against semantic rules JSON schema cannot express (``min <= neutral <=
    max``, the face model's hard factor bounds, categorical level subsets,
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import re
+from importlib import resources
 from collections.abc import Iterable, Iterator, Mapping
 from functools import lru_cache
 from pathlib import Path
@@ -33,6 +34,7 @@ __all__ = [
     "ConfigError",
     "schema_path",
     "load_schema",
+    "schema_default",
     "validate_config",
     "load_config",
     "parse_model_name",
@@ -48,13 +50,9 @@ class ConfigError(ValueError):
 
 
 def schema_path() -> Path:
-    """Path of the config JSON schema (``workflow/schemas/config.schema.yaml``).
-
-    The schema lives in the repository, not in the package; it is found
-    relative to this file (``src/infodissect/../../workflow/schemas``), which
-    holds for an editable install.
-    """
-    return Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+    """Path of the config JSON schema, package data of ``infodissect`` (``schemas/config.schema.yaml``),
+    so an installed wheel validates configs as the repository does."""
+    return Path(str(resources.files("infodissect") / "schemas" / "config.schema.yaml"))
 
 
 @lru_cache(maxsize=1)
@@ -69,6 +67,19 @@ def _cached_schema() -> dict:
 def load_schema() -> dict:
     """Return the config JSON schema as a dict (a fresh copy on every call)."""
     return copy.deepcopy(_cached_schema())
+
+
+def schema_default(key: str) -> Any:
+    """The schema's default of a dotted config key (``analyses.pose_bins``); the one place defaults live."""
+    node: dict = _cached_schema()
+    for part in key.split("."):
+        try:
+            node = node["properties"][part]
+        except KeyError:
+            raise ConfigError(f"{key}: no such config key in the schema") from None
+    if "default" not in node:
+        raise ConfigError(f"{key}: the schema gives it no default; set it")
+    return copy.deepcopy(node["default"])
 
 
 def _extend_with_default(validator_class: type) -> type:

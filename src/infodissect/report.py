@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from .analyses.profile import peak_layer
-from .store import open_dataset, open_tree, write_text
+from .stages import STAGES
+from .store import open_dataset, write_text
 
 
 def caption_text(path: str | Path, wildcards: dict[str, str]) -> str:
@@ -31,7 +31,8 @@ def caption_text(path: str | Path, wildcards: dict[str, str]) -> str:
 
 
 def key_numbers(model: str, inputs: dict[str, str]) -> dict[str, Any]:
-    """Held-out accuracy, where identity information peaks and the shape - texture generalisation gap."""
+    """A model's key numbers: test-set and held-out accuracy, then those of each analysis stage whose store
+    ``inputs`` names (keyed by stage name: the profile's identity peak, the generalisation gap, pose invariance)."""
     row: dict[str, Any] = {"model": model}
     if "metrics" in inputs:
         m = pd.read_csv(inputs["metrics"])
@@ -41,31 +42,10 @@ def key_numbers(model: str, inputs: dict[str, str]) -> dict[str, Any]:
         row["accuracy on held-out identities"] = (
             f"{100 * h['accuracy']:.1f}% (chance {100 * h['chance']:.1f}%; {h['identities']} people, {h['n']} images "
             f"of set {h['set']})")
-    if "profile" in inputs:
-        prof = open_tree(inputs["profile"], "profile store").to_dataset()
-        if "identity" in [str(f) for f in prof["factor"].values]:
-            best = peak_layer(prof, "identity", "mean_mi_pooled")
-            row["identity information peaks at (mean over units)"] = (
-                f"{best} ({float(prof['mean_mi_pooled'].sel(layer=best, factor='identity')):.3f} bits)")
-            best_max = peak_layer(prof, "identity", "max_mi_pooled")
-            row["most informative identity unit"] = (
-                f"{best_max} ({float(prof['max_mi_pooled'].sel(layer=best_max, factor='identity')):.3f} bits)")
-    if "generalisation" in inputs:
-        g = open_dataset(inputs["generalisation"], what="generalisation store")
-        if "shape_minus_texture_tolerance" in g.attrs:
-            tol = g["tolerance"].mean("pair")
-            row["tolerance to shape / texture change"] = (
-                f"{float(tol.sel(morph_type='shape')):.2f} / {float(tol.sel(morph_type='texture')):.2f}")
-            row["generalisation gap (shape - texture)"] = (
-                f"{g.attrs['shape_minus_texture_tolerance']:+.2f} (p = {g.attrs['p_value']:.3g}, "
-                f"{g.attrs['n_pairs']} pairs): {g.attrs['finding']}")
-    if "pose" in inputs:
-        pose = open_dataset(inputs["pose"], what="pose store")
-        inv = pose["invariance"]
-        best = str(pose["layer"].values[int(np.nanargmax(inv.values))])
-        row["pose invariance of identity read-outs (other / same pose)"] = (
-            f"highest at {best} ({float(inv.sel(layer=best)):.2f}); first layer {str(pose['layer'].values[0])} "
-            f"{float(inv.isel(layer=0)):.2f}, last {str(pose['layer'].values[-1])} {float(inv.isel(layer=-1)):.2f}")
+    for name, path in inputs.items():  # the analysis stages' own key numbers (the stage table)
+        stage = STAGES.get(name)
+        if stage is not None and hasattr(stage.load(), "key_numbers"):
+            row.update(stage.load().key_numbers(path))
     return row
 
 

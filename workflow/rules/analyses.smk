@@ -8,13 +8,10 @@ rule analyses_profile:
     input:
         unpack(profile_inputs),
     output:
-        profile=directory("results/analyses/{model}/{set}_profile.zarr"),
-        layer_profile=report("results/figures/{model}_{set}_layer_profile.png",
-                             caption="../report/layer_profile.rst", category="Information"),
-        units=report("results/figures/{model}_{set}_units.png", caption="../report/units.rst",
-                     category="Information"),
-        maps=report("results/figures/{model}_{set}_spatial_maps.png", caption="../report/spatial_maps.rst",
-                    category="Information"),
+        profile=directory(stage("profile").store),
+        layer_profile=stage_figure("profile", "profile_figure"),
+        units=stage_figure("profile", "units_figure"),
+        maps=stage_figure("profile", "maps_figure"),
     params:
         pixels=lambda wildcards, input: f"--pixels {input.pixels}" if "pixels" in input.keys() else "",
     log:
@@ -32,9 +29,8 @@ rule analyses_generalisation:
     input:
         f"results/activations/{{model}}/{config['analyses']['morph_set']}.zarr",
     output:
-        summary=directory("results/analyses/{model}/generalisation.zarr"),
-        figure=report("results/figures/{model}_generalisation.png", caption="../report/generalisation.rst",
-                      category="Generalisation"),
+        summary=directory(stage("generalisation").store),
+        figure=stage_figure("generalisation"),
     log:
         "results/logs/analyses/{model}/generalisation.log",
     benchmark:
@@ -53,12 +49,10 @@ rule analyses_revcorr:
     output:
         maps=directory("results/analyses/{model}/revcorr.zarr"),
         features=directory("results/analyses/{model}/features.zarr"),
-        figure=report("results/figures/{model}_revcorr.png", caption="../report/revcorr.rst",
-                      category="Feature maps"),
-        features_figure=report("results/figures/{model}_features.png", caption="../report/features.rst",
-                               category="Feature maps"),
+        figure=stage_figure("revcorr"),
+        features_figure=stage_figure("revcorr", "features_figure"),
     params:
-        spec=revcorr_spec(),
+        spec=stage_settings("revcorr"),
     threads: config["mi"]["threads"]
     resources:
         mem_mb=config["mi"]["mem_mb"],
@@ -78,10 +72,10 @@ rule analyses_pose:
     input:
         f"results/activations/{{model}}/{config['analyses']['pose_set']}.zarr",
     output:
-        summary=directory("results/analyses/{model}/pose.zarr"),
-        figure=report("results/figures/{model}_pose.png", caption="../report/pose.rst", category="Pose invariance"),
+        summary=directory(stage("pose").store),
+        figure=stage_figure("pose"),
     params:
-        spec=pose_spec(),
+        spec=stage_settings("pose"),
     threads: config["mi"]["threads"]
     log:
         "results/logs/analyses/{model}/pose.log",
@@ -98,8 +92,8 @@ rule analyses_visibility:
     input:
         unpack(visibility_inputs),
     output:
-        store=directory(VISIBILITY[0]),
-        figure=report(VISIBILITY[1], caption="../report/factor_visibility.rst", category="Stimuli"),
+        store=directory(stage("visibility").store),
+        figure=stage_figure("visibility"),
     params:
         pixels=lambda wildcards, input: f"--pixels {input.pixels}" if "pixels" in input.keys() else "",
         models=" ".join(f"results/models/{m}" for m in model_names()),

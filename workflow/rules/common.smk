@@ -199,17 +199,22 @@ def mi_spec():
     return json.dumps({"seed": config["seed"], **{k: m[k] for k in keys}}, sort_keys=True)
 
 
-def revcorr_spec():
-    """JSON (sorted keys) of the settings the reverse-correlation maps use (permutations and scheduler of `mi`)."""
-    m = config["mi"]
-    return json.dumps({"seed": config["seed"], **{k: m[k] for k in ("n_perm", "alpha", "scheduler")}},
-                      sort_keys=True)
+def stage(name):
+    """A row of the stage table (infodissect.stages.STAGES): ports, settings, figures, captions."""
+    from infodissect.stages import STAGES
+
+    return STAGES[name]
 
 
-def pose_spec():
-    """JSON (sorted keys) of the pose-invariance settings."""
-    a = config["analyses"]
-    return json.dumps({k: a[k] for k in ("pose_factor", "pose_bins", "readout_grid")}, sort_keys=True)
+def stage_settings(name):
+    """JSON (sorted keys) of an analysis stage's settings in the config (its --spec)."""
+    return stage(name).settings_json(config)
+
+
+def stage_figure(name, output="figure"):
+    """report() of a stage's figure: its path pattern, caption and report category, from the stage table."""
+    fig = next(f for f in stage(name).figures if f.output == output)
+    return report(fig.path, caption=f"../report/{fig.caption}.rst", category=name.capitalize())
 
 
 def profile_inputs(wildcards):
@@ -218,9 +223,6 @@ def profile_inputs(wildcards):
     if config["mi"]["pixels"]:
         inputs["pixels"] = f"results/mi/pixels/{wildcards.set}.zarr"
     return inputs
-
-
-PROFILE_FIGURES = ("layer_profile", "units", "spatial_maps")  # results/figures/{model}_{set}_{name}.png
 
 
 def caption(name):
@@ -242,53 +244,45 @@ def visibility_inputs(wildcards=None):
     return inputs
 
 
-VISIBILITY = ("results/analyses/visibility.zarr", "results/figures/factor_visibility.png")
+def _per_model_stages():
+    """The analysis stages run for each analysed model, in the stage table's (and the report's) order."""
+    from infodissect.stages import STAGES
+
+    return [st for st in STAGES.values() if st.per_model]
+
+
+def _stage_figures(st, model=None):
+    return [(p, caption(c), w) for p, c, w in st.figure_paths(config, model)]
 
 
 def report_figures():
     """Sections of report.html: (title, [(figure path, caption file, wildcards)])."""
-    names, t = set_names(), config["training"]
     sections = [("Stimuli", stimulus_figures())]
     if model_names():
-        sections.append(("Factor visibility", [(VISIBILITY[1], caption("factor_visibility"), {})]))
+        sections.append(("Factor visibility", _stage_figures(stage("visibility"))))
     analysed = analysed_models()
     for model in model_names():
         figs = [(f"results/figures/{model}_training.png", caption("training"), {"model": model})]
-        if model not in analysed:
-            sections.append((f"Model {model}", figs))
-            continue
-        morphs = config["analyses"]["morph_set"]
-        if morphs:
-            figs.append((f"results/figures/{model}_generalisation.png", caption("generalisation"), {"model": model}))
-        if config["analyses"]["revcorr_set"]:
-            figs.append((f"results/figures/{model}_revcorr.png", caption("revcorr"), {"model": model}))
-            figs.append((f"results/figures/{model}_features.png", caption("features"), {"model": model}))
-        if config["analyses"]["pose_set"]:
-            figs.append((f"results/figures/{model}_pose.png", caption("pose"), {"model": model}))
-        for s in config["mi"]["sets"]:
-            for stem in PROFILE_FIGURES:
-                figs.append((f"results/figures/{model}_{s}_{stem}.png", caption(stem), {"model": model, "set": s}))
+        if model in analysed:
+            for st in _per_model_stages():
+                figs += _stage_figures(st, model)
         sections.append((f"Model {model}", figs))
     return [(title, figs) for title, figs in sections if figs]
 
 
 def report_models():
-    """Per model, the files behind the report's table of key numbers."""
+    """Per model, the files behind the report's table of key numbers (keyed by stage name for the analyses)."""
     out = {}
     analysed = analysed_models()
     for model in model_names():
         inputs = {"metrics": f"results/models/{model}/metrics.csv"}
         if model in heldout_models():
             inputs["heldout"] = f"results/models/{model}/heldout.json"
-        if model not in analysed:
-            out[model] = inputs
-            continue
-        if config["mi"]["sets"]:
-            inputs["profile"] = f"results/analyses/{model}/{config['mi']['sets'][0]}_profile.zarr"
-        if config["analyses"]["morph_set"]:
-            inputs["generalisation"] = f"results/analyses/{model}/generalisation.zarr"
-        if config["analyses"]["pose_set"]:
-            inputs["pose"] = f"results/analyses/{model}/pose.zarr"
+        if model in analysed:
+            for st in _per_model_stages():
+                path = st.store_path(config, model)
+                if path:
+                    inputs[st.name] = path
         out[model] = inputs
     return out
 
@@ -299,7 +293,7 @@ def report_spec():
                 for title, figs in report_figures()]
     for section in sections:
         if section["title"] == "Factor visibility":
-            section["visibility"] = VISIBILITY[0]  # its table of numbers
+            section["visibility"] = stage("visibility").store  # its table of numbers
     intro = ("infodissect: what each layer, unit and pixel of a face-identity network carries about the factors "
              "that generated its input (after Xu et al., arXiv:1811.07807).")
     return json.dumps({"title": "infodissect report", "intro": intro, "models": report_models(),
@@ -312,7 +306,7 @@ def report_inputs():
     files += sorted({c for _, figs in report_figures() for _, c, _ in figs})
     files += [p for inputs in report_models().values() for p in inputs.values()]
     if model_names():
-        files.append(VISIBILITY[0])
+        files.append(stage("visibility").store)
     return files
 
 
@@ -331,5 +325,6 @@ def all_targets():
         targets += [f"results/activations/{model}/{s}.zarr" for s in config["activations"]["sets"]]
         targets += [f"results/mi/{model}/{s}.zarr" for s in config["mi"]["sets"]]
     if model_names():
-        targets += [*VISIBILITY, "results/report.html"]
+        targets += [stage("visibility").store, *(p for p, _, _ in stage("visibility").figure_paths(config)),
+                    "results/report.html"]
     return targets

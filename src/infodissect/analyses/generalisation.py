@@ -13,6 +13,9 @@ shape change than of texture change.
 from __future__ import annotations
 
 import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -140,3 +143,40 @@ def generalisation(tree: xr.DataTree) -> tuple[xr.Dataset, xr.Dataset]:
     resp.attrs.update(meta)
     summary.attrs.update(meta)
     return resp, summary
+
+
+@dataclass(frozen=True)
+class Spec:
+    """The generalisation test has no settings (its morph set is chosen by the workflow)."""
+
+
+def run(spec: Spec, inputs: dict[str, Any], outputs: dict[str, Path], title: str = "") -> dict[str, str]:
+    """The generalisation test on a morph set's activations -> store ``out`` (summary, /responses) and ``figure``."""
+    from ..figures.generalisation import generalisation_figure
+    from ..store import atomic_store, open_tree, write_tree
+
+    responses, summ = generalisation(open_tree(inputs["activations"], "activation store"))
+    with atomic_store(outputs["out"], inputs=[inputs["activations"]]) as tmp:
+        write_tree(xr.DataTree.from_dict({"/": summ, "/responses": responses}), tmp)
+    generalisation_figure(summ, outputs["figure"], title=f"{title}: generalisation under shape vs texture change")
+    logging.getLogger(__name__).info("generalisation: %s", {k: summ.attrs[k] for k in summ.attrs if k != "test"})
+    return summary(summ)
+
+
+def summary(g: xr.Dataset) -> dict[str, str]:
+    """The test's key numbers: tolerance to shape and to texture change, and their gap."""
+    if "shape_minus_texture_tolerance" not in g.attrs:
+        return {}
+    tol = g["tolerance"].mean("pair")
+    return {"tolerance to shape / texture change": (
+                f"{float(tol.sel(morph_type='shape')):.2f} / {float(tol.sel(morph_type='texture')):.2f}"),
+            "generalisation gap (shape - texture)": (
+                f"{g.attrs['shape_minus_texture_tolerance']:+.2f} (p = {g.attrs['p_value']:.3g}, "
+                f"{g.attrs['n_pairs']} pairs): {g.attrs['finding']}")}
+
+
+def key_numbers(path: str | Path) -> dict[str, str]:
+    """:func:`summary` of a finished generalisation store."""
+    from ..store import open_dataset
+
+    return summary(open_dataset(path, what="generalisation store"))

@@ -18,6 +18,9 @@ diagonal accuracy: 1 when identity read-outs transfer across poses unchanged.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -143,3 +146,44 @@ def pose_invariance(tree: xr.DataTree, layers: list[str], *, pose: str = "yaw", 
     ds.attrs.update(pose=pose, n_bins=int(n_bins), grid=int(grid), ridge=float(ridge), n_classes=int(codes.max() + 1),
                     chance=1.0 / (codes.max() + 1), n_samples=int(len(codes)))
     return ds
+
+
+@dataclass(frozen=True)
+class Spec:
+    """Settings of the pose stage (config ``analyses``): the binned pose factor, its bins, the read-out grid."""
+
+    pose_factor: str
+    pose_bins: int
+    readout_grid: int
+
+
+def run(spec: Spec, inputs: dict[str, Any], outputs: dict[str, Path], title: str = "") -> dict[str, str]:
+    """Pose invariance of an activation store (``inputs["activations"]``) -> store ``out`` and ``figure``."""
+    from ..figures.pose import pose_figure
+    from ..nets import READOUT_LAYERS
+    from ..store import atomic_store, open_tree, write_zarr
+
+    tree = open_tree(inputs["activations"], "activation store")
+    layers = [n for n in READOUT_LAYERS if n in tree.children]
+    ds = pose_invariance(tree, layers, pose=spec.pose_factor, n_bins=spec.pose_bins, grid=spec.readout_grid)
+    ds.attrs.update({k: tree.attrs[k] for k in ("model", "set") if k in tree.attrs})
+    with atomic_store(outputs["out"], inputs=[inputs["activations"]]) as tmp:
+        write_zarr(ds, tmp)
+    pose_figure(ds, outputs["figure"], title=f"{title}: pose invariance of the identity code")
+    return summary(ds)
+
+
+def summary(pose: xr.Dataset) -> dict[str, str]:
+    """The pose stage's key number: where identity read-outs transfer best across poses."""
+    inv = pose["invariance"]
+    best = str(pose["layer"].values[int(np.nanargmax(inv.values))])
+    return {"pose invariance of identity read-outs (other / same pose)": (
+        f"highest at {best} ({float(inv.sel(layer=best)):.2f}); first layer {str(pose['layer'].values[0])} "
+        f"{float(inv.isel(layer=0)):.2f}, last {str(pose['layer'].values[-1])} {float(inv.isel(layer=-1)):.2f}")}
+
+
+def key_numbers(path: str | Path) -> dict[str, str]:
+    """:func:`summary` of a finished pose store."""
+    from ..store import open_dataset
+
+    return summary(open_dataset(path, what="pose store").load())

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -68,18 +70,46 @@ def unit_order(mi_pooled: xr.DataArray) -> np.ndarray:
     return np.lexsort((-peak, best))
 
 
-def profile_outputs(layers: dict[str, xr.Dataset], profile_out: str | Path, figures: dict[str, str | Path],
-                    title: str = "") -> xr.Dataset:
-    """Write the layer profile store and the MI figures (keys ``profile``, ``units``, ``maps``) of ``layers``."""
+@dataclass(frozen=True)
+class Spec:
+    """The layer profile has no settings."""
+
+
+def run(spec: Spec, inputs: dict[str, Any], outputs: dict[str, Path], title: str = "") -> dict[str, str]:
+    """The layer profile store (``out``) and the MI figures (``profile_figure``, ``units_figure``,
+    ``maps_figure``) of a model's MI store (``mi``) and, optionally, its set's pixel MI store (``pixels``)."""
     from ..figures.information import layer_profile_figure, spatial_maps_figure, unit_matrix_figure
     from ..store import atomic_store, write_zarr
+    from .information import load_layers
 
+    layers = load_layers(inputs["mi"], inputs.get("pixels"))
     prof = layer_profile(layers)
-    with atomic_store(profile_out) as tmp:
+    with atomic_store(outputs["out"], inputs=[p for p in (inputs["mi"], inputs.get("pixels")) if p]) as tmp:
         write_zarr(prof, tmp)
-    layer_profile_figure(prof, figures["profile"], title=f"{title}: information about each factor, layer by layer")
-    unit_matrix_figure({k: v for k, v in layers.items()}, figures["units"],
+    layer_profile_figure(prof, outputs["profile_figure"],
+                         title=f"{title}: information about each factor, layer by layer")
+    orders = {name: unit_order(ds["mi_pooled"]) for name, ds in layers.items()}
+    unit_matrix_figure(layers, orders, outputs["units_figure"],
                        title=f"{title}: unit x factor information (spatially pooled)")
-    spatial_maps_figure(layers, figures["maps"],
+    spatial_maps_figure(layers, outputs["maps_figure"],
                         title=f"{title}: where each factor is represented (max over units, bits)")
-    return prof
+    return summary(prof)
+
+
+def summary(prof: xr.Dataset) -> dict[str, str]:
+    """The profile's key numbers: where identity information peaks, on average and in its best unit."""
+    if "identity" not in [str(f) for f in prof["factor"].values]:
+        return {}
+    best = peak_layer(prof, "identity", "mean_mi_pooled")
+    best_max = peak_layer(prof, "identity", "max_mi_pooled")
+    return {"identity information peaks at (mean over units)": (
+                f"{best} ({float(prof['mean_mi_pooled'].sel(layer=best, factor='identity')):.3f} bits)"),
+            "most informative identity unit": (
+                f"{best_max} ({float(prof['max_mi_pooled'].sel(layer=best_max, factor='identity')):.3f} bits)")}
+
+
+def key_numbers(path: str | Path) -> dict[str, str]:
+    """:func:`summary` of a finished profile store."""
+    from ..store import open_dataset
+
+    return summary(open_dataset(path, what="profile store").load())

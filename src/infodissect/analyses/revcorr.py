@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -120,3 +122,39 @@ def revcorr_analysis(tree: xr.DataTree, model: FaceModel, *, n_perm: int = 200, 
                       seed=seed)
     ds.attrs.update({k: tree.attrs[k] for k in ("model", "set") if k in tree.attrs})
     return with_mesh(ds, model)
+
+
+@dataclass(frozen=True)
+class Spec:
+    """Settings of the revcorr stage (those of the MI stage): permutations, family-wise alpha, seed, Dask scheduler."""
+
+    n_perm: int
+    alpha: float
+    seed: int
+    scheduler: str
+
+
+def run(spec: Spec, inputs: dict[str, Any], outputs: dict[str, Path], title: str = "") -> dict[str, str]:
+    """Feature maps (store ``out``, ``figure``) and every layer's information about them (``features``,
+    ``features_figure``) from a revcorr set's activations and its stimulus store."""
+    from ..figures.revcorr import features_figure, revcorr_figure
+    from ..nets import READOUT_LAYERS
+    from ..stimuli.store import open_stimuli
+    from ..store import atomic_store, dask_scheduler, open_tree, write_zarr
+    from ..faces.model import model_from_config
+    from .features import feature_analysis
+
+    tree = open_tree(inputs["activations"], "activation store")
+    model = model_from_config(json.loads(open_stimuli(inputs["stimuli"]).attrs["generator"]))
+    with dask_scheduler(spec.scheduler, threads=1):
+        ds = revcorr_analysis(tree, model, n_perm=spec.n_perm, alpha=spec.alpha, seed=spec.seed)
+    feats = feature_analysis(tree, ds, model, [n for n in READOUT_LAYERS if n in tree.children])
+    sources = [inputs["activations"], inputs["stimuli"]]
+    with atomic_store(outputs["out"], inputs=sources) as tmp:
+        write_zarr(ds, tmp)
+    with atomic_store(outputs["features"], inputs=sources) as tmp:
+        write_zarr(feats, tmp)
+    revcorr_figure(ds, outputs["figure"], title=f"{title}: shape and texture features the network uses\n"
+                                                "(grey: below the permutation threshold)")
+    features_figure(feats, outputs["features_figure"], title=f"{title}: hidden layers and the diagnostic features")
+    return {}

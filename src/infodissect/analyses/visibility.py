@@ -19,8 +19,10 @@ factor:
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -199,3 +201,41 @@ def invisible_factors(ds: xr.Dataset) -> list[str]:
     """The factors of a visibility Dataset with no pixel position above the permutation threshold."""
     share = ds["share_significant"]
     return [str(f) for f, s in zip(ds["factor"].values, share.values) if not s > 0]
+
+
+@dataclass(frozen=True)
+class Spec:
+    """Factor visibility has no settings (its pixel set is the first of ``mi.sets``, chosen by the workflow)."""
+
+
+def run(spec: Spec, inputs: dict[str, Any], outputs: dict[str, Path], title: str = "") -> dict[str, str]:
+    """Factor visibility from a pixel MI store (``pixels``, optional), trained models' directories (``models``)
+    and their held-out evaluations (``heldout``) -> store ``out`` and ``figure``."""
+    from ..figures.visibility import visibility_figure
+    from ..store import atomic_store, open_tree, write_zarr
+    from .information import PIXELS
+
+    log = logging.getLogger(__name__)
+    pixels = None
+    if inputs.get("pixels"):
+        tree = open_tree(inputs["pixels"], "pixel MI store")
+        if PIXELS not in tree.children:
+            raise VisibilityError(f"{inputs['pixels']}: no `{PIXELS}` group (is it a pixel MI store, "
+                                  "results/mi/pixels/{set}.zarr?)")
+        pixels = tree[PIXELS].to_dataset()
+    models = list(inputs.get("models") or [])
+    heldout = {Path(h).parent.name: h for h in inputs.get("heldout") or []}
+    unknown = sorted(set(heldout) - {Path(d).name for d in models})
+    if unknown:
+        raise VisibilityError(f"--heldout: no --models directory for {', '.join(unknown)}")
+    ds = factor_visibility(pixels, [model_score(d, heldout.get(Path(d).name)) for d in models])
+    with atomic_store(outputs["out"], inputs=[p for p in [inputs.get("pixels"), *heldout.values()] if p]) as tmp:
+        write_zarr(ds, tmp)
+    visibility_figure(ds, outputs["figure"], title=title)
+    if pixels is not None:
+        log.info("factors with no pixel above the threshold: %s", ", ".join(invisible_factors(ds)) or "none")
+    for m in ds["model"].values:
+        row = ds.sel(model=m)
+        log.info("%s: accuracy %.3f on %s (chance %.3f)", m, float(row["accuracy"]), str(row["evaluated_on"].values),
+                 float(row["chance"]))
+    return {}

@@ -11,7 +11,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
 
-from ..analyses.profile import unit_order  # noqa: E402
 
 _PANELS = (("max_mi", "largest MI, any unit and position", "MI (bits)"),
            ("mean_mi_pooled", "mean over units (spatially pooled)", "MI (bits)"),
@@ -48,8 +47,10 @@ def layer_profile_figure(profile: xr.Dataset, out: str | Path, title: str = "") 
     _save(fig, out)
 
 
-def unit_matrix_figure(layers: dict[str, xr.Dataset], out: str | Path, title: str = "") -> None:
-    """Per layer, the factor x unit matrix of pooled MI (units grouped by their best factor), and significant shares."""
+def unit_matrix_figure(layers: dict[str, xr.Dataset], orders: dict[str, np.ndarray], out: str | Path,
+                       title: str = "") -> None:
+    """Per layer, the factor x unit matrix of pooled MI with units in ``orders[layer]`` (e.g. grouped by their
+    best factor), and the shares of significant units."""
     names = list(layers)
     cols = 4
     rows = int(np.ceil((len(names) + 1) / cols))
@@ -57,7 +58,7 @@ def unit_matrix_figure(layers: dict[str, xr.Dataset], out: str | Path, title: st
     factors = [str(f) for f in layers[names[0]]["factor"].values]
     for ax, name in zip(axes.flat, names):
         mi = layers[name]["mi_pooled"].transpose("factor", ...)
-        order = unit_order(mi)
+        order = orders[name]
         values = mi.values.reshape(len(factors), -1)[:, order]
         im = ax.imshow(values, aspect="auto", cmap="magma", interpolation="nearest", vmin=0)
         ax.set_yticks(range(len(factors)), factors, fontsize=6)

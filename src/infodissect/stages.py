@@ -1,0 +1,196 @@
+"""The stage table: every analysis stage of the pipeline, in one place.
+
+Each entry names the module that implements the stage and says what the rest of the
+package needs to know about it:
+
+- the command line builds ``infodissect analyses <name>`` from its ports (``--<input>``,
+  ``--<output>``, ``--spec``, ``--title``, ``--threads``) and calls the module's ``run``;
+- the workflow (``workflow/rules/common.smk``) takes its settings (``settings``: spec field
+  -> config key), its output paths, its figures and their captions, and whether the
+  config enables it;
+- the report takes its figures and captions and, from the module's ``key_numbers``, the
+  numbers it contributes to the table of key numbers.
+
+A stage module defines ``Spec`` (a frozen dataclass of its settings, no defaults: they
+live in the config schema), ``run(spec, inputs, outputs, title="")`` (load, compute,
+write its store and figures through :mod:`infodissect.store`, return its key numbers)
+and optionally ``key_numbers(path) -> dict[str, str]`` (from its finished store). See
+docs/architecture.md, "How to add a stage".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from .config import ConfigError, schema_default
+
+
+@dataclass(frozen=True)
+class Port:
+    """An input or output file of a stage: ``--<name>`` on the command line, ``name`` in ``run``."""
+
+    name: str
+    help: str
+    optional: bool = False  # an input that may be left out
+    many: bool = False  # several paths (nargs="*")
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A figure a stage writes: the output port that holds it, its path pattern and caption file."""
+
+    output: str
+    path: str  # pattern with the stage's wildcards ({model}, {set})
+    caption: str  # workflow/report/{caption}.rst, shared by Snakemake's report() and report.html
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One row of the stage table (see the module docstring)."""
+
+    name: str
+    help: str
+    module: str
+    inputs: tuple[Port, ...]
+    outputs: tuple[Port, ...]
+    figures: tuple[Figure, ...] = ()
+    store: str = ""  # path pattern of the store whose key numbers the report shows ('' = none)
+    settings: dict[str, str] = dataclasses.field(default_factory=dict)  # Spec field -> dotted config key
+    enabled_by: str = ""  # config key whose (non-empty) value enables the stage for each analysed model
+    each_set: str = ""  # config key listing the sets the {set} wildcard takes
+    per_model: bool = True  # one job per analysed model ({model} wildcard), else one for the pipeline
+
+    def load(self) -> ModuleType:
+        """The stage's module (imported on first use, so that ``--help`` stays fast)."""
+        return importlib.import_module(self.module)
+
+    def spec(self, values: dict[str, Any]) -> Any:
+        """The stage's typed ``Spec`` from ``values``, missing settings taken from the config schema's defaults."""
+        cls = self.load().Spec
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(fields))
+        if unknown:
+            raise ConfigError(f"analyses {self.name} --spec: unknown setting(s) {unknown} (known: {sorted(fields)})")
+        out = {}
+        for name, field in fields.items():
+            value = values[name] if name in values else schema_default(self.settings[name])
+            kind = {"int": int, "float": (int, float), "str": str, "bool": bool}.get(str(field.type))
+            if kind is not None and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
+                raise ConfigError(f"analyses {self.name} --spec: {name} = {value!r} is not of type {field.type}")
+            out[name] = value
+        return cls(**out)
+
+    def settings_json(self, config: dict[str, Any]) -> str:
+        """JSON (sorted keys) of the stage's settings in a validated config (the workflow's ``--spec``)."""
+        return json.dumps({k: config_value(config, key) for k, key in self.settings.items()}, sort_keys=True)
+
+    def enabled(self, config: dict[str, Any]) -> bool:
+        """Whether the config runs the stage (for every analysed model)."""
+        return not self.enabled_by or bool(config_value(config, self.enabled_by))
+
+    def sets(self, config: dict[str, Any]) -> list[str]:
+        """The values of the {set} wildcard (one ``None`` when the stage has none)."""
+        return list(config_value(config, self.each_set)) if self.each_set else [None]
+
+    def figure_paths(self, config: dict[str, Any], model: str | None = None) -> list[tuple[str, str, dict[str, str]]]:
+        """(path, caption stem, wildcards) of every figure the stage writes under ``config`` for ``model``."""
+        if not self.enabled(config):
+            return []
+        out = []
+        for s in self.sets(config):
+            wildcards = {k: v for k, v in (("model", model), ("set", s)) if v is not None}
+            out += [(f.path.format(**wildcards), f.caption, wildcards) for f in self.figures]
+        return out
+
+    def store_path(self, config: dict[str, Any], model: str | None = None) -> str | None:
+        """The store the report reads key numbers from (for the first set), if the stage runs and has one."""
+        if not self.store or not self.enabled(config) or not self.sets(config):
+            return None
+        wildcards = {k: v for k, v in (("model", model), ("set", self.sets(config)[0])) if v is not None}
+        return self.store.format(**wildcards)
+
+
+def config_value(config: dict[str, Any], key: str) -> Any:
+    """The value at a dotted key of a (validated) config, e.g. ``analyses.pose_bins``."""
+    value: Any = config
+    for part in key.split("."):
+        value = value[part]
+    return value
+
+
+_ACTIVATIONS = "activation store of the set (results/activations/{model}/{set}.zarr)"
+
+STAGES: dict[str, Stage] = {s.name: s for s in (
+    Stage(
+        name="generalisation", module="infodissect.analyses.generalisation",
+        help="the network's response along shape, texture and joint morphs",
+        inputs=(Port("activations", "activation store of the morph set (needs logits)"),),
+        outputs=(Port("out", "output store (summary at the root, /responses per morph)"),
+                 Port("figure", "output figure")),
+        figures=(Figure("figure", "results/figures/{model}_generalisation.png", "generalisation"),),
+        store="results/analyses/{model}/generalisation.zarr", enabled_by="analyses.morph_set"),
+    Stage(
+        name="revcorr", module="infodissect.analyses.revcorr",
+        help="reverse-correlation shape and texture feature maps on the face mesh",
+        inputs=(Port("activations", "activation store of the revcorr set (needs logits)"),
+                Port("stimuli", "the revcorr stimulus store (for its face model)")),
+        outputs=(Port("out", "output store (identity, vertex) with the template mesh"),
+                 Port("figure", "output figure of the maps"),
+                 Port("features", "output store: every layer's information about the features"),
+                 Port("features_figure", "output figure of the features")),
+        figures=(Figure("figure", "results/figures/{model}_revcorr.png", "revcorr"),
+                 Figure("features_figure", "results/figures/{model}_features.png", "features")),
+        settings={"n_perm": "mi.n_perm", "alpha": "mi.alpha", "seed": "seed", "scheduler": "mi.scheduler"},
+        enabled_by="analyses.revcorr_set"),
+    Stage(
+        name="pose", module="infodissect.analyses.pose",
+        help="identity information within, across and given pose; cross-pose read-outs",
+        inputs=(Port("activations", "activation store of a set where identity and pose vary"),),
+        outputs=(Port("out", "output store (layer, pose bins)"), Port("figure", "output figure")),
+        figures=(Figure("figure", "results/figures/{model}_pose.png", "pose"),),
+        store="results/analyses/{model}/pose.zarr",
+        settings={"pose_factor": "analyses.pose_factor", "pose_bins": "analyses.pose_bins",
+                  "readout_grid": "analyses.readout_grid"},
+        enabled_by="analyses.pose_set"),
+    Stage(
+        name="profile", module="infodissect.analyses.profile",
+        help="layer profile, unit x factor matrices and spatial MI maps",
+        inputs=(Port("mi", "MI store of a model's layers"),
+                Port("pixels", "MI store of the set's pixels (the input baseline)", optional=True)),
+        outputs=(Port("out", "output profile store (layer, factor)"),
+                 Port("profile_figure", "output figure: the layer profile"),
+                 Port("units_figure", "output figure: unit x factor matrices"),
+                 Port("maps_figure", "output figure: spatial MI maps")),
+        figures=(Figure("profile_figure", "results/figures/{model}_{set}_layer_profile.png", "layer_profile"),
+                 Figure("units_figure", "results/figures/{model}_{set}_units.png", "units"),
+                 Figure("maps_figure", "results/figures/{model}_{set}_spatial_maps.png", "spatial_maps")),
+        store="results/analyses/{model}/{set}_profile.zarr", each_set="mi.sets"),
+    Stage(
+        name="visibility", module="infodissect.analyses.visibility",
+        help="factor visibility: pixel MI per factor and every trained classifier's accuracy (held-out "
+             "identities) against chance",
+        inputs=(Port("pixels", "pixel MI store (results/mi/pixels/{set}.zarr); omit if not measured", optional=True),
+                Port("models", "trained models' directories (results/models/{model})", many=True),
+                Port("heldout", "held-out evaluations (results/models/{model}/heldout.json) to score instead of "
+                                "the test set", many=True)),
+        outputs=(Port("out", "output store (factor, model)"), Port("figure", "output figure")),
+        figures=(Figure("figure", "results/figures/factor_visibility.png", "factor_visibility"),),
+        store="results/analyses/visibility.zarr", per_model=False),
+)}
+
+
+def run_stage(name: str, spec: dict[str, Any], inputs: dict[str, Any], outputs: dict[str, str | Path],
+              title: str = "") -> dict[str, Any]:
+    """Run stage ``name`` (the command line's dispatch): typed spec, then the module's ``run``."""
+    stage = STAGES[name]
+    return stage.load().run(stage.spec(spec), inputs, {k: Path(v) for k, v in outputs.items()}, title=title)
