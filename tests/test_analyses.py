@@ -118,14 +118,14 @@ def test_planted_profile_and_maps_name_the_factors(planted, tmp_path):
 def test_mi_store_errors_name_the_problem(planted, tmp_path):
     root, act, _ = planted
     with pytest.raises(StoreError, match="no such activation store"):
-        activation_information(tmp_path / "missing.zarr", tmp_path / "o.zarr")
+        activation_information(tmp_path / "missing.zarr", tmp_path / "o.zarr", n_perm=10)
     (tmp_path / "half.zarr.partial").mkdir()
     with pytest.raises(StoreError, match="unfinished .partial"):
-        activation_information(tmp_path / "half.zarr", tmp_path / "o.zarr")
+        activation_information(tmp_path / "half.zarr", tmp_path / "o.zarr", n_perm=10)
     with pytest.raises(InformationError, match=r"layer\(s\) \['logits'\] were not extracted"):
-        activation_information(act, tmp_path / "o.zarr", layers=["logits"])
+        activation_information(act, tmp_path / "o.zarr", layers=["logits"], n_perm=10)
     with pytest.raises(InformationError, match=r"factor\(s\) \['age'\] are not coordinates"):
-        activation_information(act, tmp_path / "o.zarr", factors=["age"])
+        activation_information(act, tmp_path / "o.zarr", factors=["age"], n_perm=10)
     assert not (tmp_path / "o.zarr").exists() and not (tmp_path / "o.zarr.partial").exists()
     (tmp_path / "junk.zarr").mkdir()
     (tmp_path / "junk.zarr" / "zarr.json").write_text("{not json")

@@ -120,7 +120,7 @@ def test_killed_training_resumes_to_the_same_result(tmp_path):
     train, test = _store(tmp_path / "train.zarr", 48), _store(tmp_path / "test.zarr", 16, seed=1)
     spec = TrainSpec(epochs=3, batch_size=8, lr=0.05, width=8, window=2)
     full = _train(tmp_path, "full", 1, spec, train, test)
-    killed = _train(tmp_path, "part", 1, spec, train, test, env={"INFODISSECT_KILL_AFTER_EPOCH": "1"})
+    killed = _train(tmp_path, "part", 1, spec, train, test, env={"INFODISSECT_FAULT": "epoch:1"})
     assert killed.name != "part" and not (tmp_path / "part" / "model" / "model.pt").exists()
     assert torch.load(tmp_path / "part" / "ckpt" / "last.pt", weights_only=False)["epoch"] == 1
     resumed = _train(tmp_path, "part", 1, spec, train, test)
@@ -142,7 +142,7 @@ def test_training_killed_mid_epoch_resumes_from_its_step_checkpoint(tmp_path):
     spec = TrainSpec(epochs=2, batch_size=8, lr=0.05, width=8, window=2)  # 6 steps per epoch
     full = _train(tmp_path, "full", 2, spec, train, test)
     steps = ("--checkpoint-steps", "2")
-    killed = _train(tmp_path, "part", 2, spec, train, test, {"INFODISSECT_KILL_AFTER_STEP": "10"}, *steps)
+    killed = _train(tmp_path, "part", 2, spec, train, test, {"INFODISSECT_FAULT": "step:10"}, *steps)
     assert killed.name != "part" and not (tmp_path / "part" / "model" / "model.pt").exists()
     state = torch.load(tmp_path / "part" / "ckpt" / "last.pt", weights_only=False)
     assert (state["epoch"], state["step"]) == (1, 4) and state["running"][2] == 32  # 4 global batches seen

@@ -91,7 +91,7 @@ def _train_launch(a: argparse.Namespace) -> None:
 def _train_evaluate(a: argparse.Namespace) -> None:
     import torch
 
-    from .stimuli.store import resolve_device
+    from .threads import resolve_device
     from .train.evaluate import evaluate_model, write_json
 
     if a.threads:
@@ -114,10 +114,10 @@ def _activations_extract(a: argparse.Namespace) -> None:
 
     if a.threads:
         torch.set_num_threads(a.threads)
+    from .threads import resolve_device
+
     spec = json.loads(a.spec)
-    device = spec.get("device", "cpu")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = str(resolve_device(spec.get("device", "cpu"), "activations.device"))
     processes = int(spec.get("processes", 1))
     extract(a.model, a.stimuli, a.out, layers=spec.get("layers"), pooling=spec.get("pooling"),
             dtype=spec.get("dtype", "float16"), batch_size=int(spec.get("batch_size", 128)),
@@ -131,46 +131,30 @@ def _activations_info(a: argparse.Namespace) -> None:
     print(describe(a.path))
 
 
-def _mi_run(a: argparse.Namespace) -> None:
-    import torch
+def _run_stage(a: argparse.Namespace) -> None:
+    """Run the stage of the stage table behind ``infodissect <a.stage> <a.command>`` with the parsed ports."""
+    from .stages import run_stage, stage_of
 
-    from .analyses.information import activation_information, pixel_information
-    from .store import dask_scheduler
-
-    spec = json.loads(a.spec)
-    torch.set_num_threads(a.threads)
-    kwargs = dict(factors=spec.get("factors") or None, n_perm=int(spec.get("n_perm", 100)),
-                  alpha=float(spec.get("alpha", 0.05)), seed=int(spec.get("seed", 0)),
-                  chunk_mb=float(spec.get("chunk_mb", 64)))
-    with dask_scheduler(spec.get("scheduler", "local"), threads=1):
-        if a.command == "layers":
-            activation_information(a.activations, a.out, layers=spec.get("layers") or None, **kwargs)
-        else:
-            pixel_information(a.stimuli, a.out, **kwargs)
-
-
-def _analyses(a: argparse.Namespace) -> None:
-    """Run the analysis stage ``a.command`` of the stage table with the parsed ports."""
-    from .stages import STAGES, run_stage
-
-    stage = STAGES[a.command]
+    stage = stage_of(a.stage, a.command)
     if a.threads:
         import torch
 
         torch.set_num_threads(a.threads)
     inputs = {p.name: getattr(a, p.name) for p in stage.inputs}
     outputs = {p.name: getattr(a, p.name) for p in stage.outputs}
-    numbers = run_stage(a.command, json.loads(a.spec), inputs, outputs, title=a.title)
+    numbers = run_stage(stage.name, json.loads(a.spec), inputs, outputs, title=a.title)
     for key, value in numbers.items():
         logging.info("%s: %s", key, value)
 
 
-def _add_stage_parsers(subparsers: argparse._SubParsersAction) -> None:
-    """One subcommand per analysis stage of the stage table: its ports, --spec, --title, --threads."""
-    from .stages import STAGES
+def _add_stage_parsers(stages: argparse._SubParsersAction) -> None:
+    """One group per stage-table group, one subcommand per stage: its ports, --spec, --title, --threads."""
+    from .stages import GROUPS, STAGES
 
+    groups = {g: stages.add_parser(g, help=text).add_subparsers(dest="command", required=True)
+              for g, text in GROUPS.items()}
     for stage in STAGES.values():
-        sp = subparsers.add_parser(stage.name, help=stage.help)
+        sp = groups[stage.group].add_parser(stage.subcommand, help=stage.help)
         for port in stage.inputs:
             kwargs = {"nargs": "*", "default": []} if port.many else {"required": not port.optional, "default": None}
             sp.add_argument(port.flag, dest=port.name, help=port.help, **kwargs)
@@ -179,7 +163,7 @@ def _add_stage_parsers(subparsers: argparse._SubParsersAction) -> None:
         if stage.settings:
             sp.add_argument("--spec", default="{}", help=f"JSON: {', '.join(stage.settings)} (defaults: the config "
                                                          f"schema's {', '.join(stage.settings.values())})")
-        sp.set_defaults(func=_analyses, spec="{}")
+        sp.set_defaults(func=_run_stage, spec="{}")
         sp.add_argument("--threads", type=int, default=1, help="torch CPU threads")
         sp.add_argument("--title", default="", help="figure title prefix")
 
@@ -281,20 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("path")
     i.set_defaults(func=_activations_info)
 
-    mi = stages.add_parser("mi", help="MI between layers (or pixels) and every generative factor")
-    msub = mi.add_subparsers(dest="command", required=True)
-    ml = msub.add_parser("layers", help="every layer of an activation store against every factor")
-    ml.add_argument("--activations", required=True, help="activation store (results/activations/{model}/{set}.zarr)")
-    mp = msub.add_parser("pixels", help="every pixel of a stimulus set against every factor")
-    mp.add_argument("--stimuli", required=True, help="rendered stimulus store")
-    for sp in (ml, mp):
-        sp.add_argument("--spec", default="{}", help="JSON: factors, layers, n_perm, alpha, seed, chunk_mb, scheduler")
-        sp.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-        sp.add_argument("--out", required=True, help="output MI store")
-        sp.set_defaults(func=_mi_run)
-
-    an = stages.add_parser("analyses", help="the paper's analyses and their figures (the stage table)")
-    _add_stage_parsers(an.add_subparsers(dest="command", required=True))
+    _add_stage_parsers(stages)  # mi, analyses: from the stage table
 
     rp = stages.add_parser("report", help="the HTML report of every figure and the key numbers")
     rp.add_argument("--spec", required=True, help="JSON: title, intro, models {name: {metrics, heldout, profile, "

@@ -1,4 +1,4 @@
-"""The stage table: every analysis stage of the pipeline, in one place.
+"""The stage table: every measuring stage of the pipeline (the MI stage and the analyses), in one place.
 
 Each entry names the module that implements the stage and says what the rest of the
 package needs to know about it:
@@ -69,6 +69,14 @@ class Stage:
     enabled_by: str = ""  # config key whose (non-empty) value enables the stage for each analysed model
     each_set: str = ""  # config key listing the sets the {set} wildcard takes
     per_model: bool = True  # one job per analysed model ({model} wildcard), else one for the pipeline
+    group: str = "analyses"  # command-line group: `infodissect <group> <command>`
+    command: str = ""  # subcommand name (default: the stage name)
+    entry: str = "run"  # the module's run function
+    spec_class: str = "Spec"  # the module's spec dataclass
+
+    @property
+    def subcommand(self) -> str:
+        return self.command or self.name
 
     def load(self) -> ModuleType:
         """The stage's module (imported on first use, so that ``--help`` stays fast)."""
@@ -76,17 +84,18 @@ class Stage:
 
     def spec(self, values: dict[str, Any]) -> Any:
         """The stage's typed ``Spec`` from ``values``, missing settings taken from the config schema's defaults."""
-        cls = self.load().Spec
+        cls = getattr(self.load(), self.spec_class)
         fields = {f.name: f for f in dataclasses.fields(cls)}
+        where = f"{self.group} {self.subcommand} --spec"
         unknown = sorted(set(values) - set(fields))
         if unknown:
-            raise ConfigError(f"analyses {self.name} --spec: unknown setting(s) {unknown} (known: {sorted(fields)})")
+            raise ConfigError(f"{where}: unknown setting(s) {unknown} (known: {sorted(fields)})")
         out = {}
         for name, field in fields.items():
             value = values[name] if name in values else schema_default(self.settings[name])
-            kind = {"int": int, "float": (int, float), "str": str, "bool": bool}.get(str(field.type))
+            kind = {"int": int, "float": (int, float), "str": str, "bool": bool, "list[str]": list}.get(str(field.type))
             if kind is not None and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
-                raise ConfigError(f"analyses {self.name} --spec: {name} = {value!r} is not of type {field.type}")
+                raise ConfigError(f"{where}: {name} = {value!r} is not of type {field.type}")
             out[name] = value
         return cls(**out)
 
@@ -128,9 +137,29 @@ def config_value(config: dict[str, Any], key: str) -> Any:
     return value
 
 
-_ACTIVATIONS = "activation store of the set (results/activations/{model}/{set}.zarr)"
+GROUPS = {
+    "mi": "MI between layers (or pixels) and every generative factor",
+    "analyses": "the paper's analyses and their figures",
+}
+
+_MI_SETTINGS = {"factors": "mi.factors", "n_perm": "mi.n_perm", "alpha": "mi.alpha", "seed": "seed",
+                "chunk_mb": "mi.chunk_mb", "scheduler": "mi.scheduler"}
 
 STAGES: dict[str, Stage] = {s.name: s for s in (
+    Stage(
+        name="mi_layers", group="mi", command="layers", module="infodissect.analyses.information",
+        entry="run_layers", spec_class="LayersSpec",
+        help="every layer of an activation store against every factor",
+        inputs=(Port("activations", "activation store (results/activations/{model}/{set}.zarr)"),),
+        outputs=(Port("out", "output MI store"),),
+        settings={**_MI_SETTINGS, "layers": "mi.layers"}),
+    Stage(
+        name="mi_pixels", group="mi", command="pixels", module="infodissect.analyses.information",
+        entry="run_pixels", spec_class="PixelsSpec",
+        help="every pixel of a stimulus set against every factor",
+        inputs=(Port("stimuli", "rendered stimulus store"),),
+        outputs=(Port("out", "output MI store"),),
+        settings=_MI_SETTINGS, per_model=False),
     Stage(
         name="generalisation", module="infodissect.analyses.generalisation",
         help="the network's response along shape, texture and joint morphs",
@@ -191,6 +220,12 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
 
 def run_stage(name: str, spec: dict[str, Any], inputs: dict[str, Any], outputs: dict[str, str | Path],
               title: str = "") -> dict[str, Any]:
-    """Run stage ``name`` (the command line's dispatch): typed spec, then the module's ``run``."""
+    """Run stage ``name`` (the command line's dispatch): typed spec, then the module's run function."""
     stage = STAGES[name]
-    return stage.load().run(stage.spec(spec), inputs, {k: Path(v) for k, v in outputs.items()}, title=title)
+    run = getattr(stage.load(), stage.entry)
+    return run(stage.spec(spec), inputs, {k: Path(v) for k, v in outputs.items()}, title=title)
+
+
+def stage_of(group: str, command: str) -> Stage:
+    """The stage behind ``infodissect <group> <command>``."""
+    return next(s for s in STAGES.values() if s.group == group and s.subcommand == command)

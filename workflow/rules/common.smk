@@ -192,13 +192,6 @@ def activations_spec():
     return json.dumps({k: a[k] for k in keys}, sort_keys=True)
 
 
-def mi_spec():
-    """JSON (sorted keys) of the MI settings every MI job depends on."""
-    m = config["mi"]
-    keys = ("factors", "layers", "n_perm", "alpha", "chunk_mb", "scheduler")
-    return json.dumps({"seed": config["seed"], **{k: m[k] for k in keys}}, sort_keys=True)
-
-
 def stage(name):
     """A row of the stage table (infodissect.stages.STAGES): ports, settings, figures, captions."""
     from infodissect.stages import STAGES

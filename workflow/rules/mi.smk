@@ -10,7 +10,7 @@ rule mi_layers:
     output:
         directory("results/mi/{model}/{set}.zarr"),
     params:
-        spec=mi_spec(),
+        spec=stage_settings("mi_layers"),
     threads: config["mi"]["threads"]
     resources:
         mem_mb=config["mi"]["mem_mb"],
@@ -30,7 +30,7 @@ rule mi_pixels:
     output:
         directory("results/mi/pixels/{set}.zarr"),
     params:
-        spec=mi_spec(),
+        spec=stage_settings("mi_pixels"),
     threads: config["mi"]["threads"]
     resources:
         mem_mb=config["mi"]["mem_mb"],

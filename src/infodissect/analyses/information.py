@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +97,7 @@ def _summary(res: xr.Dataset, suffix: str) -> dict[str, xr.DataArray]:
             f"null_max{suffix}": res["null_max"].rename(permutation=f"permutation{suffix}")}
 
 
-def layer_information(act: xr.DataArray, factors: xr.Dataset, *, n_perm: int = 100, alpha: float = 0.05,
+def layer_information(act: xr.DataArray, factors: xr.Dataset, *, n_perm: int, alpha: float = 0.05,
                       seed: int = 0, chunk_mb: float = 64.0) -> xr.Dataset:
     """MI of one layer's activations (sample, unit[, y, x]) with every factor, resolved and pooled.
 
@@ -175,7 +176,7 @@ def information_store(layers: dict[str, xr.DataArray], factors: xr.Dataset, out:
 
 
 def activation_information(path: str | Path, out: str | Path, *, layers: list[str] | None = None,
-                           factors: list[str] | None = None, n_perm: int = 100, alpha: float = 0.05, seed: int = 0,
+                           factors: list[str] | None = None, n_perm: int, alpha: float = 0.05, seed: int = 0,
                            chunk_mb: float = 64.0) -> Path:
     """MI between every layer of an activation store and every varying factor of its set, into ``out``."""
     tree, names = _open_layers(path, layers)
@@ -187,7 +188,7 @@ def activation_information(path: str | Path, out: str | Path, *, layers: list[st
     return information_store(acts, table, out, attrs, n_perm=n_perm, alpha=alpha, seed=seed, chunk_mb=chunk_mb)
 
 
-def pixel_information(stimuli: str | Path, out: str | Path, *, factors: list[str] | None = None, n_perm: int = 100,
+def pixel_information(stimuli: str | Path, out: str | Path, *, factors: list[str] | None = None, n_perm: int,
                       alpha: float = 0.05, seed: int = 0, chunk_mb: float = 64.0) -> Path:
     """MI between every pixel (and channel) of a stimulus set and every varying factor, into ``out``."""
     stim = open_stimuli(stimuli, require=("image",))
@@ -216,3 +217,45 @@ def load_layers(mi_path: str | Path, pixels_path: str | Path | None = None) -> d
             raise InformationError(f"{name}: its factors differ from the other layers' ({first}); "
                                    f"measure pixels and layers on the same set and factors")
     return layers
+
+
+@dataclass(frozen=True)
+class PixelsSpec:
+    """Settings of the MI stage (config ``mi``): factors ([] = every varying one), permutations, family-wise
+    alpha, seed, Dask chunk size (MB of float64) and scheduler."""
+
+    factors: list[str]
+    n_perm: int
+    alpha: float
+    seed: int
+    chunk_mb: float
+    scheduler: str
+
+    def measure(self) -> dict[str, Any]:
+        return dict(factors=self.factors or None, n_perm=self.n_perm, alpha=self.alpha, seed=self.seed,
+                    chunk_mb=float(self.chunk_mb))
+
+
+@dataclass(frozen=True)
+class LayersSpec(PixelsSpec):
+    """:class:`PixelsSpec` and the layers to measure ([] = every extracted one)."""
+
+    layers: list[str]
+
+
+def run_layers(spec: LayersSpec, inputs: dict[str, Any], outputs: dict[str, Path], title: str = "") -> dict[str, str]:
+    """The MI stage on a model's layers: ``inputs["activations"]`` -> MI store ``outputs["out"]``."""
+    from ..store import dask_scheduler
+
+    with dask_scheduler(spec.scheduler, threads=1):
+        activation_information(inputs["activations"], outputs["out"], layers=spec.layers or None, **spec.measure())
+    return {}
+
+
+def run_pixels(spec: PixelsSpec, inputs: dict[str, Any], outputs: dict[str, Path], title: str = "") -> dict[str, str]:
+    """The MI stage on a stimulus set's pixels: ``inputs["stimuli"]`` -> MI store ``outputs["out"]``."""
+    from ..store import dask_scheduler
+
+    with dask_scheduler(spec.scheduler, threads=1):
+        pixel_information(inputs["stimuli"], outputs["out"], **spec.measure())
+    return {}

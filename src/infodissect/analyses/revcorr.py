@@ -66,7 +66,7 @@ def identity_evidence(logits: xr.DataArray, classes: list[str]) -> xr.DataArray:
 
 
 def feature_maps(shape: xr.DataArray, texture: xr.DataArray, evidence: xr.DataArray, identity: np.ndarray, *,
-                 n_perm: int = 200, alpha: float = 0.05, seed: int = 0) -> xr.Dataset:
+                 n_perm: int, alpha: float = 0.05, seed: int = 0) -> xr.Dataset:
     """Per base identity: MI (bits) of each vertex's displacement and albedo with the evidence, thresholded.
 
     Returns ``shape_mi``, ``texture_mi`` (identity, vertex), their ``*_threshold``
@@ -106,7 +106,7 @@ def with_mesh(ds: xr.Dataset, model: FaceModel) -> xr.Dataset:
     ).assign(mesh_faces=(("face", "corner"), np.asarray(t.faces, dtype=np.int32)))
 
 
-def revcorr_analysis(tree: xr.DataTree, model: FaceModel, *, n_perm: int = 200, alpha: float = 0.05,
+def revcorr_analysis(tree: xr.DataTree, model: FaceModel, *, n_perm: int, alpha: float = 0.05,
                      seed: int = 0) -> xr.Dataset:
     """Shape and texture feature maps of every base identity of a revcorr activation store."""
     root = tree.to_dataset()

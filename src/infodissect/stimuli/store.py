@@ -21,6 +21,7 @@ from ..faces.mesh import PART_NAMES
 from ..faces.model import GENERATOR_VERSION, FaceModel, model_from_config
 from ..faces.render import Camera, render
 from ..store import StoreError, atomic_store, open_dataset, write_zarr
+from ..threads import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -70,15 +71,6 @@ def camera_from_config(render_cfg: dict[str, Any]) -> Camera:
     )
 
 
-def resolve_device(name: str) -> torch.device:
-    """``cpu``, ``cuda`` or ``auto`` (CUDA when available)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("stimuli.render.device is 'cuda' but no CUDA device is available")
-    return torch.device(name)
-
-
 def render_design(model: FaceModel, design: xr.Dataset, camera: Camera, batch_size: int,
                   progress: bool = False) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """Render a design in fixed-size batches; yields (start, images, parts) per batch.
@@ -121,7 +113,7 @@ def render_shard(design_path: str | Path, shard: int, spec: dict[str, Any], out:
     rcfg = spec["render"]
     if int(rcfg["shard_size"]) % int(rcfg["batch_size"]):
         raise StoreError("stimuli.render.shard_size must be a multiple of stimuli.render.batch_size")
-    device = resolve_device(rcfg["device"])
+    device = resolve_device(rcfg["device"], "stimuli.render.device")
     model = model_from_config(generator, device)
     camera = camera_from_config(rcfg)
     part = design.isel(sample=_shard_bounds(design.sizes["sample"], shard, int(rcfg["shard_size"]))).load()
@@ -143,7 +135,7 @@ def render_in_memory(design_path: str | Path, spec: dict[str, Any], resolution: 
     design = design.load()
     rcfg = dict(spec["render"], **({"resolution": int(resolution)} if resolution else {}))
     camera = camera_from_config(rcfg)
-    model = model_from_config(generator, resolve_device(rcfg["device"]))
+    model = model_from_config(generator, resolve_device(rcfg["device"], "stimuli.render.device"))
     batch = min(int(rcfg["batch_size"]), design.sizes["sample"])
     images, parts = [], []
     for _, img, lab in render_design(model, design, camera, batch):

@@ -32,6 +32,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from .. import faults
 from ..nets import READOUT_LAYERS, build_model
 from ..store import atomic_file, digest, open_group, write_text
 from .data import Labels, RenderedBatches, StoreBatches, task_labels
@@ -296,8 +297,7 @@ def train(spec: TrainSpec, train_store: str | Path, test_store: str | Path, out_
                 sums = _global_sums([loss_sum, correct, seen], ctx)
                 if ctx.rank == 0:
                     save(epoch, i + 1, sums)
-                if os.environ.get("INFODISSECT_KILL_AFTER_STEP") == str(epoch * len(data) + i + 1):
-                    os._exit(137)  # fault injection for tests
+                faults.checkpoint("step", epoch * len(data) + i + 1)
         loss_sum, correct, seen = _global_sums([loss_sum, correct, seen], ctx)
         row = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_accuracy": correct / seen}
         if ctx.rank == 0:
@@ -308,8 +308,7 @@ def train(spec: TrainSpec, train_store: str | Path, test_store: str | Path, out_
                      spec.epochs, row["train_loss"], row["train_accuracy"], row["test_loss"],
                      row["test_accuracy"], row["seconds"])
             save(epoch + 1, 0, [0.0, 0.0, 0.0])
-        if os.environ.get("INFODISSECT_KILL_AFTER_EPOCH") == str(epoch + 1):  # fault injection for tests
-            os._exit(137)
+        faults.checkpoint("epoch", epoch + 1)
         if ctx.world > 1:
             dist.barrier()
     result: dict[str, float] = {}
