@@ -107,24 +107,6 @@ def _train_figure(a: argparse.Namespace) -> None:
     training_figure(a.metrics, a.factors, a.out, title=a.title)
 
 
-def _activations_extract(a: argparse.Namespace) -> None:
-    import torch
-
-    from .activations import extract
-
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    from .threads import resolve_device
-
-    spec = json.loads(a.spec)
-    device = str(resolve_device(spec.get("device", "cpu"), "activations.device"))
-    processes = int(spec.get("processes", 1))
-    extract(a.model, a.stimuli, a.out, layers=spec.get("layers"), pooling=spec.get("pooling"),
-            dtype=spec.get("dtype", "float16"), batch_size=int(spec.get("batch_size", 128)),
-            chunk_mb=float(spec.get("chunk_mb", 16)), device=device, processes=processes,
-            threads=max(1, a.threads // processes) if a.threads else 0)
-
-
 def _activations_info(a: argparse.Namespace) -> None:
     from .activations import describe
 
@@ -147,7 +129,7 @@ def _run_stage(a: argparse.Namespace) -> None:
         logging.info("%s: %s", key, value)
 
 
-def _add_stage_parsers(stages: argparse._SubParsersAction) -> None:
+def _add_stage_parsers(stages: argparse._SubParsersAction) -> dict[str, argparse._SubParsersAction]:
     """One group per stage-table group, one subcommand per stage: its ports, --spec, --title, --threads."""
     from .stages import GROUPS, STAGES
 
@@ -166,6 +148,7 @@ def _add_stage_parsers(stages: argparse._SubParsersAction) -> None:
         sp.set_defaults(func=_run_stage, spec="{}")
         sp.add_argument("--threads", type=int, default=1, help="torch CPU threads")
         sp.add_argument("--title", default="", help="figure title prefix")
+    return groups
 
 
 def _report(a: argparse.Namespace) -> None:
@@ -252,20 +235,11 @@ def build_parser() -> argparse.ArgumentParser:
     tf.add_argument("--out", required=True)
     tf.set_defaults(func=_train_figure)
 
-    ac = stages.add_parser("activations", help="read-out layer activations into chunked Zarr")
-    asub = ac.add_subparsers(dest="command", required=True)
-    e = asub.add_parser("extract", help="extract every read-out layer of a model on a stimulus set")
-    e.add_argument("--model", required=True, help="model.pt of the training stage")
-    e.add_argument("--stimuli", required=True, help="rendered stimulus store")
-    e.add_argument("--spec", default="{}", help="JSON: layers, pooling, dtype, batch_size, chunk_mb, device")
-    e.add_argument("--threads", type=int, default=0)
-    e.add_argument("--out", required=True)
-    e.set_defaults(func=_activations_extract)
-    i = asub.add_parser("info", help="print the layers, shapes, chunks and sizes of an activation store")
+    groups = _add_stage_parsers(stages)  # activations extract, mi, analyses: from the stage table
+    i = groups["activations"].add_parser("info", help="print the layers, shapes, chunks and sizes of an "
+                                                      "activation store")
     i.add_argument("path")
     i.set_defaults(func=_activations_info)
-
-    _add_stage_parsers(stages)  # mi, analyses: from the stage table
 
     rp = stages.add_parser("report", help="the HTML report of every figure and the key numbers")
     rp.add_argument("--spec", required=True, help="JSON: title, intro, models {name: {metrics, heldout, profile, "

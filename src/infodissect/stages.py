@@ -93,7 +93,8 @@ class Stage:
         out = {}
         for name, field in fields.items():
             value = values[name] if name in values else schema_default(self.settings[name])
-            kind = {"int": int, "float": (int, float), "str": str, "bool": bool, "list[str]": list}.get(str(field.type))
+            kind = {"int": int, "float": (int, float), "str": str, "bool": bool, "list[str]": list,
+                    "dict": dict}.get(str(field.type))
             if kind is not None and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
                 raise ConfigError(f"{where}: {name} = {value!r} is not of type {field.type}")
             out[name] = value
@@ -138,6 +139,7 @@ def config_value(config: dict[str, Any], key: str) -> Any:
 
 
 GROUPS = {
+    "activations": "read-out layer activations into chunked Zarr",
     "mi": "MI between layers (or pixels) and every generative factor",
     "analyses": "the paper's analyses and their figures",
 }
@@ -146,6 +148,13 @@ _MI_SETTINGS = {"factors": "mi.factors", "n_perm": "mi.n_perm", "alpha": "mi.alp
                 "chunk_mb": "mi.chunk_mb", "scheduler": "mi.scheduler"}
 
 STAGES: dict[str, Stage] = {s.name: s for s in (
+    Stage(
+        name="activations", group="activations", command="extract", module="infodissect.activations.extract",
+        help="extract every read-out layer of a model on a stimulus set",
+        inputs=(Port("model", "model.pt of the training stage"), Port("stimuli", "rendered stimulus store")),
+        outputs=(Port("out", "output activation store"),),
+        settings={k: f"activations.{k}" for k in ("layers", "pooling", "dtype", "batch_size", "chunk_mb", "device",
+                                                  "processes")}),
     Stage(
         name="mi_layers", group="mi", command="layers", module="infodissect.analyses.information",
         entry="run_layers", spec_class="LayersSpec",

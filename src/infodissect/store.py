@@ -62,10 +62,17 @@ def _missing(path: Path, what: str) -> StoreError:
 
 
 @contextlib.contextmanager
-def atomic_file(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary file path; on success move it to ``path`` (a failure leaves ``path`` as it was)."""
+def atomic_file(path: str | Path, unique: bool = False) -> Iterator[Path]:
+    """Yield a temporary file path; on success move it to ``path`` (a failure leaves ``path`` as it was).
+
+    The temporary file is ``<path>.partial``, or with ``unique`` a name of its own
+    (``<stem>.<random><suffix>.partial``), for files that concurrent processes may write at once.
+    """
     final = Path(path)
-    tmp = partial_path(final)
+    if unique:
+        tmp = final.with_name(f"{final.stem}.{os.getpid()}-{os.urandom(4).hex()}{final.suffix}.partial")
+    else:
+        tmp = partial_path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp.unlink(missing_ok=True)
     try:

@@ -9,7 +9,7 @@ rule activations_extract:
     output:
         directory("results/activations/{model}/{set}.zarr"),
     params:
-        spec=activations_spec(),
+        spec=stage_settings("activations"),
     threads: max(2, config["activations"]["processes"])
     resources:
         mem_mb=4096,

@@ -185,13 +185,6 @@ def train_threads():
     return max(train_processes(), config["training"]["threads"])
 
 
-def activations_spec():
-    """JSON (sorted keys) of the activation settings."""
-    a = config["activations"]
-    keys = ("layers", "pooling", "dtype", "batch_size", "chunk_mb", "device", "processes")
-    return json.dumps({k: a[k] for k in keys}, sort_keys=True)
-
-
 def stage(name):
     """A row of the stage table (infodissect.stages.STAGES): ports, settings, figures, captions."""
     from infodissect.stages import STAGES

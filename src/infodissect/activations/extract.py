@@ -486,3 +486,28 @@ def describe(path: str | Path) -> str:
                      f"{size / 2**20:>8.1f}")
     lines.append(f"total {total / 2**20:.1f} MB (uncompressed)")
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Spec:
+    """Settings of the activation stage (config ``activations``)."""
+
+    layers: list[str]
+    pooling: dict
+    dtype: str
+    batch_size: int
+    chunk_mb: float
+    device: str
+    processes: int
+
+
+def run(spec: Spec, inputs: dict[str, Any], outputs: dict[str, Path], title: str = "") -> dict[str, str]:
+    """Extract every read-out layer of ``inputs["model"]`` on ``inputs["stimuli"]`` into ``outputs["out"]``,
+    the command's CPU threads shared among ``spec.processes`` worker processes."""
+    from ..threads import resolve_device
+
+    device = str(resolve_device(spec.device, "activations.device"))
+    extract(inputs["model"], inputs["stimuli"], outputs["out"], layers=spec.layers, pooling=spec.pooling,
+            dtype=spec.dtype, batch_size=spec.batch_size, chunk_mb=float(spec.chunk_mb), device=device,
+            processes=spec.processes, threads=max(1, torch.get_num_threads() // spec.processes))
+    return {}

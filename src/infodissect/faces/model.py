@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 import zipfile
 from dataclasses import dataclass, field, fields
@@ -325,53 +324,76 @@ def _ethnic_albedo(t: Template, base: np.ndarray, mk: dict[str, np.ndarray]) -> 
     return out
 
 
-def _build(seed: int, shape_components: int, texture_components: int, texture_bands: int, rings: int,
-           segments: int) -> dict[str, np.ndarray]:
-    """Every array of the face model (see :class:`FaceModel`), in NumPy."""
-    t = build_template(rings, segments)
-    rng = np.random.default_rng([seed, 1811])
-    anc = anchors(t)
-    skin = t.kind == SKIN
+def _shape_model(t: Template, anc: np.ndarray, rng: np.random.Generator, components: int
+                 ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray],
+                            np.ndarray, np.ndarray]:
+    """Identity shape: the named anatomical fields and random fields (skin and hair only), calibrated to the
+    norms; returns (named fields, their amplitudes, mean offset, sex difference, ethnic offsets, PCA basis, sds)."""
     named = anatomical_fields(anc, t.kind)
-    n_random = max(0, shape_components - len(named))
-    random = random_fields(anc, n_random, rng, t.vertices[skin])
+    skin = t.kind == SKIN
+    random = random_fields(anc, max(0, components - len(named)), rng, t.vertices[skin])
     random = [np.where(np.isin(t.kind, (SKIN, HAIR))[:, None], r, 0.0) for r in random]
     mean_offset, amplitude, sex, ethnic = calibrate_shape(t, named, random)
     raw = [amplitude[i] * f for i, f in enumerate(named.values())] + random
-    shape_basis, shape_sigma = principal_components(np.stack(raw).reshape(len(raw), -1), shape_components)
+    basis, sigma = principal_components(np.stack(raw).reshape(len(raw), -1), components)
+    return named, amplitude, mean_offset, sex, ethnic, basis, sigma
 
+
+def _texture_model(t: Template, mk: dict[str, np.ndarray], rng: np.random.Generator, bands: int, components: int
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Identity texture: PCA of the banded skin fields, band by band, each orthogonal to the coarser bands;
+    returns (basis, sds, band of each component)."""
+    tex, band_of, _ = alb.identity_texture_fields(t, mk, bands, components, rng)
+    basis, sigma, band = [], [], []
+    for j in range(bands):
+        rows = tex[band_of == j].reshape((band_of == j).sum(), -1)
+        for q in basis:
+            rows = rows - (rows @ q.T) @ q
+        q, sd = principal_components(rows, components)
+        basis.append(q)
+        sigma.append(sd)
+        band.append(np.full(len(sd), j))
+    return np.concatenate(basis), np.concatenate(sigma), np.concatenate(band)
+
+
+def _hair_rows(t: Template, sex: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+    """Each hair style's displacement of the hair shell from the short style, and the sex difference with the
+    women's fuller hair added."""
+    from .mesh import hair_sex_difference, hair_style_radii, head_sdf, radial_extract
+
+    hair = t.kind == HAIR
+    skin_r = radial_extract(t.directions[hair], head_sdf)
+    radii = hair_style_radii(t.directions[hair], skin_r)
+    rows = []
+    for style in HAIR_STYLES:
+        row = np.zeros_like(t.vertices)
+        row[hair] = t.directions[hair] * (radii[style] - radii["short"])[:, None]
+        rows.append(row)
+    sex = sex.copy()
+    sex[hair] -= t.directions[hair] * hair_sex_difference(t.directions[hair], skin_r)[:, None]
+    return rows, sex
+
+
+def _build(seed: int, shape_components: int, texture_components: int, texture_bands: int, rings: int,
+           segments: int) -> dict[str, np.ndarray]:
+    """Every array of the face model (see :class:`FaceModel`), in NumPy: the template, the identity shape and
+    texture models, then the fixed rows (sex, ethnicity, age, hair style, expressions) of geometry and albedo
+    in the order of :data:`FIXED_ROWS`. One generator (``seed``) draws every random field, in this order."""
+    t = build_template(rings, segments)
+    rng = np.random.default_rng([seed, 1811])
+    anc = anchors(t)
+    named, amplitude, mean_offset, sex, ethnic, shape_basis, shape_sigma = _shape_model(t, anc, rng, shape_components)
     mk = alb.masks(t, anc)
     base = alb.template_albedo(t, mk)
-    tex, band_of, _ = alb.identity_texture_fields(t, mk, texture_bands, texture_components, rng)
-    tex_basis, tex_sigma, tex_band = [], [], []
-    for j in range(texture_bands):  # band by band, each orthogonal to the coarser bands
-        rows = tex[band_of == j].reshape((band_of == j).sum(), -1)
-        for q in tex_basis:
-            rows = rows - (rows @ q.T) @ q
-        q, s = principal_components(rows, texture_components)
-        tex_basis.append(q)
-        tex_sigma.append(s)
-        tex_band.append(np.full(len(s), j))
+    tex_basis, tex_sigma, tex_band = _texture_model(t, mk, rng, texture_bands, texture_components)
 
-    split = lip_split(t, anc)
-    aus = action_unit_fields(anc, split, t.kind)
+    aus = action_unit_fields(anc, lip_split(t, anc), t.kind)
     age_linear, age_sag = age_fields({k: amplitude[i] * f for i, (k, f) in enumerate(named.items())}, anc)
     age_alb_linear, age_alb_sag = alb.age_albedo(t, mk, rng)
     male_alb, female_alb = alb.sex_albedo(t, mk)
     au_alb = alb.action_unit_albedo(t, mk)
     eth_alb = _ethnic_albedo(t, base, mk)
-    from .mesh import hair_sex_difference, hair_style_radii, radial_extract, head_sdf
-
-    hair = t.kind == HAIR
-    skin_r = radial_extract(t.directions[hair], head_sdf)
-    radii = hair_style_radii(t.directions[hair], skin_r)
-    hair_rows = []
-    for style in HAIR_STYLES:
-        row = np.zeros_like(t.vertices)
-        row[hair] = t.directions[hair] * (radii[style] - radii["short"])[:, None]
-        hair_rows.append(row)
-    sex = sex.copy()
-    sex[hair] -= t.directions[hair] * hair_sex_difference(t.directions[hair], skin_r)[:, None]
+    hair_rows, sex = _hair_rows(t, sex)
     zero = np.zeros_like(t.vertices)
     geo = ([0.5 * sex, -0.5 * sex] + [ethnic[e] for e in ETHNICITIES] + [age_linear, age_sag] + hair_rows
            + _expression_rows(aus))
@@ -384,9 +406,9 @@ def _build(seed: int, shape_components: int, texture_components: int, texture_ba
         "shape_names": np.asarray([f"pc{k}" for k in range(len(shape_sigma))]),
         "shape_sigma": shape_sigma,
         "shape_basis": shape_basis,
-        "texture_band": np.concatenate(tex_band),
-        "texture_sigma": np.concatenate(tex_sigma),
-        "texture_basis": np.concatenate(tex_basis),
+        "texture_band": tex_band,
+        "texture_sigma": tex_sigma,
+        "texture_basis": tex_basis,
         "geometry_fixed": np.stack(geo).reshape(len(geo), -1),
         "albedo_fixed": np.stack(colour).reshape(len(colour), -1),
         "base_albedo": base,
@@ -442,22 +464,16 @@ def _build_cached(seed: int, shape_components: int, texture_components: int, tex
 
 
 def _store(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write ``arrays`` to ``path`` atomically (a temporary file renamed into place, removed
-    if anything fails) and prune the cache; a read-only or full cache is not an error."""
-    tmp = None
+    """Write ``arrays`` to ``path`` atomically (concurrent builders each through a file of their own) and
+    prune the cache; a read-only or full cache is not an error."""
+    from ..store import atomic_file
+
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.partial")
-        with os.fdopen(fd, "wb") as fh:
+        with atomic_file(path, unique=True) as tmp, open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
-        os.replace(tmp, path)
-        tmp = None
         _prune(path.parent, keep=8)
     except OSError:
         pass
-    finally:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
 
 
 def _prune(folder: Path, keep: int, stale_s: float = 3600.0) -> None:
