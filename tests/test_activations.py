@@ -85,7 +85,7 @@ def test_shard_files_written_directly_read_back_through_zarr(tmp_path, monkeypat
 
     import zarr
 
-    from infodissect.activations.extract import ShardWriter
+    from infodissect.activations.shards import ShardWriter
 
     # (the package's `extract` function shadows its module's name)
     monkeypatch.setattr(importlib.import_module("infodissect.activations.extract"), "SHARD_BYTES", 40_000)

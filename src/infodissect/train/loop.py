@@ -212,6 +212,77 @@ def train_step(net: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: t
     return loss, out
 
 
+@dataclass
+class Checkpoint:
+    """The last checkpoint of a run (``<checkpoints>/last.pt``) and what makes it this run's: the spec's digest,
+    the process count and the digests of the training and test stores."""
+
+    path: Path
+    spec: str
+    world: int
+    data: dict[str, str]
+    task: str = ""  # for the log
+
+    def resume(self, model: nn.Module, opt: torch.optim.Optimizer, ctx: Dist
+               ) -> tuple[list[dict[str, Any]], int, int, list[float]]:
+        """Load this run's checkpoint into ``model`` and ``opt``: (history, epoch, step, running sums);
+        a fresh start when there is none or it was made by another run."""
+        fresh: tuple[list[dict[str, Any]], int, int, list[float]] = ([], 0, 0, [0.0, 0.0, 0.0])
+        if not self.path.exists():
+            return fresh
+        state = torch.load(self.path, map_location=ctx.device, weights_only=False)
+        if (state.get("spec"), state.get("world"), state.get("data")) != (self.spec, self.world, self.data):
+            log.info("ignoring checkpoint %s: made for another spec, process count or training data", self.path)
+            return fresh
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        # The global running totals of the interrupted epoch, counted once (on rank 0).
+        running = list(state.get("running", fresh[3])) if ctx.rank == 0 else fresh[3]
+        log.info("resuming %s from epoch %d, step %d (%s)", self.task, state["epoch"], state.get("step", 0),
+                 self.path)
+        return state["history"], state["epoch"], state.get("step", 0), running
+
+    def save(self, model: nn.Module, opt: torch.optim.Optimizer, epoch: int, step: int, sums: list[float],
+             history: list[dict[str, Any]]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "step": step,
+                      "running": sums, "history": history, "spec": self.spec, "world": self.world,
+                      "data": self.data}, self.path)
+
+
+def _batches(spec: TrainSpec, train_store: str | Path, test_store: str | Path, labels: Labels, test_labels: Labels,
+             ctx: Dist) -> tuple[StoreBatches, StoreBatches]:
+    """This process's training batches (stored images, or the design table rendered on this device) and the
+    test batches."""
+    if spec.source == "rendered":  # render the design table's batches on this device, never on disk
+        data: StoreBatches = RenderedBatches(train_store, labels, spec.batch_size, spec.render, ctx.rank, ctx.world,
+                                             spec.seed, spec.window, ctx.device)
+    else:
+        data = StoreBatches(train_store, labels, spec.batch_size, ctx.rank, ctx.world, spec.seed, spec.window)
+    if len(data) == 0:
+        raise ValueError(f"{train_store}: fewer samples than one batch of {spec.batch_size}")
+    test = StoreBatches(test_store, test_labels, spec.batch_size, 0, 1, spec.seed, spec.window, shuffle=False,
+                        drop_last=False)
+    return data, test
+
+
+def _network(spec: TrainSpec, classes: int, train_store: str | Path, ctx: Dist
+             ) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """The seeded ResNet-10 (global batch norm across processes) on this process's device, and its optimizer."""
+    if spec.source == "rendered":
+        channels = 1 if spec.render["render"]["color"] == "gray" else 3
+    else:
+        channels = open_group(train_store, "stimulus store")["image"].shape[-1]
+    torch.manual_seed(spec.seed)
+    model = build_model(classes, width=spec.width, stem=spec.stem, in_channels=channels)
+    if ctx.world > 1:
+        model = with_global_batch_norm(model)
+    model.to(ctx.device)
+    opt = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay,
+                          nesterov=True)
+    return model, opt
+
+
 def train(spec: TrainSpec, train_store: str | Path, test_store: str | Path, out_dir: str | Path,
           checkpoints: str | Path, checkpoint_steps: int = 0) -> dict[str, float]:
     """Train ``spec`` on ``train_store``, evaluating on ``test_store``; write the model and metrics to ``out_dir``.
@@ -219,7 +290,8 @@ def train(spec: TrainSpec, train_store: str | Path, test_store: str | Path, out_
     ``train_store`` holds rendered images, or (``spec.source == "rendered"``) it is the
     set's design table and batches are rendered on the fly with ``spec.render``. A
     checkpoint is written after every epoch and, with ``checkpoint_steps`` > 0, every
-    that many steps within an epoch; a rerun resumes from the last one exactly.
+    that many steps within an epoch; a rerun resumes from the last one exactly, if it
+    was made by the same spec on the same data (:class:`Checkpoint`).
     """
     from ..stimuli.store import open_stimuli
 
@@ -230,52 +302,13 @@ def train(spec: TrainSpec, train_store: str | Path, test_store: str | Path, out_
     if ctx.rank == 0:
         log.info("training %s_s%d on %d process(es), %s (%s)", spec.task, spec.seed, ctx.world, ctx.device,
                  "NCCL" if ctx.device.type == "cuda" and ctx.world > 1 else "Gloo" if ctx.world > 1 else "single")
-    out_dir, checkpoints = Path(out_dir), Path(checkpoints)
     labels = task_labels(train_store, spec.task)
     test_labels = task_labels(test_store, spec.task, labels.classes)
-    torch.manual_seed(spec.seed)
-    if spec.source == "rendered":
-        channels = 1 if spec.render["render"]["color"] == "gray" else 3
-    else:
-        channels = open_group(train_store, "stimulus store")["image"].shape[-1]
-    model = build_model(len(labels.classes), width=spec.width, stem=spec.stem, in_channels=channels)
-    if ctx.world > 1:
-        model = with_global_batch_norm(model)
-    model.to(ctx.device)
-    opt = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay,
-                          nesterov=True)
-    if spec.source == "rendered":  # render the design table's batches on this device, never on disk
-        data: StoreBatches = RenderedBatches(train_store, labels, spec.batch_size, spec.render, ctx.rank, ctx.world,
-                                             spec.seed, spec.window, ctx.device)
-    else:
-        data = StoreBatches(train_store, labels, spec.batch_size, ctx.rank, ctx.world, spec.seed, spec.window)
-    test = StoreBatches(test_store, test_labels, spec.batch_size, 0, 1, spec.seed, spec.window, shuffle=False,
-                        drop_last=False)
-    if len(data) == 0:
-        raise ValueError(f"{train_store}: fewer samples than one batch of {spec.batch_size}")
-    history: list[dict[str, Any]] = []
-    start, start_step, running = 0, 0, [0.0, 0.0, 0.0]
-    ckpt = checkpoints / "last.pt"
-    # A checkpoint resumes only the run of this spec on these data (the stores' content digests).
-    data_id = {"train": digest(train_store), "test": digest(test_store)}
-    if ckpt.exists():
-        state = torch.load(ckpt, map_location=ctx.device, weights_only=False)
-        if state.get("spec") == spec.digest() and state.get("world") == ctx.world and state.get("data") == data_id:
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            history, start, start_step = state["history"], state["epoch"], state.get("step", 0)
-            if ctx.rank == 0:  # the global running totals of the interrupted epoch, counted once
-                running = list(state.get("running", running))
-            log.info("resuming %s from epoch %d, step %d (%s)", spec.task, start, start_step, ckpt)
-        else:
-            log.info("ignoring checkpoint %s: made for another spec, process count or training data", ckpt)
-
-    def save(epoch: int, step: int, sums: list[float]) -> None:
-        checkpoints.mkdir(parents=True, exist_ok=True)
-        _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "step": step,
-                      "running": sums, "history": history, "spec": spec.digest(), "world": ctx.world,
-                      "data": data_id}, ckpt)
-
+    model, opt = _network(spec, len(labels.classes), train_store, ctx)
+    data, test = _batches(spec, train_store, test_store, labels, test_labels, ctx)
+    ckpt = Checkpoint(Path(checkpoints) / "last.pt", spec.digest(), ctx.world,
+                      {"train": digest(train_store), "test": digest(test_store)}, spec.task)
+    history, start, start_step, running = ckpt.resume(model, opt, ctx)
     net = (nn.parallel.DistributedDataParallel(model, device_ids=[ctx.device] if ctx.device.type == "cuda" else None)
            if ctx.world > 1 else model)
     amp = autocast(ctx.device)
@@ -296,7 +329,7 @@ def train(spec: TrainSpec, train_store: str | Path, test_store: str | Path, out_
             if checkpoint_steps and (i + 1) % checkpoint_steps == 0 and i + 1 < len(data):
                 sums = _global_sums([loss_sum, correct, seen], ctx)
                 if ctx.rank == 0:
-                    save(epoch, i + 1, sums)
+                    ckpt.save(model, opt, epoch, i + 1, sums, history)
                 faults.checkpoint("step", epoch * len(data) + i + 1)
         loss_sum, correct, seen = _global_sums([loss_sum, correct, seen], ctx)
         row = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_accuracy": correct / seen}
@@ -307,14 +340,14 @@ def train(spec: TrainSpec, train_store: str | Path, test_store: str | Path, out_
             log.info("epoch %d/%d: train loss %.3f acc %.3f, test loss %.3f acc %.3f (%.1f s)", epoch + 1,
                      spec.epochs, row["train_loss"], row["train_accuracy"], row["test_loss"],
                      row["test_accuracy"], row["seconds"])
-            save(epoch + 1, 0, [0.0, 0.0, 0.0])
+            ckpt.save(model, opt, epoch + 1, 0, [0.0, 0.0, 0.0], history)
         faults.checkpoint("epoch", epoch + 1)
         if ctx.world > 1:
             dist.barrier()
     result: dict[str, float] = {}
     if ctx.rank == 0:
         _, acc, preds = evaluate(model, test, ctx.device)
-        _write_outputs(out_dir, spec, model, labels, history, test_store, test_labels, preds)
+        _write_outputs(Path(out_dir), spec, model, labels, history, test_store, test_labels, preds)
         result = {"test_accuracy": acc}
     if ctx.world > 1:
         dist.barrier()
