@@ -12,13 +12,9 @@ from .config import ConfigError
 
 
 def _stimuli_design(a: argparse.Namespace) -> None:
-    from .stimuli.design import build_design
-    from .store import atomic_store, write_zarr
+    from .stimuli.design import write_design
 
-    ds = build_design(a.set, json.loads(a.spec))
-    logging.info("design %s: %d samples (%s)", a.set, ds.sizes["sample"], ds.attrs["design"])
-    with atomic_store(a.out) as tmp:
-        write_zarr(ds, tmp)
+    write_design(a.set, json.loads(a.spec), a.out)
 
 
 def _stimuli_render(a: argparse.Namespace) -> None:
@@ -38,28 +34,16 @@ def _stimuli_gather(a: argparse.Namespace) -> None:
 
 
 def _stimuli_figure(a: argparse.Namespace) -> None:
-    from .figures.stimuli import factor_sweeps, identity_gallery, portrait_sheet
-    from .stimuli.store import open_stimuli, render_in_memory
+    from .stimuli.figures import stimulus_figure
 
-    if a.design:  # render the design at the figure's resolution
+    if a.design and not a.spec:
+        raise SystemExit("stimuli figure: --design needs --spec (the render spec)")
+    if a.design:
         import torch
 
-        if not a.spec:
-            raise SystemExit("stimuli figure: --design needs --spec (the render spec)")
         torch.set_num_threads(a.threads)
-        ds = render_in_memory(a.design, json.loads(a.spec), a.resolution)
-        a.stimuli = a.design
-    else:
-        ds = open_stimuli(a.stimuli, require=("image",))
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    if a.kind == "factors":
-        if "sweep_factor" not in ds.coords:
-            raise SystemExit(f"{a.stimuli}: not a sweep set (no sweep_factor coordinate)")
-        factor_sweeps(ds, a.out)
-    elif a.kind == "portraits":
-        portrait_sheet(ds, a.out)
-    else:
-        identity_gallery(ds, a.out)
+    stimulus_figure(a.kind, a.out, stimuli=a.stimuli, design=a.design,
+                    spec=json.loads(a.spec) if a.spec else None, resolution=a.resolution)
 
 
 def _train_model(a: argparse.Namespace) -> None:

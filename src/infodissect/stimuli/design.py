@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import zlib
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -319,3 +320,16 @@ def build_design(name: str, spec: dict[str, Any]) -> xr.Dataset:
     if set_spec["design"] == "revcorr":
         ds.attrs["perturbation_sigma"] = float(set_spec.get("sigma", 0.5))
     return ds
+
+
+def write_design(name: str, spec: dict[str, Any], out: str | Path) -> Path:
+    """Build set ``name``'s design from its stage ``spec`` and write it to the store ``out`` (atomically)."""
+    import logging
+
+    from ..store import atomic_store, write_zarr
+
+    ds = build_design(name, spec)
+    logging.getLogger(__name__).info("design %s: %d samples (%s)", name, ds.sizes["sample"], ds.attrs["design"])
+    with atomic_store(out) as tmp:
+        write_zarr(ds, tmp)
+    return Path(out)
