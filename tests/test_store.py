@@ -208,3 +208,13 @@ def test_a_checkpoint_resumes_only_the_run_of_its_training_data(tmp_path):
     assert "resuming" not in log and "made for another spec, process count or training data" in log
     assert any(not torch.equal(_weights(other)[k], v) for k, v in old.items())
     assert os.path.exists(tmp_path / "run" / "ckpt" / "last.pt")
+
+
+def test_mi_without_permutations_measures_and_marks_nothing_significant(tmp_path):
+    """`mi.n_perm: 0` (allowed: "0 = none") ended in KeyError: 'mi'."""
+    stim = _stimuli(tmp_path / "analysis.zarr")
+    spec = json.dumps({"n_perm": 0, "scheduler": "synchronous"})
+    assert main(["mi", "pixels", "--stimuli", str(stim), "--spec", spec, "--out", str(tmp_path / "mi.zarr")]) == 0
+    res = open_tree(tmp_path / "mi.zarr", "MI store")["pixels"].to_dataset().load()
+    assert float(res["mi"].sel(factor="yaw").max()) > 0.5 and not res["significant"].any()
+    assert np.isnan(res["threshold"]).all() and res.sizes["permutation"] == 0 and res.attrs["n_perm"] == 0

@@ -97,6 +97,20 @@ def _summary(res: xr.Dataset, suffix: str) -> dict[str, xr.DataArray]:
             f"null_max{suffix}": res["null_max"].rename(permutation=f"permutation{suffix}")}
 
 
+def _with_statistics(res: xr.Dataset | xr.DataArray) -> xr.Dataset:
+    """An engine result as a Dataset with permutation statistics; without permutations (``n_perm`` 0, the
+    engine's bare MI) nothing is significant: ``threshold`` and ``pvalue`` NaN, no ``null_max`` rows."""
+    if isinstance(res, xr.Dataset):
+        return res
+    mi = res
+    per_factor = mi.isel({d: 0 for d in mi.dims if d != "factor"}, drop=True)
+    return xr.Dataset({"mi": mi, "significant": xr.zeros_like(mi, dtype=bool),
+                       "pvalue": xr.full_like(mi, np.nan, dtype=np.float64),
+                       "threshold": xr.full_like(per_factor, np.nan, dtype=np.float64),
+                       "null_max": xr.DataArray(np.empty((0, mi.sizes["factor"])), dims=("permutation", "factor"),
+                                                coords={"factor": mi["factor"]})}, attrs=dict(mi.attrs))
+
+
 def layer_information(act: xr.DataArray, factors: xr.Dataset, *, n_perm: int, alpha: float = 0.05,
                       seed: int = 0, chunk_mb: float = 64.0) -> xr.Dataset:
     """MI of one layer's activations (sample, unit[, y, x]) with every factor, resolved and pooled.
@@ -108,11 +122,11 @@ def layer_information(act: xr.DataArray, factors: xr.Dataset, *, n_perm: int, al
     x = act.drop_vars([c for c in act.coords if c not in act.dims])
     x = x.chunk(variable_chunks(x, "sample", chunk_mb))
     kwargs: dict[str, Any] = dict(dim="sample", n_perm=n_perm, alpha=alpha, seed=seed)
-    resolved = mutual_information(x, factors, **kwargs)
+    resolved = _with_statistics(mutual_information(x, factors, **kwargs))
     out = _summary(resolved, "")
     if all(d in act.dims for d in SPATIAL):
         pooled = x.astype(np.float32).mean(SPATIAL)
-        out.update(_summary(mutual_information(pooled, factors, **kwargs), "_pooled"))
+        out.update(_summary(_with_statistics(mutual_information(pooled, factors, **kwargs)), "_pooled"))
     else:
         out.update({f"{k}_pooled": v.rename(permutation="permutation_pooled") if k == "null_max" else v
                     for k, v in _summary(resolved, "").items()})
