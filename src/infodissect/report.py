@@ -125,7 +125,7 @@ def build_report(spec: dict[str, Any], out: str | Path) -> Path:
         parts.append(f"<p>{html.escape(spec['intro'])}</p>")
     if rows:
         parts.append("<h2>Key numbers</h2>")
-        parts.append(pd.DataFrame(rows).set_index("model").T.to_html(escape=True))
+        parts.append(pd.DataFrame(rows).set_index("model").T.fillna("").to_html(escape=True))
     for section in spec["sections"]:
         parts.append(f"<h2>{html.escape(section['title'])}</h2>")
         parts.extend(_figure_html(f) for f in section["figures"])
