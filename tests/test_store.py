@@ -100,6 +100,17 @@ def test_digests_follow_content_and_inputs_are_recorded(tmp_path):
     assert digest(tmp_path / "f.txt") == "2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881"
 
 
+def test_a_failed_rewrite_keeps_the_previous_store(tmp_path):
+    path = _store(tmp_path / "s.zarr")
+    before = digest(path)
+    with pytest.raises(RuntimeError), atomic_store(path) as tmp:
+        write_zarr(_dataset(4, seed=3), tmp)
+        raise RuntimeError("killed")
+    assert digest(path) == before and not (tmp_path / "s.zarr.partial").exists()
+    _store(path, seed=3)  # a successful rewrite replaces it
+    assert digest(path) != before and not (tmp_path / "s.zarr.old").exists()
+
+
 def test_failed_writes_leave_nothing_and_keep_the_previous_file(tmp_path):
     path = tmp_path / "out.json"
     path.write_text("old")
@@ -218,3 +229,18 @@ def test_mi_without_permutations_measures_and_marks_nothing_significant(tmp_path
     res = open_tree(tmp_path / "mi.zarr", "MI store")["pixels"].to_dataset().load()
     assert float(res["mi"].sel(factor="yaw").max()) > 0.5 and not res["significant"].any()
     assert np.isnan(res["threshold"]).all() and res.sizes["permutation"] == 0 and res.attrs["n_perm"] == 0
+
+
+def test_an_unreadable_checkpoint_starts_training_over(tmp_path):
+    from infodissect.nets import build_model
+    from infodissect.train.loop import Checkpoint, Dist
+
+    model = build_model(3, width=8)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    ckpt = Checkpoint(tmp_path / "last.pt", "spec", 1, {"train": "a", "test": "b"}, "identity")
+    ctx = Dist(0, 1, torch.device("cpu"))
+    assert ckpt.resume(model, opt, ctx) == ([], 0, 0, [0.0, 0.0, 0.0])  # none yet
+    ckpt.save(model, opt, 2, 0, [0.0, 0.0, 0.0], [{"epoch": 1}, {"epoch": 2}])
+    assert ckpt.resume(model, opt, ctx)[:2] == ([{"epoch": 1}, {"epoch": 2}], 2)
+    (tmp_path / "last.pt").write_bytes((tmp_path / "last.pt").read_bytes()[:100])  # truncated by a full disk
+    assert ckpt.resume(model, opt, ctx) == ([], 0, 0, [0.0, 0.0, 0.0])

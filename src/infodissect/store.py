@@ -100,14 +100,12 @@ def atomic_store(path: str | Path, inputs: Iterable[str | Path] = ()) -> Iterato
     """Yield a temporary store path; on success write its manifest and move it to ``path``.
 
     ``inputs`` (stores or files) are the data the store is made from: their digests go
-    into the manifest. An existing ``path`` is removed first, so nothing half-replaced
-    is ever read.
+    into the manifest. An existing ``path`` is replaced only once the new store is
+    complete; a failure leaves it as it was.
     """
     final = Path(path)
     tmp = partial_path(final)
     shutil.rmtree(tmp, ignore_errors=True)
-    if final.exists():
-        shutil.rmtree(final)
     tmp.parent.mkdir(parents=True, exist_ok=True)
     sources = {str(p): digest(p) for p in inputs}  # before any work: a missing input fails now
     try:
@@ -116,7 +114,25 @@ def atomic_store(path: str | Path, inputs: Iterable[str | Path] = ()) -> Iterato
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    _replace(tmp, final)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _replace(tmp: Path, final: Path) -> None:
+    """Move the finished ``tmp`` to ``final``; an old ``final`` is set aside first and removed last, so a
+    failure before this point leaves the previous result in place."""
+    old = final.with_name(final.name + ".old")
+    _remove(old)
+    if final.exists() or final.is_symlink():
+        os.replace(final, old)
     os.replace(tmp, final)
+    _remove(old)
 
 
 def _crc_of_file(path: Path) -> int:
@@ -234,7 +250,13 @@ class CheckedStore(LocalStore):
         return self
 
     async def get(self, key: str, prototype: Any = None, byte_range: Any = None) -> Any:
-        buf = await super().get(key, prototype, byte_range)
+        return self._checked(key, await super().get(key, prototype, byte_range), byte_range)
+
+    def get_sync(self, key: str, *, prototype: Any = None, byte_range: Any = None) -> Any:
+        return self._checked(key, super().get_sync(key, prototype=prototype, byte_range=byte_range), byte_range)
+
+    def _checked(self, key: str, buf: Any, byte_range: Any) -> Any:
+        """``buf`` as read for ``key``, or a :class:`StoreError` if it is missing or damaged."""
         entry = self.files.get(key)
         if entry is None:
             return buf

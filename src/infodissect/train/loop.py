@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -230,7 +231,11 @@ class Checkpoint:
         fresh: tuple[list[dict[str, Any]], int, int, list[float]] = ([], 0, 0, [0.0, 0.0, 0.0])
         if not self.path.exists():
             return fresh
-        state = torch.load(self.path, map_location=ctx.device, weights_only=False)
+        try:
+            state = torch.load(self.path, map_location=ctx.device, weights_only=False)
+        except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as exc:
+            log.warning("ignoring checkpoint %s: unreadable (%s); training starts over", self.path, exc)
+            return fresh
         if (state.get("spec"), state.get("world"), state.get("data")) != (self.spec, self.world, self.data):
             log.info("ignoring checkpoint %s: made for another spec, process count or training data", self.path)
             return fresh
