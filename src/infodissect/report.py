@@ -43,9 +43,9 @@ def key_numbers(model: str, inputs: dict[str, str]) -> dict[str, Any]:
             f"{100 * h['accuracy']:.1f}% (chance {100 * h['chance']:.1f}%; {h['identities']} people, {h['n']} images "
             f"of set {h['set']})")
     for name, path in inputs.items():  # the analysis stages' own key numbers (the stage table)
-        stage = STAGES.get(name)
-        if stage is not None and hasattr(stage.load(), "key_numbers"):
-            row.update(stage.load().key_numbers(path))
+        module = STAGES[name].load() if name in STAGES else None
+        if hasattr(module, "key_numbers"):
+            row.update(module.key_numbers(path))
     return row
 
 

@@ -118,16 +118,21 @@ class Stage:
             return []
         out = []
         for s in self.sets(config):
-            wildcards = {k: v for k, v in (("model", model), ("set", s)) if v is not None}
+            wildcards = _wildcards(model, s)
             out += [(f.path.format(**wildcards), f.caption, wildcards) for f in self.figures]
         return out
 
     def store_path(self, config: dict[str, Any], model: str | None = None) -> str | None:
         """The store the report reads key numbers from (for the first set), if the stage runs and has one."""
-        if not self.store or not self.enabled(config) or not self.sets(config):
+        sets = self.sets(config)
+        if not self.store or not self.enabled(config) or not sets:
             return None
-        wildcards = {k: v for k, v in (("model", model), ("set", self.sets(config)[0])) if v is not None}
-        return self.store.format(**wildcards)
+        return self.store.format(**_wildcards(model, sets[0]))
+
+
+def _wildcards(model: str | None, set_name: str | None) -> dict[str, str]:
+    """The {model} and {set} wildcards a stage's paths take (those that are given)."""
+    return {k: v for k, v in (("model", model), ("set", set_name)) if v is not None}
 
 
 def config_value(config: dict[str, Any], key: str) -> Any:

@@ -36,8 +36,6 @@ import xarray as xr
 import zarr
 from zarr.storage import LocalStore
 
-log = logging.getLogger(__name__)
-
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
 _BLOCK = 1 << 22
@@ -189,6 +187,10 @@ def _chunk_name(key: str) -> str:
     return f"array {array}, chunk {last}" if array and (last == "c" or last.startswith("c.")) else f"file {key}"
 
 
+def _missing_chunk(root: str | Path, key: str) -> StoreError:
+    return StoreError(f"{root}: {_chunk_name(key)} is missing (the store is damaged; rerun the job that makes it)")
+
+
 def check_files(path: str | Path, manifest: dict[str, Any]) -> None:
     """Every file the manifest lists is there with its size (cheap: no data is read)."""
     root = Path(path)
@@ -196,8 +198,7 @@ def check_files(path: str | Path, manifest: dict[str, Any]) -> None:
         try:
             actual = (root / key).stat().st_size
         except FileNotFoundError:
-            raise StoreError(f"{root}: {_chunk_name(key)} is missing (the store is damaged; rerun the job that "
-                             "makes it)") from None
+            raise _missing_chunk(root, key) from None
         if actual != size:
             raise StoreError(f"{root}: {_chunk_name(key)} is {actual} bytes, {size} when written (truncated or "
                              "damaged; rerun the job that makes it)")
@@ -261,8 +262,7 @@ class CheckedStore(LocalStore):
         if entry is None:
             return buf
         if buf is None:
-            raise StoreError(f"{self.root}: {_chunk_name(key)} is missing (the store is damaged; rerun the job "
-                             "that makes it)")
+            raise _missing_chunk(self.root, key)
         if byte_range is None:
             data = buf.to_bytes()
             if len(data) != entry[0] or zlib.crc32(data) != entry[1]:
@@ -286,6 +286,18 @@ def _quiet() -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def _reading(path: str | Path, what: str) -> Iterator[None]:
+    """Open a checked store quietly; anything but a :class:`StoreError` means it is not a readable ``what``."""
+    with _quiet():
+        try:
+            yield
+        except StoreError:
+            raise
+        except Exception as exc:  # not a zarr store, or no such group
+            raise StoreError(f"{path}: not a readable {what} ({exc})") from exc
+
+
 # --------------------------------------------------------------------------- reading
 
 
@@ -293,13 +305,8 @@ def open_dataset(path: str | Path, require: Iterable[str] = (), what: str = "sto
                  ) -> xr.Dataset:
     """A finished Zarr store (or one of its groups) as a lazy Dataset, checked; ``require``: variables it must have."""
     store = checked_store(path, what)
-    with _quiet():
-        try:
-            ds = xr.open_zarr(store, consolidated=True, group=group)
-        except StoreError:
-            raise
-        except Exception as exc:  # not a zarr store, or no such group
-            raise StoreError(f"{path}: not a readable {what} ({exc})") from exc
+    with _reading(path, what):
+        ds = xr.open_zarr(store, consolidated=True, group=group)
     missing = [v for v in require if v not in ds.variables]
     if missing:
         raise StoreError(f"{path}: missing variable(s) {', '.join(missing)}")
@@ -309,30 +316,29 @@ def open_dataset(path: str | Path, require: Iterable[str] = (), what: str = "sto
 def open_tree(path: str | Path, what: str = "store") -> xr.DataTree:
     """A finished DataTree store (activations, MI, analyses) opened lazily, checked."""
     store = checked_store(path, what)
-    with _quiet():
-        try:
-            return xr.open_datatree(store, engine="zarr", consolidated=True)
-        except StoreError:
-            raise
-        except Exception as exc:  # corrupt or not a zarr store
-            raise StoreError(f"{path}: not a readable {what} ({exc})") from exc
+    with _reading(path, what):
+        return xr.open_datatree(store, engine="zarr", consolidated=True)
 
 
 def open_group(path: str | Path, what: str = "store") -> zarr.Group:
     """A finished store as a read-only zarr Group (direct array access), checked."""
     store = checked_store(path, what)
-    try:
+    with _reading(path, what):
         return zarr.open_group(store=store, mode="r")
-    except StoreError:
-        raise
-    except Exception as exc:
-        raise StoreError(f"{path}: not a readable {what} ({exc})") from exc
 
 
 def write_zarr(ds: xr.Dataset, path: str | Path, **kwargs: Any) -> None:
     """Write a Dataset as Zarr v3 with consolidated metadata (into a store being built by :func:`atomic_store`)."""
     with _quiet():
         ds.to_zarr(path, zarr_format=3, consolidated=True, **kwargs)
+
+
+def save_dataset(ds: xr.Dataset, path: str | Path, inputs: Iterable[str | Path] = ()) -> Path:
+    """Write ``ds`` as the finished store ``path`` (atomically, with its manifest; ``inputs`` as in
+    :func:`atomic_store`)."""
+    with atomic_store(path, inputs=inputs) as tmp:
+        write_zarr(ds, tmp)
+    return Path(path)
 
 
 def write_tree(tree: xr.DataTree, path: str | Path) -> None:

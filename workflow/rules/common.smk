@@ -234,7 +234,7 @@ def _per_model_stages():
     """The analysis stages run for each analysed model, in the stage table's (and the report's) order."""
     from infodissect.stages import STAGES
 
-    return [st for st in STAGES.values() if st.per_model]
+    return [st for st in STAGES.values() if st.per_model and st.group == "analyses"]
 
 
 def _stage_figures(st, model=None):

@@ -33,7 +33,7 @@ from ..faces.factors import FACTORS
 from ..info import mutual_information
 from ..nets import READOUT_LAYERS
 from ..stimuli.store import open_stimuli
-from ..store import StoreError, atomic_store, open_tree, write_zarr
+from ..store import StoreError, atomic_store, dask_scheduler, open_tree, write_zarr
 
 log = logging.getLogger(__name__)
 
@@ -259,8 +259,6 @@ class LayersSpec(PixelsSpec):
 
 def run_layers(spec: LayersSpec, inputs: dict[str, Any], outputs: dict[str, Path], title: str = "") -> dict[str, str]:
     """The MI stage on a model's layers: ``inputs["activations"]`` -> MI store ``outputs["out"]``."""
-    from ..store import dask_scheduler
-
     with dask_scheduler(spec.scheduler, threads=1):
         activation_information(inputs["activations"], outputs["out"], layers=spec.layers or None, **spec.measure())
     return {}
@@ -268,8 +266,6 @@ def run_layers(spec: LayersSpec, inputs: dict[str, Any], outputs: dict[str, Path
 
 def run_pixels(spec: PixelsSpec, inputs: dict[str, Any], outputs: dict[str, Path], title: str = "") -> dict[str, str]:
     """The MI stage on a stimulus set's pixels: ``inputs["stimuli"]`` -> MI store ``outputs["out"]``."""
-    from ..store import dask_scheduler
-
     with dask_scheduler(spec.scheduler, threads=1):
         pixel_information(inputs["stimuli"], outputs["out"], **spec.measure())
     return {}

@@ -161,14 +161,13 @@ def run(spec: Spec, inputs: dict[str, Any], outputs: dict[str, Path], title: str
     """Pose invariance of an activation store (``inputs["activations"]``) -> store ``out`` and ``figure``."""
     from ..figures.pose import pose_figure
     from ..nets import READOUT_LAYERS
-    from ..store import atomic_store, open_tree, write_zarr
+    from ..store import open_tree, save_dataset
 
     tree = open_tree(inputs["activations"], "activation store")
     layers = [n for n in READOUT_LAYERS if n in tree.children]
     ds = pose_invariance(tree, layers, pose=spec.pose_factor, n_bins=spec.pose_bins, grid=spec.readout_grid)
     ds.attrs.update({k: tree.attrs[k] for k in ("model", "set") if k in tree.attrs})
-    with atomic_store(outputs["out"], inputs=[inputs["activations"]]) as tmp:
-        write_zarr(ds, tmp)
+    save_dataset(ds, outputs["out"], inputs=[inputs["activations"]])
     pose_figure(ds, outputs["figure"], title=f"{title}: pose invariance of the identity code")
     return summary(ds)
 

@@ -79,13 +79,12 @@ def run(spec: Spec, inputs: dict[str, Any], outputs: dict[str, Path], title: str
     """The layer profile store (``out``) and the MI figures (``profile_figure``, ``units_figure``,
     ``maps_figure``) of a model's MI store (``mi``) and, optionally, its set's pixel MI store (``pixels``)."""
     from ..figures.information import layer_profile_figure, spatial_maps_figure, unit_matrix_figure
-    from ..store import atomic_store, write_zarr
+    from ..store import save_dataset
     from .information import load_layers
 
     layers = load_layers(inputs["mi"], inputs.get("pixels"))
     prof = layer_profile(layers)
-    with atomic_store(outputs["out"], inputs=[p for p in (inputs["mi"], inputs.get("pixels")) if p]) as tmp:
-        write_zarr(prof, tmp)
+    save_dataset(prof, outputs["out"], inputs=[p for p in (inputs["mi"], inputs.get("pixels")) if p])
     layer_profile_figure(prof, outputs["profile_figure"],
                          title=f"{title}: information about each factor, layer by layer")
     orders = {name: unit_order(ds["mi_pooled"]) for name, ds in layers.items()}

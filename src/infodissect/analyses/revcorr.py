@@ -140,7 +140,7 @@ def run(spec: Spec, inputs: dict[str, Any], outputs: dict[str, Path], title: str
     from ..figures.revcorr import features_figure, revcorr_figure
     from ..nets import READOUT_LAYERS
     from ..stimuli.store import open_stimuli
-    from ..store import atomic_store, dask_scheduler, open_tree, write_zarr
+    from ..store import dask_scheduler, open_tree, save_dataset
     from ..faces.model import model_from_config
     from .features import feature_analysis
 
@@ -150,10 +150,8 @@ def run(spec: Spec, inputs: dict[str, Any], outputs: dict[str, Path], title: str
         ds = revcorr_analysis(tree, model, n_perm=spec.n_perm, alpha=spec.alpha, seed=spec.seed)
     feats = feature_analysis(tree, ds, model, [n for n in READOUT_LAYERS if n in tree.children])
     sources = [inputs["activations"], inputs["stimuli"]]
-    with atomic_store(outputs["out"], inputs=sources) as tmp:
-        write_zarr(ds, tmp)
-    with atomic_store(outputs["features"], inputs=sources) as tmp:
-        write_zarr(feats, tmp)
+    save_dataset(ds, outputs["out"], inputs=sources)
+    save_dataset(feats, outputs["features"], inputs=sources)
     revcorr_figure(ds, outputs["figure"], title=f"{title}: shape and texture features the network uses\n"
                                                 "(grey: below the permutation threshold)")
     features_figure(feats, outputs["features_figure"], title=f"{title}: hidden layers and the diagnostic features")

@@ -212,7 +212,7 @@ def run(spec: Spec, inputs: dict[str, Any], outputs: dict[str, Path], title: str
     """Factor visibility from a pixel MI store (``pixels``, optional), trained models' directories (``models``)
     and their held-out evaluations (``heldout``) -> store ``out`` and ``figure``."""
     from ..figures.visibility import visibility_figure
-    from ..store import atomic_store, open_tree, write_zarr
+    from ..store import open_tree, save_dataset
     from .information import PIXELS
 
     log = logging.getLogger(__name__)
@@ -229,8 +229,7 @@ def run(spec: Spec, inputs: dict[str, Any], outputs: dict[str, Path], title: str
     if unknown:
         raise VisibilityError(f"--heldout: no --models directory for {', '.join(unknown)}")
     ds = factor_visibility(pixels, [model_score(d, heldout.get(Path(d).name)) for d in models])
-    with atomic_store(outputs["out"], inputs=[p for p in [inputs.get("pixels"), *heldout.values()] if p]) as tmp:
-        write_zarr(ds, tmp)
+    save_dataset(ds, outputs["out"], inputs=[p for p in [inputs.get("pixels"), *heldout.values()] if p])
     visibility_figure(ds, outputs["figure"], title=title)
     if pixels is not None:
         log.info("factors with no pixel above the threshold: %s", ", ".join(invisible_factors(ds)) or "none")

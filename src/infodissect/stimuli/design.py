@@ -326,10 +326,8 @@ def write_design(name: str, spec: dict[str, Any], out: str | Path) -> Path:
     """Build set ``name``'s design from its stage ``spec`` and write it to the store ``out`` (atomically)."""
     import logging
 
-    from ..store import atomic_store, write_zarr
+    from ..store import save_dataset
 
     ds = build_design(name, spec)
     logging.getLogger(__name__).info("design %s: %d samples (%s)", name, ds.sizes["sample"], ds.attrs["design"])
-    with atomic_store(out) as tmp:
-        write_zarr(ds, tmp)
-    return Path(out)
+    return save_dataset(ds, out)

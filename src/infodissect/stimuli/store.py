@@ -20,7 +20,7 @@ from ..faces.factors import ETHNICITIES, EXPRESSIONS, GENDERS, HAIR_STYLES
 from ..faces.mesh import PART_NAMES
 from ..faces.model import GENERATOR_VERSION, FaceModel, model_from_config
 from ..faces.render import Camera, render
-from ..store import StoreError, atomic_store, open_dataset, write_zarr
+from ..store import StoreError, atomic_store, open_dataset, save_dataset, write_zarr
 from ..threads import resolve_device
 
 log = logging.getLogger(__name__)
@@ -191,5 +191,4 @@ def gather_shards(design_path: str | Path, shard_paths: list[str | Path], out: s
     chunk = int(max(1, min(n, chunk_bytes // max(per_image, 1))))
     ds = _without_chunk_encoding(ds.chunk({"sample": chunk}))
     ds.attrs.update(shards[0].attrs)
-    with atomic_store(out, inputs=[design_path, *shard_paths]) as tmp:
-        write_zarr(ds, tmp)
+    save_dataset(ds, out, inputs=[design_path, *shard_paths])
