@@ -72,14 +72,29 @@ def test_pipeline_runs_and_second_run_does_nothing(tmp_path):
     report = (res / "report.html").read_text()
     for kind in ("factors", "identities", "portraits"):  # the stimulus figures at the extra resolution
         assert (res / "figures" / f"stimuli_{kind}_48.png").stat().st_size > 5_000
-    assert report.count("<figure>") == 15 and "test-set accuracy (training identities)" in report and "generalisation gap" in report
+    assert report.count("<figure>") == 17 and "test-set accuracy (training identities)" in report and "generalisation gap" in report
     assert "<h2>Factor visibility</h2>" in report and "max pixel MI (bits)" in report
     assert report.index("Factor visibility") < report.index("<h2>Model identity_s0</h2>")
     assert "accuracy on held-out identities" in report
+    # Network dissection of the analysed model on the analysis set: a node per map layer and the pixels,
+    # NetDissect-Lite's tally, the baselines, and the report's tables.
+    dis = xr.open_datatree(res / "dissection" / "identity_s0" / "analysis.zarr", engine="zarr")
+    assert dis["block2_out"].iou.dims == ("quantile", "unit", "concept") and "pixels" in dis.children
+    assert {"eyes", "mouth_interior", "expression=happiness"} <= set(dis.concept.values.tolist())
+    assert list(dis.network.values) == ["trained", "untrained", "epoch 0", "epoch 1"] and "epoch0" in dis.children
+    assert (res / "models" / "identity_s0" / "snapshots" / "epoch1.pt").exists()
+    assert dis["rotation"].detectors.dims == ("alpha", "quantile") and "top_factor" in dis["block2_out"]
+    assert list(dis.layer.values)[:2] == ["pixels", "relu_stem"]
+    rot = dis["rotation"].to_dataset()  # alpha 0: the layer itself, through the rotation path
+    same = dis.to_dataset().sel(network="trained", layer=rot.attrs["layer"])
+    assert (rot.detectors.sel(alpha=0.0) == same.detectors).all() and (rot.best_iou.sel(alpha=0.0) == same.best_iou).all()
+    tally = (res / "dissection" / "identity_s0" / "analysis_tally.csv").read_text().splitlines()
+    assert tally[0].startswith("layer,unit,category,label,score,part-label") and len(tally) == 1 + 3 + 8 * 3 + 16 * 2 + 32 * 2 + 64 * 2
+    assert "Network dissection per layer" in report and "dissection (analysis, q = 0.005): detector units" in report
     # Changing an MI setting reruns the MI jobs and what reads them, nothing upstream.
     changed = job_counts(run_test_config(tmp_path, "-n", "--config", "mi={n_perm: 10}").stdout)
     assert set(changed) == {"mi_layers", "mi_pixels", "analyses_profile", "analyses_revcorr", "analyses_visibility",
-                            "report", "all"}
+                            "analyses_dissection", "report", "all"}
     ds = xr.open_zarr(tmp_path / "results" / "stimuli" / "analysis.zarr")
     assert ds.image.dims == ("sample", "y", "x", "channel") and ds.image.shape[1:] == (32, 32, 3)
     assert ds.parts.attrs["part_names"][0] == "background"

@@ -118,7 +118,7 @@ def test_two_process_gloo_ddp_matches_one_process(tmp_path):
 
 def test_killed_training_resumes_to_the_same_result(tmp_path):
     train, test = _store(tmp_path / "train.zarr", 48), _store(tmp_path / "test.zarr", 16, seed=1)
-    spec = TrainSpec(epochs=3, batch_size=8, lr=0.05, width=8, window=2)
+    spec = TrainSpec(epochs=3, batch_size=8, lr=0.05, width=8, window=2, snapshots=[0, 1, 3])
     full = _train(tmp_path, "full", 1, spec, train, test)
     killed = _train(tmp_path, "part", 1, spec, train, test, env={"INFODISSECT_FAULT": "epoch:1"})
     assert killed.name != "part" and not (tmp_path / "part" / "model" / "model.pt").exists()
@@ -130,6 +130,17 @@ def test_killed_training_resumes_to_the_same_result(tmp_path):
     assert attempts.count("=== attempt") == 2 and attempts.index("epoch 1/3") < attempts.index("resuming identity")
     for k, v in _weights(full).items():
         torch.testing.assert_close(_weights(resumed)[k], v, rtol=0, atol=1e-6)
+    # training.snapshots: the weights before training and after epochs 1 and 3, the same whether killed or not.
+    snap = {e: torch.load(resumed / "model" / "snapshots" / f"epoch{e}.pt", weights_only=False) for e in (0, 1, 3)}
+    assert sorted(p.name for p in (resumed / "model" / "snapshots").iterdir()) == ["epoch0.pt", "epoch1.pt",
+                                                                                 "epoch3.pt"]
+    assert snap[1]["epoch"] == 1 and snap[0]["classes"] == torch.load(resumed / "model" / "model.pt",
+                                                                      weights_only=False)["classes"]
+    for k, v in _weights(full).items():
+        torch.testing.assert_close(snap[3]["state_dict"][k], v, rtol=0, atol=1e-6)
+        first = torch.load(full / "model" / "snapshots" / "epoch0.pt", weights_only=False)["state_dict"][k]
+        assert torch.equal(snap[0]["state_dict"][k], first)
+    assert any(not torch.equal(snap[0]["state_dict"][k], snap[1]["state_dict"][k]) for k in snap[0]["state_dict"])
     metrics = (resumed / "model" / "metrics.csv").read_text().splitlines()
     assert metrics[0].startswith("epoch,train_loss,train_accuracy,test_loss,test_accuracy") and len(metrics) == 4
     assert json.loads((resumed / "model" / "config.json").read_text())["spec"]["epochs"] == 3

@@ -288,9 +288,39 @@ def _analysis_errors(config: dict) -> Iterator[str]:
             missing = [f for f in ("identity", config["analyses"]["pose_factor"]) if f not in vary]
             if missing:
                 yield f"analyses.pose_set: {pose!r} does not vary {missing} (its vary list)"
+    yield from _dissection_errors(config, readout)
     scheduler = config["mi"]["scheduler"]
     if scheduler not in ("local", "synchronous", "threads") and "://" not in scheduler:
         yield f"mi.scheduler: {scheduler!r} is not local, synchronous, threads or an address tcp://host:port"
+
+
+def _dissection_errors(config: dict, readout: list[str]) -> Iterator[str]:
+    """Semantic errors of the ``dissection`` section (its sets, layers and image-level factors)."""
+    d, sets, extracted = config["dissection"], config["stimuli"]["sets"], config["activations"]["sets"]
+    pooling = config["activations"]["pooling"]
+    maps = [layer for layer in config["activations"]["layers"] or readout if layer not in ("pool", "logits")
+            and pooling.get(layer, pooling.get("default", "full")) == "full"]
+    for i, name in enumerate(d["sets"]):
+        if name not in extracted:
+            yield f"dissection.sets[{i}]: {name!r} is not among activations.sets ({', '.join(extracted)})"
+    for i, layer in enumerate(d["layers"]):
+        if layer not in maps:
+            yield (f"dissection.layers[{i}]: {layer!r} is not a layer extracted as full maps "
+                   f"({', '.join(maps) or 'none'}; see activations.layers and activations.pooling)")
+    if d["sets"] and not maps:
+        yield "dissection.sets: no layer is extracted as full maps (activations.pooling); set dissection.sets: []"
+    if d["rotation_layer"] not in ("", "auto") and d["rotation_alphas"] and \
+            d["rotation_layer"] not in (d["layers"] or maps):
+        yield (f"dissection.rotation_layer: {d['rotation_layer']!r} is not a dissected layer "
+               f"({', '.join(d['layers'] or maps)}; auto = the one with the most detectors, '' = none)")
+    categorical = [n for n, f in FACTORS.items() if f.kind != "continuous" and n != "identity"]
+    for i, factor in enumerate(d["image_factors"]):
+        if factor not in categorical:
+            yield f"dissection.image_factors[{i}]: {factor!r} is not a categorical factor ({', '.join(categorical)})"
+        else:
+            for name in d["sets"]:
+                if name in sets and factor not in sets[name].get("vary", []):
+                    yield f"dissection.image_factors[{i}]: {factor!r} does not vary in set {name!r} (its vary list)"
 
 
 def _training_errors(config: dict) -> Iterator[str]:
@@ -321,6 +351,9 @@ def _training_errors(config: dict) -> Iterator[str]:
         if task not in categorical:
             yield (f"training.models[{i}]: task {task!r} of {model!r} is not a categorical factor "
                    f"(one of {', '.join(categorical)})")
+    late = [e for e in training["snapshots"] if e > training["epochs"]]
+    if late:
+        yield f"training.snapshots: {late} are after the last epoch ({training['epochs']})"
     procs = (training["gpus"] or training["processes"]) * training["nodes"]
     if training["batch_size"] % procs:
         yield (f"training.batch_size: {training['batch_size']} is not divisible by the {procs} "

@@ -49,6 +49,16 @@ def key_numbers(model: str, inputs: dict[str, str]) -> dict[str, Any]:
     return row
 
 
+def stage_tables_html(inputs: dict[str, str]) -> list[str]:
+    """HTML of the tables the analysis stages whose stores ``inputs`` names give (their ``report_tables``)."""
+    out = []
+    for name, path in inputs.items():
+        module = STAGES[name].load() if name in STAGES else None
+        for title, table in getattr(module, "report_tables", lambda p: [])(path):
+            out.append(f"<h3>{html.escape(title)}</h3>" + table.to_html(escape=True))
+    return out
+
+
 def _percent(value: float) -> str:
     return "" if not np.isfinite(value) else f"{100 * value:.1f}%"
 
@@ -131,5 +141,6 @@ def build_report(spec: dict[str, Any], out: str | Path) -> Path:
         parts.extend(_figure_html(f) for f in section["figures"])
         if section.get("visibility"):
             parts.append(_visibility_html(section["visibility"]))
+        parts.extend(stage_tables_html(spec.get("models", {}).get(section.get("model", ""), {})))
     parts.append("</body></html>")
     return write_text(out, "\n".join(parts))

@@ -219,6 +219,27 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
                  Figure("maps_figure", "results/figures/{model}_{set}_spatial_maps.png", "spatial_maps")),
         store="results/analyses/{model}/{set}_profile.zarr", each_set="mi.sets"),
     Stage(
+        name="dissection", module="infodissect.analyses.dissection",
+        help="network dissection: each unit's best-overlapping face part (IoU of its top-quantile mask with the "
+             "rendered part maps), with the pixels, an untrained network, rotations and location-only units "
+             "as baselines",
+        inputs=(Port("activations", "activation store of the set (layers as full maps)"),
+                Port("stimuli", "the set's stimulus store (its part maps)"),
+                Port("model", "model.pt of the training stage (architecture, receptive fields)"),
+                Port("mi", "the model's MI store of the set: each unit's most informative factor", optional=True),
+                Port("snapshots", "weights kept during training (results/models/{model}/snapshots/epoch{E}.pt): "
+                                  "dissected across training", many=True)),
+        outputs=(Port("out", "output store: a node per layer (iou (quantile, unit, concept), labels, thresholds)"),
+                 Port("tally", "output CSV with NetDissect-Lite's tally columns"),
+                 Port("figure", "output figure: detectors per concept and layer, baselines"),
+                 Port("units_figure", "output figure: each layer's best unit on its top images")),
+        figures=(Figure("figure", "results/figures/{model}_{set}_dissection.png", "dissection"),
+                 Figure("units_figure", "results/figures/{model}_{set}_dissection_units.png", "dissection_units")),
+        store="results/dissection/{model}/{set}.zarr", each_set="dissection.sets", enabled_by="dissection.sets",
+        settings={**{k: f"dissection.{k}" for k in ("quantiles", "iou_threshold", "concepts", "image_factors",
+                                                    "layers", "batch_size", "top_images", "workers", "untrained",
+                                                    "rotation_layer", "rotation_alphas")}, "seed": "seed"}),
+    Stage(
         name="visibility", module="infodissect.analyses.visibility",
         help="factor visibility: pixel MI per factor and every trained classifier's accuracy (held-out "
              "identities) against chance",

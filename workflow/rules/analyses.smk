@@ -126,3 +126,28 @@ rule report:
 
 localrules:
     report,
+
+
+rule analyses_dissection:
+    """Network dissection of a model's map layers on a set against the rendered part maps, with its baselines."""
+    input:
+        unpack(dissection_inputs),
+    output:
+        store=directory(stage("dissection").store),
+        tally="results/dissection/{model}/{set}_tally.csv",
+        figure=stage_figure("dissection"),
+        units_figure=stage_figure("dissection", "units_figure"),
+    params:
+        spec=stage_settings("dissection"),
+        mi=lambda wildcards, input: f"--mi {input.mi}" if "mi" in input.keys() else "",
+        snapshots=lambda wildcards, input: " ".join(["--snapshots", *input.snapshots]) if input.snapshots else "",
+    threads: config["mi"]["threads"]
+    log:
+        "results/logs/dissection/{model}/{set}.log",
+    benchmark:
+        "results/benchmarks/dissection/{model}/{set}.tsv"
+    shell:
+        "infodissect analyses dissection --activations {input.activations} --stimuli {input.stimuli}"
+        " --model {input.model} {params.mi} {params.snapshots} --spec {params.spec:q} --threads {threads} --out {output.store}"
+        " --tally {output.tally} --figure {output.figure} --units-figure {output.units_figure}"
+        " --title '{wildcards.model} on {wildcards.set}' > {log} 2>&1"

@@ -137,7 +137,8 @@ def train_spec(model):
 
     task, seed = parse_model_name(model)
     t = config["training"]
-    keys = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "width", "stem", "window", "source")
+    keys = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "width", "stem", "window", "source",
+            "snapshots")
     spec = {"task": task, "seed": seed, **{k: t[k] for k in keys}}
     if t["source"] == "rendered":
         spec["render"] = {"generator": config["stimuli"]["generator"], "render": config["stimuli"]["render"]}
@@ -154,6 +155,11 @@ def train_input(wildcards):
     if t["source"] == "rendered":
         return f"results/stimuli/designs/{t['train_set']}.zarr"
     return f"results/stimuli/{t['train_set']}.zarr"
+
+
+def snapshot_paths(model="{model}"):
+    """The weights each training job keeps (training.snapshots), for ``model`` (a wildcard pattern by default)."""
+    return [f"results/models/{model}/snapshots/epoch{e}.pt" for e in sorted(config["training"]["snapshots"])]
 
 
 def train_processes():
@@ -208,6 +214,17 @@ def profile_inputs(wildcards):
     inputs = {"mi": f"results/mi/{wildcards.model}/{wildcards.set}.zarr"}
     if config["mi"]["pixels"]:
         inputs["pixels"] = f"results/mi/pixels/{wildcards.set}.zarr"
+    return inputs
+
+
+def dissection_inputs(wildcards):
+    """A model's activations, stimuli and weights for a dissected set, and its MI store when the set is measured."""
+    inputs = {"activations": f"results/activations/{wildcards.model}/{wildcards.set}.zarr",
+              "stimuli": f"results/stimuli/{wildcards.set}.zarr",
+              "model": f"results/models/{wildcards.model}/model.pt",
+              "snapshots": snapshot_paths(wildcards.model)}
+    if wildcards.set in config["mi"]["sets"]:
+        inputs["mi"] = f"results/mi/{wildcards.model}/{wildcards.set}.zarr"
     return inputs
 
 
@@ -280,6 +297,8 @@ def report_spec():
     for section in sections:
         if section["title"] == "Factor visibility":
             section["visibility"] = stage("visibility").store  # its table of numbers
+        if section["title"].startswith("Model "):
+            section["model"] = section["title"][len("Model "):]  # its stages' tables (report_tables)
     intro = ("infodissect: what each layer, unit and pixel of a face-identity network carries about the factors "
              "that generated its input (after Xu et al., arXiv:1811.07807).")
     return json.dumps({"title": "infodissect report", "intro": intro, "models": report_models(),
@@ -310,6 +329,7 @@ def all_targets():
     for model in analysed_models():
         targets += [f"results/activations/{model}/{s}.zarr" for s in config["activations"]["sets"]]
         targets += [f"results/mi/{model}/{s}.zarr" for s in config["mi"]["sets"]]
+        targets += [f"results/dissection/{model}/{s}_tally.csv" for s in config["dissection"]["sets"]]
     if model_names():
         targets += [stage("visibility").store, *(p for p, _, _ in stage("visibility").figure_paths(config)),
                     "results/report.html"]

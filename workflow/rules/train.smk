@@ -20,6 +20,7 @@ rule train_model:
         model="results/models/{model}/model.pt",
         metrics="results/models/{model}/metrics.csv",
         factors="results/models/{model}/accuracy_by_factor.csv",
+        snapshots=snapshot_paths(),
     params:
         spec=lambda wildcards: train_spec(wildcards.model),
         nproc=train_processes(),

@@ -57,6 +57,7 @@ class TrainSpec:
     window: int = 4
     source: str = "stored"
     render: dict = field(default_factory=dict)
+    snapshots: list = field(default_factory=list)  # epochs whose weights are kept (0 = before training)
 
     @staticmethod
     def from_json(text: str) -> "TrainSpec":
@@ -318,6 +319,8 @@ def train(spec: TrainSpec, train_store: str | Path, test_store: str | Path, out_
            if ctx.world > 1 else model)
     amp = autocast(ctx.device)
     total_steps = spec.epochs * len(data)
+    if ctx.rank == 0 and start == 0 and start_step == 0 and 0 in spec.snapshots:
+        save_snapshot(Path(out_dir), spec, model, labels, 0)
     for epoch in range(start, spec.epochs):
         t0 = time.perf_counter()
         net.train()
@@ -345,6 +348,8 @@ def train(spec: TrainSpec, train_store: str | Path, test_store: str | Path, out_
             log.info("epoch %d/%d: train loss %.3f acc %.3f, test loss %.3f acc %.3f (%.1f s)", epoch + 1,
                      spec.epochs, row["train_loss"], row["train_accuracy"], row["test_loss"],
                      row["test_accuracy"], row["seconds"])
+            if epoch + 1 in spec.snapshots:  # before the checkpoint: a resumed run has every earlier snapshot
+                save_snapshot(Path(out_dir), spec, model, labels, epoch + 1)
             ckpt.save(model, opt, epoch + 1, 0, [0.0, 0.0, 0.0], history)
         faults.checkpoint("epoch", epoch + 1)
         if ctx.world > 1:
@@ -365,14 +370,30 @@ def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
 
+def _model_file(spec: TrainSpec, model: nn.Module, labels: Labels) -> dict[str, Any]:
+    """What model.pt (and each snapshot) holds."""
+    return {"state_dict": plain_state_dict(model), "classes": list(labels.classes), "task": spec.task,
+            "spec": asdict(spec), "readout_layers": list(READOUT_LAYERS), "architecture": "ResNet10"}
+
+
+def snapshot_path(out_dir: str | Path, epoch: int) -> Path:
+    """Where the weights after ``epoch`` epochs are kept (``training.snapshots``)."""
+    return Path(out_dir) / "snapshots" / f"epoch{epoch}.pt"
+
+
+def save_snapshot(out_dir: Path, spec: TrainSpec, model: nn.Module, labels: Labels, epoch: int) -> None:
+    """The weights after ``epoch`` epochs, in model.pt's format (plus ``epoch``)."""
+    snapshot_path(out_dir, epoch).parent.mkdir(parents=True, exist_ok=True)
+    _atomic_save({**_model_file(spec, model, labels), "epoch": epoch}, snapshot_path(out_dir, epoch))
+    log.info("kept the weights after epoch %d: %s", epoch, snapshot_path(out_dir, epoch))
+
+
 def _write_outputs(out_dir: Path, spec: TrainSpec, model: nn.Module, labels: Labels, history: list[dict],
                    test_store: str | Path, test_labels: Labels, preds: np.ndarray) -> None:
     """model.pt, metrics.csv, accuracy_by_factor.csv, config.json (each written whole, then renamed)."""
     write_text(out_dir / "config.json", json.dumps({"spec": asdict(spec), "classes": list(labels.classes),
                                                    "test_store": str(test_store)}, indent=1, sort_keys=True))
-    _atomic_save({"state_dict": plain_state_dict(model), "classes": list(labels.classes), "task": spec.task,
-                  "spec": asdict(spec), "readout_layers": list(READOUT_LAYERS), "architecture": "ResNet10"},
-                 out_dir / "model.pt")
+    _atomic_save(_model_file(spec, model, labels), out_dir / "model.pt")
     _write_csv(out_dir / "metrics.csv", history)
     _write_csv(out_dir / "accuracy_by_factor.csv", accuracy_by_factor(test_store, test_labels.index, preds))
 
