@@ -23,7 +23,7 @@ def demo() -> dict:
 @pytest.mark.parametrize("name", ["config.yaml", "test.yaml", "paper.yaml"])
 def test_shipped_configs_validate(name):
     config = load_config(ROOT / "config" / name)
-    assert set(config) == {"seed", "stimuli", "training", "activations", "mi", "analyses"}
+    assert set(config) == {"seed", "stimuli", "training", "activations", "mi", "analyses", "dissection"}
     assert config["stimuli"]["render"]["shard_size"] % config["stimuli"]["render"]["batch_size"] == 0
 
 
@@ -223,7 +223,8 @@ def test_heldout_keys_default_and_what_they_need(demo):
         "design": "morph", "pairs": 1, "levels": [0]}}},
         "training": {"models": ["identity_s0"], "train_set": "p", "test_set": "p"},
         "activations": {"sets": ["m"]}, "mi": {"sets": ["m"]}, "analyses": {"pose_set": "", "revcorr_set": "",
-                                                                           "morph_set": "m"}})
+                                                                           "morph_set": "m"},
+        "dissection": {"sets": []}})
     assert config["stimuli"]["heldout_identities"] == 16
     assert config["stimuli"]["sets"]["p"]["pool"] == config["stimuli"]["sets"]["m"]["pool"] == "train"
     assert config["training"]["heldout_set"] == "heldout" and config["activations"]["models"] == ["identity_s0"]

@@ -329,7 +329,6 @@ def all_targets():
     for model in analysed_models():
         targets += [f"results/activations/{model}/{s}.zarr" for s in config["activations"]["sets"]]
         targets += [f"results/mi/{model}/{s}.zarr" for s in config["mi"]["sets"]]
-        targets += [f"results/dissection/{model}/{s}_tally.csv" for s in config["dissection"]["sets"]]
     if model_names():
         targets += [stage("visibility").store, *(p for p, _, _ in stage("visibility").figure_paths(config)),
                     "results/report.html"]

@@ -146,11 +146,12 @@ def top_rank(q: float, n: int) -> int:
 def _kth_from_top(counts: torch.Tensor, m: torch.Tensor, with_above: bool = False) -> Any:
     """Per row of ``counts`` (..., bins), the bin holding the value with ``m`` values above it (-1: none), and
     with ``with_above`` also the number of values in higher bins."""
-    from .dissection_kernels import kth_from_top
+    from .dissection_kernels import LOCK, kth_from_top
 
     rows = counts.reshape(-1, counts.shape[-1]).contiguous().numpy()
     bins, above = np.empty(len(rows), np.int64), np.empty(len(rows), np.int64)
-    kth_from_top(rows, np.ascontiguousarray(m.expand(counts.shape[:-1]).reshape(-1).numpy()), bins, above)
+    with LOCK:
+        kth_from_top(rows, np.ascontiguousarray(m.expand(counts.shape[:-1]).reshape(-1).numpy()), bins, above)
     bins_t = torch.from_numpy(bins).view(counts.shape[:-1])
     return (bins_t, torch.from_numpy(above).view(counts.shape[:-1])) if with_above else bins_t
 
@@ -190,10 +191,10 @@ class UnitQuantiles:
         k = values.shape[1]
         per_unit = values.numel() // max(k, 1)
         if self.dtype == torch.float16:
-            from .dissection_kernels import histogram16
+            from .dissection_kernels import LOCK, histogram16
 
             bits = values.contiguous().view(torch.int16).reshape(values.shape[0], k, -1).numpy()
-            with self._lock:  # the kernel is parallel over units; batches of one layer take turns
+            with self._lock, LOCK:  # the kernel is parallel over units; batches take turns
                 histogram16(bits, self.floor.numpy(), self.counts.view(k, BINS).numpy(),
                              self.coarse.view(k, 256).numpy())
                 self.n += per_unit
@@ -202,10 +203,10 @@ class UnitQuantiles:
                     j = _kth_from_top(self.coarse.view(k, 256), m)
                     self.floor = torch.maximum(self.floor, torch.where(j >= 0, j << 8, 0))
             return
-        from .dissection_kernels import histogram32
+        from .dissection_kernels import LOCK, histogram32
 
         bits = values.contiguous().view(torch.int32).reshape(values.shape[0], k, -1).numpy()
-        with self._lock:
+        with self._lock, LOCK:
             if self.pass_ == 1:
                 histogram32(bits, np.zeros((0, k), np.int64), self.counts.view(1, k, BINS).numpy())
                 self.n += per_unit
@@ -294,7 +295,7 @@ def count_batch(maps: torch.Tensor, thresholds: torch.Tensor, q: Quads, labels: 
     intersection, area
         (Q, K, n_labels) and (Q, B, K) int64 pixel counts.
     """
-    from .dissection_kernels import mask_counts
+    from .dissection_kernels import LOCK, mask_counts
 
     b, k = maps.shape[:2]
     x = maps.float().contiguous().numpy()
@@ -302,8 +303,9 @@ def count_batch(maps: torch.Tensor, thresholds: torch.Tensor, q: Quads, labels: 
     inter = np.zeros((len(thresholds), k, n_labels), np.int64)
     area = np.zeros((len(thresholds), b, k), np.int64)
     for qi, t in enumerate(thresholds):
-        mask_counts(x, t.double().numpy(), lab, q.stride, q.offset, q.before[0], q.before[1], q.squares[0],
-                    q.squares[1], inter[qi], area[qi])
+        with LOCK:
+            mask_counts(x, t.double().numpy(), lab, q.stride, q.offset, q.before[0], q.before[1], q.squares[0],
+                        q.squares[1], inter[qi], area[qi])
     return torch.from_numpy(inter), torch.from_numpy(area)
 
 

@@ -11,8 +11,14 @@ power-of-2 strides every step is exact, so the mask is that of the dense referen
 
 from __future__ import annotations
 
+import threading
+
 import numba as nb
 import numpy as np
+
+# Numba's default (workqueue) threading layer must not start parallel loops from two threads at
+# once; every call from :mod:`.dissection` holds this lock (the kernels are parallel inside).
+LOCK = threading.RLock()
 
 
 @nb.njit(cache=True, nogil=True, parallel=True)

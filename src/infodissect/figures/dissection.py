@@ -62,7 +62,7 @@ def dissection_figure(root: xr.Dataset, rotation: xr.Dataset | None, out: str | 
     twin.set_ylim(0, max(1, len(concepts)))
     lines = ax.get_legend_handles_labels()
     more = twin.get_legend_handles_labels()
-    ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=8, loc="upper left")
+    ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=8, loc="best")
 
     ax = axes["training"]
     snaps = sorted((int(n.split()[1]), n) for n in networks if n.startswith("epoch "))
@@ -71,9 +71,10 @@ def dissection_figure(root: xr.Dataset, rotation: xr.Dataset | None, out: str | 
         points = snaps + ([(final, "trained")] if final not in [e for e, _ in snaps] else [])
         epochs = [e for e, _ in points]
         det = np.stack([q0["detectors"].sel(network=n).values for _, n in points])  # (epoch, layer)
-        for j, layer in enumerate(layers):
-            ax.plot(epochs, 100 * det[:, j] / max(units[j], 1), marker=".", lw=1, label=layer)
-        ax.plot(epochs, 100 * det.sum(1) / max(units.sum(), 1), "k-", lw=3, label="all layers")
+        nets = [j for j, layer in enumerate(layers) if layer != "pixels"]  # the pixels do not train
+        for j in nets:
+            ax.plot(epochs, 100 * det[:, j] / max(units[j], 1), marker=".", lw=1, label=layers[j])
+        ax.plot(epochs, 100 * det[:, nets].sum(1) / max(units[nets].sum(), 1), "k-", lw=3, label="all layers")
         ax.set(xlabel="epoch (0 = before training)", ylabel="detector units (% of the layer)",
                title="interpretability across training")
         ax.set_xticks(epochs)
