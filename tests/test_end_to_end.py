@@ -83,18 +83,18 @@ def test_pipeline_runs_and_second_run_does_nothing(tmp_path):
     assert {"eyes", "mouth_interior", "expression=happiness"} <= set(dis.concept.values.tolist())
     assert list(dis.network.values) == ["trained", "untrained", "epoch 0", "epoch 1"] and "epoch0" in dis.children
     assert (res / "models" / "identity_s0" / "snapshots" / "epoch1.pt").exists()
-    assert dis["rotation"].detectors.dims == ("alpha", "quantile") and "top_factor" in dis["block2_out"]
+    assert dis["rotation"].detectors.dims == ("alpha", "quantile")
     assert list(dis.layer.values)[:2] == ["pixels", "relu_stem"]
     rot = dis["rotation"].to_dataset()  # alpha 0: the layer itself, through the rotation path
     same = dis.to_dataset().sel(network="trained", layer=rot.attrs["layer"])
     assert (rot.detectors.sel(alpha=0.0) == same.detectors).all() and (rot.best_iou.sel(alpha=0.0) == same.best_iou).all()
     tally = (res / "dissection" / "identity_s0" / "analysis_tally.csv").read_text().splitlines()
     assert tally[0].startswith("layer,unit,category,label,score,part-label") and len(tally) == 1 + 3 + 8 * 3 + 16 * 2 + 32 * 2 + 64 * 2
-    assert "Network dissection per layer" in report and "dissection (analysis, q = 0.005): detector units" in report
+    assert "Network dissection per layer" in report and "most informative factor of the detectors" in report and "dissection (analysis, q = 0.005): detector units" in report
     # Changing an MI setting reruns the MI jobs and what reads them, nothing upstream.
     changed = job_counts(run_test_config(tmp_path, "-n", "--config", "mi={n_perm: 10}").stdout)
     assert set(changed) == {"mi_layers", "mi_pixels", "analyses_profile", "analyses_revcorr", "analyses_visibility",
-                            "analyses_dissection", "report", "all"}
+                            "report", "all"}
     ds = xr.open_zarr(tmp_path / "results" / "stimuli" / "analysis.zarr")
     assert ds.image.dims == ("sample", "y", "x", "channel") and ds.image.shape[1:] == (32, 32, 3)
     assert ds.parts.attrs["part_names"][0] == "background"

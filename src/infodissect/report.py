@@ -50,11 +50,12 @@ def key_numbers(model: str, inputs: dict[str, str]) -> dict[str, Any]:
 
 
 def stage_tables_html(inputs: dict[str, str]) -> list[str]:
-    """HTML of the tables the analysis stages whose stores ``inputs`` names give (their ``report_tables``)."""
+    """HTML of the tables the analysis stages whose stores ``inputs`` names give (their ``report_tables``, which
+    also see the model's other inputs)."""
     out = []
     for name, path in inputs.items():
         module = STAGES[name].load() if name in STAGES else None
-        for title, table in getattr(module, "report_tables", lambda p: [])(path):
+        for title, table in getattr(module, "report_tables", lambda p, i: [])(path, inputs):
             out.append(f"<h3>{html.escape(title)}</h3>" + table.to_html(escape=True))
     return out
 

@@ -139,7 +139,6 @@ rule analyses_dissection:
         units_figure=stage_figure("dissection", "units_figure"),
     params:
         spec=stage_settings("dissection"),
-        mi=lambda wildcards, input: f"--mi {input.mi}" if "mi" in input.keys() else "",
         snapshots=lambda wildcards, input: " ".join(["--snapshots", *input.snapshots]) if input.snapshots else "",
     threads: config["mi"]["threads"]
     log:
@@ -148,6 +147,6 @@ rule analyses_dissection:
         "results/benchmarks/dissection/{model}/{set}.tsv"
     shell:
         "infodissect analyses dissection --activations {input.activations} --stimuli {input.stimuli}"
-        " --model {input.model} {params.mi} {params.snapshots} --spec {params.spec:q} --threads {threads} --out {output.store}"
+        " --model {input.model} {params.snapshots} --spec {params.spec:q} --threads {threads} --out {output.store}"
         " --tally {output.tally} --figure {output.figure} --units-figure {output.units_figure}"
         " --title '{wildcards.model} on {wildcards.set}' > {log} 2>&1"

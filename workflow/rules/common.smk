@@ -218,14 +218,13 @@ def profile_inputs(wildcards):
 
 
 def dissection_inputs(wildcards):
-    """A model's activations, stimuli and weights for a dissected set, and its MI store when the set is measured."""
-    inputs = {"activations": f"results/activations/{wildcards.model}/{wildcards.set}.zarr",
-              "stimuli": f"results/stimuli/{wildcards.set}.zarr",
-              "model": f"results/models/{wildcards.model}/model.pt",
-              "snapshots": snapshot_paths(wildcards.model)}
-    if wildcards.set in config["mi"]["sets"]:
-        inputs["mi"] = f"results/mi/{wildcards.model}/{wildcards.set}.zarr"
-    return inputs
+    """A model's activations, stimuli, weights and snapshots for a dissected set. Not its MI store: the
+    dissection runs beside the MI stage, and the report joins the two (each detector's most informative
+    factor)."""
+    return {"activations": f"results/activations/{wildcards.model}/{wildcards.set}.zarr",
+            "stimuli": f"results/stimuli/{wildcards.set}.zarr",
+            "model": f"results/models/{wildcards.model}/model.pt",
+            "snapshots": snapshot_paths(wildcards.model)}
 
 
 def caption(name):
@@ -286,6 +285,9 @@ def report_models():
                 path = st.store_path(config, model)
                 if path:
                     inputs[st.name] = path
+            dissected = config["dissection"]["sets"][:1]
+            if dissected and dissected[0] in config["mi"]["sets"]:  # the report's dissection x MI table
+                inputs["mi"] = f"results/mi/{model}/{dissected[0]}.zarr"
         out[model] = inputs
     return out
 

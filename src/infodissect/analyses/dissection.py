@@ -1031,18 +1031,23 @@ def key_numbers(path: str | Path) -> dict[str, str]:
             "dissection: concepts with a detector (units)": ", ".join(found) or "none"}
 
 
-def report_tables(path: str | Path) -> list[tuple[str, Any]]:
+def report_tables(path: str | Path, inputs: dict[str, str] | None = None) -> list[tuple[str, Any]]:
     """The report's tables: per layer, detectors (trained, untrained), their labels, and how the labels agree
-    with each detector's most informative factor (MI stage)."""
+    with each detector's most informative factor (``top_factor`` of the store, or from the model's MI store of
+    the set, ``inputs["mi"]``)."""
     import pandas as pd
 
     from ..store import open_tree
 
     tree = open_tree(path, "dissection store")
     root = tree.to_dataset()
+    mi_tree = open_tree(inputs["mi"], "MI store") if inputs and inputs.get("mi") else None
     rows, pairs = [], []
     for layer in [str(v) for v in root["layer"].values]:
         ds = tree[layer].to_dataset()
+        if "top_factor" not in ds and mi_tree is not None and layer in mi_tree.children \
+                and "mi_pooled" in mi_tree[layer]:
+            ds = mi_agreement(ds, mi_tree[layer].to_dataset())
         det = ds["detector"].values[0]
         labels = ds["label"].values[0][det]
         row = {"layer": layer, "units": int(ds.sizes["unit"]), "detectors": int(det.sum())}
