@@ -218,3 +218,19 @@ def test_config_checks_dissection_settings():
         cfg = {**raw, "dissection": {**raw.get("dissection", {}), **patch}}
         with pytest.raises(ConfigError, match=re.escape(message)):
             validate_config(cfg)
+
+
+def test_thresholds_refuse_passes_that_saw_different_data():
+    rng = np.random.default_rng(4)
+    x = torch.from_numpy(rng.standard_normal((40, 3, 4, 4)).astype(np.float32))
+    uq = D.UnitQuantiles(3, [0.05], torch.float32, total=40 * 16)
+    uq.add(x)
+    assert uq.next_pass()
+    uq.add(x * 2)  # a second pass whose maps are not those of the first
+    with pytest.raises(D.DissectionError, match="second pass"):
+        uq.thresholds()
+    short = D.UnitQuantiles(3, [0.05], torch.float16, total=40 * 16)
+    short.add(x[:20].half())  # half the set
+    assert not short.next_pass()
+    with pytest.raises(D.DissectionError, match="expected"):
+        short.thresholds()

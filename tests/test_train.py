@@ -123,6 +123,9 @@ def test_killed_training_resumes_to_the_same_result(tmp_path):
     killed = _train(tmp_path, "part", 1, spec, train, test, env={"INFODISSECT_FAULT": "epoch:1"})
     assert killed.name != "part" and not (tmp_path / "part" / "model" / "model.pt").exists()
     assert torch.load(tmp_path / "part" / "ckpt" / "last.pt", weights_only=False)["epoch"] == 1
+    # Snapshots wait beside the checkpoint (a workflow manager deletes a failed job's outputs, not its checkpoints).
+    assert (tmp_path / "part" / "ckpt" / "snapshots" / "epoch1.pt").exists()
+    assert not (tmp_path / "part" / "model" / "snapshots").exists()
     resumed = _train(tmp_path, "part", 1, spec, train, test)
     assert "resuming identity from epoch 1" in (resumed / "log").read_text()
     # The killed attempt's log survives the rerun, in the checkpoint directory.

@@ -27,10 +27,12 @@ top-quantile activation region overlaps best:
 
 Concepts (:func:`concept_table`) are the store's part labels, unions of them (config),
 and image-level concepts from categorical factors (every pixel of an image whose factor
-has that level, as NetDissect's scene concepts). The IoU a unit of area share ``q`` can
-reach on a concept of pixel share ``p`` is at most ``min(q, p) / max(q, p)``
-(``ceiling``): large concepts (skin, background, an expression) cannot become detectors
-at small ``q``, which the stage reports rather than hides.
+has that level, as NetDissect's scene concepts). A mask covering exactly a share ``q`` of
+the pixels reaches at most IoU ``min(q, p) / max(q, p)`` on a concept of pixel share ``p``
+(``ceiling``): large concepts (skin, background, an image-level concept) stay far below the
+detector threshold at small ``q``, which the stage reports rather than hides. It is a guide,
+not a bound: an upsampled mask covers more pixels than ``q`` of the image (at coarse layers
+several times ``q``), and its measured size is in ``mask_area``.
 
 Baselines (as in the paper): the pixels themselves (each colour channel as a unit), the
 representation under random rotations ``Q^alpha`` of a layer's unit space
@@ -227,6 +229,8 @@ class UnitQuantiles:
             m = self._m()
             found = [_kth_from_top(counts, m[qi], with_above=True) for qi in range(len(self.quantiles))]
             self.bucket = torch.stack([b for b, _ in found])
+            self.inside = torch.gather(counts.unsqueeze(0).expand(len(self.quantiles), -1, -1), 2,
+                                       self.bucket.unsqueeze(-1)).squeeze(-1)  # values the second pass must see
             self.rest = m - torch.stack([a for _, a in found])  # values still to pass inside the bucket
             self.counts = torch.zeros((len(self.quantiles), self.units * BINS), dtype=torch.int64)
             self.pass_ += 1
@@ -234,13 +238,22 @@ class UnitQuantiles:
         return False
 
     def thresholds(self) -> torch.Tensor:
-        """(quantile, unit) float32 thresholds (after the last pass)."""
+        """(quantile, unit) float32 thresholds (after the last pass). Raises :class:`DissectionError` when the
+        passes did not see the same data (the set's size, or the second pass's values, differ)."""
+        if self.total and self.n != self.total:
+            raise DissectionError(f"thresholds from {self.n} values per unit, {self.total} expected")
         if self.dtype == torch.float16:
             counts = self.counts.view(self.units, BINS)
             m = self._m()
-            return torch.stack([_value16(_kth_from_top(counts, m[qi])) for qi in range(len(self.quantiles))])
+            keys = torch.stack([_kth_from_top(counts, m[qi]) for qi in range(len(self.quantiles))])
+            if (keys < 0).any():
+                raise DissectionError("no threshold found: the histogram holds fewer values than counted")
+            return _value16(keys)
         assert self.bucket is not None and self.rest is not None
         counts = self.counts.view(len(self.quantiles), self.units, BINS)
+        if not torch.equal(counts.sum(-1), self.inside):
+            raise DissectionError("the second pass over the maps did not give the values of the first (the maps "
+                                  "must be computed the same way in every pass)")
         low = _kth_from_top(counts, self.rest)
         return _value32((self.bucket << 16) | low)
 
@@ -446,21 +459,29 @@ def dissect_network(batches: Batches, geometry: dict[str, Geometry], size: tuple
     from ..threads import match_numba_threads
 
     match_numba_threads()
-    pool = ThreadPoolExecutor(max(1, workers)) if workers > 1 else None
+    pool = ThreadPoolExecutor(workers, initializer=match_numba_threads) if workers > 1 else None
 
     def each(fn: Callable[[int, dict[str, torch.Tensor]], None], label: str) -> None:
-        items = tqdm(_prefetch(batches()), desc=f"{desc}: {label}", unit="batch", mininterval=5)
-        if pool is None:
+        source = _prefetch(batches())
+        items = tqdm(source, desc=f"{desc}: {label}", unit="batch", mininterval=5)
+        pending: list[Any] = []
+        try:
             for a, maps in items:
-                fn(a, maps)
-            return
-        pending = []
-        for a, maps in items:
-            pending.append(pool.submit(fn, a, maps))
-            if len(pending) >= 2 * workers:
-                pending.pop(0).result()
-        for f in pending:
-            f.result()
+                if pool is None:
+                    fn(a, maps)
+                    continue
+                pending.append(pool.submit(fn, a, maps))
+                if len(pending) >= 2 * workers:
+                    pending.pop(0).result()
+            for f in pending:
+                f.result()
+        except BaseException:
+            for f in pending:  # an error stops the batches still queued
+                f.cancel()
+            raise
+        finally:
+            items.close()
+            source.close()
 
     quant: dict[str, UnitQuantiles] = {}
     tops: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -484,32 +505,34 @@ def dissect_network(batches: Batches, geometry: dict[str, Geometry], size: tuple
                     old = tops.get(layer, (peak[:0], sample[:0]))
                     tops[layer] = _merge_top(*old, peak, sample, top)
 
-    more = True
-    while more:
-        each(pass_quantiles, "thresholds")
-        more = any([uq.next_pass() for uq in quant.values()])
-    thresholds = {layer: uq.thresholds() for layer, uq in quant.items()}
-    grids = {}
-    totals: dict[str, list[torch.Tensor]] = {}
+    try:
+        more = True
+        while more:
+            each(pass_quantiles, "thresholds")
+            more = any([uq.next_pass() for uq in quant.values()])
+        thresholds = {layer: uq.thresholds() for layer, uq in quant.items()}
+        grids = {}
+        totals: dict[str, list[torch.Tensor]] = {}
 
-    def pass_counts(a: int, maps: dict[str, torch.Tensor]) -> None:
-        labels = parts(a, a + len(next(iter(maps.values()))))
-        onehot = image_onehot(a, a + len(labels))
-        for layer, x in maps.items():
-            if layer not in grids:
-                grids[layer] = quads(geometry[layer], tuple(x.shape[2:]), size)  # type: ignore[arg-type]
-            inter, area = count_batch(x.float(), thresholds[layer], grids[layer], labels, n_labels)
-            img = torch.einsum("qbk,bc->qkc", area.double(), onehot).round().long()
-            with lock:
-                if layer not in totals:
-                    totals[layer] = [inter, img, area.sum(1)]
-                else:
-                    for t, v in zip(totals[layer], (inter, img, area.sum(1))):
-                        t += v
+        def pass_counts(a: int, maps: dict[str, torch.Tensor]) -> None:
+            labels = parts(a, a + len(next(iter(maps.values()))))
+            onehot = image_onehot(a, a + len(labels))
+            for layer, x in maps.items():
+                if layer not in grids:
+                    grids[layer] = quads(geometry[layer], tuple(x.shape[2:]), size)  # type: ignore[arg-type]
+                inter, area = count_batch(x.float(), thresholds[layer], grids[layer], labels, n_labels)
+                img = torch.einsum("qbk,bc->qkc", area.double(), onehot).round().long()
+                with lock:
+                    if layer not in totals:
+                        totals[layer] = [inter, img, area.sum(1)]
+                    else:
+                        for t, v in zip(totals[layer], (inter, img, area.sum(1))):
+                            t += v
 
-    each(pass_counts, "IoU")
-    if pool is not None:
-        pool.shutdown()
+        each(pass_counts, "IoU")
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     return {layer: LayerCounts(thresholds[layer], *totals[layer], *tops[layer]) for layer in thresholds}
 
 
@@ -977,8 +1000,9 @@ def run(spec: Spec, inputs: dict[str, Any], outputs: dict[str, Path], title: str
         concept_area=("concept", areas), concept_share=("concept", share),
         ceiling=(("quantile", "concept"), np.minimum(qs, share) / np.maximum(qs, share)),
         location_iou=(("quantile", "concept"), location_iou(label_pixels, n, concepts, quantiles)))
-    root["ceiling"].attrs["description"] = ("largest IoU a mask of share q can reach with the concept: "
-                                            "min(q, p) / max(q, p), p = concept_share")
+    root["ceiling"].attrs["description"] = ("largest IoU a mask of share exactly q can reach with the concept: "
+                                            "min(q, p) / max(q, p), p = concept_share (upsampled masks cover "
+                                            "more than q: a guide, not a bound; see mask_area)")
     root["location_iou"].attrs["description"] = ("IoU of a location-only unit: the concept's mean mask over the set, "
                                                  "thresholded at the top quantile")
     root.attrs.update(epochs=int(meta["spec"].get("epochs", 0)))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import shutil
 import logging
 import math
 import os
@@ -320,7 +321,7 @@ def train(spec: TrainSpec, train_store: str | Path, test_store: str | Path, out_
     amp = autocast(ctx.device)
     total_steps = spec.epochs * len(data)
     if ctx.rank == 0 and start == 0 and start_step == 0 and 0 in spec.snapshots:
-        save_snapshot(Path(out_dir), spec, model, labels, 0)
+        save_snapshot(Path(checkpoints), spec, model, labels, 0)
     for epoch in range(start, spec.epochs):
         t0 = time.perf_counter()
         net.train()
@@ -349,7 +350,7 @@ def train(spec: TrainSpec, train_store: str | Path, test_store: str | Path, out_
                      spec.epochs, row["train_loss"], row["train_accuracy"], row["test_loss"],
                      row["test_accuracy"], row["seconds"])
             if epoch + 1 in spec.snapshots:  # before the checkpoint: a resumed run has every earlier snapshot
-                save_snapshot(Path(out_dir), spec, model, labels, epoch + 1)
+                save_snapshot(Path(checkpoints), spec, model, labels, epoch + 1)
             ckpt.save(model, opt, epoch + 1, 0, [0.0, 0.0, 0.0], history)
         faults.checkpoint("epoch", epoch + 1)
         if ctx.world > 1:
@@ -358,6 +359,7 @@ def train(spec: TrainSpec, train_store: str | Path, test_store: str | Path, out_
     if ctx.rank == 0:
         _, acc, preds = evaluate(model, test, ctx.device)
         _write_outputs(Path(out_dir), spec, model, labels, history, test_store, test_labels, preds)
+        publish_snapshots(Path(checkpoints), Path(out_dir), spec.snapshots)
         result = {"test_accuracy": acc}
     if ctx.world > 1:
         dist.barrier()
@@ -381,11 +383,24 @@ def snapshot_path(out_dir: str | Path, epoch: int) -> Path:
     return Path(out_dir) / "snapshots" / f"epoch{epoch}.pt"
 
 
-def save_snapshot(out_dir: Path, spec: TrainSpec, model: nn.Module, labels: Labels, epoch: int) -> None:
-    """The weights after ``epoch`` epochs, in model.pt's format (plus ``epoch``)."""
-    snapshot_path(out_dir, epoch).parent.mkdir(parents=True, exist_ok=True)
-    _atomic_save({**_model_file(spec, model, labels), "epoch": epoch}, snapshot_path(out_dir, epoch))
-    log.info("kept the weights after epoch %d: %s", epoch, snapshot_path(out_dir, epoch))
+def save_snapshot(checkpoints: Path, spec: TrainSpec, model: nn.Module, labels: Labels, epoch: int) -> None:
+    """The weights after ``epoch`` epochs, in model.pt's format (plus ``epoch``), kept beside the checkpoint
+    (which a workflow manager does not delete when a job fails) until training ends."""
+    snapshot_path(checkpoints, epoch).parent.mkdir(parents=True, exist_ok=True)
+    _atomic_save({**_model_file(spec, model, labels), "epoch": epoch}, snapshot_path(checkpoints, epoch))
+    log.info("kept the weights after epoch %d: %s", epoch, snapshot_path(checkpoints, epoch))
+
+
+def publish_snapshots(checkpoints: Path, out_dir: Path, epochs: list[int]) -> None:
+    """Copy every kept snapshot into the model's directory (``snapshots/epoch{E}.pt``) once training ends."""
+    for epoch in sorted(epochs):
+        src = snapshot_path(checkpoints, epoch)
+        if not src.exists():
+            raise FileNotFoundError(f"{src}: the snapshot of epoch {epoch} is missing (its checkpoint directory was "
+                                    f"changed); delete {checkpoints} to train the model again")
+        snapshot_path(out_dir, epoch).parent.mkdir(parents=True, exist_ok=True)
+        with atomic_file(snapshot_path(out_dir, epoch)) as tmp:
+            shutil.copyfile(src, tmp)
 
 
 def _write_outputs(out_dir: Path, spec: TrainSpec, model: nn.Module, labels: Labels, history: list[dict],
