@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import resource
-import statistics
-import time
 from pathlib import Path
 
 import numpy as np
@@ -31,15 +29,7 @@ from infodissect.activations.extract import load_trained
 from infodissect.analyses import dissection as D
 from infodissect.nets import READOUT_LAYERS, network_input, readout_modules
 from infodissect.store import open_group, open_tree
-
-
-def _time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+from timing import median_time
 
 
 def main() -> None:
@@ -73,7 +63,7 @@ def main() -> None:
             for x in batches:
                 model(network_input(x))
 
-    t_forward = _time(forward, a.repeats)
+    t_forward = median_time(forward, a.repeats)
     for h in hooks:
         h.remove()
     tree = open_tree(act_path, "activation store")
@@ -87,9 +77,9 @@ def main() -> None:
                   top=4, workers=a.workers)
     dtype = torch.float16 if str(tree.attrs.get("dtype")) == "float16" else torch.float32
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    t_dissect = _time(lambda: D.dissect_network(D._store_batches(group, layers, n, a.batch), geometry, dtype=dtype,
+    t_dissect = median_time(lambda: D.dissect_network(D._store_batches(group, layers, n, a.batch), geometry, dtype=dtype,
                                                 desc="bench", **kwargs), a.repeats)
-    t_pixels = _time(lambda: D.dissect_network(D._pixel_batches(images, n, a.batch), geometry,
+    t_pixels = median_time(lambda: D.dissect_network(D._pixel_batches(images, n, a.batch), geometry,
                                                dtype=torch.float16, desc="bench pixels", **kwargs), a.repeats)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     size = sum(np.prod(group[name]["activation"].shape) * group[name]["activation"].dtype.itemsize

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -22,16 +21,9 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from timing import median_time
+
 from infodissect.store import atomic_store, open_dataset, verify, write_manifest
-
-
-def _time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -54,10 +46,10 @@ def main() -> None:
         with atomic_store(path) as tmp:
             ds.to_zarr(tmp, zarr_format=3, consolidated=True, encoding={"activation": enc})
             t_write = time.perf_counter() - t0
-        t_manifest = _time(lambda: write_manifest(path), a.repeats)
-        plain = _time(lambda: xr.open_zarr(path, consolidated=True)["activation"].values, a.repeats)
-        checked = _time(lambda: open_dataset(path)["activation"].values, a.repeats)
-        t_verify = _time(lambda: verify(path), a.repeats)
+        t_manifest = median_time(lambda: write_manifest(path), a.repeats)
+        plain = median_time(lambda: xr.open_zarr(path, consolidated=True)["activation"].values, a.repeats)
+        checked = median_time(lambda: open_dataset(path)["activation"].values, a.repeats)
+        t_verify = median_time(lambda: verify(path), a.repeats)
         print(f"{name:<14}{t_write:>8.2f}{t_manifest:>10.2f}{plain:>12.2f}{checked:>14.2f}{t_verify:>8.2f}"
               f"{checked / plain:>16.2f}x")
     shutil.rmtree(root)

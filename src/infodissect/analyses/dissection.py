@@ -177,6 +177,7 @@ class UnitQuantiles:
         self.counts = torch.zeros(units * BINS, dtype=torch.int64)
         self.bucket: torch.Tensor | None = None  # (Q, K) high bits of each threshold (float32, second pass)
         self.rest: torch.Tensor | None = None  # (Q, K) values still to pass inside that bucket
+        self.inside: torch.Tensor | None = None  # (Q, K) values in that bucket (what the second pass must see)
         self._lock = threading.Lock()
         # float16 with a known ``total`` (values per unit over the whole set): a running lower bound of every
         # threshold (the (m + 1)-th largest value seen so far, m = floor(max(q) * total), is at most the
@@ -230,7 +231,7 @@ class UnitQuantiles:
             found = [_kth_from_top(counts, m[qi], with_above=True) for qi in range(len(self.quantiles))]
             self.bucket = torch.stack([b for b, _ in found])
             self.inside = torch.gather(counts.unsqueeze(0).expand(len(self.quantiles), -1, -1), 2,
-                                       self.bucket.unsqueeze(-1)).squeeze(-1)  # values the second pass must see
+                                       self.bucket.unsqueeze(-1)).squeeze(-1)
             self.rest = m - torch.stack([a for _, a in found])  # values still to pass inside the bucket
             self.counts = torch.zeros((len(self.quantiles), self.units * BINS), dtype=torch.int64)
             self.pass_ += 1
@@ -249,7 +250,7 @@ class UnitQuantiles:
             if (keys < 0).any():
                 raise DissectionError("no threshold found: the histogram holds fewer values than counted")
             return _value16(keys)
-        assert self.bucket is not None and self.rest is not None
+        assert self.bucket is not None and self.rest is not None and self.inside is not None
         counts = self.counts.view(len(self.quantiles), self.units, BINS)
         if not torch.equal(counts.sum(-1), self.inside):
             raise DissectionError("the second pass over the maps did not give the values of the first (the maps "
