@@ -106,6 +106,62 @@ def test_shard_files_written_directly_read_back_through_zarr(tmp_path, monkeypat
         np.testing.assert_array_equal(tree[name].activation.values, seen[name])
 
 
+def test_sample_ranges_read_from_the_shard_files_equal_zarr_reads(tmp_path, monkeypatch):
+    """read_samples (straight from the shard files) against zarr's own reads: the extractor's layout (units
+    split with a remainder, several shards, a short last batch), zarr-written sharded arrays of 1 to 3
+    dims with inner chunks never written (fill values), and layouts it must leave to zarr; a damaged shard
+    index and a shard file deleted after opening are StoreErrors."""
+    import importlib
+
+    import zarr
+
+    from infodissect.activations.shards import read_samples, shard_layout
+    from infodissect.store import open_group, write_manifest
+
+    monkeypatch.setattr(importlib.import_module("infodissect.activations.extract"), "SHARD_BYTES", 40_000)
+    stim, model_path = _stimuli(tmp_path / "s.zarr", 90), _model(tmp_path / "m" / "model.pt")
+    out = extract(model_path, stim, tmp_path / "a.zarr", dtype="float16", batch_size=16, chunk_mb=0.006,
+                  progress=False)
+    group = open_group(out, "activation store")
+    ranges = [(0, 90), (0, 1), (15, 17), (30, 75), (89, 90), (40, 40), (-5, 200)]
+    for name in READOUT_LAYERS:
+        arr = group[name]["activation"]
+        assert shard_layout(arr) is not None, name
+        for a, b in ranges:
+            got = read_samples(arr, a, b)
+            assert got.dtype == arr.dtype and np.array_equal(got, arr[max(a, 0):min(b, 90)]), (name, a, b)
+
+    rng = np.random.default_rng(0)
+    root = zarr.open_group(str(tmp_path / "z.zarr"), mode="w")
+    cases = {"vec": ((50,), (20,), (10,), "float32"), "mat": ((50, 7), (20, 7), (10, 7), "int16"),
+             "maps": ((50, 3, 4, 4), (20, 3, 4, 4), (5, 3, 4, 4), "float16"),
+             "split": ((50, 7, 4), (20, 9, 4), (10, 3, 4), "float32"),  # units in 3 inner chunks, the last short
+             "compressed": ((50, 3), (20, 3), (10, 3), "float32")}
+    for name, (shape, shards, chunks, dtype) in cases.items():
+        arr = root.create_array(name, shape=shape, shards=shards, chunks=chunks, dtype=dtype, fill_value=7,
+                                compressors="auto" if name == "compressed" else None)
+        values = rng.normal(size=shape).astype(dtype) if dtype != "int16" else rng.integers(-9, 9, shape, dtype)
+        arr[:23] = values[:23]  # samples 30..50 never written: whole inner chunks and a whole shard of fill
+        arr[41:43] = values[41:43]
+    write_manifest(tmp_path / "z.zarr")
+    z = open_group(tmp_path / "z.zarr")
+    for name in cases:
+        arr = z[name]
+        assert (shard_layout(arr) is None) == (name == "compressed"), name
+        for a, b in [(0, 50), (3, 27), (20, 41), (25, 45), (42, 50)]:
+            assert np.array_equal(read_samples(arr, a, b), arr[a:b]), (name, a, b)
+
+    shard = out / "block1_out" / "activation" / "c.0.0.0.0"
+    raw = bytearray(shard.read_bytes())
+    raw[-10] ^= 0xFF
+    shard.write_bytes(bytes(raw))
+    with pytest.raises(StoreError, match="c.0.0.0.0: the shard index is damaged"):
+        read_samples(group["block1_out"]["activation"], 0, 16)
+    (out / "relu_stem" / "activation" / "c.0.0.0.0").unlink()
+    with pytest.raises(StoreError, match="a.zarr: array relu_stem/activation, chunk c.0.0.0.0 is missing"):
+        read_samples(group["relu_stem"]["activation"], 0, 16)
+
+
 def test_worker_processes_write_their_own_sample_ranges_of_one_store(tmp_path):
     from infodissect.activations.extract import sample_ranges
 

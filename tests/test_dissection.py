@@ -46,18 +46,27 @@ def test_thresholds_are_exact_order_statistics_whatever_the_split(dtype, bounded
             assert results[0][qi, k].item() == _top(x[:, k].float().numpy(), q), (q, k)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
 @pytest.mark.parametrize("stem,size", [("large", 64), ("small", 48), ("large", 56)])
-def test_sparse_counts_equal_the_dense_upsampled_masks(stem, size):
+def test_sparse_counts_equal_the_dense_upsampled_masks(stem, size, dtype):
+    """float16 maps are read as bit patterns and compared by key (thresholds not float16 values included),
+    float32 maps as values; both equal the dense float64 upsampling, for dense maps and for single cells
+    above the threshold inside and at every edge (only the squares around them are evaluated)."""
     rng = np.random.default_rng(1)
     for layer, g in D.layer_geometry(build_model(10, width=8, stem=stem)).items():
         cells = -(-size // g.stride)
-        maps = torch.from_numpy(np.maximum(rng.standard_normal((4, 3, cells, cells)), 0).astype(np.float16)).float()
+        maps = torch.from_numpy(np.maximum(rng.standard_normal((4, 3, cells, cells)), 0).astype(np.float16)).to(dtype)
         maps[0, 0] = 0
         maps[0, 0, 0, 0] = maps[0, 0, -1, -1] = 1  # corner cells: the edge-held squares
+        maps[1, 1] = maps[2, 2] = maps[3, 0] = 0
+        maps[1, 1, cells // 2, cells // 2] = 3  # one interior cell
+        maps[2, 2, 0, cells // 2] = maps[2, 2, cells // 2, -1] = 3  # one cell on the top and one on the right edge
+        maps[3, 0, -1, 0] = 3  # the bottom-left corner
+        assert maps.dtype == dtype
         labels = torch.from_numpy(rng.integers(0, 5, (4, size, size)))
         thresholds = torch.tensor([[0.5, 1.0, 2.5], [0.0, 0.0, 0.0], [0.3, 0.7, 1.0]])
         inter, area = D.count_batch(maps, thresholds, D.quads(g, (cells, cells), (size, size)), labels, 5)
-        dense = D.upsample(maps.numpy(), (size, size), g)
+        dense = D.upsample(maps.float().numpy(), (size, size), g)
         for qi in range(len(thresholds)):
             mask = dense > thresholds[qi].numpy()[None, :, None, None]
             assert np.array_equal(area[qi].numpy(), mask.sum((2, 3))), layer
@@ -203,10 +212,11 @@ def test_bad_concepts_and_nan_are_refused_by_name():
         D.concept_table(["background", "left_eye"], {"eyes": ["left_eye", "right_eye"]}, [], {})
     with pytest.raises(D.DissectionError, match="image_factors: 'gender'"):
         D.concept_table(["background"], {}, ["gender"], {})
-    labels, maps, g = _planted_set()
-    maps[3, 1, 2, 2] = np.nan
-    with pytest.raises(D.DissectionError, match="layer layer holds NaN"):
-        _dissect(labels, maps, g, 8, 1, [0.1])
+    for nan in (np.nan, -np.nan):  # either sign bit (the kernel sees float16 bit patterns)
+        labels, maps, g = _planted_set()
+        maps[3, 1, 2, 2] = nan
+        with pytest.raises(D.DissectionError, match="layer layer holds NaN"):
+            _dissect(labels, maps, g, 8, 1, [0.1])
 
 
 def test_config_checks_dissection_settings():

@@ -1,11 +1,14 @@
-"""Zarr v3 internals of the activation store: its skeleton written once, and batches written straight into
+"""Zarr v3 internals of the activation store: its skeleton written once, batches written straight into
 preallocated shard files (``pwrite``, with O_DIRECT where the file system allows), bypassing zarr's per-chunk
-writes. What these files hold is read back through zarr (and the store layer) as usual."""
+writes, and sample ranges read straight back from them (:func:`read_samples`, several times faster than
+zarr's codec pipeline for the large reads of dissection). Both apply to one layout (:func:`shard_layout`:
+a local store, uncompressed inner chunks, the shard index at the end); anything else goes through zarr."""
 
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +61,118 @@ def _edit_json(path: Path, edit: Any) -> None:
     path.write_text(json.dumps(meta, indent=2))
 
 
+@dataclass(frozen=True)
+class ShardLayout:
+    """Where the values of a sharded array lie in its files: shard files of ``shard`` values each, holding
+    ``per_shard`` inner chunks of ``inner`` values, uncompressed, at the offsets of the index at the file's end."""
+
+    root: Path
+    inner: tuple[int, ...]
+    shard: tuple[int, ...]
+    per_shard: tuple[int, ...]
+    chunk_bytes: int
+    checksum: bool  # the index ends with its CRC-32C
+    encode: Any  # chunk coordinates -> key
+
+    def path(self, shard: int) -> Path:
+        """The file of shard ``shard`` along the first axis."""
+        return self.root / self.encode((shard,) + (0,) * (len(self.shard) - 1))
+
+
+def shard_layout(arr: zarr.Array) -> ShardLayout | None:
+    """The :class:`ShardLayout` of ``arr``, or None when its values are not plain bytes at known places of local
+    files (not sharded, compressed inner chunks, index at the start, split along any axis but the first two,
+    big-endian host)."""
+    store = arr.store_path.store
+    codecs = arr.metadata.codecs
+    if not (isinstance(store, zarr.storage.LocalStore) and len(codecs) == 1
+            and type(codecs[0]).__name__ == "ShardingCodec" and np.little_endian):
+        return None
+    sharding = codecs[0]
+    inner = [type(c).__name__ for c in sharding.codecs]
+    index = [type(c).__name__ for c in sharding.index_codecs]
+    if (inner != ["BytesCodec"] or index not in (["BytesCodec"], ["BytesCodec", "Crc32cCodec"])
+            or sharding.index_location.value != "end"):
+        return None
+    chunk, shard = tuple(sharding.chunk_shape), tuple(arr.metadata.chunk_grid.chunk_shape)
+    if len(shard) > 1 and any(s < n for s, n in zip(shard[1:], arr.shape[1:])):
+        return None  # a file would hold only some of the units
+    if any(c < n or s != c for c, s, n in zip(chunk[2:], shard[2:], arr.shape[2:])):
+        return None  # inner chunks split the maps, or a shard holds several along them
+    return ShardLayout(Path(store.root) / arr.store_path.path, chunk, shard,
+                       tuple(s // c for s, c in zip(shard, chunk)),
+                       int(np.prod(chunk)) * arr.dtype.itemsize, index[-1] == "Crc32cCodec",
+                       arr.metadata.encode_chunk_key)
+
+
+_MISSING = 2**64 - 1  # an inner chunk that was never written (fill values)
+
+
+def _shard_index(layout: ShardLayout, path: Path) -> np.ndarray:
+    """(chunks, 2) offset and size of each inner chunk of a shard file, its CRC-32C checked."""
+    from ..store import StoreError
+
+    count = int(np.prod(layout.per_shard))
+    size = 16 * count + 4 * layout.checksum
+    with open(path, "rb") as fh:
+        fh.seek(-size, os.SEEK_END)
+        raw = fh.read(size)
+    if layout.checksum:
+        import google_crc32c
+
+        if len(raw) != size or google_crc32c.value(raw[:-4]) != int(np.frombuffer(raw[-4:], "<u4")[0]):
+            raise StoreError(f"{path}: the shard index is damaged (CRC-32C differs); rerun the job that makes it")
+    return np.frombuffer(raw[:16 * count], "<u8").reshape(count, 2)
+
+
+def read_samples(arr: zarr.Array, start: int, stop: int) -> np.ndarray:
+    """``arr[start:stop]``: straight from the shard files (one read per inner chunk, no codec pipeline) when
+    :func:`shard_layout` applies, else through zarr. The same values either way; the same :class:`StoreError`
+    as a zarr read of a finished store for a missing file (the store layer checks files and sizes when it
+    opens a store) and for a damaged shard index."""
+    from ..store import StoreError
+
+    layout = shard_layout(arr)
+    start, stop = max(0, start), min(arr.shape[0], stop)
+    if layout is None or stop <= start:
+        return np.asarray(arr[start:stop])
+    out = np.empty((stop - start,) + tuple(arr.shape[1:]), dtype=arr.dtype)
+    rows, units = layout.inner[0], layout.inner[1] if len(layout.inner) > 1 else 1
+    row_bytes = layout.chunk_bytes // rows
+    files = getattr(arr.store_path.store, "files", {})
+    for c in range(start // rows, -(-stop // rows)):
+        a, b = max(start, c * rows), min(stop, (c + 1) * rows)
+        shard, i = divmod(c, layout.per_shard[0])
+        path = layout.path(shard)
+        if not path.exists():
+            key = path.relative_to(Path(arr.store_path.store.root)).as_posix()
+            if key in files:
+                raise StoreError(f"{arr.store_path.store.root}: array {arr.store_path.path}, chunk {path.name} "
+                                 "is missing (the store is damaged; rerun the job that makes it)")
+            out[a - start:b - start] = arr.metadata.fill_value
+            continue
+        index = _shard_index(layout, path)
+        n_j = layout.per_shard[1] if len(layout.per_shard) > 1 else 1
+        with open(path, "rb") as fh:
+            for j in range(n_j):
+                offset, nbytes = (int(v) for v in index[i * n_j + j])
+                dest = out[a - start:b - start, j * units:(j + 1) * units] if out.ndim > 1 else out[a - start:b - start]
+                if offset == _MISSING and nbytes == _MISSING:
+                    dest[...] = arr.metadata.fill_value
+                    continue
+                if nbytes != layout.chunk_bytes:
+                    raise StoreError(f"{path}: inner chunk {i * n_j + j} is {nbytes} bytes, {layout.chunk_bytes} "
+                                     "expected (damaged; rerun the job that makes it)")
+                fh.seek(offset + (a - c * rows) * row_bytes)
+                whole = dest.ndim < 2 or dest.shape[1] == units
+                buf = dest if whole and dest.flags.c_contiguous else np.empty((b - a,) + layout.inner[1:], arr.dtype)
+                if fh.readinto(memoryview(buf).cast("B")) != buf.nbytes:
+                    raise StoreError(f"{path}: inner chunk {i * n_j + j} is truncated (rerun the job that makes it)")
+                if buf is not dest:
+                    dest[...] = buf[:, :dest.shape[1]] if buf.ndim > 1 else buf
+    return out
+
+
 class ShardWriter:
     """Writes batches of an activation array straight into its shard files.
 
@@ -74,24 +189,13 @@ class ShardWriter:
         self.arr = arr
         self.fds: dict[Path, int] = {}
         self.direct: dict[Path, int | None] = {}
-        self.root: Path | None = None
-        store = arr.store_path.store
-        codecs = arr.metadata.codecs
-        if not (isinstance(store, zarr.storage.LocalStore) and len(codecs) == 1
-                and type(codecs[0]).__name__ == "ShardingCodec" and np.little_endian):
+        self.layout = shard_layout(arr)
+        self.root: Path | None = self.layout.root if self.layout else None
+        if self.layout is None:
             return
-        shard = codecs[0]
-        inner = [type(c).__name__ for c in shard.codecs]
-        index = [type(c).__name__ for c in shard.index_codecs]
-        if (inner != ["BytesCodec"] or index not in (["BytesCodec"], ["BytesCodec", "Crc32cCodec"])
-                or shard.index_location.value != "end"):
-            return
-        self.root = Path(store.root) / arr.store_path.path
-        self.checksum = index[-1] == "Crc32cCodec"
-        self.inner = tuple(shard.chunk_shape)
-        self.shard = tuple(arr.metadata.chunk_grid.chunk_shape)
-        self.per_shard = tuple(s // c for s, c in zip(self.shard, self.inner))  # (batches, unit chunks, 1, 1)
-        self.chunk_bytes = int(np.prod(self.inner)) * arr.dtype.itemsize
+        self.checksum = self.layout.checksum
+        self.inner, self.shard, self.per_shard = self.layout.inner, self.layout.shard, self.layout.per_shard
+        self.chunk_bytes = self.layout.chunk_bytes
 
     def allocate(self) -> None:
         """Create every shard file at its full size (sparse), its index at the end."""
@@ -110,8 +214,8 @@ class ShardWriter:
                 fh.write(index)
 
     def _path(self, shard: int) -> Path:
-        assert self.root is not None
-        return self.root / self.arr.metadata.encode_chunk_key((shard,) + (0,) * (len(self.shard) - 1))
+        assert self.layout is not None
+        return self.layout.path(shard)
 
     def __call__(self, start: int, values: np.ndarray) -> None:
         """Write ``values`` (m, units, ...) for samples ``start:start + m`` (``start`` on a batch boundary)."""

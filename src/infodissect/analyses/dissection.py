@@ -140,6 +140,12 @@ def _value32(key: torch.Tensor) -> torch.Tensor:
     return torch.where(u >= 0x80000000, u - 0x100000000, u).to(torch.int32).view(torch.float32)
 
 
+def _zeros(*shape: int) -> torch.Tensor:
+    """int64 zeros from calloc (the OS's zero pages, given on first touch), not written: a count table of
+    ``units x 65536`` bins costs only the pages its values fall in."""
+    return torch.from_numpy(np.zeros(shape, np.int64))
+
+
 def top_rank(q: float, n: int) -> int:
     """How many of ``n`` values may lie above a unit's threshold at top quantile ``q``: ``floor(q * n)``."""
     return int(math.floor(q * n))
@@ -174,7 +180,7 @@ class UnitQuantiles:
         self.passes = 1 if dtype == torch.float16 else 2
         self.pass_ = 1
         self.n = 0
-        self.counts = torch.zeros(units * BINS, dtype=torch.int64)
+        self.counts = _zeros(units * BINS)  # pages never counted in are never touched
         self.bucket: torch.Tensor | None = None  # (Q, K) high bits of each threshold (float32, second pass)
         self.rest: torch.Tensor | None = None  # (Q, K) values still to pass inside that bucket
         self.inside: torch.Tensor | None = None  # (Q, K) values in that bucket (what the second pass must see)
@@ -186,9 +192,10 @@ class UnitQuantiles:
         self.coarse = torch.zeros(units * 256, dtype=torch.int64)
         self.floor = torch.zeros(units, dtype=torch.int64)  # keys below it are counted in no fine bin
 
-    def add(self, values: torch.Tensor) -> None:
+    def add(self, values: torch.Tensor) -> torch.Tensor:
         """Count one batch (B, K, ...) of the current pass (from any thread; integer counts, so the totals do
-        not depend on how the set is split or in which order the batches come). NaN is not checked here."""
+        not depend on how the set is split or in which order the batches come). Returns each map's largest
+        value (B, K) float32, NaN where the map holds a NaN (not checked here)."""
         if values.dtype != self.dtype:
             raise DissectionError(f"a batch of dtype {values.dtype} for quantiles of {self.dtype}")
         k = values.shape[1]
@@ -197,15 +204,17 @@ class UnitQuantiles:
             from .dissection_kernels import LOCK, histogram16
 
             bits = values.contiguous().view(torch.int16).reshape(values.shape[0], k, -1).numpy()
+            peak = np.empty((values.shape[0], k), np.int64)
             with self._lock, LOCK:  # the kernel is parallel over units; batches take turns
                 histogram16(bits, self.floor.numpy(), self.counts.view(k, BINS).numpy(),
-                             self.coarse.view(k, 256).numpy())
+                             self.coarse.view(k, 256).numpy(), peak)
                 self.n += per_unit
                 if self.total:
                     m = torch.full((k,), top_rank(max(self.quantiles), self.total), dtype=torch.int64)
                     j = _kth_from_top(self.coarse.view(k, 256), m)
                     self.floor = torch.maximum(self.floor, torch.where(j >= 0, j << 8, 0))
-            return
+            keys = torch.from_numpy(peak)
+            return torch.where(keys >= 0, _value16(keys.clamp(min=0)), torch.nan)
         from .dissection_kernels import LOCK, histogram32
 
         bits = values.contiguous().view(torch.int32).reshape(values.shape[0], k, -1).numpy()
@@ -216,6 +225,7 @@ class UnitQuantiles:
             else:
                 assert self.bucket is not None
                 histogram32(bits, self.bucket.numpy(), self.counts.view(len(self.quantiles), k, BINS).numpy())
+        return values.reshape(values.shape[0], k, -1).amax(-1).float()
 
     def _m(self) -> torch.Tensor:
         return torch.tensor([[top_rank(q, self.n)] for q in self.quantiles], dtype=torch.int64).expand(
@@ -233,7 +243,7 @@ class UnitQuantiles:
             self.inside = torch.gather(counts.unsqueeze(0).expand(len(self.quantiles), -1, -1), 2,
                                        self.bucket.unsqueeze(-1)).squeeze(-1)
             self.rest = m - torch.stack([a for _, a in found])  # values still to pass inside the bucket
-            self.counts = torch.zeros((len(self.quantiles), self.units * BINS), dtype=torch.int64)
+            self.counts = _zeros(len(self.quantiles), self.units * BINS)
             self.pass_ += 1
             return True
         return False
@@ -283,6 +293,17 @@ def quads(g: Geometry, cells: tuple[int, int], size: tuple[int, int]) -> Quads:
     return Quads((before[0], before[1]), (squares[0], squares[1]), s, o)
 
 
+_KEY_VALUES = _value16(torch.arange(1 << 16)).double().numpy()  # the float16 value of each ordered key
+_KEYS = np.flatnonzero(~np.isnan(_KEY_VALUES))  # ascending keys, ascending values (NaN keys left out)
+
+
+def key_limits(thresholds: np.ndarray) -> np.ndarray:
+    """Per threshold, the largest ordered float16 key whose value is at most it (-1: none): a float16 value is
+    above the threshold exactly when its key is above the limit (NaN aside)."""
+    i = np.searchsorted(_KEY_VALUES[_KEYS], thresholds, side="right") - 1
+    return np.where(i >= 0, _KEYS[np.maximum(i, 0)], -1).astype(np.int64)
+
+
 def count_batch(maps: torch.Tensor, thresholds: torch.Tensor, q: Quads, labels: torch.Tensor, n_labels: int
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per quantile, pixel counts of each unit's upsampled mask ``U > T`` by part label, and its area per image.
@@ -312,13 +333,16 @@ def count_batch(maps: torch.Tensor, thresholds: torch.Tensor, q: Quads, labels: 
     from .dissection_kernels import LOCK, mask_counts
 
     b, k = maps.shape[:2]
-    x = maps.float().contiguous().numpy()
+    half = maps.dtype == torch.float16  # read as bit patterns, compared by ordered key
+    x = (maps.contiguous().view(torch.int16) if half else maps.float().contiguous()).numpy()
     lab = labels.contiguous().numpy()
     inter = np.zeros((len(thresholds), k, n_labels), np.int64)
     area = np.zeros((len(thresholds), b, k), np.int64)
     for qi, t in enumerate(thresholds):
+        t64 = t.double().numpy()
+        limits = key_limits(t64) if half else np.zeros(k, np.int64)
         with LOCK:
-            mask_counts(x, t.double().numpy(), lab, q.stride, q.offset, q.before[0], q.before[1], q.squares[0],
+            mask_counts(x, t64, limits, lab, q.stride, q.offset, q.before[0], q.before[1], q.squares[0],
                         q.squares[1], inter[qi], area[qi])
     return torch.from_numpy(inter), torch.from_numpy(area)
 
@@ -423,14 +447,19 @@ def _prefetch(items: Iterator[Any], depth: int = 2) -> Iterator[Any]:
                 thread.join(0.01)
 
 
+_SAMPLE = (1 << 31) - 1  # sample indices below 2**31, packed under a 32-bit ordered value
+
+
 def _merge_top(value: torch.Tensor, sample: torch.Tensor, new_value: torch.Tensor, new_sample: torch.Tensor,
                top: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``top`` largest (value, then smallest sample) per unit of two candidate lists (rows: candidates)."""
-    v, s = torch.cat([value, new_value]), torch.cat([sample, new_sample])
-    order = torch.argsort(s, dim=0, stable=True)
-    v, s = torch.gather(v, 0, order), torch.gather(s, 0, order)
-    order = torch.argsort(v, dim=0, descending=True, stable=True)[:top]
-    return torch.gather(v, 0, order), torch.gather(s, 0, order)
+    """The ``top`` largest (value, then smallest sample) per unit of two candidate lists (rows: candidates),
+    as one ``topk`` of int64 keys: the value's order-preserving 32-bit key above the inverted sample."""
+    v = torch.cat([value, new_value]).float() + 0.0  # -0.0 -> 0.0: equal values tie on the sample
+    bits = v.view(torch.int32).long() & 0xFFFFFFFF
+    ordered = torch.where(bits >= 0x80000000, 0xFFFFFFFF - bits, bits | 0x80000000)
+    packed = (ordered << 31) | (_SAMPLE - torch.cat([sample, new_sample]).long())
+    best = torch.topk(packed.T, min(top, len(packed)), dim=1).values.T
+    return _value32(best >> 31), _SAMPLE - (best & _SAMPLE)
 
 
 def dissect_network(batches: Batches, geometry: dict[str, Geometry], size: tuple[int, int],
@@ -495,12 +524,10 @@ def dissect_network(batches: Batches, geometry: dict[str, Geometry], size: tuple
                     quant.setdefault(layer, UnitQuantiles(x.shape[1], quantiles, dtype,
                                                           total=n_samples * x.shape[2] * x.shape[3]))
             uq = quant[layer]
+            peak = uq.add(x)
             if uq.pass_ == 1:
-                peak = x.amax((2, 3)).float()
                 if torch.isnan(peak).any():
                     raise DissectionError(f"{desc}: layer {layer} holds NaN (samples {a}..{a + len(x) - 1})")
-            uq.add(x)
-            if uq.pass_ == 1:
                 sample = torch.arange(a, a + len(x)).unsqueeze(1).expand_as(peak)
                 with lock:
                     old = tops.get(layer, (peak[:0], sample[:0]))
@@ -521,7 +548,7 @@ def dissect_network(batches: Batches, geometry: dict[str, Geometry], size: tuple
             for layer, x in maps.items():
                 if layer not in grids:
                     grids[layer] = quads(geometry[layer], tuple(x.shape[2:]), size)  # type: ignore[arg-type]
-                inter, area = count_batch(x.float(), thresholds[layer], grids[layer], labels, n_labels)
+                inter, area = count_batch(x, thresholds[layer], grids[layer], labels, n_labels)
                 img = torch.einsum("qbk,bc->qkc", area.double(), onehot).round().long()
                 with lock:
                     if layer not in totals:
@@ -792,11 +819,13 @@ def _map_layers(tree: xr.DataTree, wanted: list[str], path: str | Path) -> list[
 
 
 def _store_batches(group: Any, layers: list[str], n: int, batch: int) -> Batches:
-    """Batches of an activation store's layers, read through the checked store."""
+    """Batches of an activation store's layers, read from the checked store's shard files."""
+    from ..activations.shards import read_samples
+
     def gen() -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
         for a in range(0, n, batch):
             b = min(n, a + batch)
-            yield a, {name: torch.from_numpy(np.asarray(group[name]["activation"][a:b])) for name in layers}
+            yield a, {name: torch.from_numpy(read_samples(group[name]["activation"], a, b)) for name in layers}
     return gen
 
 
