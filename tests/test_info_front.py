@@ -94,8 +94,10 @@ def test_tie_breaking_is_seeded_and_backend_independent():
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, copnorm(x, seed=8))
     np.testing.assert_allclose(a, copnorm(torch.from_numpy(x), seed=7).numpy(), rtol=0, atol=1e-12)
-    # A column's ranks do not depend on its neighbours (chunk invariance).
-    np.testing.assert_array_equal(a[:, 2:3], copnorm(x[:, 2:3], seed=7))
+    # A column's ranks do not depend on its neighbours (chunk invariance), given its id (its position) ...
+    np.testing.assert_array_equal(a[:, 2:3], copnorm(x[:, 2:3], seed=7, ids=[2]))
+    # ... and two columns with the same values are broken independently.
+    assert not np.array_equal(a[:, 2], copnorm(x[:, [2, 2]], seed=7)[:, 1])
     # The values within a tie are a permutation of consecutive normal scores.
     assert sorted(np.round(a[:, 0], 12)) == sorted(np.round(copnorm(np.arange(500.0)[:, None])[:, 0], 12))
 
@@ -147,7 +149,8 @@ def test_conditional_information_removes_what_the_condition_explains():
 
 def test_permutation_statistics_find_the_planted_effect():
     f = _factors(1500)
-    res = mutual_information(_activations(f).chunk({"unit": 3}), f, n_perm=200, seed=2).compute()
+    # (a false positive happens in alpha = 5% of seeds by design; seed 2 draws one since issue 14 tie-breaking)
+    res = mutual_information(_activations(f).chunk({"unit": 3}), f, n_perm=200, seed=3).compute()
     assert set(res.data_vars) >= {"mi", "threshold", "significant", "pvalue", "null_max"}
     sig = res.significant.any(["y", "x"])
     assert bool(sig.sel(unit="u0", factor="yaw")) and bool(sig.sel(unit="u1", factor="identity"))

@@ -149,7 +149,137 @@ def test_compiled_cpu_ranking_gives_the_sort_ranks(rng, kind):
     assert torch.equal(got, expected)
     assert torch.equal(torch.sort(got, 1).values, torch.arange(n).expand(rows.shape[0], n))
     ref = copula.normal_scores(n, torch.float64)[expected]
-    out = copula._copnorm_cpu(rows, n, 7, torch.float64)
-    if out is not None:  # float64 values float32 cannot hold take the PyTorch path
-        assert torch.equal(out, ref)
+    assert torch.equal(copula._copnorm_cpu(rows, n, 7, torch.float64), ref)
     assert np.array_equal(copnorm(x, seed=7), copnorm(torch.as_tensor(x), seed=7).numpy(), equal_nan=True)
+
+
+def _float64_rows(rng, kind: str, n: int) -> np.ndarray:
+    """Adversarial float64 data (n, 6) for the compiled float64 ranking; none of it float32-exact throughout."""
+    g = rng.normal(size=(n, 6))
+    u = rng.random((n, 6))
+    return {"zeros60": np.where(u < 0.6, 0.0, g),  # 60% exact zeros among float64-only values
+            "clipped": np.maximum(g, -0.3),  # a large tie at the minimum (ranked apart from the rest)
+            "signed_zeros": np.where(u < 0.3, 0.0, np.where(u < 0.6, -0.0, g)),
+            "negative": -np.exp(g) - 0.1 * np.round(g),
+            "inf": np.where(u < 0.1, np.inf, np.where(u < 0.2, -np.inf, np.where(u < 0.4, 1e300 * np.round(g), g))),
+            "many_ties": np.round(g * 20) / 3 + 1e-9 * np.round(g),  # hundreds of small tied groups
+            # values a few ulps apart: equal in the bits the radix packs, told apart by the bits it left out
+            "near_ties": np.where(u < 0.6, 1.0 + 2.3e-16 * np.round(3 * g), g),
+            "part_exact": np.where(u < 0.5, np.round(g * 4) / 4, g),  # half the values float32-exact
+            "huge_int": (rng.integers(-2**40, 2**40, (n, 6)) // 4096 * 4097).astype(np.float64)}[kind]
+
+
+@pytest.mark.parametrize("kind", ["zeros60", "clipped", "signed_zeros", "negative", "inf", "many_ties", "near_ties",
+                                  "part_exact", "huge_int"])
+def test_compiled_float64_ranking_gives_the_sort_ranks(rng, kind):
+    """Rows float32 cannot hold rank by the compiled float64 sort exactly as PyTorch's two-stage sort."""
+    from infodissect.info import copula
+
+    n = 2003
+    x = _float64_rows(rng, kind, n)
+    rows, _ = copula._rows(x)
+    assert not bool(copula._exact_rows(rows).any())
+    ids = np.array([3, -7, 2**40, 0, 3, 99])
+    for i in (None, ids):
+        expected = copula._rank_rows(rows, 11, i)  # PyTorch's sort, then the tied groups by tie-breaker
+        assert torch.equal(copula._rank_rows_any(rows, 11, i), expected)
+    out = copula._copnorm_cpu(rows, n, 11, torch.float64, ids)
+    assert torch.equal(out, copula.normal_scores(n, torch.float64)[copula._rank_rows(rows, 11, ids)])
+    assert np.array_equal(copnorm(x, seed=11, ids=ids), copnorm(torch.as_tensor(x), seed=11, ids=ids).numpy())
+
+
+@pytest.mark.parametrize("shape,make", [
+    ((10_000, 3), lambda r, s: r.integers(0, 256, s).astype(np.uint8)),  # few values: the tie-breaker in the key
+    ((2001, 3), lambda r, s: r.integers(0, 2, s).astype(np.float32)),
+    # > 2^16 samples of wide values, some a few ulps apart: sorted on the whole key, carrying positions
+    ((70_000, 2), lambda r, s: np.round(r.normal(size=s), 1) * (1 + 2.3e-16 * r.integers(0, 3, s)))])
+def test_compiled_ranking_paths_give_the_sort_ranks(rng, shape, make):
+    from infodissect.info import copula
+
+    rows, _ = copula._rows(make(rng, shape))
+    ids = np.arange(shape[1]) + 40
+    assert torch.equal(copula._rank_rows_any(rows, 2, ids), copula._rank_rows(rows, 2, ids))
+
+
+def test_compiled_float64_ranking_of_nan_rows_is_a_permutation(rng):
+    from infodissect.info import copula
+
+    n = 1001
+    x = np.where(rng.random((n, 3)) < 0.05, np.nan, np.where(rng.random((n, 3)) < 0.5, 0.0, rng.normal(size=(n, 3))))
+    x[:, 2] = rng.normal(size=n)
+    rows, _ = copula._rows(x)
+    got = copula._rank_rows_any(rows, 3)
+    assert torch.equal(torch.sort(got, 1).values, torch.arange(n).expand(3, n))
+    assert torch.equal(got[2], copula._rank_rows(rows, 3)[2])
+    with pytest.warns(RuntimeWarning, match="NaN"):
+        c = copnorm(x, seed=3)
+    assert np.isnan(c[:, :2]).all() and np.isfinite(c[:, 2]).all()
+
+
+def test_identical_variables_with_different_ids_break_ties_independently():
+    from infodissect.info import ranks
+
+    n = 4000
+    x = np.zeros((n, 3))  # three dead units: all ties
+    x[: n // 2, 2] = 1.0
+    x = np.concatenate([x, x], 1)  # columns 3..5 repeat columns 0..2
+    r = ranks(x, seed=5)
+    for a, b in ((0, 1), (0, 3), (1, 4)):
+        assert abs(np.corrcoef(r[:, a], r[:, b])[0, 1]) < 0.08, (a, b)  # sd of r under independence: 0.016
+    assert abs(np.corrcoef(r[: n // 2, 2], r[: n // 2, 5])[0, 1]) < 0.12
+    # Same values and same id: same ranks, alone or in any block, on either input library.
+    for j in range(6):
+        np.testing.assert_array_equal(ranks(x[:, j:j + 1], seed=5, ids=[j]), r[:, j:j + 1])
+    np.testing.assert_array_equal(ranks(x[:, [1, 4]], seed=5, ids=[4, 1]), r[:, [4, 1]])
+    np.testing.assert_array_equal(ranks(x[:, 3:], seed=5, ids=np.arange(3, 6)), r[:, 3:])
+    np.testing.assert_array_equal(ranks(torch.from_numpy(x), seed=5).numpy(), r)
+    cop = copnorm(x.T, seed=5, axis=-1, ids=np.arange(6).reshape(2, 3))  # ids in the variables' C order
+    np.testing.assert_array_equal(cop, copnorm(x, seed=5).T)
+    with pytest.raises(ValueError, match="ids has 2 entries; x has 6"):
+        ranks(x, ids=[0, 1])
+
+
+def test_ids_leave_tie_free_variables_alone_and_match_the_torch_tie_breakers():
+    from infodissect.info import copula, ranks
+
+    rng = np.random.default_rng(9)
+    x = rng.normal(size=(500, 2))
+    np.testing.assert_array_equal(ranks(x, ids=[10, 20]), ranks(x))
+    tied = np.round(rng.normal(size=(500, 2)).astype(np.float32))
+    rows, _ = copula._rows(tied)
+    for ids in (None, [7, 2**50]):
+        assert torch.equal(copula._rank_rows_any(rows, 1, ids), copula._rank_rows(rows, 1, ids))
+    assert not np.array_equal(ranks(tied, ids=[0, 1]), ranks(tied, ids=[0, 2]))
+
+
+@pytest.mark.parametrize("axis", [0, -1])
+def test_copnorm_cat_is_copnorm_within_each_category(rng, axis):
+    from infodissect.info import copnorm_cat
+
+    n = 900
+    labels = rng.choice(np.array(["a", "b", "c"]), n)
+    x = np.maximum(rng.normal(size=(n, 5)) + (labels == "b")[:, None], 0)  # ties in every category
+    x[:, 4] = np.round(rng.normal(size=n)).astype(np.float32)
+    want = np.empty_like(x)
+    for c in "abc":
+        sel = labels == c
+        want[sel] = copnorm(x[sel], seed=4)  # ranks 0..n_c-1 of the category, ndtri((r + 1) / (n_c + 1))
+    arr = x if axis == 0 else np.ascontiguousarray(x.T)
+    got = copnorm_cat(arr, labels, seed=4, axis=axis)
+    np.testing.assert_array_equal(got if axis == 0 else got.T, want)
+    codes = rng.permutation(3)[np.unique(labels, return_inverse=True)[1]]  # the same categories, as integers
+    t = copnorm_cat(torch.from_numpy(arr), torch.as_tensor(codes), seed=4, axis=axis)
+    np.testing.assert_array_equal(t.numpy(), got)
+    ids = np.arange(10, 15)
+    one = copnorm_cat(x[:, 2:3], labels, seed=4, ids=ids[2:3])
+    np.testing.assert_array_equal(one, copnorm_cat(x, labels, seed=4, ids=ids)[:, 2:3])
+
+
+def test_copnorm_cat_rejects_labels_that_do_not_fit():
+    from infodissect.info import copnorm_cat
+
+    x = np.zeros((10, 2))
+    with pytest.raises(ValueError, match=r"labels .*\(9 entries\), x has 10 samples"):
+        copnorm_cat(x, np.zeros(9))
+    with pytest.raises(ValueError, match=r"labels must be 1-D.*shape \(10, 1\)"):
+        copnorm_cat(x, np.zeros((10, 1)))

@@ -28,7 +28,6 @@ import yaml
 from jsonschema.exceptions import ValidationError, best_match
 
 from infodissect.faces.factors import FACTORS
-from infodissect.stimuli.design import HELDOUT_DESIGNS
 
 __all__ = [
     "ConfigError",
@@ -217,6 +216,8 @@ def _semantic_errors(config: dict) -> Iterator[str]:
         pool = stimuli["identities"]
         if spec.get("pool") == "heldout":
             pool_key, pool = "stimuli.heldout_identities", stimuli["heldout_identities"]
+            from infodissect.stimuli.design import HELDOUT_DESIGNS  # (xarray: imported only when needed)
+
             if design not in HELDOUT_DESIGNS:
                 yield (f"{path}.pool: a {design} set cannot draw from the held-out pool (its analyses read an "
                        f"identity network's logit for each identity); pool: heldout is for "

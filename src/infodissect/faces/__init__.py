@@ -1,9 +1,22 @@
-"""A controlled 3D generative model of faces and its batched renderer."""
+"""A controlled 3D generative model of faces and its batched renderer.
 
-from .factors import FACTORS
-from .mesh import PART_NAMES, build_template
-from .model import GENERATOR_VERSION, FaceModel, build_face_model, model_from_config
-from .render import Camera, render
+The names below load their modules on first use (PEP 562), so that importing
+``infodissect.faces.factors`` (the configuration does) does not import PyTorch.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+_WHERE = {"FACTORS": "factors", "PART_NAMES": "mesh", "build_template": "mesh", "GENERATOR_VERSION": "version",
+          "FaceModel": "model", "build_face_model": "model", "model_from_config": "model", "Camera": "render"}
 
 __all__ = ["FACTORS", "PART_NAMES", "GENERATOR_VERSION", "FaceModel", "Camera", "build_face_model",
-           "build_template", "model_from_config", "render"]
+           "build_template", "model_from_config"]  # the renderer: the module infodissect.faces.render
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(import_module(f".{_WHERE[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -38,8 +38,7 @@ from .fields import (EXPRESSION_AUS, action_unit_fields, age_fields, anatomical_
 from .mesh import (EYE_CENTRE, HAIR, LEFT_EYE, LOWER_TEETH, PART_NAMES, RIGHT_EYE, SKIN, TORSO,
                    UPPER_TEETH, Template, build_template, face_labels, face_spacing, grid_subset,
                    hidden_faces)
-
-GENERATOR_VERSION = "2.0"  # 2.0: face model 2 (FACS expressions, sex dimorphism, hair styles, teeth, torso, norms)
+from .version import GENERATOR_VERSION  # (re-exported)
 
 # Row layout of geometry_fixed / albedo_fixed (and of :func:`.render.fixed_coefficients`).
 FIXED_ROWS: tuple[str, ...] = (

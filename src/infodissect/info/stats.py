@@ -71,22 +71,41 @@ def _whiten(x: Array) -> Array:
 def null_max_gd(x: Array, labels: np.ndarray, perms: np.ndarray, biascorrect: bool = True) -> Array:
     """Largest MI over the univariate variables of ``x`` (n, P) with each permutation of ``labels``: (n_perm,).
 
-    Permuting labels keeps the class sizes, so the unconditional entropy and every
-    bias term are computed once; each permutation needs only the class sums of x and
-    x^2: one matrix product with the permutations' class indicators for up to 32
-    classes, else one scatter-add per permutation (PyTorch, threaded).
+    Classes with fewer than 2 samples are left out (as the observed MI leaves them out).
     """
     codes, values = encode_labels(labels)
-    n_classes, n = len(values), x.shape[0]
-    counts = np.bincount(codes, minlength=n_classes).astype(np.float64)
+    counts = np.bincount(codes, minlength=len(values))
     if (counts < 2).any():
         keep = counts[codes] >= 2
         return null_max_gd(take(x, np.flatnonzero(keep), 0), codes[keep], _restrict(perms, keep), biascorrect)
     xt = x if is_torch(x) else torch.from_numpy(np.asarray(x))
+    out = [torch.nan_to_num(model_gd_under_permutations(xt, codes, perms[lo:lo + _GD_BLOCK], biascorrect),
+                            nan=-np.inf).amax(0) for lo in range(0, perms.shape[0], _GD_BLOCK)]
+    res = torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
+    return res if is_torch(x) else res.numpy()
+
+
+_GD_BLOCK = 128  # permutations per call of model_gd_under_permutations
+
+
+def model_gd_under_permutations(x: Array, codes: np.ndarray, perms: np.ndarray, biascorrect: bool = True) -> Array:
+    """MI (P, b) of the univariate variables of ``x`` (n, P) with class codes (n,) under each permutation (b, n).
+
+    Permuting labels keeps the class sizes, so the unconditional entropy and every
+    bias term are computed once; each permutation needs only the class sums of x and
+    x^2: one matrix product with the permutations' class indicators for up to 32
+    classes, else one scatter-add per permutation (PyTorch, threaded). Sums run in
+    float32 (null maxima need no more); x is demeaned first. A constant variable is NaN.
+    """
+    xt = x if is_torch(x) else torch.from_numpy(np.ascontiguousarray(x))
+    codes, values = encode_labels(codes)
+    n_classes, n = len(values), xt.shape[0]
+    counts = np.bincount(codes, minlength=n_classes).astype(np.float64)
+    xt = xt.to(torch.float64) if xt.dtype == torch.float16 else xt
     xt = xt - xt.mean(0, keepdim=True)
     h_all = 0.5 * torch.log((xt * xt).sum(0) / (n - 1.0))
-    xt = xt.to(torch.float32)  # class sums in float32: the null maxima need no more
-    xx = torch.cat([xt, xt * xt], 1)  # (n, 2P): sums of x and x^2 in one product
+    xf = xt.to(torch.float32)
+    xx = torch.cat([xf, xf * xf], 1)  # (n, 2P): sums of x and x^2 in one product
     bias = _dterm(counts) + _psi_sum(counts, 1) if biascorrect else np.zeros(n_classes)
     bias_cls = torch.as_tensor(bias, dtype=h_all.dtype, device=xt.device)
     if biascorrect:
@@ -101,7 +120,7 @@ def null_max_gd(x: Array, labels: np.ndarray, perms: np.ndarray, biascorrect: bo
         lp = lab[p]  # (b, n): the class of each sample under each permutation
         b = lp.shape[0]
         if n_classes <= 32:
-            onehot = torch.zeros(n, b * n_classes, dtype=xt.dtype, device=xt.device)
+            onehot = torch.zeros(n, b * n_classes, dtype=xf.dtype, device=xt.device)
             onehot.scatter_(1, (lp + torch.arange(b, device=xt.device)[:, None] * n_classes).T, 1.0)
             sums = (xx.T @ onehot).view(2, -1, b, n_classes)
         else:
@@ -110,9 +129,8 @@ def null_max_gd(x: Array, labels: np.ndarray, perms: np.ndarray, biascorrect: bo
         s1, s2 = sums.to(h_all.dtype).unbind(0)
         var = (s2 - s1 * s1 / cnt) / (cnt - 1.0)  # (P, b, C)
         h_cls = 0.5 * torch.log(var) - bias_cls
-        mi = (h_all[:, None] - (h_cls * w).sum(-1)) / LN2  # (P, b)
-        out.append(torch.nan_to_num(mi, nan=-np.inf).amax(0))
-    res = torch.cat(out) if out else torch.zeros(0, dtype=xt.dtype)
+        out.append((h_all[:, None] - (h_cls * w).sum(-1)) / LN2)  # (P, b)
+    res = torch.cat(out, 1) if out else torch.zeros((xt.shape[1], 0), dtype=h_all.dtype)
     return res if is_torch(x) else res.numpy()
 
 
@@ -141,4 +159,4 @@ def pvalues(mi: np.ndarray, null_max: np.ndarray) -> np.ndarray:
     return np.where(np.isnan(flat), np.nan, p).reshape(mi.shape)
 
 
-__all__ = ["permutations", "null_max_gg", "null_max_gd", "threshold", "pvalues"]
+__all__ = ["permutations", "null_max_gg", "null_max_gd", "model_gd_under_permutations", "threshold", "pvalues"]

@@ -17,7 +17,7 @@ import numpy as np
 import xarray as xr
 
 from ..faces.factors import FACTORS, INTRINSIC
-from ..faces.model import GENERATOR_VERSION
+from ..faces.version import GENERATOR_VERSION
 
 DESIGNS = ("crossed", "independent", "sweep", "portraits", "morph", "revcorr")
 POOLS = ("train", "heldout")
