@@ -195,6 +195,8 @@ def _live_rows_mi(rows: np.ndarray, const: np.ndarray, cont: np.ndarray, disc: l
                   n_factors: int, d: int, biascorrect: bool) -> np.ndarray:
     """:func:`_rows_mi` of the variables that are not constant (``const`` (P, 1)); the constant ones get 0."""
     live = np.flatnonzero(~const.reshape(-1))
+    if len(live) == len(const):
+        return _rows_mi(rows, cont, disc, n_factors, d, biascorrect)
     out = np.zeros((len(const), n_factors))
     out[live] = _rows_mi(rows.reshape(-1, d, rows.shape[-1])[live].reshape(-1, rows.shape[-1]), cont, disc,
                          n_factors, d, biascorrect)
@@ -209,14 +211,16 @@ def _block_mi(block: np.ndarray, ids: np.ndarray, cont: np.ndarray, disc: list[t
     raw = block.reshape(-1, block.shape[-1])
     const = constant_rows(raw, d)
     live = np.flatnonzero(~const)  # constant variables are not computed (no NaN warnings for them): MI 0
-    rows = np.repeat(live * d, d) + np.tile(np.arange(d), len(live))
-    ids = np.asarray(ids, np.int64).reshape(-1)[rows]
+    ids = np.asarray(ids, np.int64).reshape(-1)
+    if len(live) < len(const):  # (gathered only when needed: a copy of the block)
+        rows = np.repeat(live * d, d) + np.tile(np.arange(d), len(live))
+        raw, ids = raw[rows], ids[rows]
     out = np.zeros((len(const), n_factors))
-    out[live] = _rows_mi(_copnorm_block(raw[rows], ids, seed), cont, disc, n_factors, d, biascorrect)
+    out[live] = _rows_mi(_copnorm_block(raw, ids, seed), cont, disc, n_factors, d, biascorrect)
     if estimator == "mixture" and disc and live.size:
         from .estimators import gcmi_mixture_cd
 
-        x = raw[rows].reshape(-1, d, raw.shape[-1]).transpose(2, 0, 1)  # (n, P, d)
+        x = raw.reshape(-1, d, raw.shape[-1]).transpose(2, 0, 1)  # (n, P, d)
         for q, codes in disc:
             out[live, q] = gcmi_mixture_cd(x if d > 1 else x[..., 0], codes, seed=seed, ids=ids[::d])
     _warn_constant(int(const.sum()), len(const))
