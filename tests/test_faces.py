@@ -205,6 +205,7 @@ def test_shape_and_texture_changes_are_comparably_discriminable(model):
     assert 0.5 < out["texture"] / out["shape"] < 2.0, out
 
 
+@pytest.mark.slow  # (CI time: run with bash scripts/test.sh -m slow)
 def test_random_identities_with_expressions_have_no_self_intersecting_skin(model):
     """No skin face cuts through another, for random identities with expressions, ages, genders, ethnicities.
 

@@ -245,6 +245,7 @@ def test_out_of_core_store_stays_under_a_memory_bound(tmp_path):
     assert used < size_mb / 3, f"computing took {used:.0f} MB over the libraries for a {size_mb:.0f} MB store"
 
 
+@pytest.mark.slow  # (CI time: run with bash scripts/test.sh -m slow)
 def test_a_distributed_scheduler_gives_the_same_result():
     from distributed import Client, LocalCluster
 
