@@ -27,7 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .copula import copnorm
-from .estimators import LN2, _psi_sum, encode_labels, mi_model_gd
+from .estimators import LN2, _psi_sum, encode_labels, mi_model_gd, standardize
+from .stats import _whiten, model_gd_under_permutations
 
 _PERM_BLOCK = 64  # permutations per block of products
 
@@ -48,8 +49,9 @@ def strata_of(discrete: list[np.ndarray], n: int) -> np.ndarray:
     """Joint class codes (n,) of several discrete condition variables (all 0 when there is none)."""
     if not discrete:
         return np.zeros(n, np.int64)
-    return encode_labels(np.stack([encode_labels(c)[0] for c in discrete], 1) @
-                         np.cumprod([1] + [int(encode_labels(c)[0].max()) + 1 for c in discrete[:-1]]))[0]
+    codes = [encode_labels(c)[0] for c in discrete]
+    place = np.cumprod([1] + [int(c.max()) + 1 for c in codes[:-1]])  # mixed-radix: one code per joint class
+    return encode_labels(np.stack(codes, 1) @ place)[0]
 
 
 def permutations_within(strata: np.ndarray, n_perm: int, seed: int = 0) -> np.ndarray:
@@ -109,18 +111,10 @@ def prepare_strata(strata: np.ndarray, cont: np.ndarray, disc: list[np.ndarray],
 
 
 def _unit_rows(x: np.ndarray, d: int) -> np.ndarray:
-    """(n, P*d) copula columns -> (n, P*d) with each variable's d columns orthonormal (demeaned; NaN if singular)."""
-    n, m = x.shape
-    xc = x - x.mean(0, keepdims=True)
-    if d == 1:
-        norm = np.sqrt((xc * xc).sum(0, keepdims=True))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return xc / norm
-    v = xc.reshape(n, m // d, d).transpose(1, 0, 2)  # (P, n, d)
-    q, r = np.linalg.qr(v)
-    ok = np.abs(np.diagonal(r, axis1=1, axis2=2)).min(1) > 1e-12 * np.sqrt(n)
-    q[~ok] = np.nan
-    return q.transpose(1, 0, 2).reshape(n, m)
+    """(n, P*d) copula columns -> (n, P*d) with each variable's d columns orthonormal (demeaned; NaN if singular):
+    :func:`.estimators.standardize` (d = 1) or :func:`.stats._whiten`."""
+    with np.errstate(invalid="ignore", divide="ignore"):  # a variable constant in the stratum: NaN (thread-safe)
+        return standardize(x) if d == 1 else _whiten(x.reshape(len(x), -1, d))
 
 
 def _r2_mi(r2: np.ndarray, n: int, dx: int, dz: int, biascorrect: bool) -> np.ndarray:
@@ -155,13 +149,6 @@ def _null_cont(u: np.ndarray, y: np.ndarray, basis: np.ndarray | None, perms: np
     with np.errstate(invalid="ignore", divide="ignore"):
         r2 = (r * r).reshape(-1, d, b * q).sum(1) / ss
     return r2.reshape(-1, b, q)
-
-
-def _null_disc(x: np.ndarray, codes: np.ndarray, perms: np.ndarray, biascorrect: bool) -> np.ndarray:
-    """MI (P, b) of univariate copula columns ``x`` (n, P) with the class codes under each local permutation."""
-    from .stats import model_gd_under_permutations
-
-    return model_gd_under_permutations(x, codes, perms, biascorrect)
 
 
 def conditional_rows(rows: np.ndarray, strata: list[Stratum], cont_pos: list[int], disc_pos: list[int], d: int,
@@ -230,7 +217,7 @@ def conditional_rows(rows: np.ndarray, strata: list[Stratum], cont_pos: list[int
                 acc[..., cont_pos] += st.weight * np.where(const[None, :, None], 0.0,
                                                            _r2_mi(r2, n_c, d, dz, biascorrect).transpose(1, 0, 2))
             for q, codes in zip(disc_pos, st.codes):
-                acc[..., q] += st.weight * np.where(const[None], 0.0, _null_disc(x, codes, block, biascorrect).T)
+                acc[..., q] += st.weight * np.where(const[None], 0.0, model_gd_under_permutations(x, codes, block, biascorrect).T)
         acc[:, constant] = -np.inf
         acc = np.where(np.isnan(acc), -np.inf, acc)
         null[lo:lo + b] = acc.max(1) if n_var else -np.inf
