@@ -6,7 +6,7 @@ Draws the demo's `analysis` set (every factor independent; config/config.yaml) w
 pose and framing ranges (yaw, pitch, roll, scale, shift) set to ``scale`` times the
 previous demo's (yaw +-45, pitch +-20, roll +-15 deg, scale +-15%, shift +-8% of the
 image), renders it and prints, per factor, the largest pixel MI (bits) and its
-maximum-statistic threshold: the ceiling that position jitter puts on what one pixel can
+maximum-statistic threshold (graded factors given their parent, config ``mi.given``, as the MI stage measures them): the ceiling that position jitter puts on what one pixel can
 tell about a factor. Scale 0.25 is about the demo's range (yaw +-12, pitch +-5, roll +-4 deg, scale +-4%,
 shift +-2%).
 """
@@ -44,7 +44,7 @@ def pixel_visibility(cfg: dict, scale: float, samples: int, perms: int) -> dict[
     images = [img for _, img, _ in render_design(model, design.load(), camera, 128)]
     ds = design.assign(image=(("sample", "y", "x", "channel"), np.concatenate(images)))
     with dask_scheduler("synchronous"):
-        res = layer_information(pixel_array(ds), factor_table(ds), n_perm=perms).compute()
+        res = layer_information(pixel_array(ds), factor_table(ds), n_perm=perms, given=cfg["mi"]["given"]).compute()
     return {str(f): (float(res["mi"].sel(factor=f).max()), float(res["threshold"].sel(factor=f)))
             for f in res.factor.values}
 

@@ -133,6 +133,62 @@ def test_mi_store_errors_name_the_problem(planted, tmp_path):
         open_tree(tmp_path / "junk.zarr")
 
 
+def _graded_store(path, n=1200, seed=1):
+    """A layer whose unit 0 follows gender_strength in opposite directions for women and men (unit 1: noise)."""
+    rng = np.random.default_rng(seed)
+    gender = np.asarray(["female", "male"], dtype=object)[rng.integers(0, 2, n)]
+    strength = rng.uniform(0, 1, n)
+    sign = np.where(gender == "male", 1.0, -1.0)
+    act = rng.normal(0, 1, (n, 2))
+    act[:, 0] += 3 * sign * strength
+    coords = {"gender": ("sample", gender), "gender_strength": ("sample", strength),
+              "age": ("sample", rng.uniform(20, 70, n))}
+    tree = xr.DataTree.from_dict({
+        "/": xr.Dataset(coords={"sample": np.arange(n)}, attrs={"model": "graded_s0", "set": "analysis"}),
+        "pool": xr.Dataset({"activation": (("sample", "unit"), act.astype(np.float32))}, coords=coords)})
+    with atomic_store(path) as tmp:
+        tree.to_zarr(tmp, zarr_format=3, consolidated=True)
+    return path, act, coords
+
+
+def test_a_graded_factor_is_measured_given_its_parent(tmp_path):
+    from infodissect.info import mutual_information
+
+    act, x, coords = _graded_store(tmp_path / "act.zarr")
+    given = {"gender_strength": "gender", "expression_intensity": "expression"}  # the second: not in the set
+    kw = dict(n_perm=50, alpha=0.05, seed=0)
+    cond = open_tree(activation_information(act, tmp_path / "cond.zarr", given=given, **kw))["pool"].to_dataset()
+    marg = open_tree(activation_information(act, tmp_path / "marg.zarr", **kw))["pool"].to_dataset()
+    assert dict(zip(map(str, cond["factor"].values), map(str, cond["given"].values))) == {
+        "gender": "", "gender_strength": "gender", "age": ""}
+    assert set(map(str, marg["given"].values)) == {""}
+    # Marginally the two directions cancel; given the gender the unit is about strength, and significant.
+    assert float(marg["mi"].sel(factor="gender_strength", unit=0)) < 0.02
+    assert not bool(marg["significant"].sel(factor="gender_strength", unit=0))
+    assert float(cond["mi"].sel(factor="gender_strength", unit=0)) > 0.3  # r^2 = 0.43 within each gender: 0.40 bits
+    assert bool(cond["significant"].sel(factor="gender_strength", unit=0))
+    assert not bool(cond["significant"].sel(factor="gender_strength", unit=1))
+    assert cond["null_max"].sizes["permutation"] == 50
+    # The same numbers as the engine's conditional MI; the other factors are untouched.
+    xa = xr.DataArray(x.astype(np.float32), dims=("sample", "unit"))
+    ref = mutual_information(xa, xr.Dataset({"gender_strength": ("sample", coords["gender_strength"][1])}),
+                             cond=xr.DataArray(coords["gender"][1], dims="sample"))
+    np.testing.assert_allclose(cond["mi"].sel(factor="gender_strength").values,
+                               np.asarray(ref).ravel(), rtol=1e-5)
+    for f in ("gender", "age"):
+        np.testing.assert_array_equal(cond["mi"].sel(factor=f).values, marg["mi"].sel(factor=f).values)
+    # Measuring only the graded factor still conditions on its parent (read from the set).
+    only = open_tree(activation_information(act, tmp_path / "only.zarr", factors=["gender_strength"], given=given,
+                                            **kw))["pool"].to_dataset()
+    np.testing.assert_array_equal(only["mi"].values[0], cond["mi"].sel(factor="gender_strength").values)
+    for bad, match in [({"gender_strength": "age"}, r"mi.given.gender_strength: 'age' is not a categorical"),
+                       ({"strength": "gender"}, r"mi.given.strength: 'strength' is not a generative factor"),
+                       ({"gender": "gender"}, r"mi.given.gender: 'gender' is not a categorical factor other than")]:
+        with pytest.raises(InformationError, match=match):
+            activation_information(act, tmp_path / "bad.zarr", given=bad, **kw)
+    assert not (tmp_path / "bad.zarr").exists()
+
+
 def test_factor_table_drops_constant_factors_and_chunks_fit_the_budget():
     ds = xr.Dataset(coords={"sample": np.arange(4), "yaw": ("sample", [0.0, 1, 2, 3]), "pitch": ("sample", [0.0] * 4),
                             "identity": ("sample", [0, 1, 0, 1]), "other": ("sample", [1, 2, 3, 4])})
@@ -386,6 +442,7 @@ def _pixel_mi_store(path):
                      "threshold": ("factor", threshold),
                      "factor_kind": ("factor", np.asarray(["categorical", "continuous", "categorical"], dtype=object))},
                     coords={"factor": np.asarray(["identity", "yaw", "expression"], dtype=object),
+                            "given": ("factor", np.asarray(["", "expression", ""], dtype=object)),  # yaw | expression
                             "channel": np.asarray(["r", "g"], dtype=object), "y": [0, 1], "x": [0, 1]},
                     attrs={"set": "analysis", "n_samples": 2048, "n_perm": 100, "alpha": 0.05, "units": "bits"})
     with atomic_store(path) as tmp:
@@ -424,6 +481,7 @@ def test_factor_visibility_numbers_from_a_known_pixel_store(tmp_path):
     assert ds["max_mi"].attrs["units"] == "bits" and list(ds["factor_kind"].values) == [
         "categorical", "continuous", "categorical"] and bool(ds["intrinsic"].sel(factor="identity"))
     assert invisible_factors(ds) == ["expression"]
+    assert list(ds["given"].values) == ["", "expression", ""]
     # Identity: test-set accuracy, chance = the largest class's share; others: held-out identities when evaluated.
     assert list(ds["model"].values) == ["identity_s0", "gender_s1", "age_s2"]
     np.testing.assert_allclose(ds["accuracy"].values, [0.875, 0.6, 0.7])
@@ -472,6 +530,7 @@ def test_visibility_command_writes_store_figure_and_the_report_shows_the_table(t
     assert "max pixel MI (bits)" in table and "<td>0.500</td>" in table and "<td>50.0%</td>" in table
     assert "gender_s1: 60.0% (55.0%) on held-out identities" in table  # on the gender row, no pixel MI for it
     assert "no pixel above the threshold: <b>expression</b>" in table
+    assert "<th>given</th>" in table and "<td>yaw</td>\n      <td>continuous</td>\n      <td>expression</td>" in table
     assert "accuracy on held-out identities" in html and "60.0% (chance 55.0%; 4 people" in html
     spec["sections"][0]["visibility"] = str(tmp_path / "nope.zarr")
     with pytest.raises(FileNotFoundError, match="nope.zarr"):

@@ -64,8 +64,11 @@ def test_pipeline_runs_and_second_run_does_nothing(tmp_path):
     assert held.attrs["pool"] == "heldout" and set(held.identity.values.tolist()) == {4, 5}
     # Factor visibility: pixel MI per measured factor, accuracy per trained model, in the report as a table.
     vis = xr.open_zarr(res / "analyses" / "visibility.zarr")
-    assert list(vis.factor.values) == ["identity", "gender", "expression", "yaw", "light_azimuth", "scale",
-                                       "background"]
+    assert list(vis.factor.values) == ["identity", "gender", "expression", "expression_intensity", "yaw",
+                                       "light_azimuth", "scale", "background"]
+    # A graded factor is measured given its parent (mi.given), in the pixels and in every layer.
+    assert vis["given"].sel(factor="expression_intensity") == "expression" and vis["given"].sel(factor="yaw") == ""
+    assert str(mi["pool"]["given"].sel(factor="expression_intensity").values) == "expression"
     assert vis.max_mi.attrs["units"] == "bits" and list(vis.model.values) == ["identity_s0", "expression_s1"]
     assert vis.accuracy.sel(model="expression_s1") == heldout["accuracy"]
     assert vis.evaluated_on.sel(model="identity_s0") == "test set (training identities)"

@@ -84,6 +84,7 @@ def visibility_rows(ds: xr.Dataset) -> pd.DataFrame:
         if name in factors:
             f = ds.sel(factor=name)
             row["kind"] = str(f["factor_kind"].values)
+            row["given"] = str(f["given"].values) if "given" in f.coords else ""
             row["max pixel MI (bits)"] = f"{float(f['max_mi']):.3f}"
             row["threshold (bits)"] = f"{float(f['threshold']):.3f}" if np.isfinite(float(f["threshold"])) else ""
             row["pixels above threshold"] = _percent(float(f["share_significant"]))
@@ -105,7 +106,9 @@ def _visibility_html(path: str | Path) -> str:
         parts.append(f"<p>Pixel MI on the {html.escape(str(ds.attrs.get('set', '')))} set "
                      f"({ds.attrs.get('n_samples', '?')} images, {ds.attrs.get('n_perm', '?')} permutations, "
                      f"family-wise alpha {ds.attrs.get('alpha', '?')}). Factors with no pixel above the threshold: "
-                     f"<b>{html.escape(', '.join(invisible) or 'none')}</b>.</p>")
+                     f"<b>{html.escape(', '.join(invisible) or 'none')}</b>. A factor with a <i>given</i> "
+                     "factor is measured within each level of that factor: I(pixel; factor | given) "
+                     "(config <code>mi.given</code>).</p>")
     return "".join(parts) + table
 
 

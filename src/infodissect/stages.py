@@ -149,7 +149,7 @@ GROUPS = {
     "analyses": "the paper's analyses and their figures",
 }
 
-_MI_SETTINGS = {"factors": "mi.factors", "n_perm": "mi.n_perm", "alpha": "mi.alpha", "seed": "seed",
+_MI_SETTINGS = {"factors": "mi.factors", "given": "mi.given", "n_perm": "mi.n_perm", "alpha": "mi.alpha", "seed": "seed",
                 "chunk_mb": "mi.chunk_mb", "scheduler": "mi.scheduler"}
 
 STAGES: dict[str, Stage] = {s.name: s for s in (

@@ -11,6 +11,14 @@ engine (:func:`infodissect.info.mutual_information`):
 - maximum-statistic permutation thresholds (``threshold``, ``threshold_pooled``, per
   factor, over all variables of the layer), ``significant`` masks and ``pvalue``.
 
+A graded factor that only means something within the level of another (the intensity
+of *an* expression, the strength of *a* sex) is measured given that factor (config
+``mi.given``): ``mi`` is then I(x; factor | parent), the average over the parent's levels
+of the information within each, with its own permutation null (labels permuted within
+the parent's levels). Marginally such a factor moves a pixel one way for one level and
+the other way for another, and the two cancel. The ``given`` coordinate along ``factor``
+names the parent ("" for factors measured marginally).
+
 The result is a DataTree store (one group per layer, per the MI contract), written
 layer by layer into ``<out>.partial`` and renamed when complete.
 """
@@ -111,22 +119,69 @@ def _with_statistics(res: xr.Dataset | xr.DataArray) -> xr.Dataset:
                                                 coords={"factor": mi["factor"]})}, attrs=dict(mi.attrs))
 
 
+def conditions(factors: xr.Dataset, given: dict[str, str] | None, pool: xr.Dataset | None = None) -> dict[str, str]:
+    """The factor each factor of ``factors`` is measured given ("" = marginally), checked.
+
+    ``given`` maps a factor to a categorical parent factor ("" = none), looked up in ``pool`` (the set's
+    varying factors; default ``factors``). Entries whose factor is not measured are ignored;
+    a factor whose parent does not vary in the set is measured marginally (its information
+    is then the same). A parent that is not categorical, or a factor given itself, is an
+    error naming the key.
+    """
+    pool = factors if pool is None else pool
+    out = {str(f): "" for f in factors.data_vars}
+    for name, parent in (given or {}).items():
+        if not parent:  # measured marginally
+            continue
+        if name not in FACTORS or parent not in FACTORS:
+            bad = name if name not in FACTORS else parent
+            raise InformationError(f"mi.given.{name}: {bad!r} is not a generative factor")
+        if FACTORS[parent].kind != "categorical" or parent == name:
+            raise InformationError(f"mi.given.{name}: {parent!r} is not a categorical factor other than {name!r}; "
+                                   "a factor is measured given the levels of a categorical one")
+        if name in out and parent in pool.data_vars:
+            out[name] = parent
+    return out
+
+
+def _measured(x: xr.DataArray, factors: xr.Dataset, given: dict[str, str], pool: xr.Dataset,
+              **kwargs: Any) -> xr.Dataset:
+    """:func:`mutual_information` of ``x`` with every factor, each given its parent (``given``, values from
+    ``pool``), with statistics, factors in the order of ``factors``."""
+    keep = ["mi", "significant", "pvalue", "threshold", "null_max"]
+    parts = {}
+    for parent in dict.fromkeys(given.values()):
+        names = [f for f, p in given.items() if p == parent]
+        res = mutual_information(x, factors[names], cond=pool[parent] if parent else None, **kwargs)
+        parts[parent] = _with_statistics(res)[keep]
+    if len(parts) == 1:
+        return next(iter(parts.values()))
+    attrs = parts.get("", next(iter(parts.values()))).attrs
+    return xr.concat(list(parts.values()), dim="factor", data_vars="all", coords="minimal",
+                     combine_attrs="drop").sel(factor=list(given)).assign_attrs(attrs)
+
+
 def layer_information(act: xr.DataArray, factors: xr.Dataset, *, n_perm: int, alpha: float = 0.05,
-                      seed: int = 0, chunk_mb: float = 64.0) -> xr.Dataset:
+                      seed: int = 0, chunk_mb: float = 64.0, given: dict[str, str] | None = None,
+                      pool: xr.Dataset | None = None) -> xr.Dataset:
     """MI of one layer's activations (sample, unit[, y, x]) with every factor, resolved and pooled.
 
     Returns a Dataset with ``mi``, ``significant``, ``pvalue`` (factor, unit[, y, x]),
     ``threshold`` (factor), ``null_max`` and their ``*_pooled`` counterparts over the
-    spatially averaged response (factor, unit), all in bits.
+    spatially averaged response (factor, unit), all in bits. A factor named in ``given``
+    is measured given its categorical parent factor (:func:`conditions`; the parent's values
+    come from ``pool``, default ``factors``); the ``given`` coordinate records it.
     """
     x = act.drop_vars([c for c in act.coords if c not in act.dims])
     x = x.chunk(variable_chunks(x, "sample", chunk_mb))
     kwargs: dict[str, Any] = dict(dim="sample", n_perm=n_perm, alpha=alpha, seed=seed)
-    resolved = _with_statistics(mutual_information(x, factors, **kwargs))
+    pool = factors if pool is None else pool
+    parents = conditions(factors, given, pool)
+    resolved = _measured(x, factors, parents, pool, **kwargs)
     out = _summary(resolved, "")
     if all(d in act.dims for d in SPATIAL):
         pooled = x.astype(np.float32).mean(SPATIAL)
-        out.update(_summary(_with_statistics(mutual_information(pooled, factors, **kwargs)), "_pooled"))
+        out.update(_summary(_measured(pooled, factors, parents, pool, **kwargs), "_pooled"))
     else:
         out.update({f"{k}_pooled": v.rename(permutation="permutation_pooled") if k == "null_max" else v
                     for k, v in _summary(resolved, "").items()})
@@ -135,6 +190,7 @@ def layer_information(act: xr.DataArray, factors: xr.Dataset, *, n_perm: int, al
     # Text as object arrays: Zarr v3 stores them as variable-length strings.
     ds = ds.assign_coords(factor=np.asarray(names, dtype=object))
     ds["factor_kind"] = ("factor", np.asarray([str(factors[f].attrs["kind"]) for f in names], dtype=object))
+    ds = ds.assign_coords(given=("factor", np.asarray([parents[f] for f in names], dtype=object)))
     for name in ds.data_vars:
         if name.startswith(("mi", "threshold", "null_max")):
             ds[name].attrs["units"] = "bits"
@@ -170,7 +226,8 @@ def _finish(tmp: Path, attrs: dict[str, Any]) -> None:
 
 
 def information_store(layers: dict[str, xr.DataArray], factors: xr.Dataset, out: str | Path, attrs: dict[str, Any],
-                      *, n_perm: int, alpha: float, seed: int, chunk_mb: float) -> Path:
+                      *, n_perm: int, alpha: float, seed: int, chunk_mb: float,
+                      given: dict[str, str] | None = None, pool: xr.Dataset | None = None) -> Path:
     """Measure every layer in ``layers`` and write the results, one group each, to ``out`` (atomically)."""
     with atomic_store(out, inputs=[attrs["source"]]) as tmp:
         xr.Dataset(attrs=attrs).to_zarr(tmp, mode="w", zarr_format=3, consolidated=False)
@@ -179,7 +236,8 @@ def information_store(layers: dict[str, xr.DataArray], factors: xr.Dataset, out:
             n_vars = math.prod(s for d, s in act.sizes.items() if d != "sample")
             log.info("layer %s (%d/%d): %d variables x %d factors x %d samples, %d permutations", name, i + 1,
                      len(layers), n_vars, len(factors.data_vars), act.sizes["sample"], n_perm)
-            ds = layer_information(act, factors, n_perm=n_perm, alpha=alpha, seed=seed, chunk_mb=chunk_mb)
+            ds = layer_information(act, factors, n_perm=n_perm, alpha=alpha, seed=seed, chunk_mb=chunk_mb,
+                                   given=given, pool=pool)
             ds.attrs.update(attrs, layer=name)
             write_zarr(ds, tmp, group=name, mode="a")  # one group per layer, written as it is done
             log.info("layer %s done in %.1f s; max MI %.3f bits (%s)", name, time.perf_counter() - start,
@@ -191,27 +249,33 @@ def information_store(layers: dict[str, xr.DataArray], factors: xr.Dataset, out:
 
 def activation_information(path: str | Path, out: str | Path, *, layers: list[str] | None = None,
                            factors: list[str] | None = None, n_perm: int, alpha: float = 0.05, seed: int = 0,
-                           chunk_mb: float = 64.0) -> Path:
-    """MI between every layer of an activation store and every varying factor of its set, into ``out``."""
+                           chunk_mb: float = 64.0, given: dict[str, str] | None = None) -> Path:
+    """MI between every layer of an activation store and every varying factor of its set (each given its
+    parent in ``given``, :func:`conditions`), into ``out``."""
     tree, names = _open_layers(path, layers)
-    table = factor_table(tree[names[0]].dataset, factors)
+    table, pool = factor_table(tree[names[0]].dataset, factors), factor_table(tree[names[0]].dataset)
+    parents = conditions(table, given, pool)
     acts = {n: tree[n].dataset["activation"] for n in names}
     attrs = {k: v for k, v in tree.attrs.items() if k in ("model", "set", "task", "classes", "architecture")}
     attrs.update(source=str(path), n_perm=int(n_perm), alpha=float(alpha), seed=int(seed),
-                 layers=json.dumps(names), factors=json.dumps(list(table.data_vars)))
-    return information_store(acts, table, out, attrs, n_perm=n_perm, alpha=alpha, seed=seed, chunk_mb=chunk_mb)
+                 layers=json.dumps(names), factors=json.dumps(list(table.data_vars)), given=json.dumps(parents))
+    return information_store(acts, table, out, attrs, n_perm=n_perm, alpha=alpha, seed=seed, chunk_mb=chunk_mb,
+                             given=parents, pool=pool)
 
 
 def pixel_information(stimuli: str | Path, out: str | Path, *, factors: list[str] | None = None, n_perm: int,
-                      alpha: float = 0.05, seed: int = 0, chunk_mb: float = 64.0) -> Path:
-    """MI between every pixel (and channel) of a stimulus set and every varying factor, into ``out``."""
+                      alpha: float = 0.05, seed: int = 0, chunk_mb: float = 64.0,
+                      given: dict[str, str] | None = None) -> Path:
+    """MI between every pixel (and channel) of a stimulus set and every varying factor (each given its parent
+    in ``given``, :func:`conditions`), into ``out``."""
     stim = open_stimuli(stimuli, require=("image",))
-    table = factor_table(stim, factors)
+    table, pool = factor_table(stim, factors), factor_table(stim)
+    parents = conditions(table, given, pool)
     attrs = {"model": PIXELS, "set": stim.attrs.get("set", ""), "source": str(stimuli), "n_perm": int(n_perm),
              "alpha": float(alpha), "seed": int(seed), "layers": json.dumps([PIXELS]),
-             "factors": json.dumps(list(table.data_vars))}
+             "factors": json.dumps(list(table.data_vars)), "given": json.dumps(parents)}
     return information_store({PIXELS: pixel_array(stim)}, table, out, attrs, n_perm=n_perm, alpha=alpha, seed=seed,
-                             chunk_mb=chunk_mb)
+                             chunk_mb=chunk_mb, given=parents, pool=pool)
 
 
 def load_layers(mi_path: str | Path, pixels_path: str | Path | None = None) -> dict[str, xr.Dataset]:
@@ -235,10 +299,12 @@ def load_layers(mi_path: str | Path, pixels_path: str | Path | None = None) -> d
 
 @dataclass(frozen=True)
 class PixelsSpec:
-    """Settings of the MI stage (config ``mi``): factors ([] = every varying one), permutations, family-wise
-    alpha, seed, Dask chunk size (MB of float64) and scheduler."""
+    """Settings of the MI stage (config ``mi``): factors ([] = every varying one), the categorical factor each
+    graded one is measured given, permutations, family-wise alpha, seed, Dask chunk size (MB of float64) and
+    scheduler."""
 
     factors: list[str]
+    given: dict[str, str]
     n_perm: int
     alpha: float
     seed: int
@@ -246,7 +312,7 @@ class PixelsSpec:
     scheduler: str
 
     def measure(self) -> dict[str, Any]:
-        return dict(factors=self.factors or None, n_perm=self.n_perm, alpha=self.alpha, seed=self.seed,
+        return dict(factors=self.factors or None, given=dict(self.given), n_perm=self.n_perm, alpha=self.alpha, seed=self.seed,
                     chunk_mb=float(self.chunk_mb))
 
 

@@ -115,7 +115,9 @@ def pixel_visibility(pixels: xr.Dataset) -> xr.Dataset:
     xarray.Dataset
         Along ``factor``: ``max_mi`` (largest MI of any pixel and channel, bits),
         ``share_significant`` (share of pixel positions (y, x) where the MI of at
-        least one channel passes the threshold) and ``threshold`` (bits).
+        least one channel passes the threshold) and ``threshold`` (bits); coordinate
+        ``given``: the factor a graded one was measured given ("" = marginally; see
+        :mod:`.information`).
     """
     missing = [v for v in ("mi", "significant", "threshold") if v not in pixels]
     if missing:
@@ -130,6 +132,8 @@ def pixel_visibility(pixels: xr.Dataset) -> xr.Dataset:
         "share_significant": significant.mean(positions).astype(np.float64),
         "threshold": pixels["threshold"].astype(np.float64),
     }).assign_coords(factor=factors)
+    given = pixels["given"].values if "given" in pixels.coords else [""] * len(factors)
+    out = out.assign_coords(given=("factor", np.asarray([str(g) for g in given], dtype=object)))
     out["max_mi"].attrs.update(units="bits", description="largest MI of any pixel (any channel) with the factor")
     out["share_significant"].attrs.update(
         units="share", description="share of pixel positions where at least one channel's MI passes the threshold")
@@ -152,7 +156,7 @@ def factor_visibility(pixels: xr.Dataset | None, models: list[ModelScore]) -> xr
     -------
     xarray.Dataset
         Along ``factor``: ``max_mi``, ``share_significant``, ``threshold`` (see
-        :func:`pixel_visibility`), ``factor_kind`` and ``intrinsic``. Along ``model``:
+        :func:`pixel_visibility`), ``factor_kind``, ``intrinsic`` and coordinate ``given``. Along ``model``:
         ``task``, ``accuracy``, ``chance``, ``n``, ``evaluated_on``, ``eval_set``,
         ``test_accuracy``. Attrs of the pixel store (``set``, ``n_samples``,
         ``n_perm``, ``alpha``) are kept.
@@ -162,7 +166,7 @@ def factor_visibility(pixels: xr.Dataset | None, models: list[ModelScore]) -> xr
     else:
         empty = xr.DataArray(np.zeros(0), dims="factor")
         part = xr.Dataset({"max_mi": empty, "share_significant": empty, "threshold": empty},
-                          coords={"factor": np.asarray([], dtype=object)})
+                          coords={"factor": np.asarray([], dtype=object), "given": ("factor", np.asarray([], dtype=object))})
     names = [str(f) for f in part["factor"].values]
     part["factor_kind"] = ("factor", np.asarray([FACTORS[f].kind if f in FACTORS else "" for f in names], dtype=object))
     part["intrinsic"] = ("factor", np.asarray([bool(FACTORS[f].intrinsic) if f in FACTORS else False for f in names],

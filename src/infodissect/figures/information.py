@@ -17,6 +17,14 @@ _PANELS = (("max_mi", "largest MI, any unit and position", "MI (bits)"),
            ("share_significant", "units above the permutation threshold", "share of units"))
 
 
+def factor_labels(ds: xr.Dataset) -> dict[str, str]:
+    """Each factor's label: its name, or ``"name | parent"`` for a factor measured given another (the MI
+    store's ``given`` coordinate)."""
+    names = [str(f) for f in ds["factor"].values]
+    given = [str(g) for g in ds["given"].values] if "given" in ds.coords else [""] * len(names)
+    return {f: f"{f} | {g}" if g else f for f, g in zip(names, given)}
+
+
 def _factor_styles(profile: xr.Dataset) -> dict[str, dict]:
     """One colour per factor; intrinsic factors solid, extrinsic ones dashed."""
     cmap = plt.get_cmap("tab20")
@@ -29,20 +37,20 @@ def _factor_styles(profile: xr.Dataset) -> dict[str, dict]:
 
 def layer_profile_figure(profile: xr.Dataset, out: str | Path, title: str = "") -> None:
     """Per factor, three statistics of the information each layer carries, from pixels to logits."""
-    styles = _factor_styles(profile)
+    styles, labels = _factor_styles(profile), factor_labels(profile)
     layers = [str(v) for v in profile["layer"].values]
     pos = np.arange(len(layers))
     fig, axes = plt.subplots(1, 3, figsize=(18, 5.5), constrained_layout=True)
     for ax, (stat, label, unit) in zip(axes, _PANELS):
         for f in styles:
-            ax.plot(pos, profile[stat].sel(factor=f).values, marker="o", markersize=3, label=f, **styles[f])
+            ax.plot(pos, profile[stat].sel(factor=f).values, marker="o", markersize=3, label=labels[f], **styles[f])
         ax.set_xticks(pos, layers, rotation=60, ha="right")
         ax.set(xlabel="layer (input to output)", ylabel=unit, title=label)
         if stat != "share_significant":
             ax.set_yscale("symlog", linthresh=0.01)
             ax.set_ylim(bottom=0)  # bias-corrected MI dips just below 0 for uninformative variables
         ax.grid(alpha=0.3)
-    axes[-1].legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, title="factor (dashed: extrinsic)")
+    axes[-1].legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, title="factor (dashed: extrinsic;\na | b: a given b)")
     fig.suptitle(title or "information about each generative factor, layer by layer")
     _save(fig, out)
 
@@ -56,12 +64,13 @@ def unit_matrix_figure(layers: dict[str, xr.Dataset], orders: dict[str, np.ndarr
     rows = int(np.ceil((len(names) + 1) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), constrained_layout=True, squeeze=False)
     factors = [str(f) for f in layers[names[0]]["factor"].values]
+    labels = list(factor_labels(layers[names[0]]).values())
     for ax, name in zip(axes.flat, names):
         mi = layers[name]["mi_pooled"].transpose("factor", ...)
         order = orders[name]
         values = mi.values.reshape(len(factors), -1)[:, order]
         im = ax.imshow(values, aspect="auto", cmap="magma", interpolation="nearest", vmin=0)
-        ax.set_yticks(range(len(factors)), factors, fontsize=6)
+        ax.set_yticks(range(len(factors)), labels, fontsize=6)
         var = " x ".join(d for d in mi.dims if d != "factor")
         ax.set(xlabel=f"{var} (sorted by best factor; {values.shape[1]})", title=name)
         fig.colorbar(im, ax=ax, label="MI (bits)", shrink=0.8)
@@ -69,7 +78,7 @@ def unit_matrix_figure(layers: dict[str, xr.Dataset], orders: dict[str, np.ndarr
     share = np.stack([layers[n]["significant_pooled"].mean([d for d in layers[n]["significant_pooled"].dims
                                                           if d != "factor"]).values for n in names], 1)
     im = ax.imshow(share, aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
-    ax.set_yticks(range(len(factors)), factors, fontsize=6)
+    ax.set_yticks(range(len(factors)), labels, fontsize=6)
     ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
     ax.set(title="share of units significant (FWER)", xlabel="layer")
     fig.colorbar(im, ax=ax, label="share of units", shrink=0.8)
@@ -85,6 +94,7 @@ def spatial_maps_figure(layers: dict[str, xr.Dataset], out: str | Path, title: s
     if not spatial:
         raise ValueError("no layer with spatial MI maps")
     factors = [str(f) for f in next(iter(spatial.values()))["factor"].values]
+    labels = factor_labels(next(iter(spatial.values())))
     # Plain subplots (no constrained layout): with a colour bar per panel it would cost seconds per figure.
     fig, axes = plt.subplots(len(factors), len(spatial), figsize=(1.7 * len(spatial) + 1.5, 1.5 * len(factors) + 1),
                              squeeze=False)
@@ -103,7 +113,7 @@ def spatial_maps_figure(layers: dict[str, xr.Dataset], out: str | Path, title: s
             if i == 0:
                 ax.set_title(f"{name}\n{m.shape[0]}x{m.shape[1]}", fontsize=8)
             if j == 0:
-                ax.set_ylabel(f, fontsize=8)
+                ax.set_ylabel(labels[f].replace(" | ", "\n| "), fontsize=8)
             cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
             cb.ax.tick_params(labelsize=5)
             if j == len(spatial) - 1:

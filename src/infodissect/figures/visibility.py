@@ -51,7 +51,9 @@ def visibility_figure(ds: xr.Dataset, out: str | Path, title: str = "") -> None:
               title="information in the pixels\n(grey: no pixel above the threshold)")
     ax_share.set(xlim=(0, 100), xlabel="pixel positions above the threshold (%)",
                  title="where the factor shows\n(share of the image)")
-    labels = [f"{r} *" if intrinsic.get(r) else r if r in intrinsic else f"{r} (pixels not measured)" for r in rows]
+    given = dict(zip(factors, (str(g) for g in ds["given"].values))) if "given" in ds.coords else {}
+    labels = [(f"{r} | {given[r]}" if given.get(r) else r) + (" *" if intrinsic.get(r) else "")
+              if r in intrinsic else f"{r} (pixels not measured)" for r in rows]
     ax_mi.set_yticks(range(len(rows)), labels)
     ax_mi.set_ylim(len(rows) - 0.5, -0.5)
     models = [str(m) for m in ds["model"].values]
@@ -91,7 +93,8 @@ def visibility_figure(ds: xr.Dataset, out: str | Path, title: str = "") -> None:
     for ax in (ax_mi, ax_share, ax_acc):
         ax.grid(axis="x", alpha=0.3)
     on = f" on the {ds.attrs['set']} set ({ds.attrs.get('n_samples', '?')} images)" if "set" in ds.attrs else ""
-    fig.suptitle(title or f"factor visibility{on}; * intrinsic factor (of the person)")
+    cond = "; a | b: a given b (its information within each level of b)" if any(given.values()) else ""
+    fig.suptitle(title or f"factor visibility{on}; * intrinsic factor (of the person){cond}")
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
     plt.close(fig)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy.special import ndtr, ndtri
 import xarray as xr
 
 from ..faces.factors import FACTORS, INTRINSIC
@@ -32,14 +33,21 @@ def _set_rng(seed: int, name: str) -> np.random.Generator:
 
 
 def draw_factor(name: str, spec: dict[str, Any], rng: np.random.Generator, n: int) -> np.ndarray:
-    """Draw ``n`` values of a factor from its config ``spec``."""
+    """Draw ``n`` values of a factor from its config ``spec``.
+
+    Continuous factors are uniform on [min, max], or normal around ``neutral`` (sd ``sd``)
+    truncated to [min, max] by inverse transform: no value piles up at a bound, where ties
+    would carry no information about the factor.
+    """
     if FACTORS[name].kind == "categorical":
         levels = list(spec["levels"])
         w = np.asarray(spec.get("weights") or [1.0] * len(levels), dtype=float)
         return np.asarray(levels, dtype=object)[rng.choice(len(levels), size=n, p=w / w.sum())]
     lo, hi = float(spec["min"]), float(spec["max"])
     if spec.get("distribution", "uniform") == "normal":
-        return np.clip(rng.normal(float(spec["neutral"]), float(spec["sd"]), size=n), lo, hi)
+        mu, sd = float(spec["neutral"]), float(spec["sd"])
+        u = rng.uniform(ndtr((lo - mu) / sd), ndtr((hi - mu) / sd), size=n)
+        return np.clip(mu + sd * ndtri(u), lo, hi)
     return rng.uniform(lo, hi, size=n)
 
 
