@@ -7,8 +7,9 @@
 # editable mode with its test extra. On a machine without nvidia-smi, torch
 # 2.13.0 is installed first (a CPU build where one is available locally) so the
 # `torch>=2.3` requirement is already met; with nvidia-smi, pip installs the
-# default (CUDA) torch build. A stamp file .venv/.installed-<hash of
-# pyproject.toml> skips the installation when nothing changed.
+# default (CUDA) torch build. zennit (the LRP reference of the tests) is installed
+# without its dependencies. A stamp file .venv/.installed-<hash of pyproject.toml
+# and this script> skips the installation when nothing changed.
 
 infodissect_setup() {
     local root py hash stamp
@@ -25,7 +26,7 @@ infodissect_setup() {
         "$py" -m venv .venv || return 1
     fi
 
-    hash="$(sha256sum pyproject.toml | cut -c1-16)"
+    hash="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)"
     stamp=".venv/.installed-$hash"
     if [ -e "$stamp" ]; then
         return 0
@@ -37,6 +38,9 @@ infodissect_setup() {
     fi
     echo "setup: installing infodissect (editable) into .venv" >&2
     .venv/bin/python -m pip install -e ".[test]" || return 1
+    # zennit, the reference the tests check the native LRP rules against: without its dependencies, as
+    # its torchvision requirement would pull a CUDA build of PyTorch (tests stub torchvision's import).
+    .venv/bin/python -m pip install --no-deps zennit==0.5.1 || return 1
     rm -f .venv/.installed-*
     touch "$stamp"
 }

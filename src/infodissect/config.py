@@ -290,9 +290,27 @@ def _analysis_errors(config: dict) -> Iterator[str]:
             if missing:
                 yield f"analyses.pose_set: {pose!r} does not vary {missing} (its vary list)"
     yield from _dissection_errors(config, readout)
+    yield from _relevance_errors(config)
     scheduler = config["mi"]["scheduler"]
     if scheduler not in ("local", "synchronous", "threads") and "://" not in scheduler:
         yield f"mi.scheduler: {scheduler!r} is not local, synchronous, threads or an address tcp://host:port"
+
+
+def _relevance_errors(config: dict) -> Iterator[str]:
+    """Semantic errors of the ``relevance`` section (its sets, models and methods)."""
+    r, sets, trained = config["relevance"], config["stimuli"]["sets"], config["training"]["models"]
+    for i, name in enumerate(r["sets"]):
+        if name not in sets:
+            yield f"relevance.sets[{i}]: {name!r} is not a stimulus set ({', '.join(sets)})"
+    for i, model in enumerate(r["models"]):
+        if model not in trained:
+            yield f"relevance.models[{i}]: {model!r} is not among training.models ({', '.join(trained)})"
+    for i, method in enumerate(r["masking_methods"]):
+        if method not in r["methods"]:
+            yield f"relevance.masking_methods[{i}]: {method!r} is not among relevance.methods ({', '.join(r['methods'])})"
+    size = config["stimuli"]["render"]["resolution"]
+    if r["sets"] and size % r["patch"]:
+        yield f"relevance.patch: {r['patch']} does not divide the image size {size} (stimuli.render.resolution)"
 
 
 def _dissection_errors(config: dict, readout: list[str]) -> Iterator[str]:

@@ -43,10 +43,16 @@ def key_numbers(model: str, inputs: dict[str, str]) -> dict[str, Any]:
             f"{100 * h['accuracy']:.1f}% (chance {100 * h['chance']:.1f}%; {h['identities']} people, {h['n']} images "
             f"of set {h['set']})")
     for name, path in inputs.items():  # the analysis stages' own key numbers (the stage table)
-        module = STAGES[name].load() if name in STAGES else None
-        if hasattr(module, "key_numbers"):
-            row.update(module.key_numbers(path))
+        row.update(stage_numbers(name, path))
     return row
+
+
+def stage_numbers(name: str, path: str) -> dict[str, Any]:
+    """The key numbers stage ``name`` gives of its finished store ``path`` (none if it gives none)."""
+    if name not in STAGES:
+        return {}
+    fn = getattr(STAGES[name].load(), STAGES[name].numbers, None)
+    return fn(path) if fn is not None else {}
 
 
 def stage_tables_html(inputs: dict[str, str]) -> list[str]:
@@ -129,6 +135,7 @@ def build_report(spec: dict[str, Any], out: str | Path) -> Path:
     """Write the report described by ``spec`` (title, intro, models' inputs, sections of figures) to ``out``."""
     missing = [f["path"] for s in spec["sections"] for f in s["figures"] if not Path(f["path"]).exists()]
     missing += [s["visibility"] for s in spec["sections"] if s.get("visibility") and not Path(s["visibility"]).exists()]
+    missing += [p for s in spec["sections"] for p in s.get("stores", {}).values() if not Path(p).exists()]
     missing += [p for m in spec.get("models", {}).values() for p in m.values() if not Path(p).exists()]
     if missing:
         raise FileNotFoundError(f"report inputs missing: {missing}")
@@ -145,6 +152,9 @@ def build_report(spec: dict[str, Any], out: str | Path) -> Path:
         parts.extend(_figure_html(f) for f in section["figures"])
         if section.get("visibility"):
             parts.append(_visibility_html(section["visibility"]))
+        numbers = {k: v for name, path in section.get("stores", {}).items() for k, v in stage_numbers(name, path).items()}
+        if numbers:
+            parts.append(pd.DataFrame({"value": numbers}).to_html(escape=True))
         parts.extend(stage_tables_html(spec.get("models", {}).get(section.get("model", ""), {})))
     parts.append("</body></html>")
     return write_text(out, "\n".join(parts))

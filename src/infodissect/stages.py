@@ -69,9 +69,12 @@ class Stage:
     enabled_by: str = ""  # config key whose (non-empty) value enables the stage for each analysed model
     each_set: str = ""  # config key listing the sets the {set} wildcard takes
     per_model: bool = True  # one job per analysed model ({model} wildcard), else one for the pipeline
+    models: str = ""  # config key listing the models a per-model stage runs for ([] = every trained model);
+    # '' = the analysed models (activations.models)
     group: str = "analyses"  # command-line group: `infodissect <group> <command>`
     command: str = ""  # subcommand name (default: the stage name)
     entry: str = "run"  # the module's run function
+    numbers: str = "key_numbers"  # the module's function giving the report's key numbers of a finished store
     spec_class: str = "Spec"  # the module's spec dataclass
 
     @property
@@ -250,6 +253,38 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
         outputs=(Port("out", "output store (factor, model)"), Port("figure", "output figure")),
         figures=(Figure("figure", "results/figures/factor_visibility.png", "factor_visibility"),),
         store="results/analyses/visibility.zarr", per_model=False),
+    Stage(
+        name="relevance", module="infodissect.analyses.relevance",
+        help="relevance propagation (LRP) of the true-class logit, validated by removing patches in order of "
+             "relevance (MoRF, random, LeRF), and its share per rendered face part",
+        inputs=(Port("model", "model.pt of the training stage"),
+                Port("stimuli", "the set's stimulus store (images, part maps, factors)")),
+        outputs=(Port("out", "output store (relevance (attribution, sample, y, x), masking curves, AOPC, part "
+                             "shares)"),
+                 Port("figure", "output figure: mean and example maps per method"),
+                 Port("masking_figure", "output figure: masking curves and AOPC"),
+                 Port("parts_figure", "output figure: relevance per face part")),
+        figures=(Figure("figure", "results/figures/{model}_{set}_relevance.png", "relevance"),
+                 Figure("masking_figure", "results/figures/{model}_{set}_relevance_masking.png", "relevance_masking"),
+                 Figure("parts_figure", "results/figures/{model}_{set}_relevance_parts.png", "relevance_parts")),
+        store="results/relevance/{model}/{set}.zarr", each_set="relevance.sets", enabled_by="relevance.sets",
+        models="relevance.models",
+        settings={**{k: f"relevance.{k}" for k in ("methods", "samples", "batch_size", "patch", "steps", "fill",
+                                                   "masking_methods")}, "seed": "seed"}),
+    Stage(
+        name="relevance_compare", module="infodissect.analyses.relevance", entry="run_compare",
+        spec_class="CompareSpec",
+        help="relevance across models (seeds and tasks): correlation of their maps and the cross-model masking "
+             "matrix",
+        inputs=(Port("relevance", "relevance stores of the same set (results/relevance/{model}/{set}.zarr)",
+                     many=True),
+                Port("models", "the models' model.pt, in the same order", many=True),
+                Port("stimuli", "the set's stimulus store")),
+        outputs=(Port("out", "output store (model, other)"), Port("figure", "output figure")),
+        figures=(Figure("figure", "results/figures/relevance_{set}_across_models.png", "relevance_models"),),
+        store="results/relevance/{set}_across_models.zarr", each_set="relevance.sets", enabled_by="relevance.sets",
+        per_model=False, numbers="compare_key_numbers",
+        settings={k: f"relevance.{k}" for k in ("batch_size", "patch", "steps", "fill")}),
 )}
 
 

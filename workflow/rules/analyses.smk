@@ -108,6 +108,50 @@ rule analyses_visibility:
         " --figure {output.figure} > {log} 2>&1"
 
 
+rule analyses_relevance:
+    """Relevance propagation of a model's true-class logit on a set, validated by masking, per face part."""
+    input:
+        model="results/models/{model}/model.pt",
+        stimuli="results/stimuli/{set}.zarr",
+    output:
+        store=directory(stage("relevance").store),
+        figure=stage_figure("relevance"),
+        masking_figure=stage_figure("relevance", "masking_figure"),
+        parts_figure=stage_figure("relevance", "parts_figure"),
+    params:
+        spec=stage_settings("relevance"),
+    threads: config["mi"]["threads"]
+    log:
+        "results/logs/relevance/{model}/{set}.log",
+    benchmark:
+        "results/benchmarks/relevance/{model}/{set}.tsv"
+    shell:
+        "infodissect analyses relevance --model {input.model} --stimuli {input.stimuli} --spec {params.spec:q}"
+        " --threads {threads} --out {output.store} --figure {output.figure}"
+        " --masking-figure {output.masking_figure} --parts-figure {output.parts_figure}"
+        " --title '{wildcards.model} on {wildcards.set}' > {log} 2>&1"
+
+
+rule analyses_relevance_compare:
+    """The relevance maps of every explained model on a set compared: map correlation, cross-model masking."""
+    input:
+        unpack(relevance_compare_inputs),
+    output:
+        store=directory(stage("relevance_compare").store),
+        figure=stage_figure("relevance_compare"),
+    params:
+        spec=stage_settings("relevance_compare"),
+    threads: config["mi"]["threads"]
+    log:
+        "results/logs/relevance/{set}_across_models.log",
+    benchmark:
+        "results/benchmarks/relevance/{set}_across_models.tsv"
+    shell:
+        "infodissect analyses relevance_compare --relevance {input.relevance} --models {input.models}"
+        " --stimuli {input.stimuli} --spec {params.spec:q} --threads {threads} --out {output.store}"
+        " --figure {output.figure} > {log} 2>&1"
+
+
 rule report:
     """results/report.html: every figure with its caption and the key numbers of every model."""
     input:

@@ -253,6 +253,38 @@ def _per_model_stages():
     return [st for st in STAGES.values() if st.per_model and st.group == "analyses"]
 
 
+def stage_models(st):
+    """The models a per-model stage runs for: its models key ([] = every trained model), else the analysed ones."""
+    if st.models:
+        chosen = config_value(st.models)
+        return [m for m in model_names() if not chosen or m in chosen]
+    return analysed_models()
+
+
+def config_value(key):
+    from infodissect.stages import config_value as value
+
+    return value(config, key)
+
+
+def relevance_models():
+    """The models the relevance stage explains (relevance.models, or every trained model)."""
+    return stage_models(stage("relevance"))
+
+
+def relevance_compare_inputs(wildcards):
+    """Every explained model's relevance store of a set, their weights and the set's stimuli."""
+    models = relevance_models()
+    return {"relevance": [f"results/relevance/{m}/{wildcards.set}.zarr" for m in models],
+            "models": [f"results/models/{m}/model.pt" for m in models],
+            "stimuli": f"results/stimuli/{wildcards.set}.zarr"}
+
+
+def compare_relevance():
+    """Whether the relevance maps of several models are compared (relevance.sets and two models or more)."""
+    return stage("relevance_compare").enabled(config) and len(relevance_models()) >= 2
+
+
 def _stage_figures(st, model=None):
     return [(p, caption(c), w) for p, c, w in st.figure_paths(config, model)]
 
@@ -262,13 +294,14 @@ def report_figures():
     sections = [("Stimuli", stimulus_figures())]
     if model_names():
         sections.append(("Factor visibility", _stage_figures(stage("visibility"))))
-    analysed = analysed_models()
     for model in model_names():
         figs = [(f"results/figures/{model}_training.png", caption("training"), {"model": model})]
-        if model in analysed:
-            for st in _per_model_stages():
+        for st in _per_model_stages():
+            if model in stage_models(st):
                 figs += _stage_figures(st, model)
         sections.append((f"Model {model}", figs))
+    if compare_relevance():
+        sections.append(("Relevance across models", _stage_figures(stage("relevance_compare"))))
     return [(title, figs) for title, figs in sections if figs]
 
 
@@ -280,11 +313,11 @@ def report_models():
         inputs = {"metrics": f"results/models/{model}/metrics.csv"}
         if model in heldout_models():
             inputs["heldout"] = f"results/models/{model}/heldout.json"
+        for st in _per_model_stages():
+            path = st.store_path(config, model) if model in stage_models(st) else None
+            if path:
+                inputs[st.name] = path
         if model in analysed:
-            for st in _per_model_stages():
-                path = st.store_path(config, model)
-                if path:
-                    inputs[st.name] = path
             dissected = config["dissection"]["sets"][:1]
             if dissected and dissected[0] in config["mi"]["sets"]:  # the report's dissection x MI table
                 inputs["mi"] = f"results/mi/{model}/{dissected[0]}.zarr"
@@ -299,6 +332,8 @@ def report_spec():
     for section in sections:
         if section["title"] == "Factor visibility":
             section["visibility"] = stage("visibility").store  # its table of numbers
+        if section["title"] == "Relevance across models":
+            section["stores"] = {"relevance_compare": stage("relevance_compare").store_path(config)}
         if section["title"].startswith("Model "):
             section["model"] = section["title"][len("Model "):]  # its stages' tables (report_tables)
     intro = ("infodissect: what each layer, unit and pixel of a face-identity network carries about the factors "
@@ -314,6 +349,8 @@ def report_inputs():
     files += [p for inputs in report_models().values() for p in inputs.values()]
     if model_names():
         files.append(stage("visibility").store)
+    if compare_relevance():
+        files.append(stage("relevance_compare").store_path(config))
     return files
 
 
