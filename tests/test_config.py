@@ -23,7 +23,7 @@ def demo() -> dict:
 @pytest.mark.parametrize("name", ["config.yaml", "test.yaml", "paper.yaml"])
 def test_shipped_configs_validate(name):
     config = load_config(ROOT / "config" / name)
-    assert set(config) == {"seed", "stimuli", "training", "activations", "mi", "analyses", "dissection"}
+    assert set(config) == {"seed", "stimuli", "training", "activations", "mi", "analyses", "dissection", "relevance"}
     assert config["stimuli"]["render"]["shard_size"] % config["stimuli"]["render"]["batch_size"] == 0
 
 
@@ -174,7 +174,7 @@ def _error(config: dict) -> str:
         (lambda c: c["training"].update(test_set="heldout"),
          "training.test_set: 'heldout' draws from the held-out identities (pool: heldout), which identity models"),
         (lambda c: c["activations"].update(models=["gender_s3"]),
-         "activations.models[0]: 'gender_s3' is not among training.models (identity_s0, gender_s1)"),
+         "activations.models[0]: 'gender_s3' is not among training.models (identity_s0, identity_s1, gender_s1)"),
         (lambda c: c["activations"].update(models=["Gender"]), "activations.models[0]: 'Gender' does not match"),
         (
             lambda c: c["stimuli"]["sets"].update(Bad={"design": "portraits"}),
@@ -211,6 +211,14 @@ def _error(config: dict) -> str:
             **c["stimuli"]["sets"], "analysis": {"design": "independent", "samples": 64, "vary": ["identity", "yaw"]}}}),
          "analyses.pose_set: 'analysis' does not vary ['pitch']"),
         (lambda c: c.update(analyses={"revcorr_set": "morphs"}), "analyses.revcorr_set: 'morphs' is a 'morph' set"),
+        (lambda c: c.update(relevance={"sets": ["nope"]}), "relevance.sets[0]: 'nope' is not a stimulus set"),
+        (lambda c: c.update(relevance={"models": ["identity_s7"]}),
+         "relevance.models[0]: 'identity_s7' is not among training.models"),
+        (lambda c: c.update(relevance={"methods": ["lrp0"], "masking_methods": ["gradient_x_input"]}),
+         "relevance.masking_methods[0]: 'gradient_x_input' is not among relevance.methods"),
+        (lambda c: c.update(relevance={"patch": 5}), "relevance.patch: 5 does not divide the image size 64"),
+        (lambda c: c.update(relevance={"methods": ["lrp_alpha"]}), "relevance.methods[0]: 'lrp_alpha' is not one of"),
+        (lambda c: c.update(mi={"given": {"gender_strength": "age"}}), "mi.given.gender_strength: 'age' is not one of"),
     ],
 )
 def test_errors_name_the_key(demo, mutate, expected):
@@ -224,7 +232,7 @@ def test_heldout_keys_default_and_what_they_need(demo):
         "training": {"models": ["identity_s0"], "train_set": "p", "test_set": "p"},
         "activations": {"sets": ["m"]}, "mi": {"sets": ["m"]}, "analyses": {"pose_set": "", "revcorr_set": "",
                                                                            "morph_set": "m"},
-        "dissection": {"sets": []}})
+        "dissection": {"sets": []}, "relevance": {"sets": []}})
     assert config["stimuli"]["heldout_identities"] == 16
     assert config["stimuli"]["sets"]["p"]["pool"] == config["stimuli"]["sets"]["m"]["pool"] == "train"
     assert config["training"]["heldout_set"] == "heldout" and config["activations"]["models"] == ["identity_s0"]

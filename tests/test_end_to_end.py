@@ -75,7 +75,7 @@ def test_pipeline_runs_and_second_run_does_nothing(tmp_path):
     report = (res / "report.html").read_text()
     for kind in ("factors", "identities", "portraits"):  # the stimulus figures at the extra resolution
         assert (res / "figures" / f"stimuli_{kind}_48.png").stat().st_size > 5_000
-    assert report.count("<figure>") == 17 and "test-set accuracy (training identities)" in report and "generalisation gap" in report
+    assert report.count("<figure>") == 24 and "test-set accuracy (training identities)" in report and "generalisation gap" in report
     assert "<h2>Factor visibility</h2>" in report and "max pixel MI (bits)" in report
     assert report.index("Factor visibility") < report.index("<h2>Model identity_s0</h2>")
     assert "accuracy on held-out identities" in report
@@ -94,6 +94,17 @@ def test_pipeline_runs_and_second_run_does_nothing(tmp_path):
     tally = (res / "dissection" / "identity_s0" / "analysis_tally.csv").read_text().splitlines()
     assert tally[0].startswith("layer,unit,category,label,score,part-label") and len(tally) == 1 + 3 + 8 * 3 + 16 * 2 + 32 * 2 + 64 * 2
     assert "Network dissection per layer" in report and "most informative factor of the detectors" in report and "dissection (analysis, q = 0.005): detector units" in report
+    # Relevance of both trained models on the test set, and the two compared.
+    for model in ("identity_s0", "expression_s1"):
+        rel = xr.open_zarr(res / "relevance" / model / "test.zarr")
+        assert rel.relevance.dims == ("attribution", "sample", "y", "x") and rel.sizes["sample"] == 16
+        assert rel.attrs["task"] == model.split("_")[0] and np.isfinite(rel.aopc.values).all()
+        assert set(rel.part.values.tolist()) >= {"mouth", "mouth_interior", "hair"}
+        # The analysed model's reverse-correlation features per part, beside its relevance.
+        assert ("feature_part_share" in rel) == (model == "identity_s0")
+    cmp = xr.open_zarr(res / "relevance" / "test_across_models.zarr")
+    assert cmp.map_correlation.dims == ("model", "other") and np.allclose(np.diag(cmp.map_correlation.values), 1)
+    assert "<h2>Relevance across models</h2>" in report and "relevance masking AOPC" in report
     # Changing an MI setting reruns the MI jobs and what reads them, nothing upstream.
     changed = job_counts(run_test_config(tmp_path, "-n", "--config", "mi={n_perm: 10}").stdout)
     assert set(changed) == {"mi_layers", "mi_pixels", "analyses_profile", "analyses_revcorr", "analyses_visibility",

@@ -73,9 +73,14 @@ def test_demo_plans_heldout_evaluation_and_visibility_and_analyses_only_activati
     out = result.stdout + result.stderr
     assert result.returncode == 0, out
     counts = job_counts(out)
-    # Two models trained, the one that is not an identity model evaluated on the held-out identities,
-    # only identity_s0 (activations.models) extracted and analysed.
-    assert counts["train_model"] == 2 and counts["train_evaluate"] == 1 and counts["train_figure"] == 2
+    # Three models trained, the one that is not an identity model evaluated on the held-out identities,
+    # only identity_s0 (activations.models) extracted and analysed; relevance for all three, then compared.
+    assert counts["train_model"] == 3 and counts["train_evaluate"] == 1 and counts["train_figure"] == 3
+    assert counts["analyses_relevance"] == 3 and counts["analyses_relevance_compare"] == 1
+    assert ("infodissect analyses relevance_compare --relevance results/relevance/identity_s0/test.zarr "
+            "results/relevance/identity_s1/test.zarr results/relevance/gender_s1/test.zarr --models "
+            "results/models/identity_s0/model.pt results/models/identity_s1/model.pt "
+            "results/models/gender_s1/model.pt --stimuli results/stimuli/test.zarr") in out
     assert counts["activations_extract"] == 3 and counts["mi_layers"] == 1 and counts["analyses_profile"] == 1
     assert counts["analyses_visibility"] == 1 and counts["mi_pixels"] == 1
     for model in ("gender_s1",):
@@ -84,7 +89,7 @@ def test_demo_plans_heldout_evaluation_and_visibility_and_analyses_only_activati
         assert f"results/activations/{model}/" not in out
     assert "results/models/identity_s0/heldout.json" not in out
     assert ("infodissect analyses visibility --pixels results/mi/pixels/analysis.zarr --models "
-            "results/models/identity_s0 results/models/gender_s1 --heldout "
+            "results/models/identity_s0 results/models/identity_s1 results/models/gender_s1 --heldout "
             "results/models/gender_s1/heldout.json") in out
     assert "results/logs/analyses/visibility.log" in out and "results/logs/train/evaluate_gender_s1.log" in out
     # The held-out set is a stimulus set like any other (design, render, gather).
@@ -93,7 +98,7 @@ def test_demo_plans_heldout_evaluation_and_visibility_and_analyses_only_activati
     every = snakemake("-n", "--forceall", "--directory", str(tmp_path), "--configfile",
                       str(ROOT / "config" / "config.yaml"), "--config", "activations={models: []}")
     assert every.returncode == 0, every.stderr[-2000:]
-    assert job_counts(every.stdout)["activations_extract"] == 6
+    assert job_counts(every.stdout)["activations_extract"] == 9
 
 
 def test_heldout_evaluation_of_an_identity_model_is_refused_before_any_job():

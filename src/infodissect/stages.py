@@ -258,7 +258,9 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
         help="relevance propagation (LRP) of the true-class logit, validated by removing patches in order of "
              "relevance (MoRF, random, LeRF), and its share per rendered face part",
         inputs=(Port("model", "model.pt of the training stage"),
-                Port("stimuli", "the set's stimulus store (images, part maps, factors)")),
+                Port("stimuli", "the set's stimulus store (images, part maps, factors)"),
+                Port("revcorr", "the model's reverse-correlation store (results/analyses/{model}/revcorr.zarr): its "
+                                "shape and texture features per face part, beside the relevance", optional=True)),
         outputs=(Port("out", "output store (relevance (attribution, sample, y, x), masking curves, AOPC, part "
                              "shares)"),
                  Port("figure", "output figure: mean and example maps per method"),

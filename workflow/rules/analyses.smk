@@ -111,8 +111,7 @@ rule analyses_visibility:
 rule analyses_relevance:
     """Relevance propagation of a model's true-class logit on a set, validated by masking, per face part."""
     input:
-        model="results/models/{model}/model.pt",
-        stimuli="results/stimuli/{set}.zarr",
+        unpack(relevance_inputs),
     output:
         store=directory(stage("relevance").store),
         figure=stage_figure("relevance"),
@@ -120,13 +119,15 @@ rule analyses_relevance:
         parts_figure=stage_figure("relevance", "parts_figure"),
     params:
         spec=stage_settings("relevance"),
+        revcorr=lambda wildcards, input: f"--revcorr {input.revcorr}" if "revcorr" in input.keys() else "",
     threads: config["mi"]["threads"]
     log:
         "results/logs/relevance/{model}/{set}.log",
     benchmark:
         "results/benchmarks/relevance/{model}/{set}.tsv"
     shell:
-        "infodissect analyses relevance --model {input.model} --stimuli {input.stimuli} --spec {params.spec:q}"
+        "infodissect analyses relevance --model {input.model} --stimuli {input.stimuli} {params.revcorr}"
+        " --spec {params.spec:q}"
         " --threads {threads} --out {output.store} --figure {output.figure}"
         " --masking-figure {output.masking_figure} --parts-figure {output.parts_figure}"
         " --title '{wildcards.model} on {wildcards.set}' > {log} 2>&1"

@@ -272,6 +272,14 @@ def relevance_models():
     return stage_models(stage("relevance"))
 
 
+def relevance_inputs(wildcards):
+    """A model's weights and the set's stimuli; for an analysed model with reverse correlation, its features."""
+    inputs = {"model": f"results/models/{wildcards.model}/model.pt", "stimuli": f"results/stimuli/{wildcards.set}.zarr"}
+    if config["analyses"]["revcorr_set"] and wildcards.model in analysed_models():
+        inputs["revcorr"] = f"results/analyses/{wildcards.model}/revcorr.zarr"
+    return inputs
+
+
 def relevance_compare_inputs(wildcards):
     """Every explained model's relevance store of a set, their weights and the set's stimuli."""
     models = relevance_models()

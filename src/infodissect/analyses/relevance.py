@@ -339,6 +339,26 @@ def analyse(model: torch.nn.Module, meta: dict[str, Any], stim: xr.Dataset, imag
     return ds
 
 
+def feature_part_shares(revcorr: xr.Dataset, parts: list[str]) -> xr.DataArray:
+    """Each face part's share of the reverse-correlation features of the same model (:mod:`.revcorr`): the
+    vertex MI of shape and of texture with the identity evidence, summed over the part's vertices, mean over
+    the base identities (feature, part). Mesh vertices are not spread evenly over the projected image, so
+    shares compare the ranking of parts with the relevance's, not their exact sizes."""
+    vpart = np.asarray([str(v) for v in revcorr["vertex_part"].values])
+    rows = []
+    for feature in ("shape", "texture"):
+        mi = np.clip(np.nan_to_num(revcorr[f"{feature}_mi"].values.astype(np.float64)), 0, None)
+        per = np.stack([mi[:, vpart == p].sum(1) for p in parts], 1)
+        total = per.sum(1, keepdims=True)
+        rows.append(np.nanmean(np.where(total > 0, per / np.where(total > 0, total, 1), np.nan), 0))
+    out = xr.DataArray(np.asarray(rows), dims=("feature", "part"),
+                       coords={"feature": np.asarray(["shape", "texture"], dtype=object),
+                               "part": np.asarray(parts, dtype=object)}, name="feature_part_share")
+    out.attrs.update(units="share", description="share of the reverse-correlation vertex MI (shape, texture) per "
+                     "face part, mean over base identities")
+    return out
+
+
 def summary(ds: xr.Dataset) -> dict[str, str]:
     """The stage's key numbers: AOPC per order (the default method) with its tests, the top face part."""
     m = str(ds["masked_by"].values[0])
@@ -357,11 +377,12 @@ def summary(ds: xr.Dataset) -> dict[str, str]:
 
 def run(spec: Spec, inputs: dict[str, Any], outputs: dict[str, Path], title: str = "") -> dict[str, str]:
     """Relevance of ``inputs["model"]`` on ``inputs["stimuli"]`` -> store ``out``, figures ``figure``
-    (maps), ``masking_figure`` and ``parts_figure``."""
+    (maps), ``masking_figure`` and ``parts_figure``; with the model's reverse-correlation store
+    (``inputs["revcorr"]``) its features' part shares beside the relevance's."""
     from ..activations.extract import load_trained
     from ..figures.relevance import maps_figure, masking_figure, parts_figure
     from ..stimuli.store import open_stimuli
-    from ..store import open_group, save_dataset
+    from ..store import open_dataset, open_group, save_dataset
 
     check_spec(spec)
     stim = open_stimuli(inputs["stimuli"], require=("image", "parts"))
@@ -369,7 +390,12 @@ def run(spec: Spec, inputs: dict[str, Any], outputs: dict[str, Path], title: str
     model, meta = load_trained(inputs["model"])
     ds = analyse(model, meta, stim, group["image"], group["parts"], spec, str(inputs["stimuli"]))
     ds.attrs["model"] = Path(inputs["model"]).parent.name
-    save_dataset(ds, outputs["out"], inputs=[inputs["stimuli"], inputs["model"]])
+    sources = [inputs["stimuli"], inputs["model"]]
+    if inputs.get("revcorr"):
+        revcorr = open_dataset(inputs["revcorr"], what="reverse-correlation store")
+        ds["feature_part_share"] = feature_part_shares(revcorr, [str(p) for p in ds["part"].values])
+        sources.append(inputs["revcorr"])
+    save_dataset(ds, outputs["out"], inputs=sources)
     name = title or ds.attrs["model"]
     maps_figure(ds, np.asarray(group["image"][:8]), outputs["figure"], title=f"{name}: relevance maps")
     masking_figure(ds, outputs["masking_figure"], title=f"{name}: removing pixels in order of relevance")

@@ -117,12 +117,17 @@ def parts_figure(ds: xr.Dataset, out: str | Path, title: str = "") -> None:
     parts = [str(p) for p in ds["part"].values]
     methods = [str(m) for m in ds["attribution"].values]
     share = ds["part_share"]
-    width = 0.8 / len(methods)
-    for i, m in enumerate(methods):
-        axes[0].bar(np.arange(len(parts)) + (i - (len(methods) - 1) / 2) * width,
-                    100 * share.sel(attribution=m).mean("sample").values, width * 0.9, label=m.replace("_", " "))
+    bars = [(m.replace("_", " "), share.sel(attribution=m).mean("sample").values, None) for m in methods]
+    if "feature_part_share" in ds:  # the paper's reverse-correlation features of the same model, hatched
+        bars += [(f"revcorr {f} features (vertex MI)", ds["feature_part_share"].sel(feature=f).values, "//")
+                 for f in ("shape", "texture")]
+    width = 0.8 / len(bars)
+    for i, (label, values, hatch) in enumerate(bars):
+        axes[0].bar(np.arange(len(parts)) + (i - (len(bars) - 1) / 2) * width, 100 * values, width * 0.9,
+                    label=label, hatch=hatch, edgecolor="black" if hatch else None, linewidth=0.3)
     axes[0].set_xticks(range(len(parts)), parts, rotation=60, ha="right", fontsize=8)
-    axes[0].set(ylabel="share of positive relevance (%)", title="where the evidence is, per method")
+    axes[0].set(ylabel="share (%)", title="where the evidence is: share of positive relevance per method"
+                + ("\n(hatched: share of the reverse-correlation features)" if len(bars) > len(methods) else ""))
     axes[0].legend(fontsize=7)
     first = share.isel(attribution=0)
     for ax, factor in ((axes[1], "expression"), (axes[2], "yaw")):
