@@ -116,18 +116,24 @@ def conv_relevance(c: nn.Conv2d, x: torch.Tensor, r: torch.Tensor, rule: str, ep
     bp = b.clamp(min=0) if b is not None else None
     bn = b.clamp(max=0) if b is not None else None
     xp, xn = x.clamp(min=0), x.clamp(max=0)
+    signed = bool((x < 0).any())  # after a ReLU the negative part is 0 and its terms are skipped (exactly 0)
     if rule == "zplus":
-        s = r / _stab(_conv(xp, wp, bp, c) + _conv(xn, wn, None, c), EPSILON)
-        return xp * _conv_t(x, wp, s, c) + xn * _conv_t(x, wn, s, c)
+        z = _conv(xp, wp, bp, c) + _conv(xn, wn, None, c) if signed else _conv(xp, wp, bp, c)
+        s = r / _stab(z, EPSILON)
+        out = xp * _conv_t(x, wp, s, c)
+        return out + xn * _conv_t(x, wn, s, c) if signed else out
     if rule == "gamma":
         gp, gn = w + gamma * wp, w + gamma * wn
         out = _conv(x, w, b, c)
         bgp = b + gamma * bp if b is not None else None
         bgn = b + gamma * bn if b is not None else None
-        sp = (out > 0).to(r.dtype) * r / _stab(_conv(xp, gp, bgp, c) + _conv(xn, gn, None, c), EPSILON)
-        sn = (out < 0).to(r.dtype) * r / _stab(_conv(xp, gn, bgn, c) + _conv(xn, gp, None, c), EPSILON)
-        return (xp * (_conv_t(x, gp, sp, c) + _conv_t(x, gn, sn, c))
-                + xn * (_conv_t(x, gn, sp, c) + _conv_t(x, gp, sn, c)))
+        zp, zn = _conv(xp, gp, bgp, c), _conv(xp, gn, bgn, c)
+        if signed:
+            zp, zn = zp + _conv(xn, gn, None, c), zn + _conv(xn, gp, None, c)
+        sp = (out > 0).to(r.dtype) * r / _stab(zp, EPSILON)
+        sn = (out < 0).to(r.dtype) * r / _stab(zn, EPSILON)
+        rel = xp * (_conv_t(x, gp, sp, c) + _conv_t(x, gn, sn, c))
+        return rel + xn * (_conv_t(x, gn, sp, c) + _conv_t(x, gp, sn, c)) if signed else rel
     if rule == "flat":
         ones, wo = torch.ones_like(x), torch.ones_like(w)
         s = r / _stab(_conv(ones, wo, None, c), EPSILON)
@@ -147,11 +153,18 @@ _RULES: dict[str, tuple[str, str, float]] = {  # composite: (first conv rule, co
 }
 
 
-def _block_relevance(block: BasicBlock, x: torch.Tensor, r: torch.Tensor, rule: str, eps: float) -> torch.Tensor:
-    """Relevance of a folded block's input from that of its output (sum split in proportion, Norm)."""
+def _block_forward(block: BasicBlock, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """A folded block's input, inner ReLU output, two branches and output (the block's forward, kept)."""
     h = F.relu(block.conv1(x))
     main = block.conv2(h)
     short = block.downsample(x)
+    return x, h, main, short, F.relu(main + short)
+
+
+def _block_relevance(block: BasicBlock, kept: tuple[torch.Tensor, ...], r: torch.Tensor, rule: str, eps: float
+                     ) -> torch.Tensor:
+    """Relevance of a folded block's input from that of its output (sum split in proportion, Norm)."""
+    x, h, main, short, _ = kept
     s = _ratio(r, main + short, eps)
     r_main, r_short = main * s, short * s
     r_x = conv_relevance(block.conv1, x, conv_relevance(block.conv2, h, r_main, rule, eps), rule, eps)
@@ -182,10 +195,10 @@ def lrp(folded: ResNet10, x: torch.Tensor, target: torch.Tensor, composite: Comp
     with torch.enable_grad():
         a_req = a.detach().requires_grad_(True)
         pooled_map = m.maxpool(a_req)
-    inputs = [pooled_map.detach()]
-    for block in (m.block1, m.block2, m.block3, m.block4):
-        inputs.append(block(inputs[-1]))
-    top = inputs.pop()
+    kept = [_block_forward(m.block1, pooled_map.detach())]
+    for block in (m.block2, m.block3, m.block4):
+        kept.append(_block_forward(block, kept[-1][-1]))
+    top = kept[-1][-1]
     pooled = top.mean((2, 3))
     logits = m.fc(pooled)
     r = torch.zeros_like(logits).scatter_(1, target.view(-1, 1), logits.gather(1, target.view(-1, 1)))
@@ -195,9 +208,9 @@ def lrp(folded: ResNet10, x: torch.Tensor, target: torch.Tensor, composite: Comp
     note("pool", r_pooled)
     area = top.shape[2] * top.shape[3]
     r = top * (_ratio(r_pooled, pooled, eps) / area)[:, :, None, None]
-    for k, block, inp in zip((4, 3, 2, 1), (m.block4, m.block3, m.block2, m.block1), reversed(inputs)):
+    for k, block, kb in zip((4, 3, 2, 1), (m.block4, m.block3, m.block2, m.block1), reversed(kept)):
         note(f"block{k}_out", r)
-        r = _block_relevance(block, inp, r, rule, eps)
+        r = _block_relevance(block, kb, r, rule, eps)
     with torch.enable_grad():
         (r_a,) = torch.autograd.grad(pooled_map, a_req, r)
     note("relu_stem", r_a)
