@@ -2,7 +2,7 @@
 
     python benchmarks/relevance.py [--results /tmp/demo4/results] [--model identity_s0] [--set test]
                                    [--samples 2048] [--threads 2] [--repeats 3]
-                                   [--quantus-images 8] [--masking-samples 256]
+                                   [--quantus-images 64] [--masking-samples 512]
 
 Needs a trained model and a stimulus store (the demo's outputs; the default paths are the
 demo run in /tmp/demo4). The set's images are taken cyclically up to ``--samples`` if it
@@ -13,7 +13,7 @@ holds fewer. Prints, in one run:
    ``--samples`` images in batches of 128 (the gradient of the summed true-class logits
    with respect to the input), and :func:`infodissect.analyses.relevance.relevance_maps` of
    each method of :data:`infodissect.nets.lrp.METHODS` on the same batches; seconds (median
-   of ``--repeats`` after a one-batch warm-up) and the ratio to the anchor.
+   of ``--repeats``, all taken in turn after a one-batch warm-up) and the ratio to the anchor.
 2. **masking** (bar: the masking curves at least 10x faster than Quantus's
    ``RegionPerturbation`` on the same images and settings, with the same values): the
    anchor, Quantus's ``RegionPerturbation`` on the first ``--quantus-images`` images, and
@@ -24,9 +24,12 @@ holds fewer. Prints, in one run:
    true-class logit (``softmax=False``). Quantus's curve is ``y(x) - y(x, first k patches
    removed)`` for k = 1..256; ours is the logit at steps 0..256, so the check compares
    Quantus's curve with ``logit[0] - logit[k]`` (the largest difference must stay below
-   1e-4 of the largest logit). Ours is also timed on ``--masking-samples`` images in the
-   stage's batches of 128 (per-image cost is flat from one full batch on: one batched
-   forward per step per batch; all 2,048 images take about 8x the 256-image time).
+   1e-4 of the largest logit). Both run ``--masking-repeats`` times (1; median, taken in
+   turn), after a forward pass of that batch shape. Quantus 0.6 masks a whole batch per
+   step (``batch_size``, 64 by default), so on the same few images both do one forward of
+   the same batch per step. Ours is also timed once on ``--masking-samples`` images (512
+   by default) in the stage's batches of 128; its per-image cost is flat from one full
+   batch on (one batched forward per step per batch).
 
 Quantus (the ``bench`` extra): ``pip install quantus`` (0.6.0 pulls opencv-python,
 scikit-image, cachetools, imageio and tifffile and leaves torch alone). Quantus imports
@@ -40,9 +43,11 @@ import argparse
 import importlib.util
 import os
 import platform
+import statistics
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +58,6 @@ from infodissect.analyses import relevance as R
 from infodissect.nets import network_input
 from infodissect.nets.lrp import METHODS
 from infodissect.stimuli.store import open_stimuli
-from timing import median_time
 
 BATCH = 128
 MAPS_BAR, MASKING_BAR = 3.0, 10.0
@@ -77,6 +81,20 @@ def import_quantus():
     import quantus
 
     return quantus
+
+
+def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int) -> tuple[dict[str, float], dict]:
+    """Median wall time (seconds) of ``repeats`` calls of each function, the calls taken in turn (one round of
+    every function, then the next), so that a load that comes and goes on the machine hits them alike; and each
+    function's last result."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    last: dict[str, object] = {}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            last[k] = fn()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}, last
 
 
 def forward_backward(model: torch.nn.Module, batches, target: np.ndarray) -> None:
@@ -124,13 +142,16 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=2048, help="images for the maps (the set taken cyclically)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--quantus-images", type=int, default=8, help="images Quantus and ours mask (Quantus is slow)")
+    ap.add_argument("--quantus-images", type=int, default=64,
+                    help="images Quantus and ours mask (64: one of Quantus's batches)")
+    ap.add_argument("--masking-repeats", type=int, default=1, help="runs of Quantus and ours on those images")
     ap.add_argument("--quantus-batch", type=int, default=64, help="RegionPerturbation batch_size (its default)")
-    ap.add_argument("--masking-samples", type=int, default=256,
-                    help="images ours alone masks in batches of 128 (2048 takes about 8x longer)")
+    ap.add_argument("--masking-samples", type=int, default=512,
+                    help="images ours alone masks in batches of 128 (its per-image cost is flat from one batch on)")
     ap.add_argument("--patch", type=int, default=4)
     ap.add_argument("--fill", type=float, default=0.5, help="the constant removed pixels become (both)")
     a = ap.parse_args()
+    a.masking_samples = a.samples if a.masking_samples is None else a.masking_samples
     torch.set_num_threads(a.threads)
     quantus = import_quantus()
 
@@ -155,14 +176,15 @@ def main() -> None:
     n = a.samples
     batches = R.input_batches(images, n, BATCH)
     warm = R.input_batches(images, min(n, BATCH), BATCH)
-    forward_backward(model, warm, target)
-    t_anchor = median_time(lambda: forward_backward(model, batches, target[:n]), a.repeats)
-    times = {}
-    for method in METHODS:
-        R.relevance_maps(model, warm, target[:min(n, BATCH)], [method])
-        times[method] = median_time(lambda: R.relevance_maps(model, batches, target[:n], [method]), a.repeats)
-        print(f"  (timed {method})", flush=True)
-    print(f"\n1. relevance maps of {n} images in batches of {BATCH} (median of {a.repeats}, after a one-batch warm-up)")
+    fns = {"anchor": lambda: forward_backward(model, batches, target[:n])}
+    fns.update({m: (lambda m=m: R.relevance_maps(model, batches, target[:n], [m])) for m in METHODS})
+    forward_backward(model, warm, target)  # warm-up: one batch each
+    for m in METHODS:
+        R.relevance_maps(model, warm, target[:min(n, BATCH)], [m])
+    times, _ = interleaved_medians(fns, a.repeats)
+    t_anchor = times["anchor"]
+    print(f"\n1. relevance maps of {n} images in batches of {BATCH} "
+          f"(median of {a.repeats}, taken in turn, after a one-batch warm-up)")
     print(f"{'':<52}{'seconds':>9}{'x anchor':>10}")
     print(f"{'anchor: forward + backward (d true logit / d input)':<52}{t_anchor:>9.2f}{1:>10.2f}")
     for method in METHODS:
@@ -188,10 +210,10 @@ def main() -> None:
     def run_ours() -> np.ndarray:
         return our_curves(model, images[:nq], target[:nq], rel[:nq], a.patch, steps, a.fill)
 
-    run_quantus(), run_ours()  # warm-up (and the values compared below)
-    t_q = median_time(run_quantus, a.repeats)
-    t_o = median_time(run_ours, a.repeats)
-    q, ours = run_quantus(), run_ours()
+    with torch.inference_mode():
+        model(torch.from_numpy(xq))  # warm-up of this batch shape
+    t2, last = interleaved_medians({"quantus": run_quantus, "ours": run_ours}, a.masking_repeats)
+    t_q, t_o, q, ours = t2["quantus"], t2["ours"], last["quantus"], last["ours"]
     nm = a.masking_samples
     t0 = time.perf_counter()
     our_curves(model, images[:nm], target[:nm], rel[:nm], a.patch, steps, a.fill)
@@ -215,10 +237,10 @@ def main() -> None:
             (f"ours, batches of {BATCH}", nm, t_all)]
     per_q = t_q / nq
     for name, k, t in rows:
-        print(f"{name:<52}{k:>7}{t:>9.2f}{1000 * t / k:>10.1f}{per_q / (t / k):>10.2f}"
-              + ("" if name.startswith("anchor") else f"  [bar >= {MASKING_BAR:g}x: {met(per_q / (t / k) >= MASKING_BAR)}]"))
-    print(f"(median of {a.repeats} for the {nq} images, one run for {nm}; all {a.samples} images in batches of "
-          f"{BATCH} would take about {t_all / nm * a.samples:.0f} s)")
+        up = per_q / (t / k)
+        bar = "" if name.startswith("anchor") else f"  [bar >= {MASKING_BAR:g}x: {met(up >= MASKING_BAR)}]"
+        print(f"{name:<52}{k:>7}{t:>9.2f}{1000 * t / k:>10.1f}{up:>10.2f}{bar}")
+    print(f"(median of {a.masking_repeats} for the {nq} images, one run for the {nm})")
     print(f"load average at end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     assert diff <= 1e-4 * scale, f"Quantus's curves and ours differ by {diff:.3g} (logit scale {scale:.3g})"
 

@@ -14,7 +14,7 @@ from torch import nn
 
 from infodissect.analyses.relevance import (ORDERS, CompareSpec, RelevanceError, Spec, aopc, compare, map_correlation,
                                             masked_logits, part_masks, part_shares, patch_scores, removal_order,
-                                            removed_masks, run, true_classes)
+                                            removed_masks, run, sample_index, true_classes)
 from infodissect.faces.version import GENERATOR_VERSION
 from infodissect.nets import build_model
 from infodissect.nets.lrp import TRACE, fold_batchnorm, gradient_x_input, lrp
@@ -192,7 +192,10 @@ def test_masking_order_masks_and_aopc():
     assert bool(masks[1, 0, 0, 0, 0]) and not bool(masks[1, 0, 0, 7, 7])  # the most relevant patch goes first
     with pytest.raises(RelevanceError, match="patch = 3 does not divide"):
         patch_scores(rel, 3)
-    logit = np.array([[[3.0, 1.0], [1.0, 1.0], [0.0, 1.0]]]).transpose(0, 1, 2)  # (1, step 3, sample 2)
+    np.testing.assert_array_equal(sample_index(10, 4), [0, 3, 6, 9])  # spread through the set
+    np.testing.assert_array_equal(sample_index(5, 0), np.arange(5))
+    np.testing.assert_array_equal(sample_index(5, 9), np.arange(5))
+    logit = np.array([[[3.0, 1.0], [1.0, 1.0], [0.0, 1.0]]])  # (1, step 3, sample 2)
     np.testing.assert_allclose(aopc(logit)[0], [(0 + 2 + 3) / 3, 0.0])
 
 

@@ -1,7 +1,7 @@
 """Relevance propagation for the face classifiers, validated by masking, split by face part, compared across models.
 
 After Crawford, Margalit, Grill-Spector and Poltoratski (arXiv:2006.16795), for one
-trained model and one stimulus set (the first ``samples`` images):
+trained model and one stimulus set (``samples`` images spread evenly through it):
 
 - **maps**: the input relevance of each image's true-class logit for every method of
   :data:`infodissect.nets.lrp.METHODS` (LRP composites on a batch-norm-folded copy of the
@@ -250,12 +250,19 @@ def check_spec(spec: Spec) -> None:
         raise RelevanceError(f"relevance.fill must be 'background' or 'blur', not {spec.fill!r}")
 
 
-def _sample_coords(stim: xr.Dataset, n: int) -> dict[str, Any]:
-    """The set's factor coordinates along ``sample`` (first ``n``), to label the results."""
+def sample_index(total: int, n: int) -> np.ndarray:
+    """``n`` sample positions spread evenly through a set of ``total`` (all of them when ``n`` is 0 or larger)."""
+    if not n or n >= total:
+        return np.arange(total)
+    return np.unique(np.round(np.linspace(0, total - 1, n)).astype(np.int64))
+
+
+def _sample_coords(stim: xr.Dataset) -> dict[str, Any]:
+    """The set's factor coordinates along ``sample``, to label the results."""
     from ..faces.factors import FACTORS
 
-    return {k: ("sample", np.asarray([str(v) for v in stim[k].values[:n].tolist()], dtype=object)
-                if stim[k].dtype.kind in "OUST" else np.asarray(stim[k].values[:n]))
+    return {k: ("sample", np.asarray([str(v) for v in stim[k].values.tolist()], dtype=object)
+                if stim[k].dtype.kind in "OUST" else np.asarray(stim[k].values))
             for k in FACTORS if k in stim.coords and stim[k].dims == ("sample",)}
 
 
@@ -269,9 +276,10 @@ def analyse(model: torch.nn.Module, meta: dict[str, Any], stim: xr.Dataset, imag
     size = (int(stim.sizes["y"]), int(stim.sizes["x"]))
     if size[0] % spec.patch or size[1] % spec.patch:
         raise RelevanceError(f"relevance.patch = {spec.patch} does not divide the image size {size[0]} x {size[1]}")
-    total = int(stim.sizes["sample"])
-    n = min(total, spec.samples) if spec.samples else total
-    target = true_classes(stim[task].values[:n], [str(c) for c in meta["classes"]], task, where)
+    index = sample_index(int(stim.sizes["sample"]), spec.samples)
+    stim, n = stim.isel(sample=index), len(index)
+    images, lab = np.asarray(images.oindex[index]), np.asarray(parts.oindex[index])
+    target = true_classes(stim[task].values, [str(c) for c in meta["classes"]], task, where)
     batches = input_batches(images, n, spec.batch_size)
     maps = relevance_maps(model, batches, target, list(spec.methods))
     rel = maps["relevance"]
@@ -279,8 +287,7 @@ def analyse(model: torch.nn.Module, meta: dict[str, Any], stim: xr.Dataset, imag
     part_names = [str(p) for p in stim["parts"].attrs.get("part_names", [])]
     if not part_names:
         raise RelevanceError(f"{where}: `parts` has no part_names attribute")
-    lab = np.asarray(parts[:n])
-    bg = torch.from_numpy(np.round(np.asarray(stim["background"].values[:n], np.float64) * 255.0) / 255.0) \
+    bg = torch.from_numpy(np.round(np.asarray(stim["background"].values, np.float64) * 255.0) / 255.0) \
         if "background" in stim.coords else None
     grid = (h // spec.patch, w // spec.patch)
     mm = list(spec.masking_methods)
@@ -303,7 +310,7 @@ def analyse(model: torch.nn.Module, meta: dict[str, Any], stim: xr.Dataset, imag
         log.info("masking: %d/%d images", b, n)
     area = aopc(logit)
     shares = np.stack([part_shares(rel[i], lab, len(part_names)) for i in range(len(spec.methods))])
-    coords = _sample_coords(stim, n)
+    coords = _sample_coords(stim)
     ds = xr.Dataset(
         {
             "relevance": (("attribution", "sample", "y", "x"), rel),
@@ -320,7 +327,7 @@ def analyse(model: torch.nn.Module, meta: dict[str, Any], stim: xr.Dataset, imag
             "part_removed": (("part_rank", "sample"), part_order),
         },
         coords={"attribution": np.asarray(spec.methods, dtype=object), "layer": np.asarray(TRACE, dtype=object),
-                "sample": np.asarray(stim["sample"].values[:n]), "class": np.asarray([str(c) for c in meta["classes"]], dtype=object),
+                "sample": np.asarray(stim["sample"].values), "class": np.asarray([str(c) for c in meta["classes"]], dtype=object),
                 "part": np.asarray(part_names, dtype=object), "masked_by": np.asarray(mm, dtype=object),
                 "order": np.asarray(ORDERS, dtype=object), "step": np.arange(spec.steps + 1),
                 "part_step": np.arange(len(part_names) + 1), "part_rank": np.arange(len(part_names)), **coords},
@@ -397,7 +404,10 @@ def run(spec: Spec, inputs: dict[str, Any], outputs: dict[str, Path], title: str
         sources.append(inputs["revcorr"])
     save_dataset(ds, outputs["out"], inputs=sources)
     name = title or ds.attrs["model"]
-    maps_figure(ds, np.asarray(group["image"][:8]), outputs["figure"], title=f"{name}: relevance maps")
+    shown = ds.isel(sample=sample_index(ds.sizes["sample"], 5))  # examples spread through the explained images
+    where = np.flatnonzero(np.isin(stim["sample"].values, shown["sample"].values))
+    maps_figure(ds, np.asarray(group["image"].oindex[where]), outputs["figure"], title=f"{name}: relevance maps",
+                examples=shown["sample"].values)
     masking_figure(ds, outputs["masking_figure"], title=f"{name}: removing pixels in order of relevance")
     parts_figure(ds, outputs["parts_figure"], title=f"{name}: relevance per face part")
     return summary(ds)
@@ -437,11 +447,11 @@ def compare(stores: list[xr.Dataset], models: list[torch.nn.Module], metas: list
             images: Any, spec: CompareSpec) -> xr.Dataset:
     """Cross-model consistency of the first method's maps on the same images (module docstring)."""
     names = [str(s.attrs.get("model", f"model{i}")) for i, s in enumerate(stores)]
-    n = min(int(s.sizes["sample"]) for s in stores)
-    maps = [s["relevance"].isel(attribution=0, sample=slice(0, n)).values for s in stores]
+    n = int(stores[0].sizes["sample"])
+    maps = [s["relevance"].isel(attribution=0).values for s in stores]
     corr = map_correlation(maps)
-    targets = [torch.from_numpy(s["target"].values[:n]) for s in stores]
-    bg = torch.from_numpy(np.round(np.asarray(stim["background"].values[:n], np.float64) * 255.0) / 255.0) \
+    targets = [torch.from_numpy(s["target"].values) for s in stores]
+    bg = torch.from_numpy(np.round(np.asarray(stim["background"].values, np.float64) * 255.0) / 255.0) \
         if "background" in stim.coords else None
     h, w = maps[0].shape[1:]
     grid = (h // spec.patch, w // spec.patch)
@@ -454,27 +464,36 @@ def compare(stores: list[xr.Dataset], models: list[torch.nn.Module], metas: list
                                   [t[a:b] for t in targets])
             cross[i, :, a:b] = aopc(lg)
     text = np.asarray(names, dtype=object)
+    mean = cross.mean(-1)
     ds = xr.Dataset({"map_correlation": (("model", "other"), corr),
-                     "cross_aopc": (("model", "other"), cross.mean(-1)),
+                     "cross_aopc": (("model", "other"), mean),
+                     "cross_aopc_relative": (("model", "other"), mean / np.diag(mean)[None, :]),
                      "cross_aopc_sample": (("model", "other", "sample"), cross),
                      "task": ("model", np.asarray([str(m["task"]) for m in metas], dtype=object))},
-                    coords={"model": text, "other": text, "sample": np.arange(n)},
+                    coords={"model": text, "other": text, "sample": stores[0]["sample"].values},
                     attrs={"method": str(stores[0]["attribution"].values[0]), "n_samples": n, "patch": spec.patch,
                            "steps": spec.steps, "set": str(stores[0].attrs.get("set", ""))})
     ds["map_correlation"].attrs.update(description="mean over images of the Pearson correlation of the two maps")
     ds["cross_aopc"].attrs.update(units="logit units", description="AOPC of the column model's true-class logit "
                                   "when pixels are removed in the row model's MoRF order")
+    ds["cross_aopc_relative"].attrs.update(units="share", description="cross_aopc over the column model's AOPC "
+                                           "under its own order (1: the row model's map finds its evidence as well)")
     return ds
 
 
 def compare_summary(ds: xr.Dataset) -> dict[str, str]:
-    """Key numbers of the comparison: map correlation between same-task and different-task models."""
+    """Key numbers of the comparison: map correlation and relative cross-model AOPC, same task vs other task."""
     tasks = [str(t) for t in ds["task"].values]
-    corr = ds["map_correlation"].values
-    same = [corr[i, j] for i in range(len(tasks)) for j in range(len(tasks)) if i < j and tasks[i] == tasks[j]]
-    other = [corr[i, j] for i in range(len(tasks)) for j in range(len(tasks)) if i < j and tasks[i] != tasks[j]]
-    fmt = lambda v: f"{np.mean(v):.2f}" if v else "n/a"  # noqa: E731
-    return {"relevance map correlation across models (same task / other task)": f"{fmt(same)} / {fmt(other)}"}
+    pairs = [(i, j) for i in range(len(tasks)) for j in range(len(tasks)) if i != j]
+    out = {}
+    for var, label in (("map_correlation", "relevance map correlation across models"),
+                       ("cross_aopc_relative", "AOPC under another model's relevance order / own")):
+        v = ds[var].values
+        same = [v[i, j] for i, j in pairs if tasks[i] == tasks[j]]
+        other = [v[i, j] for i, j in pairs if tasks[i] != tasks[j]]
+        fmt = lambda x: f"{np.mean(x):.2f}" if x else "n/a"  # noqa: E731
+        out[f"{label} (same task / other task)"] = f"{fmt(same)} / {fmt(other)}"
+    return out
 
 
 def run_compare(spec: CompareSpec, inputs: dict[str, Any], outputs: dict[str, Path], title: str = ""
@@ -496,8 +515,15 @@ def run_compare(spec: CompareSpec, inputs: dict[str, Any], outputs: dict[str, Pa
         raise RelevanceError(f"--relevance: stores of different sets {sorted(sets)}")
     loaded = [load_trained(p) for p in model_paths]
     stim = open_stimuli(inputs["stimuli"], require=("image",))
-    images = open_group(inputs["stimuli"], "stimulus store")["image"]
-    ds = compare(stores, [m for m, _ in loaded], [meta for _, meta in loaded], stim, images, spec)
+    samples = stores[0]["sample"].values
+    if any(not np.array_equal(s["sample"].values, samples) for s in stores):
+        raise RelevanceError("--relevance: the stores explain different images (relevance.samples changed?)")
+    index = np.flatnonzero(np.isin(stim["sample"].values, samples))
+    if len(index) != len(samples):
+        raise RelevanceError(f"--relevance: its images are not all samples of {inputs['stimuli']}")
+    images = np.asarray(open_group(inputs["stimuli"], "stimulus store")["image"].oindex[index])
+    ds = compare(stores, [m for m, _ in loaded], [meta for _, meta in loaded], stim.isel(sample=index), images,
+                 spec)
     save_dataset(ds, outputs["out"], inputs=[*paths, *model_paths])
     compare_figure(ds, outputs["figure"], title=title or f"relevance across models ({ds.attrs['set']} set)")
     return compare_summary(ds)

@@ -31,11 +31,14 @@ def _signed(ax: plt.Axes, m: np.ndarray) -> matplotlib.image.AxesImage:
     return im
 
 
-def maps_figure(ds: xr.Dataset, images: np.ndarray, out: str | Path, title: str = "", examples: int = 5) -> None:
+def maps_figure(ds: xr.Dataset, images: np.ndarray, out: str | Path, title: str = "",
+                examples: np.ndarray | None = None) -> None:
     """Columns: the mean map of every method over all images (each image's map scaled to unit L1 norm), then
-    example images with each method's map (red: evidence for the true class, blue: against)."""
+    example images (``images``, the samples ``examples`` of ``ds``; default its first) with each method's map
+    (red: evidence for the true class, blue: against)."""
     methods = [str(m) for m in ds["attribution"].values]
-    k = min(examples, len(images), ds.sizes["sample"])
+    k = min(len(images), ds.sizes["sample"])
+    chosen = ds.sel(sample=examples) if examples is not None else ds.isel(sample=slice(0, k))
     fig, axes = plt.subplots(len(methods) + 1, k + 1, figsize=(1.9 * (k + 1) + 0.6, 1.9 * (len(methods) + 1) + 0.6),
                              squeeze=False, constrained_layout=True)
     rel = ds["relevance"]
@@ -48,8 +51,8 @@ def maps_figure(ds: xr.Dataset, images: np.ndarray, out: str | Path, title: str 
         ax.imshow(images[j].squeeze() if images.shape[-1] == 1 else images[j], cmap="gray")
         ax.set_xticks([])
         ax.set_yticks([])
-        cls = str(ds["class"].values[int(ds["target"].values[j])])
-        ok = int(ds["predicted"].values[j]) == int(ds["target"].values[j])
+        cls = str(ds["class"].values[int(chosen["target"].values[j])])
+        ok = int(chosen["predicted"].values[j]) == int(chosen["target"].values[j])
         ax.set_title(f"{task} {cls}\n({'right' if ok else 'wrong'})", fontsize=7)
     for i, m in enumerate(methods):
         r = rel.sel(attribution=m).values
@@ -58,8 +61,9 @@ def maps_figure(ds: xr.Dataset, images: np.ndarray, out: str | Path, title: str 
         im = _signed(axes[i + 1, 0], mean)
         axes[i + 1, 0].set_ylabel(m.replace("_", " "), fontsize=8)
         fig.colorbar(im, ax=axes[i + 1, 0], fraction=0.046, pad=0.02).ax.tick_params(labelsize=5)
+        ex = chosen["relevance"].sel(attribution=m).values
         for j in range(k):
-            im = _signed(axes[i + 1, j + 1], r[j])
+            im = _signed(axes[i + 1, j + 1], ex[j])
             if j == k - 1:
                 cb = fig.colorbar(im, ax=axes[i + 1, j + 1], fraction=0.046, pad=0.02)
                 cb.ax.tick_params(labelsize=5)
@@ -167,19 +171,24 @@ def compare_figure(ds: xr.Dataset, out: str | Path, title: str = "") -> None:
     names = [f"{m}\n({t})" for m, t in zip(ds["model"].values, ds["task"].values)]
     fig, axes = plt.subplots(1, 2, figsize=(5.2 * 2 + 1, 1.1 * len(names) + 2.8), constrained_layout=True)
     for ax, var, label, cmap in ((axes[0], "map_correlation", "mean correlation of the maps", "RdBu_r"),
-                                 (axes[1], "cross_aopc", "AOPC (logit units)", "magma")):
+                                 (axes[1], "cross_aopc_relative", "AOPC / the column model's own-order AOPC",
+                                  "PuOr_r")):
         v = ds[var].values
-        kw = dict(vmin=-1, vmax=1) if var == "map_correlation" else dict(vmin=min(0.0, float(np.nanmin(v))))
+        kw = dict(vmin=-1, vmax=1) if var == "map_correlation" else dict(vmin=0, vmax=max(2.0, float(np.nanmax(v))))
         im = ax.imshow(v, cmap=cmap, **kw)
+        raw = ds["cross_aopc"].values
         for i in range(v.shape[0]):
             for j in range(v.shape[1]):
-                ax.text(j, i, f"{v[i, j]:.2f}", ha="center", va="center", fontsize=8,
-                        color="white" if var == "cross_aopc" and v[i, j] < np.nanmax(v) * 0.6 else "black")
+                text = f"{v[i, j]:.2f}" if var == "map_correlation" else f"{v[i, j]:.2f}\n({raw[i, j]:.2f})"
+                dark = abs(v[i, j]) > 0.6 if var == "map_correlation" else abs(v[i, j] - 1) > 0.6
+                ax.text(j, i, text, ha="center", va="center", fontsize=8, color="white" if dark else "black")
         ax.set_xticks(range(len(names)), names, fontsize=7)
         ax.set_yticks(range(len(names)), names, fontsize=7)
         fig.colorbar(im, ax=ax, label=label, shrink=0.8)
     axes[0].set(title=f"relevance maps ({ds.attrs.get('method', '')}) agree?", xlabel="model", ylabel="model")
-    axes[1].set(title="mask by the row model's relevance (MoRF),\nmeasure the column model's true-class logit",
-                xlabel="model measured", ylabel="model whose relevance orders the removal")
+    axes[1].set(title="masked in the row model's MoRF order: the column model's\nAOPC / its own-order AOPC "
+                      "(raw AOPC, logit units)", xlabel="model measured",
+                ylabel="model whose relevance orders the removal")
+    axes[1].title.set_fontsize(10)
     fig.suptitle(title or "relevance across models", fontsize=11)
     _save(fig, out)
