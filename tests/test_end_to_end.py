@@ -107,8 +107,9 @@ def test_pipeline_runs_and_second_run_does_nothing(tmp_path):
     assert "<h2>Relevance across models</h2>" in report and "relevance masking AOPC" in report
     # Changing an MI setting reruns the MI jobs and what reads them, nothing upstream.
     changed = job_counts(run_test_config(tmp_path, "-n", "--config", "mi={n_perm: 10}").stdout)
+    # (the relevance of identity_s0 reads its revcorr features; the comparison reads that relevance)
     assert set(changed) == {"mi_layers", "mi_pixels", "analyses_profile", "analyses_revcorr", "analyses_visibility",
-                            "report", "all"}
+                            "analyses_relevance", "analyses_relevance_compare", "report", "all"}
     ds = xr.open_zarr(tmp_path / "results" / "stimuli" / "analysis.zarr")
     assert ds.image.dims == ("sample", "y", "x", "channel") and ds.image.shape[1:] == (32, 32, 3)
     assert ds.parts.attrs["part_names"][0] == "background"
