@@ -102,15 +102,17 @@ def _conv_t(x: torch.Tensor, w: torch.Tensor, s: torch.Tensor, c: nn.Conv2d) -> 
 
 
 def conv_relevance(c: nn.Conv2d, x: torch.Tensor, r: torch.Tensor, rule: str, eps: float = EPSILON,
-                   gamma: float = GAMMA, low: float = 0.0, high: float = 1.0) -> torch.Tensor:
+                   gamma: float = GAMMA, low: float = 0.0, high: float = 1.0, out: torch.Tensor | None = None
+                   ) -> torch.Tensor:
     """Relevance of the input ``x`` of convolution ``c`` given the relevance ``r`` of its output.
 
     ``rule``: ``epsilon`` (``eps = 0``: LRP-0), ``zplus``, ``gamma``, ``flat`` or ``zbox``
-    (inputs bounded by ``low`` and ``high``), each as zennit defines it.
+    (inputs bounded by ``low`` and ``high``), each as zennit defines it. ``out``: ``c(x)``
+    when the forward pass kept it (not computed again).
     """
     w, b = c.weight, c.bias
     if rule == "epsilon":
-        s = _ratio(r, _conv(x, w, b, c), eps)
+        s = _ratio(r, _conv(x, w, b, c) if out is None else out, eps)
         return x * _conv_t(x, w, s, c)
     wp, wn = w.clamp(min=0), w.clamp(max=0)
     bp = b.clamp(min=0) if b is not None else None
@@ -124,7 +126,7 @@ def conv_relevance(c: nn.Conv2d, x: torch.Tensor, r: torch.Tensor, rule: str, ep
         return out + xn * _conv_t(x, wn, s, c) if signed else out
     if rule == "gamma":
         gp, gn = w + gamma * wp, w + gamma * wn
-        out = _conv(x, w, b, c)
+        out = _conv(x, w, b, c) if out is None else out
         bgp = b + gamma * bp if b is not None else None
         bgn = b + gamma * bn if b is not None else None
         zp, zn = _conv(xp, gp, bgp, c), _conv(xp, gn, bgn, c)
@@ -154,22 +156,25 @@ _RULES: dict[str, tuple[str, str, float]] = {  # composite: (first conv rule, co
 
 
 def _block_forward(block: BasicBlock, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """A folded block's input, inner ReLU output, two branches and output (the block's forward, kept)."""
-    h = F.relu(block.conv1(x))
+    """A folded block's input, first convolution's output before and after its ReLU, two branches and output
+    (the block's forward, kept)."""
+    pre = block.conv1(x)
+    h = F.relu(pre)
     main = block.conv2(h)
     short = block.downsample(x)
-    return x, h, main, short, F.relu(main + short)
+    return x, pre, h, main, short, F.relu(main + short)
 
 
 def _block_relevance(block: BasicBlock, kept: tuple[torch.Tensor, ...], r: torch.Tensor, rule: str, eps: float
                      ) -> torch.Tensor:
     """Relevance of a folded block's input from that of its output (sum split in proportion, Norm)."""
-    x, h, main, short, _ = kept
+    x, pre, h, main, short, _ = kept
     s = _ratio(r, main + short, eps)
     r_main, r_short = main * s, short * s
-    r_x = conv_relevance(block.conv1, x, conv_relevance(block.conv2, h, r_main, rule, eps), rule, eps)
+    r_h = conv_relevance(block.conv2, h, r_main, rule, eps, out=main)
+    r_x = conv_relevance(block.conv1, x, r_h, rule, eps, out=pre)
     if isinstance(block.downsample, nn.Sequential):
-        r_short = conv_relevance(block.downsample[0], x, r_short, rule, eps)
+        r_short = conv_relevance(block.downsample[0], x, r_short, rule, eps, out=short)
     return r_x + r_short
 
 
