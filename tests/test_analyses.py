@@ -177,6 +177,17 @@ def test_a_graded_factor_is_measured_given_its_parent(tmp_path):
                                np.asarray(ref).ravel(), rtol=1e-5)
     for f in ("gender", "age"):
         np.testing.assert_array_equal(cond["mi"].sel(factor=f).values, marg["mi"].sel(factor=f).values)
+    # Pixels measured given the parent beside layers measured marginally: the profile leaves the pixels' value out.
+    pix = tmp_path / "pix.zarr"
+    with atomic_store(pix) as tmp:
+        xr.DataTree.from_dict({"/": xr.Dataset(), "pixels": cond.load()}).to_zarr(tmp, zarr_format=3,
+                                                                                  consolidated=True)
+    both = load_layers(tmp_path / "marg.zarr", pix)
+    assert np.isnan(both["pixels"]["mi"].sel(factor="gender_strength").values).all()
+    assert np.isfinite(both["pixels"]["mi"].sel(factor="gender").values).all()
+    assert list(map(str, both["pixels"]["given"].values)) == ["", "", ""]
+    same = load_layers(tmp_path / "cond.zarr", pix)  # measured alike: kept
+    assert np.isfinite(same["pixels"]["mi"].values).all()
     # Measuring only the graded factor still conditions on its parent (read from the set).
     only = open_tree(activation_information(act, tmp_path / "only.zarr", factors=["gender_strength"], given=given,
                                             **kw))["pool"].to_dataset()

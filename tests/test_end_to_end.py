@@ -66,7 +66,8 @@ def test_pipeline_runs_and_second_run_does_nothing(tmp_path):
     vis = xr.open_zarr(res / "analyses" / "visibility.zarr")
     assert list(vis.factor.values) == ["identity", "gender", "expression", "expression_intensity", "yaw",
                                        "light_azimuth", "scale", "background"]
-    # A graded factor is measured given its parent (mi.given), in the pixels and in every layer.
+    # A graded factor is measured given its parent, in the pixels (mi.given) and in every layer (test config:
+    # mi.given_layers).
     assert vis["given"].sel(factor="expression_intensity") == "expression" and vis["given"].sel(factor="yaw") == ""
     assert str(mi["pool"]["given"].sel(factor="expression_intensity").values) == "expression"
     assert vis.max_mi.attrs["units"] == "bits" and list(vis.model.values) == ["identity_s0", "expression_s1"]

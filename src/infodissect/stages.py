@@ -169,7 +169,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
         help="every layer of an activation store against every factor",
         inputs=(Port("activations", "activation store (results/activations/{model}/{set}.zarr)"),),
         outputs=(Port("out", "output MI store"),),
-        settings={**_MI_SETTINGS, "layers": "mi.layers"}),
+        settings={**_MI_SETTINGS, "layers": "mi.layers", "given": "mi.given_layers"}),
     Stage(
         name="mi_pixels", group="mi", command="pixels", module="infodissect.analyses.information",
         entry="run_pixels", spec_class="PixelsSpec",

@@ -294,7 +294,29 @@ def load_layers(mi_path: str | Path, pixels_path: str | Path | None = None) -> d
         if [str(f) for f in ds["factor"].values] != first:
             raise InformationError(f"{name}: its factors differ from the other layers' ({first}); "
                                    f"measure pixels and layers on the same set and factors")
+    if PIXELS in layers and len(layers) > 1:
+        layers[PIXELS] = _comparable_pixels(layers[PIXELS], next(v for k, v in layers.items() if k != PIXELS))
     return layers
+
+
+def _given(ds: xr.Dataset) -> np.ndarray:
+    return np.asarray([str(g) for g in ds["given"].values]) if "given" in ds.coords else np.full(ds.sizes["factor"], "")
+
+
+def _comparable_pixels(pixels: xr.Dataset, layer: xr.Dataset) -> xr.Dataset:
+    """The pixels' result with NaN for each factor measured given another than in the layers (``mi.given`` vs
+    ``mi.given_layers``): the two numbers answer different questions and are not set side by side."""
+    differ = _given(pixels) != _given(layer)
+    if not differ.any():
+        return pixels
+    names = [str(f) for f, d in zip(pixels["factor"].values, differ) if d]
+    log.warning("pixels and layers measured %s given different factors (mi.given, mi.given_layers): the pixels' "
+                "values of these factors are left out of the layer profile", names)
+    out = pixels.copy()
+    for name in out.data_vars:
+        if "factor" in out[name].dims and out[name].dtype.kind == "f":
+            out[name] = out[name].where(~xr.DataArray(differ, dims="factor"))
+    return out.assign_coords(given=("factor", np.asarray(_given(layer), dtype=object)))
 
 
 @dataclass(frozen=True)
