@@ -128,6 +128,14 @@ def removal_order(scores: np.ndarray, order: str, seed: int) -> np.ndarray:
     raise RelevanceError(f"order must be one of {ORDERS}, not {order!r}")
 
 
+def background_levels(stim: xr.Dataset) -> torch.Tensor | None:
+    """Each image's background level as the network sees it (the stored uint8 value / 255), or None when the
+    set has no ``background`` factor."""
+    if "background" not in stim.coords:
+        return None
+    return torch.from_numpy(np.round(np.asarray(stim["background"].values, np.float64) * 255.0) / 255.0)
+
+
 def fill_images(x: torch.Tensor, background: torch.Tensor | None, fill: str) -> torch.Tensor:
     """What removed pixels are replaced with: each image's background level, or the image blurred."""
     if fill == "background":
@@ -287,8 +295,7 @@ def analyse(model: torch.nn.Module, meta: dict[str, Any], stim: xr.Dataset, imag
     part_names = [str(p) for p in stim["parts"].attrs.get("part_names", [])]
     if not part_names:
         raise RelevanceError(f"{where}: `parts` has no part_names attribute")
-    bg = torch.from_numpy(np.round(np.asarray(stim["background"].values, np.float64) * 255.0) / 255.0) \
-        if "background" in stim.coords else None
+    bg = background_levels(stim)
     grid = (h // spec.patch, w // spec.patch)
     mm = list(spec.masking_methods)
     logit = np.zeros((len(mm), len(ORDERS), spec.steps + 1, n), np.float32)
@@ -451,8 +458,7 @@ def compare(stores: list[xr.Dataset], models: list[torch.nn.Module], metas: list
     maps = [s["relevance"].isel(attribution=0).values for s in stores]
     corr = map_correlation(maps)
     targets = [torch.from_numpy(s["target"].values) for s in stores]
-    bg = torch.from_numpy(np.round(np.asarray(stim["background"].values, np.float64) * 255.0) / 255.0) \
-        if "background" in stim.coords else None
+    bg = background_levels(stim)
     h, w = maps[0].shape[1:]
     grid = (h // spec.patch, w // spec.patch)
     cross = np.zeros((len(models), len(models), n), np.float32)
