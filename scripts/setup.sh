@@ -7,8 +7,9 @@
 # editable mode with its test extra. On a machine without nvidia-smi, torch
 # 2.13.0 is installed first (a CPU build where one is available locally) so the
 # `torch>=2.3` requirement is already met; with nvidia-smi, pip installs the
-# default (CUDA) torch build. zennit (the LRP reference of the tests) is installed
-# without its dependencies. A stamp file .venv/.installed-<hash of pyproject.toml
+# default (CUDA) torch build. zennit (the LRP reference of the tests) and
+# torchattacks (the adversarial stage's attacks) are installed without their
+# dependencies (both would pull torchvision; torchattacks pins an old requests). A stamp file .venv/.installed-<hash of pyproject.toml
 # and this script> skips the installation when nothing changed.
 
 infodissect_setup() {
@@ -41,6 +42,10 @@ infodissect_setup() {
     # zennit, the reference the tests check the native LRP rules against: without its dependencies, as
     # its torchvision requirement would pull a CUDA build of PyTorch (tests stub torchvision's import).
     .venv/bin/python -m pip install --no-deps zennit==0.5.1 || return 1
+    # torchattacks (MI-FGSM, PGD of the adversarial stage) imports only torch, numpy, scipy and tqdm, which
+    # infodissect requires; its declared torchvision and requests~=2.25 requirements would pull CUDA
+    # PyTorch and downgrade requests.
+    .venv/bin/python -m pip install --no-deps torchattacks==3.5.1 || return 1
     rm -f .venv/.installed-*
     touch "$stamp"
 }

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from infodissect.config import ConfigError, load_config, load_schema, validate_config
+from infodissect.config import ConfigError, adversarial_set_names, load_config, load_schema, validate_config
 from infodissect.faces.factors import FACTORS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,7 +23,8 @@ def demo() -> dict:
 @pytest.mark.parametrize("name", ["config.yaml", "test.yaml", "paper.yaml"])
 def test_shipped_configs_validate(name):
     config = load_config(ROOT / "config" / name)
-    assert set(config) == {"seed", "stimuli", "training", "activations", "mi", "analyses", "dissection", "relevance"}
+    assert set(config) == {"seed", "stimuli", "training", "activations", "mi", "analyses", "dissection", "relevance",
+                           "adversarial"}
     assert config["stimuli"]["render"]["shard_size"] % config["stimuli"]["render"]["batch_size"] == 0
 
 
@@ -219,11 +220,30 @@ def _error(config: dict) -> str:
         (lambda c: c.update(relevance={"patch": 5}), "relevance.patch: 5 does not divide the image size 64"),
         (lambda c: c.update(relevance={"methods": ["lrp_alpha"]}), "relevance.methods[0]: 'lrp_alpha' is not one of"),
         (lambda c: c.update(mi={"given": {"gender_strength": "age"}}), "mi.given.gender_strength: 'age' is not one of"),
+        (lambda c: c.update(adversarial={"sets": ["nope"]}), "adversarial.sets[0]: 'nope' is not a stimulus set"),
+        (lambda c: c.update(adversarial={"sets": ["test"], "transfer": ["identity_s7"]}),
+         "adversarial.transfer[0]: 'identity_s7' is not among training.models"),
+        (lambda c: c.update(adversarial={"sets": ["test"], "models": ["identity_s0"], "transfer": ["gender_s1"]}),
+         "adversarial.models / transfer: ['gender', 'identity'] are different tasks"),
+        (lambda c: c.update(adversarial={"sets": ["test"], "models": ["identity_s0"], "transfer": ["identity_s0"]}),
+         "adversarial.transfer[0]: 'identity_s0' is in the ensemble"),
+        (lambda c: c.update(adversarial={"sets": ["test"], "budgets": [4, 4]}), "adversarial.budgets: [4, 4] has non-unique"),
+        (lambda c: c.update(adversarial={"sets": ["test"], "attack": "cw"}), "adversarial.attack: 'cw' is not one of"),
+        (lambda c: c["activations"].update(sets=["analysis", "test_adv_3"]),
+         "activations.sets[1]: 'test_adv_3' is not a stimulus set (nor an adversarial set"),
     ],
 )
 def test_errors_name_the_key(demo, mutate, expected):
     mutate(demo)
     assert _error(demo).startswith(expected)
+
+
+def test_adversarial_sets_are_sets_the_stages_read(demo):
+    """An adversarial set {set}_adv_{budget} of the config may be extracted (and measured) like any stimulus set."""
+    demo["activations"]["sets"] += ["test_adv_8"]
+    demo["adversarial"].update(sets=["test"], budgets=[2, 8])
+    config = validate_config(demo)
+    assert adversarial_set_names(config) == ["test_adv_2", "test_adv_8"]
 
 
 def test_heldout_keys_default_and_what_they_need(demo):
@@ -232,7 +252,7 @@ def test_heldout_keys_default_and_what_they_need(demo):
         "training": {"models": ["identity_s0"], "train_set": "p", "test_set": "p"},
         "activations": {"sets": ["m"]}, "mi": {"sets": ["m"]}, "analyses": {"pose_set": "", "revcorr_set": "",
                                                                            "morph_set": "m"},
-        "dissection": {"sets": []}, "relevance": {"sets": []}})
+        "dissection": {"sets": []}, "relevance": {"sets": []}, "adversarial": {"sets": []}})
     assert config["stimuli"]["heldout_identities"] == 16
     assert config["stimuli"]["sets"]["p"]["pool"] == config["stimuli"]["sets"]["m"]["pool"] == "train"
     assert config["training"]["heldout_set"] == "heldout" and config["activations"]["models"] == ["identity_s0"]

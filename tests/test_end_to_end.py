@@ -76,7 +76,7 @@ def test_pipeline_runs_and_second_run_does_nothing(tmp_path):
     report = (res / "report.html").read_text()
     for kind in ("factors", "identities", "portraits"):  # the stimulus figures at the extra resolution
         assert (res / "figures" / f"stimuli_{kind}_48.png").stat().st_size > 5_000
-    assert report.count("<figure>") == 24 and "test-set accuracy (training identities)" in report and "generalisation gap" in report
+    assert report.count("<figure>") == 25 and "test-set accuracy (training identities)" in report and "generalisation gap" in report
     assert "<h2>Factor visibility</h2>" in report and "max pixel MI (bits)" in report
     assert report.index("Factor visibility") < report.index("<h2>Model identity_s0</h2>")
     assert "accuracy on held-out identities" in report
@@ -106,6 +106,23 @@ def test_pipeline_runs_and_second_run_does_nothing(tmp_path):
     cmp = xr.open_zarr(res / "relevance" / "test_across_models.zarr")
     assert cmp.map_correlation.dims == ("model", "other") and np.allclose(np.diag(cmp.map_correlation.values), 1)
     assert "<h2>Relevance across models</h2>" in report and "relevance masking AOPC" in report
+    # Adversarial sets of the test set: stimulus stores within budget, read by extraction unchanged; budget 0 is
+    # the source set, so its activations equal the source's bit for bit.
+    src = xr.open_zarr(res / "stimuli" / "test.zarr")
+    for budget in (0, 8):
+        adv = xr.open_zarr(res / "stimuli" / f"test_adv_{budget}.zarr")
+        diff = adv.image.values.astype(int) - src.image.values.astype(int)
+        assert adv.image.dims == src.image.dims and np.abs(diff).max() <= budget and (budget == 0) == (diff == 0).all()
+        assert np.array_equal(adv.parts.values, src.parts.values) and adv.identity.values.tolist() == src.identity.values.tolist()
+        assert json.loads(adv.attrs["adversarial"])["budget"] == budget and adv.target.values.tolist() != adv.identity.values.tolist()
+    a0 = xr.open_datatree(res / "activations" / "identity_s0" / "test_adv_0.zarr", engine="zarr")
+    a_src = xr.open_datatree(res / "activations" / "identity_s0" / "test.zarr", engine="zarr")
+    for layer in ("relu_stem", "block4_out", "logits"):
+        assert np.array_equal(a0[layer].activation.values, a_src[layer].activation.values)
+    summ = xr.open_zarr(res / "adversarial" / "test.zarr")
+    assert summ.success.dims == ("budget", "model") and summ.budget.values.tolist() == [0, 8]
+    assert "<h2>Adversarial sets</h2>" in report and "targeted success at 8/255" in report
+    assert (res / "figures" / "test_adversarial.png").stat().st_size > 10_000
     # Changing an MI setting reruns the MI jobs and what reads them, nothing upstream.
     changed = job_counts(run_test_config(tmp_path, "-n", "--config", "mi={n_perm: 10}").stdout)
     # (the relevance of identity_s0 reads its revcorr features; the comparison reads that relevance)

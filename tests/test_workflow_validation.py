@@ -82,6 +82,12 @@ def test_demo_plans_heldout_evaluation_and_visibility_and_analyses_only_activati
             "results/models/identity_s0/model.pt results/models/identity_s1/model.pt "
             "results/models/gender_s1/model.pt --stimuli results/stimuli/test.zarr") in out
     assert counts["activations_extract"] == 3 and counts["mi_layers"] == 1 and counts["analyses_profile"] == 1
+    # The analysed model attacked on the test set, the other identity seed judging the transfer; one store per budget.
+    assert counts["analyses_adversarial"] == 1
+    assert ("infodissect analyses adversarial --stimuli results/stimuli/test.zarr --models "
+            "results/models/identity_s0/model.pt --transfer results/models/identity_s1/model.pt") in out
+    assert ("--out results/stimuli/test_adv_2.zarr results/stimuli/test_adv_4.zarr results/stimuli/test_adv_8.zarr "
+            "--summary results/adversarial/test.zarr") in out
     assert counts["analyses_visibility"] == 1 and counts["mi_pixels"] == 1
     for model in ("gender_s1",):
         assert (f"infodissect train evaluate --model results/models/{model}/model.pt --stimuli "

@@ -125,7 +125,7 @@ def _add_stage_parsers(stages: argparse._SubParsersAction) -> dict[str, argparse
             kwargs = {"nargs": "*", "default": []} if port.many else {"required": not port.optional, "default": None}
             sp.add_argument(port.flag, dest=port.name, help=port.help, **kwargs)
         for port in stage.outputs:
-            sp.add_argument(port.flag, dest=port.name, required=True, help=port.help)
+            sp.add_argument(port.flag, dest=port.name, required=True, help=port.help, nargs="+" if port.many else None)
         if stage.settings:
             sp.add_argument("--spec", default="{}", help=f"JSON: {', '.join(stage.settings)} (defaults: the config "
                                                          f"schema's {', '.join(stage.settings.values())})")

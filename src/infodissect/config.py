@@ -263,9 +263,11 @@ def _analysis_errors(config: dict) -> Iterator[str]:
         if model not in trained:
             yield (f"activations.models[{i}]: {model!r} is not among training.models ({', '.join(trained)}); "
                    "list trained models, or [] for every one of them")
+    attacked = adversarial_set_names(config)
     for i, name in enumerate(extracted):
-        if name not in sets:
-            yield f"activations.sets[{i}]: {name!r} is not a stimulus set"
+        if name not in sets and name not in attacked:
+            yield (f"activations.sets[{i}]: {name!r} is not a stimulus set (nor an adversarial set "
+                   f"{{set}}_adv_{{budget}} of adversarial.sets and adversarial.budgets)")
     for i, name in enumerate(config["mi"]["sets"]):
         if name not in extracted:
             yield f"mi.sets[{i}]: {name!r} is not among activations.sets ({', '.join(extracted)})"
@@ -291,6 +293,7 @@ def _analysis_errors(config: dict) -> Iterator[str]:
                 yield f"analyses.pose_set: {pose!r} does not vary {missing} (its vary list)"
     yield from _dissection_errors(config, readout)
     yield from _relevance_errors(config)
+    yield from _adversarial_errors(config)
     scheduler = config["mi"]["scheduler"]
     if scheduler not in ("local", "synchronous", "threads") and "://" not in scheduler:
         yield f"mi.scheduler: {scheduler!r} is not local, synchronous, threads or an address tcp://host:port"
@@ -311,6 +314,52 @@ def _relevance_errors(config: dict) -> Iterator[str]:
     size = config["stimuli"]["render"]["resolution"]
     if r["sets"] and size % r["patch"]:
         yield f"relevance.patch: {r['patch']} does not divide the image size {size} (stimuli.render.resolution)"
+
+
+def adversarial_set_names(config: dict) -> list[str]:
+    """The adversarial stimulus sets a (validated) config makes: ``{set}_adv_{budget}`` for every attacked set
+    and budget."""
+    a = config["adversarial"]
+    return [f"{s}_adv_{b}" for s in a["sets"] for b in a["budgets"]]
+
+
+def adversarial_models(config: dict) -> tuple[list[str], list[str]]:
+    """The ensemble the adversarial stage attacks and the models its transfer is measured on.
+
+    ``adversarial.models`` ([] = the analysed models of the first one's task) and
+    ``adversarial.transfer`` ([] = every other trained model of the ensemble's task)."""
+    a, trained = config["adversarial"], list(config["training"]["models"])
+    analysed = [m for m in config["activations"]["models"] if m in trained] or trained
+    ensemble = list(a["models"]) or [m for m in analysed if analysed and
+                                     parse_model_name(m)[0] == parse_model_name(analysed[0])[0]]
+    if a["transfer"]:
+        return ensemble, list(a["transfer"])
+    tasks = {parse_model_name(m)[0] for m in ensemble if m in trained}
+    return ensemble, [m for m in trained if m not in ensemble and parse_model_name(m)[0] in tasks]
+
+
+def _adversarial_errors(config: dict) -> Iterator[str]:
+    """Semantic errors of the ``adversarial`` section (its sets and models: one task, transfer left out)."""
+    a, sets, trained = config["adversarial"], config["stimuli"]["sets"], config["training"]["models"]
+    for i, name in enumerate(a["sets"]):
+        if name not in sets:
+            yield f"adversarial.sets[{i}]: {name!r} is not a stimulus set ({', '.join(sets)})"
+    for key in ("models", "transfer"):
+        for i, model in enumerate(a[key]):
+            if model not in trained:
+                yield f"adversarial.{key}[{i}]: {model!r} is not among training.models ({', '.join(trained)})"
+    ensemble, transfer = adversarial_models(config)
+    tasks = sorted({parse_model_name(m)[0] for m in [*ensemble, *transfer] if m in trained})
+    if a["sets"] and len(tasks) > 1:
+        yield (f"adversarial.models / transfer: {tasks} are different tasks; an ensemble and its transfer "
+               "models must share one")
+    for name in adversarial_set_names(config):
+        if name in sets:
+            yield f"adversarial: the adversarial set {name!r} has the name of a set of stimuli.sets; rename that set"
+    for i, model in enumerate(a["transfer"]):
+        if model in ensemble:
+            yield (f"adversarial.transfer[{i}]: {model!r} is in the ensemble (adversarial.models); transfer is to "
+                   "models left out")
 
 
 def _dissection_errors(config: dict, readout: list[str]) -> Iterator[str]:

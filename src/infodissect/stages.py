@@ -38,7 +38,7 @@ class Port:
     name: str
     help: str
     optional: bool = False  # an input that may be left out
-    many: bool = False  # several paths (nargs="*")
+    many: bool = False  # several paths (inputs: nargs="*"; outputs: nargs="+")
 
     @property
     def flag(self) -> str:
@@ -96,7 +96,7 @@ class Stage:
         out = {}
         for name, field in fields.items():
             value = values[name] if name in values else schema_default(self.settings[name])
-            kind = {"int": int, "float": (int, float), "str": str, "bool": bool, "list[str]": list,
+            kind = {"int": int, "float": (int, float), "str": str, "bool": bool, "list[str]": list, "list[int]": list,
                     "dict": dict}.get(str(field.type))
             if kind is not None and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
                 raise ConfigError(f"{where}: {name} = {value!r} is not of type {field.type}")
@@ -287,6 +287,23 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
         store="results/relevance/{set}_across_models.zarr", each_set="relevance.sets", enabled_by="relevance.sets",
         per_model=False, numbers="compare_key_numbers",
         settings={k: f"relevance.{k}" for k in ("batch_size", "patch", "steps", "fill")}),
+    Stage(
+        name="adversarial", module="infodissect.analyses.adversarial",
+        help="adversarial stimulus sets: an iterative L-inf attack (MI-FGSM or PGD, torchattacks) on an ensemble of "
+             "trained classifiers, rounded to uint8 and re-checked; each budget's set is a stimulus store every "
+             "stage reads",
+        inputs=(Port("stimuli", "the source set's stimulus store"),
+                Port("models", "model.pt of the ensemble's models (one task)", many=True),
+                Port("transfer", "model.pt of models left out of the ensemble: the attack's transfer", many=True)),
+        outputs=(Port("out", "output stimulus stores, one per budget in order "
+                             "(results/stimuli/{set}_adv_{budget}.zarr)", many=True),
+                 Port("summary", "output store: success per budget and model, perturbation norms"),
+                 Port("figure", "output figure: success against budget, example perturbations")),
+        figures=(Figure("figure", "results/figures/{set}_adversarial.png", "adversarial"),),
+        store="results/adversarial/{set}.zarr", each_set="adversarial.sets", enabled_by="adversarial.sets",
+        per_model=False,
+        settings={**{k: f"adversarial.{k}" for k in ("budgets", "attack", "steps", "targeted", "samples",
+                                                     "batch_size")}, "seed": "seed"}),
 )}
 
 
@@ -295,7 +312,8 @@ def run_stage(name: str, spec: dict[str, Any], inputs: dict[str, Any], outputs: 
     """Run stage ``name`` (the command line's dispatch): typed spec, then the module's run function."""
     stage = STAGES[name]
     run = getattr(stage.load(), stage.entry)
-    return run(stage.spec(spec), inputs, {k: Path(v) for k, v in outputs.items()}, title=title)
+    paths = {k: [Path(p) for p in v] if isinstance(v, (list, tuple)) else Path(v) for k, v in outputs.items()}
+    return run(stage.spec(spec), inputs, paths, title=title)
 
 
 def stage_of(group: str, command: str) -> Stage:

@@ -153,6 +153,30 @@ rule analyses_relevance_compare:
         " --figure {output.figure} > {log} 2>&1"
 
 
+rule analyses_adversarial:
+    """Adversarial sets of a stimulus set: the ensemble attack at every budget, success and transfer."""
+    input:
+        unpack(adversarial_inputs),
+    output:
+        sets=[directory(p) for p in adversarial_sets()],
+        store=directory(stage("adversarial").store),
+        figure=stage_figure("adversarial"),
+    wildcard_constraints:
+        set="|".join(config["adversarial"]["sets"]),
+    params:
+        spec=stage_settings("adversarial"),
+        transfer=lambda wildcards, input: f"--transfer {' '.join(input.transfer)}" if input.transfer else "",
+    threads: config["mi"]["threads"]
+    log:
+        "results/logs/adversarial/{set}.log",
+    benchmark:
+        "results/benchmarks/adversarial/{set}.tsv"
+    shell:
+        "infodissect analyses adversarial --stimuli {input.stimuli} --models {input.models} {params.transfer}"
+        " --spec {params.spec:q} --threads {threads} --out {output.sets} --summary {output.store}"
+        " --figure {output.figure} --title '{wildcards.set}' > {log} 2>&1"
+
+
 rule report:
     """results/report.html: every figure with its caption and the key numbers of every model."""
     input:

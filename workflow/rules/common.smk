@@ -293,6 +293,26 @@ def compare_relevance():
     return stage("relevance_compare").enabled(config) and len(relevance_models()) >= 2
 
 
+def adversarial_inputs(wildcards):
+    """The source set's stimuli, the ensemble's and the transfer models' weights (config.adversarial_models)."""
+    from infodissect.config import adversarial_models
+
+    ensemble, transfer = adversarial_models(config)
+    return {"stimuli": f"results/stimuli/{wildcards.set}.zarr",
+            "models": [f"results/models/{m}/model.pt" for m in ensemble],
+            "transfer": [f"results/models/{m}/model.pt" for m in transfer]}
+
+
+def adversarial_sets(set_name="{set}"):
+    """The adversarial stimulus stores of a source set, one per budget (results/stimuli/{set}_adv_{budget}.zarr)."""
+    return [f"results/stimuli/{set_name}_adv_{b}.zarr" for b in config["adversarial"]["budgets"]]
+
+
+def attacked():
+    """Whether the adversarial stage runs (adversarial.sets and a trained model)."""
+    return stage("adversarial").enabled(config) and bool(model_names())
+
+
 def _stage_figures(st, model=None):
     return [(p, caption(c), w) for p, c, w in st.figure_paths(config, model)]
 
@@ -310,6 +330,8 @@ def report_figures():
         sections.append((f"Model {model}", figs))
     if compare_relevance():
         sections.append(("Relevance across models", _stage_figures(stage("relevance_compare"))))
+    if attacked():
+        sections.append(("Adversarial sets", _stage_figures(stage("adversarial"))))
     return [(title, figs) for title, figs in sections if figs]
 
 
@@ -342,6 +364,8 @@ def report_spec():
             section["visibility"] = stage("visibility").store  # its table of numbers
         if section["title"] == "Relevance across models":
             section["stores"] = {"relevance_compare": stage("relevance_compare").store_path(config)}
+        if section["title"] == "Adversarial sets":
+            section["stores"] = {"adversarial": stage("adversarial").store_path(config)}
         if section["title"].startswith("Model "):
             section["model"] = section["title"][len("Model "):]  # its stages' tables (report_tables)
     intro = ("infodissect: what each layer, unit and pixel of a face-identity network carries about the factors "
@@ -359,6 +383,8 @@ def report_inputs():
         files.append(stage("visibility").store)
     if compare_relevance():
         files.append(stage("relevance_compare").store_path(config))
+    if attacked():
+        files.append(stage("adversarial").store_path(config))
     return files
 
 
@@ -376,6 +402,9 @@ def all_targets():
     for model in analysed_models():
         targets += [f"results/activations/{model}/{s}.zarr" for s in config["activations"]["sets"]]
         targets += [f"results/mi/{model}/{s}.zarr" for s in config["mi"]["sets"]]
+    if attacked():
+        for s in config["adversarial"]["sets"]:
+            targets += adversarial_sets(s)
     if model_names():
         targets += [stage("visibility").store, *(p for p, _, _ in stage("visibility").figure_paths(config)),
                     "results/report.html"]

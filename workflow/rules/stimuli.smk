@@ -49,6 +49,8 @@ rule stimuli_gather:
         shards=lambda wildcards: shard_paths(wildcards.set),
     output:
         directory("results/stimuli/{set}.zarr"),
+    wildcard_constraints:
+        set="|".join(set_names()),  # the configured sets (adversarial sets come from analyses_adversarial)
     log:
         "results/logs/stimuli/gather/{set}.log",
     benchmark:

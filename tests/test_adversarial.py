@@ -1,0 +1,99 @@
+"""The adversarial stage: targets, the ensemble, the attack's budget and uint8 rounding, and refused settings."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from infodissect.analyses.adversarial import (ENSEMBLE, AdversarialError, Ensemble, Spec, attack_images, check_spec,
+                                              target_classes, to_uint8)
+from infodissect.nets import build_model, network_input
+
+
+def _spec(**kw) -> Spec:
+    base = dict(budgets=[0, 8], attack="mifgsm", steps=5, targeted=True, samples=0, batch_size=16, seed=0)
+    return Spec(**{**base, **kw})
+
+
+def _nets(n: int = 2, classes: int = 5) -> list[torch.nn.Module]:
+    """Linear classifiers of 32 px images (seeded): logits differ by ~1, a budget of 8/255 moves them by more."""
+    out = []
+    for seed in range(n):
+        torch.manual_seed(seed)
+        out.append(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, classes)).eval())
+    return out
+
+
+def test_targets_are_other_classes_drawn_per_sample_whatever_the_subset():
+    true = np.arange(40) % 7
+    samples = np.arange(100, 140)
+    t = target_classes(true, samples, 7, seed=3)
+    assert (t != true).all() and t.min() >= 0 and t.max() < 7 and len(set(t.tolist())) > 3
+    assert np.array_equal(target_classes(true[10:20], samples[10:20], 7, seed=3), t[10:20])
+    assert not np.array_equal(target_classes(true, samples, 7, seed=4), t)
+    with pytest.raises(AdversarialError, match="two classes"):
+        target_classes(true[:3] * 0, samples[:3], 1, seed=0)
+
+
+def test_ensemble_averages_its_members_logits():
+    torch.manual_seed(0)
+    a, b = build_model(5, width=8).eval(), build_model(5, width=8).eval()
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(Ensemble([a, b])(x), (a(x) + b(x)) / 2, atol=1e-6)
+        assert torch.allclose(Ensemble([a, a])(x), a(x), atol=1e-6)
+
+
+def test_stored_images_stay_within_budget_and_success_is_judged_on_them():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (24, 32, 32, 3), dtype=np.uint8)
+    images[:4] = 0  # values at the range's edges: clipping must keep the budget
+    images[4:8] = 255
+    nets = _nets()
+    ens = Ensemble(nets).eval()
+    judges = {"a": nets[0], "b": nets[1], ENSEMBLE: ens}
+    with torch.no_grad():
+        true = ens(network_input(images)).argmax(1).numpy()
+    target = target_classes(true, np.arange(24), 5, seed=0)
+    for budget in (0, 1, 8):
+        res = attack_images(ens, judges, images, true, target, _spec(budgets=[budget]), budget)
+        diff = res["image"].astype(int) - images.astype(int)
+        assert np.abs(diff).max() <= budget and res["linf"].max() <= budget
+        assert np.array_equal(res["linf"], np.abs(diff).reshape(24, -1).max(1))
+        with torch.no_grad():
+            stored = {k: m(network_input(res["image"])).argmax(1).numpy() for k, m in judges.items()}
+        for k in judges:  # success = the judge answers the target on the stored uint8 image
+            assert np.array_equal(res["rounded"][k], stored[k] == target)
+        if budget == 0:
+            assert np.array_equal(res["image"], images) and not res["rounded"][ENSEMBLE].any()
+    # A white-box targeted attack at 8/255 fools the ensemble it attacks on most images (5 classes, 5 steps);
+    # the all-0 / all-255 images can move one way only.
+    assert res["rounded"][ENSEMBLE][8:].mean() >= 0.9
+
+
+def test_untargeted_success_is_any_wrong_class():
+    images = np.random.default_rng(1).integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
+    nets = _nets(1)
+    with torch.no_grad():
+        true = nets[0](network_input(images)).argmax(1).numpy()
+    res = attack_images(nets[0], {ENSEMBLE: nets[0]}, images, true, None, _spec(targeted=False), 8)
+    with torch.no_grad():
+        pred = nets[0](network_input(res["image"])).argmax(1).numpy()
+    assert np.array_equal(res["rounded"][ENSEMBLE], pred != true) and res["rounded"][ENSEMBLE].mean() >= 0.9
+
+
+def test_rounding_to_uint8_is_to_the_nearest_level():
+    x = torch.tensor([0.0, 0.5 / 255, 1.49 / 255, 1.51 / 255, 1.0, 1.2, -0.1]).view(1, 1, 1, 7).expand(1, 3, 1, 7)
+    assert to_uint8(x)[0, 0, :, 0].tolist() == [0, 0, 1, 2, 255, 255, 0]
+    assert to_uint8(x).shape == (1, 1, 7, 3)
+
+
+@pytest.mark.parametrize("change, key", [
+    (dict(attack="fgsm"), "adversarial.attack"), (dict(budgets=[]), "adversarial.budgets"),
+    (dict(budgets=[2, 2]), "repeats"), (dict(budgets=[300]), "adversarial.budgets"),
+    (dict(steps=0), "adversarial.steps"), (dict(batch_size=0), "adversarial.batch_size"),
+    (dict(samples=-1), "adversarial.samples")])
+def test_bad_settings_are_refused_by_name(change, key):
+    with pytest.raises(AdversarialError, match=key):
+        check_spec(_spec(**change))
