@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import xarray as xr
 
 from infodissect.analyses.adversarial import (ENSEMBLE, AdversarialError, Ensemble, Spec, attack_images, check_spec,
-                                              target_classes, to_uint8)
+                                              consistency, distance_ratio, response_correlation, target_classes,
+                                              to_uint8, topk_overlap)
 from infodissect.nets import build_model, network_input
 
 
@@ -97,3 +99,59 @@ def test_rounding_to_uint8_is_to_the_nearest_level():
 def test_bad_settings_are_refused_by_name(change, key):
     with pytest.raises(AdversarialError, match=key):
         check_spec(_spec(**change))
+
+
+def test_consistency_measures_are_exact_on_known_cases():
+    rng = np.random.default_rng(0)
+    real = rng.normal(size=(40, 6))
+    assert np.allclose(response_correlation(real, real), 1) and np.allclose(response_correlation(real, -real), -1)
+    assert np.allclose(response_correlation(real, 3 * real + 1), 1)
+    assert np.isnan(response_correlation(real, np.ones_like(real))).all()  # a constant unit has no correlation
+    assert np.array_equal(topk_overlap(real, real, 5), np.ones(6)) and np.array_equal(topk_overlap(real, -real, 5),
+                                                                                       np.zeros(6))
+    flipped = real.copy()
+    flipped[:, 0] = real[::-1, 0]
+    order = np.argsort(-real[:, 0])[:5]
+    expect = np.isin(order, np.argsort(-flipped[:, 0])[:5]).mean()
+    assert topk_overlap(real, flipped, 5)[0] == expect
+    true = np.repeat(np.array(["a", "b", "c", "d"], dtype=object), 10)
+    target = np.roll(true, 10)
+    centroids = {c: real[true == c].mean(0) for c in "abcd"}
+    at_target = np.stack([centroids[t] for t in target])
+    assert distance_ratio(real, real, true, target) == 0
+    assert np.isclose(distance_ratio(real, at_target, true, target), 1)
+    assert np.isclose(distance_ratio(real, real + 0.5 * (at_target - real), true, target), 0.5)
+
+
+def _tree(resp: np.ndarray, coords: dict) -> xr.DataTree:
+    """An activation store: one map layer (sample, unit, y, x) whose spatial mean is ``resp`` (sample, unit)."""
+    act = np.repeat(np.repeat(resp[:, :, None, None], 2, 2), 2, 3).astype(np.float32)
+    node = xr.Dataset({"activation": (("sample", "unit", "y", "x"), act)}, coords=coords)
+    return xr.DataTree.from_dict({"/": xr.Dataset(coords=coords, attrs={"task": "identity"}), "block4_out": node})
+
+
+def test_consistency_of_units_that_keep_or_lose_their_semantics():
+    """Unit 0 keeps following the true identity on adversarial images, unit 1 follows the target instead."""
+    rng = np.random.default_rng(1)
+    n = 120
+    true = np.repeat(np.arange(6), 20)
+    target = (true + 1 + rng.integers(0, 5, n)) % 6
+    code = rng.normal(size=6)
+    noise = lambda: 0.1 * rng.normal(size=n)  # noqa: E731
+    real = np.stack([code[true] + noise(), code[true] + noise()], 1)
+    adv = np.stack([code[true] + noise(), code[target] + noise()], 1)
+    samples = np.arange(1000, 1000 + n)
+    base = {"sample": samples, "identity": ("sample", true.astype(str).astype(object))}
+    adv_coords = {**base, "source_sample": ("sample", samples), "target": ("sample", target.astype(str).astype(object))}
+    ds = consistency(_tree(real, base), {8: _tree(adv, adv_coords)}, ["block4_out"], 0.1, "identity")
+    c = ds.sel(budget=8, layer="block4_out")
+    assert c["response_correlation"].values[0] > 0.95 and c["response_correlation"].values[1] < 0.5
+    assert c["topk_overlap"].values[0] > c["topk_overlap"].values[1]
+    assert c["mi_true"].values[0] > 1 and c["mi_true"].values[1] < 0.3
+    assert c["mi_target"].values[1] > 1 and c["mi_target"].values[0] < 0.3
+    assert np.allclose(c["mi_real"].values, ds["mi_real"].sel(budget=8, layer="block4_out").values)
+    assert 0.3 < float(c["distance_ratio"]) < 1.0  # half the representation moved to the target class
+    with pytest.raises(AdversarialError, match="source images"):
+        consistency(_tree(real[:60], {k: (v[0], v[1][:60]) if isinstance(v, tuple) else v[:60]
+                                      for k, v in base.items()}), {8: _tree(adv, adv_coords)}, ["block4_out"], 0.1,
+                    "identity")

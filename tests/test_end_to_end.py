@@ -76,7 +76,7 @@ def test_pipeline_runs_and_second_run_does_nothing(tmp_path):
     report = (res / "report.html").read_text()
     for kind in ("factors", "identities", "portraits"):  # the stimulus figures at the extra resolution
         assert (res / "figures" / f"stimuli_{kind}_48.png").stat().st_size > 5_000
-    assert report.count("<figure>") == 25 and "test-set accuracy (training identities)" in report and "generalisation gap" in report
+    assert report.count("<figure>") == 26 and "test-set accuracy (training identities)" in report and "generalisation gap" in report
     assert "<h2>Factor visibility</h2>" in report and "max pixel MI (bits)" in report
     assert report.index("Factor visibility") < report.index("<h2>Model identity_s0</h2>")
     assert "accuracy on held-out identities" in report
@@ -122,6 +122,14 @@ def test_pipeline_runs_and_second_run_does_nothing(tmp_path):
     summ = xr.open_zarr(res / "adversarial" / "test.zarr")
     assert summ.success.dims == ("budget", "model") and summ.budget.values.tolist() == [0, 8]
     assert "<h2>Adversarial sets</h2>" in report and "targeted success at 8/255" in report
+    # The analysed model's units on real vs adversarial images: at budget 0 every unit is perfectly consistent.
+    cons = xr.open_zarr(res / "adversarial" / "identity_s0" / "test_consistency.zarr")
+    assert cons.response_correlation.dims == ("budget", "layer", "unit") and cons.budget.values.tolist() == [0, 8]
+    at0 = cons.sel(budget=0)
+    live = np.isfinite(at0.response_correlation.values)
+    assert live.sum() > 50 and np.allclose(at0.response_correlation.values[live], 1, atol=1e-6)
+    assert np.allclose(at0.topk_overlap.values[np.isfinite(at0.topk_overlap.values)], 1)
+    assert np.allclose(at0.distance_ratio.values, 0) and "unit response correlation" in report
     assert (res / "figures" / "test_adversarial.png").stat().st_size > 10_000
     # Changing an MI setting reruns the MI jobs and what reads them, nothing upstream.
     changed = job_counts(run_test_config(tmp_path, "-n", "--config", "mi={n_perm: 10}").stdout)

@@ -370,3 +370,22 @@ def test_evaluate_refuses_classes_the_model_never_saw_and_identity_models_on_new
     ident = _saved_model(tmp_path / "identity.pt", "identity", ["0", "1", "2", "3"])
     with pytest.raises(EvaluationError, match="has no class for"):
         evaluate_model(ident, held, train)
+
+
+def test_adversarial_training_with_a_consistency_loss_is_the_same_on_two_processes(tmp_path):
+    """Adversarial training (PGD from the clean image, consistency loss at block3_out) changes what is learnt, and
+    two Gloo processes learn what one learns."""
+    train, test = _store(tmp_path / "train.zarr", 32), _store(tmp_path / "test.zarr", 16, seed=1)
+    adv = {"budget": 8, "steps": 2, "layer": "block3_out", "weight": 1.0}
+    spec = TrainSpec(epochs=1, batch_size=8, lr=0.05, width=8, window=2, adversarial=adv)
+    one = _train(tmp_path, "one", 1, spec, train, test)
+    two = _train(tmp_path, "two", 2, spec, train, test)
+    plain = _train(tmp_path, "plain", 1, TrainSpec(epochs=1, batch_size=8, lr=0.05, width=8, window=2), train, test)
+    assert {one.name, two.name, plain.name} == {"one", "two", "plain"}, (one / "log").read_text()[-2000:]
+    assert "adversarial training: PGD 8/255 in 2 steps, consistency loss at block3_out" in (one / "log").read_text()
+    a, b, c = _weights(one), _weights(two), _weights(plain)
+    for k in a:  # all-reduce order moves weights by ~1e-5; adversarial vs plain training by ~1e-1
+        torch.testing.assert_close(b[k], a[k], rtol=1e-3, atol=1e-4, msg=f"{k} differs")
+    assert max(float((a[k] - c[k]).abs().max()) for k in a if a[k].is_floating_point()) > 0.05
+    saved = torch.load(one / "model" / "model.pt", weights_only=False)
+    assert saved["spec"]["adversarial"] == adv  # the model records how it was trained

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -81,13 +82,18 @@ def test_demo_plans_heldout_evaluation_and_visibility_and_analyses_only_activati
             "results/relevance/identity_s1/test.zarr results/relevance/gender_s1/test.zarr --models "
             "results/models/identity_s0/model.pt results/models/identity_s1/model.pt "
             "results/models/gender_s1/model.pt --stimuli results/stimuli/test.zarr") in out
-    assert counts["activations_extract"] == 3 and counts["mi_layers"] == 1 and counts["analyses_profile"] == 1
+    assert counts["activations_extract"] == 3 + 4 and counts["mi_layers"] == 1 and counts["analyses_profile"] == 1
     # The analysed model attacked on the test set, the other identity seed judging the transfer; one store per budget.
     assert counts["analyses_adversarial"] == 1
     assert ("infodissect analyses adversarial --stimuli results/stimuli/test.zarr --models "
             "results/models/identity_s0/model.pt --transfer results/models/identity_s1/model.pt") in out
     assert ("--out results/stimuli/test_adv_2.zarr results/stimuli/test_adv_4.zarr results/stimuli/test_adv_8.zarr "
             "--summary results/adversarial/test.zarr") in out
+    # ... and its units compared on the real and adversarial test images (the 4 more extractions above).
+    assert counts["analyses_adversarial_consistency"] == 1
+    assert ("--activations results/activations/identity_s0/test.zarr --adversarial "
+            "results/activations/identity_s0/test_adv_2.zarr results/activations/identity_s0/test_adv_4.zarr "
+            "results/activations/identity_s0/test_adv_8.zarr") in out
     assert counts["analyses_visibility"] == 1 and counts["mi_pixels"] == 1
     for model in ("gender_s1",):
         assert (f"infodissect train evaluate --model results/models/{model}/model.pt --stimuli "
@@ -104,7 +110,9 @@ def test_demo_plans_heldout_evaluation_and_visibility_and_analyses_only_activati
     every = snakemake("-n", "--forceall", "--directory", str(tmp_path), "--configfile",
                       str(ROOT / "config" / "config.yaml"), "--config", "activations={models: []}")
     assert every.returncode == 0, every.stderr[-2000:]
-    assert job_counts(every.stdout)["activations_extract"] == 9
+    counts = job_counts(every.stdout)
+    # 3 models x 3 sets; the two identity models (now the ensemble) also on the test set and its 3 adversarial sets
+    assert counts["activations_extract"] == 9 + 2 * 4 and counts["analyses_adversarial_consistency"] == 2
 
 
 def test_heldout_evaluation_of_an_identity_model_is_refused_before_any_job():
@@ -130,3 +138,17 @@ def test_a_config_that_trains_no_model_plans_stimuli_only(tmp_path):
     counts = job_counts(out)
     assert counts["stimuli_render"] > 0
     assert not {"train_model", "activations_extract", "mi_layers", "analyses_profile"} & set(counts), counts
+
+
+def test_adversarially_trained_models_carry_the_attack_in_their_training_spec(tmp_path):
+    result = snakemake("-n", "-p", "--forceall", "--directory", str(tmp_path), "--configfile",
+                       str(ROOT / "config" / "config.yaml"), "--config",
+                       "training={adversarial: {models: [identity_s1], steps: 2}}", "--",
+                       "results/models/identity_s0/model.pt", "results/models/identity_s1/model.pt")
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out
+    specs = re.findall(r"--spec '(\{[^']*\})' --train results/stimuli/train.zarr --test results/stimuli/test.zarr "
+                       r"--out results/models/(\w+)", out)
+    by_model = {model: json.loads(spec) for spec, model in specs}
+    assert by_model["identity_s1"]["adversarial"] == {"budget": 8, "layer": "block3_out", "steps": 2, "weight": 1.0}
+    assert "adversarial" not in by_model["identity_s0"]

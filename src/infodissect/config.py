@@ -294,6 +294,10 @@ def _analysis_errors(config: dict) -> Iterator[str]:
     yield from _dissection_errors(config, readout)
     yield from _relevance_errors(config)
     yield from _adversarial_errors(config)
+    for i, model in enumerate(config["training"]["adversarial"]["models"]):
+        if model not in config["training"]["models"]:
+            yield (f"training.adversarial.models[{i}]: {model!r} is not among training.models "
+                   f"({', '.join(config['training']['models'])})")
     scheduler = config["mi"]["scheduler"]
     if scheduler not in ("local", "synchronous", "threads") and "://" not in scheduler:
         yield f"mi.scheduler: {scheduler!r} is not local, synchronous, threads or an address tcp://host:port"

@@ -304,6 +304,21 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
         per_model=False,
         settings={**{k: f"adversarial.{k}" for k in ("budgets", "attack", "steps", "targeted", "samples",
                                                      "batch_size")}, "seed": "seed"}),
+    Stage(
+        name="adversarial_consistency", module="infodissect.analyses.adversarial", entry="run_consistency",
+        spec_class="ConsistencySpec",
+        help="consistency of unit semantics on adversarial images (Dong et al.): per layer and unit, response "
+             "correlation and top-image overlap real vs adversarial, information about the true class and the "
+             "attack's target, and the representation's distance ratio",
+        inputs=(Port("activations", "the model's activations on the source set"),
+                Port("adversarial", "the model's activations on the set's adversarial sets "
+                                    "(results/activations/{model}/{set}_adv_{budget}.zarr)", many=True)),
+        outputs=(Port("out", "output store (budget, layer, unit)"), Port("figure", "output figure")),
+        figures=(Figure("figure", "results/figures/{model}_{set}_adversarial_consistency.png",
+                        "adversarial_consistency"),),
+        store="results/adversarial/{model}/{set}_consistency.zarr", each_set="adversarial.sets",
+        enabled_by="adversarial.sets", numbers="consistency_key_numbers",
+        settings={"topk": "adversarial.topk", "layers": "adversarial.layers"}),
 )}
 
 

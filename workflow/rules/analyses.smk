@@ -177,6 +177,28 @@ rule analyses_adversarial:
         " --figure {output.figure} --title '{wildcards.set}' > {log} 2>&1"
 
 
+rule analyses_adversarial_consistency:
+    """Consistency of an analysed model's unit semantics between a set's real and adversarial images."""
+    input:
+        unpack(consistency_inputs),
+    output:
+        store=directory(stage("adversarial_consistency").store),
+        figure=stage_figure("adversarial_consistency"),
+    wildcard_constraints:
+        set="|".join(config["adversarial"]["sets"]),
+    params:
+        spec=stage_settings("adversarial_consistency"),
+    threads: config["mi"]["threads"]
+    log:
+        "results/logs/adversarial/{model}/{set}_consistency.log",
+    benchmark:
+        "results/benchmarks/adversarial/{model}/{set}_consistency.tsv"
+    shell:
+        "infodissect analyses adversarial_consistency --activations {input.activations}"
+        " --adversarial {input.adversarial} --spec {params.spec:q} --threads {threads} --out {output.store}"
+        " --figure {output.figure} --title '{wildcards.model} on {wildcards.set}' > {log} 2>&1"
+
+
 rule report:
     """results/report.html: every figure with its caption and the key numbers of every model."""
     input:

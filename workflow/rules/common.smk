@@ -140,6 +140,9 @@ def train_spec(model):
     keys = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "width", "stem", "window", "source",
             "snapshots")
     spec = {"task": task, "seed": seed, **{k: t[k] for k in keys}}
+    adv = t["adversarial"]
+    if model in adv["models"]:  # adversarial training with a consistency loss
+        spec["adversarial"] = {k: adv[k] for k in ("budget", "steps", "layer", "weight")}
     if t["source"] == "rendered":
         spec["render"] = {"generator": config["stimuli"]["generator"], "render": config["stimuli"]["render"]}
     return json.dumps(spec, sort_keys=True)
@@ -254,10 +257,16 @@ def _per_model_stages():
 
 
 def stage_models(st):
-    """The models a per-model stage runs for: its models key ([] = every trained model), else the analysed ones."""
+    """The models a per-model stage runs for: its models key ([] = every trained model), else the analysed ones
+    (for the adversarial consistency, those of the attack's task: its targets are classes of that task)."""
     if st.models:
         chosen = config_value(st.models)
         return [m for m in model_names() if not chosen or m in chosen]
+    if st.name == "adversarial_consistency":
+        from infodissect.config import adversarial_models
+
+        tasks = {task_of(m) for m in adversarial_models(config)[0]}
+        return [m for m in analysed_models() if task_of(m) in tasks]
     return analysed_models()
 
 
@@ -306,6 +315,13 @@ def adversarial_inputs(wildcards):
 def adversarial_sets(set_name="{set}"):
     """The adversarial stimulus stores of a source set, one per budget (results/stimuli/{set}_adv_{budget}.zarr)."""
     return [f"results/stimuli/{set_name}_adv_{b}.zarr" for b in config["adversarial"]["budgets"]]
+
+
+def consistency_inputs(wildcards):
+    """An analysed model's activations on the source set and on each of its adversarial sets."""
+    return {"activations": f"results/activations/{wildcards.model}/{wildcards.set}.zarr",
+            "adversarial": [p.replace("results/stimuli/", f"results/activations/{wildcards.model}/")
+                            for p in adversarial_sets(wildcards.set)]}
 
 
 def attacked():

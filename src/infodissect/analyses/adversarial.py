@@ -21,6 +21,17 @@ For one source stimulus set and an ensemble of trained models of one task:
 - **summary** (``results/adversarial/{set}.zarr``): per budget and model (every
   ensemble member, the ensemble, and the ``transfer`` models left out of it) the share of
   images the attack fools, before and after rounding, and the perturbation norms.
+
+:func:`consistency` asks Dong et al.'s question of one model's units, from its activations
+on the source images and on each budget's adversarial images (the same images, which look
+the same to a person): per layer and unit, the correlation of a unit's response (its
+spatial mean) across images, real against adversarial (``response_correlation``); the
+overlap of its top-activating images (``topk_overlap``; chance = the top share); its
+information (GCMI, bits) about the true identity on real and on adversarial images and
+about the attack's target (``mi_true``, ``mi_target``); and per layer the distance ratio
+(``distance_ratio``: |f(adv) - f(real)| over |centroid of the target class's real images -
+f(real)|, whole layer, mean over images: near 0 the representation stays with the
+source, near 1 it reaches the target).
 """
 
 from __future__ import annotations
@@ -292,3 +303,206 @@ def key_numbers(path: str | Path) -> dict[str, str]:
     from ..store import open_dataset
 
     return summary(open_dataset(path, what="adversarial summary store").load())
+
+
+# --------------------------------------------------------------------------- consistency of unit semantics
+
+
+def response_correlation(real: np.ndarray, adv: np.ndarray) -> np.ndarray:
+    """(unit,) Pearson correlation across images of each unit's response (sample, unit), real against adversarial;
+    NaN for a unit constant on either."""
+    a = real - real.mean(0)
+    b = adv - adv.mean(0)
+    den = np.sqrt((a * a).sum(0) * (b * b).sum(0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, (a * b).sum(0) / np.where(den > 0, den, 1.0), np.nan)
+
+
+def topk_overlap(real: np.ndarray, adv: np.ndarray, k: int) -> np.ndarray:
+    """(unit,) share of a unit's ``k`` top-activating real images that are also among its top ``k`` adversarial
+    images (ties broken by sample order)."""
+    top_r = np.argsort(-real, axis=0, kind="stable")[:k]
+    top_a = np.argsort(-adv, axis=0, kind="stable")[:k]
+    n = real.shape[0]
+    hit = np.zeros((n, real.shape[1]), bool)
+    np.put_along_axis(hit, top_r, True, axis=0)
+    return np.take_along_axis(hit, top_a, axis=0).mean(0)
+
+
+def distance_ratio(real: np.ndarray, adv: np.ndarray, true: np.ndarray, target: np.ndarray) -> float:
+    """Mean over images of |f(adv) - f(real)| / |centroid of the target class's real images - f(real)| (rows:
+    whole-layer representations); images whose target class has no real image are left out."""
+    ratios = []
+    for c in np.unique(target):
+        mine = true == c
+        if not mine.any():
+            continue
+        centroid = real[mine].mean(0)
+        rows = np.flatnonzero(target == c)
+        far = np.linalg.norm(centroid[None] - real[rows], axis=1)
+        ratios.append(np.linalg.norm(adv[rows] - real[rows], axis=1) / np.maximum(far, 1e-12))
+    return float(np.mean(np.concatenate(ratios))) if ratios else float("nan")
+
+
+@dataclass(frozen=True)
+class ConsistencySpec:
+    """Settings of the consistency analysis (config ``adversarial``)."""
+
+    topk: float  # share of the images in a unit's top set
+    layers: list[str]  # layers compared ([] = every stored layer)
+
+
+def _labels(values: Any) -> np.ndarray:
+    """Class labels as Python strings (object array), whatever the stored string dtype."""
+    return np.asarray([str(v) for v in np.asarray(values).tolist()], dtype=object)
+
+
+def _unit_mi(resp: np.ndarray, factors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """GCMI (bits) of each unit's response (sample, unit) with each discrete factor; 0 for constant units."""
+    import warnings
+
+    from ..info import mutual_information
+
+    x = xr.DataArray(resp.astype(np.float32), dims=("sample", "unit"))
+    y = xr.Dataset({k: ("sample", _labels(v)) for k, v in factors.items()})
+    with warnings.catch_warnings():  # dead units: MI 0, counted once by the engine's warning
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mi = mutual_information(x, y, "sample")
+    return {k: np.asarray(mi.sel(factor=k).values, np.float64) for k in factors}
+
+
+def consistency(real: xr.DataTree, adversarial: dict[int, xr.DataTree], layers: list[str], topk: float,
+                task: str) -> xr.Dataset:
+    """The consistency of each unit's semantics between real and adversarial images (module docstring):
+    ``real``, the model's activations on the source set; ``adversarial`` (budget -> activations on that
+    budget's adversarial set, whose ``source_sample`` names the real images)."""
+    from .pose import pooled_features
+
+    budgets = sorted(adversarial)
+    first = adversarial[budgets[0]]
+    source = first["source_sample"].values if "source_sample" in first.coords else None
+    if source is None or task not in first.coords:
+        raise AdversarialError(f"the adversarial activations have no source_sample or {task} coordinate: are they "
+                               "activations of an adversarial set?")
+    for b in budgets:
+        if not np.array_equal(adversarial[b]["source_sample"].values, source):
+            raise AdversarialError(f"budget {b}: its images are not the same source images as budget {budgets[0]}'s")
+    where = np.searchsorted(real["sample"].values, source)
+    if (where >= real.sizes["sample"]).any() or not np.array_equal(real["sample"].values[where], source):
+        raise AdversarialError("the real activations lack some source images of the adversarial sets")
+    true = _labels(first[task].values)
+    target = _labels(first["target"].values) if "target" in first.coords else None
+    n = len(source)
+    k = max(1, int(round(topk * n)))
+    out: dict[str, list] = {key: [] for key in ("corr", "overlap", "mi_true", "mi_target", "mi_real", "ratio")}
+    units = {}
+    for layer in layers:
+        act_r = real[layer]["activation"].isel(sample=where)
+        resp_r = pooled_features(act_r, 1)
+        full_r = pooled_features(act_r, 1 << 16)
+        mi_real = _unit_mi(resp_r, {"true": true})["true"]
+        units[layer] = resp_r.shape[1]
+        row = {key: [] for key in out}
+        for b in budgets:
+            act_a = adversarial[b][layer]["activation"]
+            resp_a = pooled_features(act_a, 1)
+            row["corr"].append(response_correlation(resp_r, resp_a))
+            row["overlap"].append(topk_overlap(resp_r, resp_a, k))
+            mi = _unit_mi(resp_a, {"true": true, **({"target": target} if target is not None else {})})
+            row["mi_true"].append(mi["true"])
+            row["mi_target"].append(mi.get("target", np.full(resp_a.shape[1], np.nan)))
+            row["mi_real"].append(mi_real)
+            row["ratio"].append(distance_ratio(full_r, pooled_features(act_a, 1 << 16), true, target)
+                                if target is not None else np.nan)
+        for key in out:
+            out[key].append(row[key])
+    width = max(units.values())
+
+    def per_unit(key: str) -> np.ndarray:  # (budget, layer, unit), NaN-padded to the widest layer
+        arr = np.full((len(budgets), len(layers), width), np.nan)
+        for i, rows in enumerate(out[key]):
+            for j, v in enumerate(rows):
+                arr[j, i, :len(v)] = v
+        return arr
+
+    dims = ("budget", "layer", "unit")
+    return xr.Dataset(
+        {"response_correlation": (dims, per_unit("corr"), {"description": "correlation across images of the unit's "
+                                                                        "mean response, real vs adversarial"}),
+         "topk_overlap": (dims, per_unit("overlap"), {"description": f"share of the unit's top {k} real images "
+                                                                      "among its top adversarial ones",
+                                                      "chance": k / n}),
+         "mi_true": (dims, per_unit("mi_true"), {"units": "bits", "description": "GCMI with the true class on "
+                                                                                 "adversarial images"}),
+         "mi_target": (dims, per_unit("mi_target"), {"units": "bits", "description": "GCMI with the attack's target "
+                                                                                     "on adversarial images"}),
+         "mi_real": (dims, per_unit("mi_real"), {"units": "bits", "description": "GCMI with the true class on the "
+                                                                                 "real images"}),
+         "distance_ratio": (("budget", "layer"), np.asarray(out["ratio"], np.float64).T,
+                            {"description": "|f(adv) - f(real)| / |target-class centroid - f(real)|"})},
+        coords={"budget": ("budget", budgets, {"units": "1/255 of the display range"}), "layer": list(layers),
+                "unit": np.arange(width), "units": ("layer", [units[name] for name in layers])},
+        attrs={"topk": k, "samples": n, "task": task})
+
+
+def run_consistency(spec: ConsistencySpec, inputs: dict[str, Any], outputs: dict[str, Path],
+                    title: str = "") -> dict[str, str]:
+    """Consistency of the units of ``inputs["activations"]`` (the model on the source set) on the adversarial
+    sets' activations ``inputs["adversarial"]`` -> store ``out`` and figure ``figure``."""
+    from ..figures.adversarial import consistency_figure
+    from ..nets import READOUT_LAYERS
+    from ..store import open_tree, save_dataset
+
+    if not 0 < spec.topk < 1:
+        raise AdversarialError(f"adversarial.topk = {spec.topk}: give a share of the images in (0, 1)")
+    real = open_tree(inputs["activations"], "activation store")
+    adv = {_budget_of(path): open_tree(path, "activation store") for path in inputs.get("adversarial") or []}
+    if not adv:
+        raise AdversarialError("--adversarial: give the model's activations on at least one adversarial set")
+    stored = [n for n in READOUT_LAYERS if n in real.children]
+    layers = list(spec.layers) or stored
+    missing = [n for n in layers if n not in stored or any(n not in t.children for t in adv.values())]
+    if missing:
+        raise AdversarialError(f"adversarial.layers: {missing} not extracted in every activation store (the real "
+                               f"one has {stored})")
+    task = str(real.attrs.get("task", ""))
+    if not task:
+        raise AdversarialError(f"{inputs['activations']}: the activation store names no task (attrs `task`)")
+    ds = consistency(real, adv, layers, spec.topk, task)
+    ds.attrs["model"] = Path(inputs["activations"]).parent.name
+    save_dataset(ds, outputs["out"], inputs=[inputs["activations"], *inputs["adversarial"]])
+    consistency_figure(ds, outputs["figure"], title=f"{title or ds.attrs['model']}: unit semantics on adversarial "
+                                                    "images")
+    return consistency_summary(ds)
+
+
+def _budget_of(path: str | Path) -> int:
+    """The attack budget of an adversarial set's activations (its name ``{set}_adv_{budget}.zarr``)."""
+    stem = Path(path).name.removesuffix(".zarr")
+    _, sep, tail = stem.rpartition("_adv_")
+    if not sep or not tail.isdigit():
+        raise AdversarialError(f"{path}: not the activations of an adversarial set ({{set}}_adv_{{budget}}.zarr)")
+    return int(tail)
+
+
+def consistency_summary(ds: xr.Dataset) -> dict[str, str]:
+    """Key numbers: at the largest budget, the median response correlation and the top-k overlap of the last map
+    layer, and the distance ratio of the logits."""
+    top = ds.isel(budget=-1)
+    b = int(top["budget"])
+    maps = [str(n) for n in ds["layer"].values if str(n) not in ("pool", "logits")]
+    last = maps[-1] if maps else str(ds["layer"].values[-1])
+    out = {f"unit response correlation real vs adversarial at {b}/255 ({last}, median)":
+           f"{float(np.nanmedian(top['response_correlation'].sel(layer=last))):.2f}",
+           f"top-{ds.attrs['topk']} image overlap at {b}/255 ({last}; chance {ds.attrs['topk'] / ds.attrs['samples']:.2f})":
+           f"{float(np.nanmean(top['topk_overlap'].sel(layer=last))):.2f}"}
+    if "logits" in ds["layer"].values and np.isfinite(top["distance_ratio"].sel(layer="logits")):
+        out[f"distance ratio of the logits at {b}/255"] = f"{float(top['distance_ratio'].sel(layer='logits')):.2f}"
+    return out
+
+
+def consistency_key_numbers(path: str | Path) -> dict[str, str]:
+    """:func:`consistency_summary` of a finished consistency store."""
+    from ..store import open_dataset
+
+    return consistency_summary(open_dataset(path, what="adversarial consistency store").load())

@@ -56,3 +56,45 @@ def adversarial_figure(ds: xr.Dataset, sources: np.ndarray, adversarial: np.ndar
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
     plt.close(fig)
+
+
+def consistency_figure(ds: xr.Dataset, out: str | Path, title: str = "") -> None:
+    """Per layer (x) and budget (colour): the units' median response correlation real vs adversarial, their mean
+    top-k image overlap (chance dashed), their mean information about the true class on real (black) and
+    adversarial images and about the attack's target (dashed), and the distance ratio."""
+    layers = [str(n) for n in ds["layer"].values]
+    x = np.arange(len(layers))
+    budgets = ds["budget"].values
+    colours = plt.cm.viridis(np.linspace(0.0, 0.85, len(budgets)))
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8.2), sharex=True)
+    (a, b), (c, d) = axes
+    for colour, budget in zip(colours, budgets):
+        sel = ds.sel(budget=budget)
+        label = f"{int(budget)}/255"
+        a.plot(x, sel["response_correlation"].median("unit", skipna=True), "o-", color=colour, label=label)
+        b.plot(x, sel["topk_overlap"].mean("unit", skipna=True), "o-", color=colour, label=label)
+        c.plot(x, sel["mi_true"].mean("unit", skipna=True), "o-", color=colour, label=f"true class, {label}")
+        c.plot(x, sel["mi_target"].mean("unit", skipna=True), "s--", color=colour, ms=3, label=f"target, {label}")
+        d.plot(x, sel["distance_ratio"], "o-", color=colour, label=label)
+    c.plot(x, ds["mi_real"].isel(budget=0).mean("unit", skipna=True), "k-", lw=2, label="true class, real images")
+    chance = ds["topk_overlap"].attrs.get("chance")
+    if chance is not None:
+        b.axhline(chance, color="0.5", ls="--", lw=1, label="chance")
+    a.set_ylabel("unit response correlation, real vs adversarial\n(median over units)")
+    b.set_ylabel(f"share of each unit's top {ds.attrs.get('topk', '')} images kept\n(mean over units)")
+    c.set_ylabel("unit information (bits, mean over units)")
+    d.set_ylabel("|f(adv) - f(real)| / |target centroid - f(real)|")
+    a.set_ylim(-0.05, 1.05)
+    b.set_ylim(-0.05, 1.05)
+    for ax in axes.flat:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best", title="L-inf budget" if ax is not c else None, title_fontsize=7)
+    for ax in (c, d):
+        ax.set_xticks(x)
+        ax.set_xticklabels(layers, rotation=45, ha="right", fontsize=8)
+        ax.set_xlabel("layer")
+    fig.suptitle(f"{title} ({ds.attrs.get('samples', '')} images)", fontsize=10)
+    fig.tight_layout()
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)

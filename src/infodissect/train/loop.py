@@ -59,6 +59,7 @@ class TrainSpec:
     source: str = "stored"
     render: dict = field(default_factory=dict)
     snapshots: list = field(default_factory=list)  # epochs whose weights are kept (0 = before training)
+    adversarial: dict = field(default_factory=dict)  # {} = plain training; else budget, steps, layer, weight
 
     @staticmethod
     def from_json(text: str) -> "TrainSpec":
@@ -215,6 +216,47 @@ def train_step(net: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: t
     return loss, out
 
 
+def adversarial_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, budget: int, steps: int
+                         ) -> torch.Tensor:
+    """Untargeted PGD (torchattacks; from the clean image, no random start, so each image's attack is the same on
+    any number of processes; step 2.5 x budget / steps) within ``budget``/255 of ``x``, run on the plain module in
+    eval mode (running batch-norm statistics, no DDP hooks), then back to train mode."""
+    import torchattacks
+
+    was_training = model.training
+    model.eval()
+    eps = budget / 255.0
+    x_adv = torchattacks.PGD(model, eps=eps, alpha=2.5 * eps / steps, steps=steps, random_start=False)(x, y)
+    model.train(was_training)
+    return x_adv.detach()
+
+
+def consistency_step(net: nn.Module, model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+                     amp: Any, adv: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """One SGD step of adversarial training with a consistency loss (after Dong et al., arXiv:1708.05493):
+    cross-entropy on the clean and on the adversarial images, plus ``weight`` times the mean over images of the
+    squared distance between their representations at ``layer`` over the clean one's squared norm (a mean of
+    per-image terms, so that any number of processes computes the same). Returns (loss, clean logits)."""
+    from ..nets import readout_modules
+
+    x_adv = adversarial_examples(model, x, y, adv["budget"], adv["steps"])
+    kept: list[torch.Tensor] = []
+    hook = readout_modules(model)[adv["layer"]].register_forward_hook(lambda m, i, o: kept.append(o))
+    try:
+        with amp:
+            out = net(torch.cat([x, x_adv]))
+    finally:
+        hook.remove()
+    n = len(x)
+    h = kept[0].float().flatten(1)
+    consistency = (((h[:n] - h[n:]) ** 2).sum(1) / (h[:n].detach() ** 2).sum(1).clamp_min(1e-12)).mean()
+    loss = F.cross_entropy(out[:n].float(), y) + F.cross_entropy(out[n:].float(), y) + adv["weight"] * consistency
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss, out[:n]
+
+
 @dataclass
 class Checkpoint:
     """The last checkpoint of a run (``<checkpoints>/last.pt``) and what makes it this run's: the spec's digest,
@@ -309,6 +351,10 @@ def train(spec: TrainSpec, train_store: str | Path, test_store: str | Path, out_
     if ctx.rank == 0:
         log.info("training %s_s%d on %d process(es), %s (%s)", spec.task, spec.seed, ctx.world, ctx.device,
                  "NCCL" if ctx.device.type == "cuda" and ctx.world > 1 else "Gloo" if ctx.world > 1 else "single")
+        if spec.adversarial:
+            log.info("adversarial training: PGD %d/255 in %d steps, consistency loss at %s, weight %g",
+                     spec.adversarial["budget"], spec.adversarial["steps"], spec.adversarial["layer"],
+                     spec.adversarial["weight"])
     labels = task_labels(train_store, spec.task)
     test_labels = task_labels(test_store, spec.task, labels.classes)
     model, opt = _network(spec, len(labels.classes), train_store, ctx)
@@ -331,7 +377,10 @@ def train(spec: TrainSpec, train_store: str | Path, test_store: str | Path, out_
             for g in opt.param_groups:
                 g["lr"] = _lr(spec, epoch * len(data) + i, total_steps)
             x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
-            loss, out = train_step(net, opt, x, y, amp)
+            if spec.adversarial:
+                loss, out = consistency_step(net, model, opt, x, y, amp, spec.adversarial)
+            else:
+                loss, out = train_step(net, opt, x, y, amp)
             loss_sum += float(loss) * len(y)
             correct += int((out.argmax(1) == y).sum())
             seen += len(y)
