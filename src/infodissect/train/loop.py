@@ -254,7 +254,7 @@ def consistency_step(net: nn.Module, model: nn.Module, opt: torch.optim.Optimize
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
-    return loss, out[:n]
+    return loss.detach(), out[:n].detach()
 
 
 @dataclass
