@@ -426,7 +426,7 @@ def test_antialiasing_softens_the_silhouette(model):
 
 
 @pytest.mark.parametrize("camera", [Camera(resolution=64, antialias=2), Camera(resolution=48, antialias=3, color="gray"),
-                                    Camera(resolution=96, antialias=1, detail=1)])
+                                    Camera(resolution=96, antialias=1, detail=1), Camera(resolution=24, antialias=4)])
 def test_cpu_backend_draws_exactly_what_the_torch_renderer_draws(model, camera):
     """The compiled CPU backend (numba) repeats the PyTorch vertex stage, rasterizer and resolve
     step for step: same pixels, same labels."""
@@ -443,6 +443,19 @@ def test_cpu_backend_draws_exactly_what_the_torch_renderer_draws(model, camera):
     assert torch.equal(fast, slow)
     assert torch.equal(fast_parts, slow_parts)
     assert (fast_parts > 0).float().mean() > 0.1  # something was drawn, partly off screen for the shifted ones
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
+def test_cpu_part_label_mode_breaks_ties_as_the_torch_one(k):
+    from infodissect.faces.raster_cpu import _mode
+    from infodissect.faces.render import _mode_pool
+
+    g = torch.Generator().manual_seed(k)
+    labels = torch.randint(0, 3, (2, 8 * k, 8 * k), generator=g) * 5  # few labels: many ties, not only neighbours
+    want = _mode_pool(labels, k, len(PART_NAMES))
+    blocks = labels.view(2, 8, k, 8, k).permute(0, 1, 3, 2, 4).reshape(-1, k * k).numpy().astype(np.uint8)
+    got = torch.tensor([_mode(block, k * k) for block in blocks]).view(want.shape)
+    assert torch.equal(got, want)
 
 
 def test_a_batch_larger_than_a_cpu_slice_renders_as_its_images_alone(model):

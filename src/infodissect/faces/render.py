@@ -3,9 +3,9 @@
 ``render(model, params, camera)`` is a pure function: the same parameters give the same
 pixels. Shape and albedo come from two matrix products (whose rounding may depend on the
 batch *size*, so the stimulus stage always renders batches of one fixed size); everything
-after them (normals, pose, shading, projection, rasterization and resolve) is written
-twice with the same float32 arithmetic, step for step: in PyTorch (any device) and, on
-the CPU, compiled per image with Numba (:mod:`.raster_cpu`). Both use only exactly
+after them (greying, normals, pose, shading, projection, rasterization and resolve) is
+written twice with the same float32 arithmetic, step for step: in PyTorch (any device) and,
+on the CPU, compiled per image with Numba (:mod:`.raster_cpu`). Both use only exactly
 rounded operations (+, -, *, /, sqrt, min, max), so the two give identical images (tested).
 """
 
@@ -94,6 +94,13 @@ def face_geometry(model: FaceModel, p: dict[str, torch.Tensor]) -> tuple[torch.T
     intensities of the model's FACS action units (:attr:`.model.FaceModel.action_units`)
     added to those of the expression.
     """
+    verts, albedo, grey = linear_geometry(model, p)
+    return verts, grey_albedo(model, albedo, grey)
+
+
+def linear_geometry(model: FaceModel, p: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The matrix products of :func:`face_geometry`: vertices and albedo (B, V, 3) before greying and
+    clamping, and each sample's greying (B,) in [0, 1] (see :func:`grey_albedo`)."""
     dt = model.vertices.dtype
     fixed = fixed_coefficients(p, dt)
     geo = torch.cat([p["shape_coeff"].to(dt), fixed], 1)
@@ -106,14 +113,19 @@ def face_geometry(model: FaceModel, p: dict[str, torch.Tensor]) -> tuple[torch.T
         au = p["action_units"].to(dt)
         verts = torch.addmm(verts, au, model.au_geometry)
         albedo = torch.addmm(albedo, au, model.au_albedo)
-    verts, albedo = verts.view(-1, nv, 3), albedo.view(-1, nv, 3)
     grey = ((p["age"].to(dt) - 40.0) / 35.0).clamp(0.0, 1.0)
+    return verts.view(-1, nv, 3), albedo.view(-1, nv, 3), grey
+
+
+def grey_albedo(model: FaceModel, albedo: torch.Tensor, grey: torch.Tensor) -> torch.Tensor:
+    """``albedo`` (B, V, 3) greyed (in place) towards :data:`.albedo.GREY_HAIR` by ``grey`` (B,) times each
+    vertex's hair weight, and clamped to [0.02, 1] (:mod:`.raster_cpu` repeats it step for step)."""
     hair = model.hair_index  # greying acts on hair, scalp and brows
     # Clamped first: a hair colour outside [0, 1] (a dark identity's texture) would grey through a tint.
     grey_hair = albedo.index_select(1, hair).clamp_(0.02, 1.0)
     grey_hair = grey_hair + (grey[:, None] * model.hair.index_select(0, hair))[..., None] * (GREY_HAIR - grey_hair)
     albedo.index_copy_(1, hair, grey_hair)
-    return verts, albedo.clamp_(0.02, 1.0)
+    return albedo.clamp_(0.02, 1.0)
 
 
 def rotation(yaw: torch.Tensor, pitch: torch.Tensor, roll: torch.Tensor) -> torch.Tensor:
@@ -246,16 +258,16 @@ def render(model: FaceModel, p: dict[str, torch.Tensor], camera: Camera, backend
 def _render(p: dict[str, torch.Tensor], model: FaceModel, camera: Camera, backend: str
             ) -> tuple[torch.Tensor, torch.Tensor]:
     model = model.coarsened(camera.stride)
-    verts, albedo = face_geometry(model, p)
+    verts, albedo, grey = linear_geometry(model, p)
     ps = pose(p, camera, verts.dtype)
     if backend == "auto":
         backend = "numba" if verts.device.type == "cpu" else "torch"
-    if backend == "numba":
+    if backend == "numba":  # greys the albedo itself, in its vertex stage
         from .raster_cpu import render_images
 
-        img, parts = render_images(model, verts, albedo, ps, camera, len(PART_NAMES))
+        img, parts = render_images(model, verts, albedo, grey, ps, camera, len(PART_NAMES))
         return img.to(verts.device), parts.to(verts.device)
-    screen, colour = shade_and_project(model, verts, albedo, ps, camera)
+    screen, colour = shade_and_project(model, verts, grey_albedo(model, albedo, grey), ps, camera)
     return _resolve(model, rasterize(screen, model.faces, camera.samples, camera.samples), colour,
                     ps.background, camera)
 
