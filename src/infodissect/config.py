@@ -327,19 +327,32 @@ def adversarial_set_names(config: dict) -> list[str]:
     return [f"{s}_adv_{b}" for s in a["sets"] for b in a["budgets"]]
 
 
+def analysed_models(config: dict) -> list[str]:
+    """The models whose activations, MI and analyses are run: ``activations.models``, or every trained model."""
+    trained = list(config["training"]["models"])
+    return [m for m in config["activations"]["models"] if m in trained] or trained
+
+
 def adversarial_models(config: dict) -> tuple[list[str], list[str]]:
     """The ensemble the adversarial stage attacks and the models its transfer is measured on.
 
     ``adversarial.models`` ([] = the analysed models of the first one's task) and
     ``adversarial.transfer`` ([] = every other trained model of the ensemble's task)."""
     a, trained = config["adversarial"], list(config["training"]["models"])
-    analysed = [m for m in config["activations"]["models"] if m in trained] or trained
+    analysed = analysed_models(config)
     ensemble = list(a["models"]) or [m for m in analysed if analysed and
                                      parse_model_name(m)[0] == parse_model_name(analysed[0])[0]]
     if a["transfer"]:
         return ensemble, list(a["transfer"])
     tasks = {parse_model_name(m)[0] for m in ensemble if m in trained}
     return ensemble, [m for m in trained if m not in ensemble and parse_model_name(m)[0] in tasks]
+
+
+def consistency_models(config: dict) -> list[str]:
+    """The analysed models whose units the adversarial consistency stage measures: those of the attack's task
+    (its targets are classes of that task)."""
+    tasks = {parse_model_name(m)[0] for m in adversarial_models(config)[0]}
+    return [m for m in analysed_models(config) if parse_model_name(m)[0] in tasks]
 
 
 def _adversarial_errors(config: dict) -> Iterator[str]:

@@ -26,9 +26,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Callable
 
-from .config import ConfigError, schema_default
+from .config import ConfigError, consistency_models, schema_default
 
 
 @dataclass(frozen=True)
@@ -69,8 +69,8 @@ class Stage:
     enabled_by: str = ""  # config key whose (non-empty) value enables the stage for each analysed model
     each_set: str = ""  # config key listing the sets the {set} wildcard takes
     per_model: bool = True  # one job per analysed model ({model} wildcard), else one for the pipeline
-    models: str = ""  # config key listing the models a per-model stage runs for ([] = every trained model);
-    # '' = the analysed models (activations.models)
+    models: str | Callable[[dict[str, Any]], list[str]] = ""  # config key listing the models a per-model stage
+    # runs for ([] = every trained model), or a function of the config giving them; '' = the analysed models
     group: str = "analyses"  # command-line group: `infodissect <group> <command>`
     command: str = ""  # subcommand name (default: the stage name)
     entry: str = "run"  # the module's run function
@@ -317,7 +317,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
         figures=(Figure("figure", "results/figures/{model}_{set}_adversarial_consistency.png",
                         "adversarial_consistency"),),
         store="results/adversarial/{model}/{set}_consistency.zarr", each_set="adversarial.sets",
-        enabled_by="adversarial.sets", numbers="consistency_key_numbers",
+        enabled_by="adversarial.sets", numbers="consistency_key_numbers", models=consistency_models,
         settings={"topk": "adversarial.topk", "layers": "adversarial.layers"}),
 )}
 

@@ -106,8 +106,9 @@ def task_of(model):
 def analysed_models():
     """The models whose activations, MI and analyses are run: activations.models, or every trained model;
     none when the config trains none (activations.models is checked against training.models otherwise)."""
-    trained = model_names()
-    return [m for m in config["activations"]["models"] if m in trained] or trained
+    from infodissect.config import analysed_models as analysed
+
+    return analysed(config)
 
 
 def heldout_models():
@@ -257,16 +258,13 @@ def _per_model_stages():
 
 
 def stage_models(st):
-    """The models a per-model stage runs for: its models key ([] = every trained model), else the analysed ones
-    (for the adversarial consistency, those of the attack's task: its targets are classes of that task)."""
+    """The models a per-model stage runs for: its models key ([] = every trained model) or function of the
+    config, else the analysed ones."""
+    if callable(st.models):
+        return st.models(config)
     if st.models:
         chosen = config_value(st.models)
         return [m for m in model_names() if not chosen or m in chosen]
-    if st.name == "adversarial_consistency":
-        from infodissect.config import adversarial_models
-
-        tasks = {task_of(m) for m in adversarial_models(config)[0]}
-        return [m for m in analysed_models() if task_of(m) in tasks]
     return analysed_models()
 
 

@@ -139,12 +139,10 @@ def predictions(models: dict[str, nn.Module], x: torch.Tensor) -> dict[str, np.n
     """Each model's predicted class for the images ``x`` (B, C, H, W); an :class:`Ensemble` among them is
     answered from its members' logits when they are judged too (one forward pass per network)."""
     logits = {name: m(x) for name, m in models.items() if not isinstance(m, Ensemble)}
+    judged = {id(models[name]): z for name, z in logits.items()}
     for name, m in models.items():
         if isinstance(m, Ensemble):
-            known = [next((logits[k] for k, v in models.items() if v is member and k in logits), None)
-                     for member in m.members]
-            logits[name] = (torch.stack([z if z is not None else member(x) for z, member in zip(known, m.members)])
-                            .mean(0))
+            logits[name] = torch.stack([judged[id(p)] if id(p) in judged else p(x) for p in m.members]).mean(0)
     return {name: logits[name].argmax(1).numpy() for name in models}
 
 
@@ -185,11 +183,11 @@ def attack_images(ensemble: Ensemble, judges: dict[str, nn.Module], images: np.n
             "raw": raw, "rounded": rounded}
 
 
-def adversarial_set(stim: xr.Dataset, index: np.ndarray, result: dict[str, np.ndarray], target: np.ndarray | None,
+def adversarial_set(source: xr.Dataset, result: dict[str, np.ndarray], target: np.ndarray | None,
                     classes: list[str], attrs: dict[str, Any]) -> xr.Dataset:
-    """The stimulus store of one budget: the source samples ``index`` of ``stim`` (loaded) with the
-    adversarial images and the attack's coordinates along ``sample``."""
-    ds = stim.isel(sample=index).copy()
+    """The stimulus store of one budget: the attacked ``source`` images (loaded) with the adversarial images and
+    the attack's coordinates along ``sample``."""
+    ds = source.copy()
     ds["image"] = (ds["image"].dims, result["image"], ds["image"].attrs)
     labels = np.asarray(classes, dtype=object)
     coords = {
@@ -230,7 +228,7 @@ def run(spec: Spec, inputs: dict[str, Any], outputs: dict[str, Any], title: str 
     from ..activations.extract import load_trained
     from ..figures.adversarial import adversarial_figure
     from ..stimuli.store import open_stimuli
-    from ..store import open_group, save_dataset
+    from ..store import save_dataset
     from .relevance import sample_index, true_classes
 
     check_spec(spec)
@@ -254,15 +252,14 @@ def run(spec: Spec, inputs: dict[str, Any], outputs: dict[str, Any], title: str 
     if task not in stim.coords:
         raise AdversarialError(f"{where}: the set has no `{task}` coordinate (the models' task)")
     index = sample_index(int(stim.sizes["sample"]), spec.samples)
-    images = np.asarray(open_group(where, "stimulus store")["image"].oindex[index])
-    true = true_classes(stim[task].values[index], classes, task, where)
-    target = target_classes(true, stim["sample"].values[index], len(classes), spec.seed) if spec.targeted else None
+    source = stim.isel(sample=index).load()  # the attacked images, their part maps and factors
+    images = source["image"].values
+    true = true_classes(source[task].values, classes, task, where)
+    target = target_classes(true, source["sample"].values, len(classes), spec.seed) if spec.targeted else None
     ensemble = Ensemble([loaded[m][0] for m in members]).eval()
     judges: dict[str, nn.Module] = {m: loaded[m][0] for m in members}
     judges[ENSEMBLE] = ensemble
     judges.update({k: v[0] for k, v in loaded.items() if k not in members})
-    source = stim.isel(sample=index).load() if len(index) < stim.sizes["sample"] else stim.load()
-    local = np.arange(len(index))
     results = {}
     for budget, out in zip(spec.budgets, outs):
         res = attack_images(ensemble, judges, images, true, target, spec, budget)
@@ -270,7 +267,7 @@ def run(spec: Spec, inputs: dict[str, Any], outputs: dict[str, Any], title: str 
         attrs = {"adversarial": json.dumps({"source": Path(where).name, "budget": budget, "attack": spec.attack,
                                             "steps": spec.steps, "targeted": spec.targeted, "ensemble": members,
                                             "task": task, "seed": spec.seed}, sort_keys=True)}
-        save_dataset(adversarial_set(source, local, res, target, classes, attrs), out,
+        save_dataset(adversarial_set(source, res, target, classes, attrs), out,
                      inputs=[where, *inputs["models"]])
         log.info("budget %d/255: ensemble fooled on %.1f%% of %d images (stored uint8)", budget,
                  100 * res["rounded"][ENSEMBLE].mean(), len(index))
@@ -365,7 +362,7 @@ def _unit_mi(resp: np.ndarray, factors: dict[str, np.ndarray]) -> dict[str, np.n
 
     x = xr.DataArray(resp.astype(np.float32), dims=("sample", "unit"))
     y = xr.Dataset({k: ("sample", _labels(v)) for k, v in factors.items()})
-    with warnings.catch_warnings():  # dead units: MI 0, counted once by the engine's warning
+    with warnings.catch_warnings():  # dead ReLU units (MI 0) are expected: the engine's warning is not shown
         warnings.simplefilter("ignore", RuntimeWarning)
         mi = mutual_information(x, y, "sample")
     return {k: np.asarray(mi.sel(factor=k).values, np.float64) for k in factors}
@@ -450,21 +447,19 @@ def run_consistency(spec: ConsistencySpec, inputs: dict[str, Any], outputs: dict
     """Consistency of the units of ``inputs["activations"]`` (the model on the source set) on the adversarial
     sets' activations ``inputs["adversarial"]`` -> store ``out`` and figure ``figure``."""
     from ..figures.adversarial import consistency_figure
-    from ..nets import READOUT_LAYERS
     from ..store import open_tree, save_dataset
+    from .information import open_layers
 
     if not 0 < spec.topk < 1:
         raise AdversarialError(f"adversarial.topk = {spec.topk}: give a share of the images in (0, 1)")
-    real = open_tree(inputs["activations"], "activation store")
+    real, layers = open_layers(inputs["activations"], list(spec.layers))
     adv = {_budget_of(path): open_tree(path, "activation store") for path in inputs.get("adversarial") or []}
     if not adv:
         raise AdversarialError("--adversarial: give the model's activations on at least one adversarial set")
-    stored = [n for n in READOUT_LAYERS if n in real.children]
-    layers = list(spec.layers) or stored
-    missing = [n for n in layers if n not in stored or any(n not in t.children for t in adv.values())]
+    missing = [n for n in layers if any(n not in t.children for t in adv.values())]
     if missing:
-        raise AdversarialError(f"adversarial.layers: {missing} not extracted in every activation store (the real "
-                               f"one has {stored})")
+        raise AdversarialError(f"adversarial.layers: {missing} not extracted in every adversarial activation store "
+                               f"(the real one has {layers})")
     task = str(real.attrs.get("task", ""))
     if not task:
         raise AdversarialError(f"{inputs['activations']}: the activation store names no task (attrs `task`)")

@@ -206,7 +206,7 @@ def pixel_array(stim: xr.Dataset) -> xr.DataArray:
     return image.astype(np.float32).transpose("sample", "channel", "y", "x").rename("activation")
 
 
-def _open_layers(path: str | Path, layers: list[str] | None) -> tuple[xr.DataTree, list[str]]:
+def open_layers(path: str | Path, layers: list[str] | None) -> tuple[xr.DataTree, list[str]]:
     """An activation store and the read-out layers to measure (all by default), checked."""
     p = Path(path)
     tree = open_tree(p, "activation store")
@@ -252,7 +252,7 @@ def activation_information(path: str | Path, out: str | Path, *, layers: list[st
                            chunk_mb: float = 64.0, given: dict[str, str] | None = None) -> Path:
     """MI between every layer of an activation store and every varying factor of its set (each given its
     parent in ``given``, :func:`conditions`), into ``out``."""
-    tree, names = _open_layers(path, layers)
+    tree, names = open_layers(path, layers)
     table, pool = factor_table(tree[names[0]].dataset, factors), factor_table(tree[names[0]].dataset)
     parents = conditions(table, given, pool)
     acts = {n: tree[n].dataset["activation"] for n in names}
