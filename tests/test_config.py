@@ -28,6 +28,19 @@ def test_shipped_configs_validate(name):
     assert config["stimuli"]["render"]["shard_size"] % config["stimuli"]["render"]["batch_size"] == 0
 
 
+def test_the_classifiers_config_merges_over_the_demo(demo):
+    """config/classifiers.yaml is an overlay (`--configfile config/classifiers.yaml`), merged as Snakemake merges."""
+    from snakemake.utils import update_config
+
+    overlay = yaml.safe_load((ROOT / "config" / "classifiers.yaml").read_text())
+    update_config(demo, overlay)
+    config = validate_config(demo)
+    assert config["training"]["models"] == ["gender_s1", "expression_s1"]
+    assert config["stimuli"]["identities"] == 256 and config["stimuli"]["heldout_identities"] == 32
+    assert config["stimuli"]["sets"]["train"]["samples_per_identity"] == 48
+    assert "expression" in config["stimuli"]["sets"]["train"]["vary"]  # the demo's train set, merged
+
+
 def test_validate_does_not_modify_input(demo):
     before = copy.deepcopy(demo)
     validate_config(demo)

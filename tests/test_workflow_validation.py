@@ -52,6 +52,29 @@ def test_slurm_profile_dry_run_plans_every_job(tmp_path):
     assert "mem_mb=64000" in mi[:mi.index("\n\n")]
 
 
+def test_the_paper_config_at_26m_training_rows_plans_every_job_within_a_minute(tmp_path):
+    """Issue 18: `snakemake -n --workflow-profile workflow/profiles/slurm --configfile config/paper.yaml` at the
+    paper's 13,000 images per identity (26M rows) plans in under 60 s; training renders on the fly, so the
+    training set has no render jobs."""
+    pytest.importorskip("snakemake_executor_plugin_slurm")
+    import time
+
+    paper26 = tmp_path / "paper26.yaml"
+    paper26.write_text("stimuli: {sets: {train: {samples_per_identity: 13000}}}\n")
+    start = time.perf_counter()
+    result = snakemake("-n", "--directory", str(tmp_path), "--workflow-profile", str(ROOT / "workflow" / "profiles" / "slurm"),
+                       "--configfile", str(ROOT / "config" / "paper.yaml"), str(paper26))
+    seconds = time.perf_counter() - start
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out
+    counts = job_counts(out)
+    for rule in ("stimuli_design", "train_model", "activations_extract", "mi_layers", "analyses_profile", "report"):
+        assert counts.get(rule, 0) >= 1, (rule, counts)
+    assert "results/stimuli/train.zarr" not in out and "results/stimuli/designs/train.zarr" in out
+    assert sum(counts.values()) < 200, counts  # not a job per 1,024 training rows
+    assert seconds < 60, f"planning took {seconds:.0f} s"
+
+
 def test_a_model_the_config_does_not_name_is_refused_before_any_job():
     result = snakemake("results/models/gender_s3/model.pt", "-n", "--configfile", "config/test.yaml")
     output = result.stdout + result.stderr

@@ -301,12 +301,17 @@ def _reading(path: str | Path, what: str) -> Iterator[None]:
 # --------------------------------------------------------------------------- reading
 
 
-def open_dataset(path: str | Path, require: Iterable[str] = (), what: str = "store", group: str | None = None
-                 ) -> xr.Dataset:
-    """A finished Zarr store (or one of its groups) as a lazy Dataset, checked; ``require``: variables it must have."""
+def open_dataset(path: str | Path, require: Iterable[str] = (), what: str = "store", group: str | None = None,
+                 chunks: dict[str, int] | None = None) -> xr.Dataset:
+    """A finished Zarr store (or one of its groups) as a lazy Dataset, checked; ``require``: variables it must have.
+
+    ``chunks`` (dim: size, -1 = whole) makes each Dask task read its own block from the store, where rechunking
+    the store's own chunks would hold many of them at once (default: the store's chunks)."""
     store = checked_store(path, what)
-    with _reading(path, what):
-        ds = xr.open_zarr(store, consolidated=True, group=group)
+    with _reading(path, what), warnings.catch_warnings():
+        # Blocks that cut across the stored chunks are the point of ``chunks`` (memory per task, not reads).
+        warnings.filterwarnings("ignore", message="The specified chunks separate the stored chunks")
+        ds = xr.open_zarr(store, consolidated=True, group=group, **({"chunks": chunks} if chunks else {}))
     missing = [v for v in require if v not in ds.variables]
     if missing:
         raise StoreError(f"{path}: missing variable(s) {', '.join(missing)}")

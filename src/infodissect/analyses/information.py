@@ -274,7 +274,11 @@ def pixel_information(stimuli: str | Path, out: str | Path, *, factors: list[str
     attrs = {"model": PIXELS, "set": stim.attrs.get("set", ""), "source": str(stimuli), "n_perm": int(n_perm),
              "alpha": float(alpha), "seed": int(seed), "layers": json.dumps([PIXELS]),
              "factors": json.dumps(list(table.data_vars)), "given": json.dumps(parents)}
-    return information_store({PIXELS: pixel_array(stim)}, table, out, attrs, n_perm=n_perm, alpha=alpha, seed=seed,
+    # Read each task's block of pixels straight from the store: rechunking the store's sample chunks into
+    # all-sample blocks held several of them on every worker at once (an all-to-all).
+    blocks = variable_chunks(pixel_array(stim), "sample", chunk_mb)
+    image = pixel_array(open_stimuli(stimuli, require=("image",), chunks=blocks))
+    return information_store({PIXELS: image}, table, out, attrs, n_perm=n_perm, alpha=alpha, seed=seed,
                              chunk_mb=chunk_mb, given=parents, pool=pool)
 
 

@@ -30,10 +30,10 @@ _CONTINUOUS = ("gender_strength", "age", "expression_intensity", "yaw", "pitch",
                "light_elevation", "light_ambient", "scale", "shift_x", "shift_y", "background")
 
 
-def open_stimuli(path: str | Path, require: tuple[str, ...] = ()) -> xr.Dataset:
-    """Open a stimulus store or design lazily, checked (:func:`infodissect.store.open_dataset`) and from
-    this generator version."""
-    ds = open_dataset(path, require, what="stimulus store")
+def open_stimuli(path: str | Path, require: tuple[str, ...] = (), chunks: dict[str, int] | None = None) -> xr.Dataset:
+    """Open a stimulus store or design lazily, checked (:func:`infodissect.store.open_dataset`, read in ``chunks``)
+    and from this generator version."""
+    ds = open_dataset(path, require, what="stimulus store", chunks=chunks)
     version = ds.attrs.get("generator_version")
     if version != GENERATOR_VERSION:
         raise StoreError(f"{path}: made by generator version {version!r}, this is {GENERATOR_VERSION!r}; "

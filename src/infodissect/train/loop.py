@@ -213,7 +213,7 @@ def train_step(net: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: t
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
-    return loss, out
+    return loss.detach(), out.detach()
 
 
 def adversarial_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, budget: int, steps: int

@@ -1,0 +1,361 @@
+"""The one GPU check (issue 18): what the pipeline's CUDA paths do on this machine, in one table.
+
+    bash benchmarks/gpu.sh            # sets up, then runs this; or, set up already:
+    python benchmarks/gpu.py [--quick]
+
+Measures, on the first CUDA device, each figure beside its target:
+  render         images/s at 64 and 224 px (the demo generator, every factor varying);
+  render check   CUDA renders against the CPU renderer's on the same faces (tolerance below);
+  training       images/s at 64 and 224 px, bf16, one GPU: fed from memory and rendered on the
+                 fly from a design table (target: on the fly >= 80% of from memory at 224 px);
+  extraction     images/s of the activation stage (every read-out layer into Zarr, float16);
+  MI             the MI kernels on CUDA against the CPU (NumPy) on workloads 1 and 3 of
+                 benchmarks/mi.py: seconds, speed-up and the largest difference in bits;
+  DDP check      the training stage launched by torchrun on 1 GPU (CUDA, bf16) against
+                 2 Gloo processes on the CPU (float32), same data, spec and seed: the first
+                 epoch's training loss within bf16's tolerance.
+Exits 0 when every check passes, 1 when one fails, and NO_CUDA (3) with a one-line
+message on a machine without a CUDA device. --quick shrinks every workload (a smoke run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+NO_CUDA = 3
+
+# Documented tolerances (README.md, "GPU"): float32 rasterisation on the GPU may round a
+# sample's depth or colour differently from the CPU's compiled path at triangle edges.
+RENDER_MAX_PIXELS_OFF = 0.002   # share of pixel values more than 2 grey levels from the CPU's
+RENDER_MAX_LABELS_OFF = 0.002   # share of part labels that differ
+DDP_LOSS_RTOL = 0.03            # bf16 vs float32 training loss after one short epoch
+MI_MAX_DIFF_BITS = 1e-3         # CUDA (float32 kernels) vs CPU
+
+
+@dataclass
+class Row:
+    """One line of the table: a figure (or check) beside its target."""
+
+    name: str
+    value: str
+    target: str = ""
+    ok: bool | None = None  # None: a figure with no pass/fail
+
+    def line(self) -> str:
+        mark = {True: "ok", False: "FAILED", None: ""}[self.ok]
+        return f"{self.name:<44} {self.value:>26}  {self.target:<34} {mark}"
+
+
+def cuda_device() -> torch.device | None:
+    """The first CUDA device, or None."""
+    return torch.device("cuda", 0) if torch.cuda.is_available() else None
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], Any], device: torch.device, repeats: int) -> tuple[float, Any]:
+    """Median seconds of ``fn()`` over ``repeats`` calls after one warm-up, and its last result."""
+    out = fn()
+    times = []
+    for _ in range(repeats):
+        synchronize(device)
+        t0 = time.perf_counter()
+        out = fn()
+        synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)), out
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def render_rate(model, resolution: int, batch: int, repeats: int) -> float:
+    """Images/s of rendering ``batch`` random faces at ``resolution`` on the model's device."""
+    from render import throughput
+
+    from infodissect.faces.render import Camera
+
+    median, _ = throughput(model, Camera(resolution=resolution, antialias=2), batch, repeats)
+    return median
+
+
+def render_agreement(cpu_model, model, resolution: int, n: int) -> dict[str, float]:
+    """How far ``model``'s renders (its device) are from the CPU renderer's, on the same ``n`` random faces."""
+    from render import random_params
+
+    from infodissect.faces.render import Camera, render
+
+    camera = Camera(resolution=resolution, antialias=2)
+    p = random_params(cpu_model, n, torch.device("cpu"), seed=7)
+    with torch.inference_mode():
+        ref_img, ref_lab = render(cpu_model, p, camera)
+        img, lab = render(model, {k: v.to(model.device) for k, v in p.items()}, camera)
+    diff = (img.cpu().to(torch.int16) - ref_img.to(torch.int16)).abs()
+    return {"pixels_off": float((diff > 2).float().mean()), "max_diff": float(diff.max()),
+            "labels_off": float((lab.cpu() != ref_lab).float().mean())}
+
+
+# --------------------------------------------------------------------------- stores
+
+
+def demo_config() -> dict:
+    from infodissect.config import load_config
+
+    return load_config(ROOT / "config" / "config.yaml")
+
+
+def make_set(tmp: Path, config: dict, resolution: int, identities: int, per_identity: int, device: str) -> tuple[Path, Path]:
+    """A crossed training design (``identities`` x ``per_identity``) and its store rendered at ``resolution``,
+    through the stimulus stage's own functions: (design, store)."""
+    from infodissect.stimuli.design import write_design
+    from infodissect.stimuli.store import render_in_memory
+    from infodissect.store import save_dataset
+
+    st = config["stimuli"]
+    name = f"train{resolution}"
+    spec = {"seed": config["seed"], "identities": identities, "heldout_identities": 0, "generator": st["generator"],
+            "factors": st["factors"], "set": dict(st["sets"]["train"], samples_per_identity=per_identity)}
+    design = write_design(name, spec, tmp / "designs" / f"{name}.zarr")
+    render = render_spec(config, resolution, device)
+    ds = render_in_memory(design, render)
+    store = save_dataset(ds.chunk({"sample": 128}), tmp / f"{name}.zarr", inputs=[design])
+    return design, store
+
+
+def render_spec(config: dict, resolution: int, device: str) -> dict:
+    from infodissect.faces.version import GENERATOR_VERSION
+
+    st = config["stimuli"]
+    return {"generator": st["generator"], "render": dict(st["render"], resolution=resolution, device=device),
+            "version": GENERATOR_VERSION}
+
+
+# --------------------------------------------------------------------------- training and extraction
+
+
+def train_rates(config: dict, design: Path, store: Path, resolution: int, device: torch.device, steps: int,
+                batch: int) -> dict[str, float]:
+    """Training images/s (bf16 on CUDA) fed from memory and rendered on the fly, as benchmarks/train.py measures."""
+    from train import forever, in_memory, rate
+
+    from infodissect.nets import build_model
+    from infodissect.train.data import RenderedBatches, task_labels
+    from infodissect.train.loop import autocast, train_step
+
+    t = config["training"]
+    labels = task_labels(store, "identity")
+    model = build_model(len(labels.classes), width=64, stem=t["stem"], in_channels=3).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    amp = autocast(device)
+    model.train()
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> None:
+        train_step(model, opt, x, y, amp)
+
+    memory = rate(in_memory(store, labels.index, batch), batch, steps, step, device)
+    rendered = RenderedBatches(design, labels, batch, render_spec(config, resolution, device.type),
+                               window=t["window"], device=device)
+    fly = rate(forever(rendered), batch, steps, step, device)
+    return {"memory": memory, "fly": fly}
+
+
+def save_untrained(path: Path, classes: int, width: int = 64) -> Path:
+    """A model file in the training stage's format (untrained weights: extraction costs the same)."""
+    from infodissect.nets import build_model
+
+    torch.manual_seed(0)
+    model = build_model(classes, width=width)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": model.state_dict(), "classes": [str(i) for i in range(classes)], "task": "identity",
+                "spec": {"width": width, "stem": "large"}, "architecture": "ResNet10"}, path)
+    return path
+
+
+def extract_rate(model_path: Path, store: Path, out: Path, device: str, batch: int) -> float:
+    """Images/s of the activation stage (every read-out layer, float16) on ``store``."""
+    import shutil
+
+    import zarr
+
+    from infodissect.activations import extract
+
+    n = zarr.open_group(str(store), mode="r")["image"].shape[0]
+
+    def run() -> None:
+        shutil.rmtree(out, ignore_errors=True)
+        extract(model_path, store, out, dtype="float16", batch_size=batch, device=device, progress=False)
+
+    seconds, _ = timed(run, torch.device(device), 1)
+    return n / seconds
+
+
+# --------------------------------------------------------------------------- MI
+
+
+def mi_workloads(n: int, units: int, pixels: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """benchmarks/mi.py's data, sized: float32 units, uint8 pixels, 5 continuous and 3 discrete factors."""
+    from mi import data
+
+    u, p, f = data(n, seed)
+    return {"units": u[:, :units], "pixels": p[:, :pixels],
+            "continuous": np.stack([f[f"c{i}"].values for i in range(5)], 1),
+            "discrete": np.stack([f[f"d{k}"].values for k in (100, 2, 7)], 1)}
+
+
+def mi_factors(x, continuous, discrete) -> Any:
+    """Workload 1: every unit against every factor, (P, 8) bits, with the kernels of x's library and device."""
+    from infodissect.info import copnorm, mi_gg, mi_model_gd
+    from infodissect.info.backend import namespace
+
+    xp = namespace(x)
+    xc = copnorm(x)
+    yc = copnorm(continuous)
+    cols = [mi_gg(xc[:, :, None], xp.broadcast_to(yc[:, None, i:i + 1], (xc.shape[0], xc.shape[1], 1)))
+            for i in range(yc.shape[1])]
+    cols += [mi_model_gd(xc, discrete[:, j]) for j in range(discrete.shape[1])]
+    return xp.stack(cols, axis=-1)
+
+
+def mi_pairs(x, y) -> Any:
+    """Workload 3: every pixel against every unit, (P, Q) bits."""
+    from infodissect.info import copnorm, mi_gg_pairs
+
+    return mi_gg_pairs(copnorm(x), copnorm(y))
+
+
+def mi_compare(device: torch.device, n: int, units: int, pixels: int, repeats: int) -> list[dict[str, float]]:
+    """Seconds on the CPU (NumPy) and on ``device`` (PyTorch, float32) and the largest difference, per workload."""
+    from infodissect.info.backend import to_numpy
+
+    w = mi_workloads(n, units, pixels)
+    t = {k: torch.as_tensor(v, device=device) for k, v in w.items()}
+    for k in ("units", "continuous"):
+        t[k] = t[k].float()
+    t["pixels"] = t["pixels"].float()
+    rows = []
+    for name, cpu_fn, dev_fn in (
+            ("1. units x 8 factors", lambda: mi_factors(w["units"], w["continuous"], w["discrete"]),
+             lambda: mi_factors(t["units"], t["continuous"], w["discrete"])),
+            ("3. pixels x units pairs", lambda: mi_pairs(w["pixels"], w["units"]),
+             lambda: mi_pairs(t["pixels"], t["units"]))):
+        cpu_s, cpu_out = timed(cpu_fn, torch.device("cpu"), repeats)
+        dev_s, dev_out = timed(dev_fn, device, repeats)
+        diff = float(np.nanmax(np.abs(to_numpy(dev_out).astype(np.float64) - np.asarray(cpu_out, dtype=np.float64))))
+        rows.append({"workload": name, "cpu_s": cpu_s, "device_s": dev_s, "max_diff": diff})
+    return rows
+
+
+# --------------------------------------------------------------------------- DDP
+
+
+def ddp_first_epoch(tmp: Path, store: Path, test: Path, nproc: int, cuda: bool, epochs: int = 1) -> dict[str, float]:
+    """Train through the training stage's launcher (torchrun) for one epoch; its metrics.csv's first row."""
+    spec = {"task": "identity", "epochs": epochs, "batch_size": 64, "lr": 0.05, "width": 16, "seed": 0, "window": 2}
+    out = tmp / f"ddp_{'cuda' if cuda else 'gloo'}{nproc}"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    if not cuda:
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    cmd = [sys.executable, "-m", "infodissect.cli", "train", "launch", "--nodes", "1", "--nproc-per-node", str(nproc),
+           "--port", str(29600 + nproc + 10 * cuda), "--", "--spec", json.dumps(spec), "--train", str(store),
+           "--test", str(test), "--out", str(out / "model"), "--checkpoints", str(out / "ckpt"), "--threads", "1"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"training ({'1 GPU' if cuda else f'{nproc} Gloo processes'}) failed:\n{done.stderr[-3000:]}")
+    with (out / "model" / "metrics.csv").open() as fh:
+        first = next(csv.DictReader(fh))
+    return {k: float(v) for k, v in first.items() if k != "epoch"}
+
+
+# --------------------------------------------------------------------------- the table
+
+
+def checks(rows: list[Row]) -> int:
+    """Exit status of a table: 1 if any check failed, else 0."""
+    return 1 if any(r.ok is False for r in rows) else 0
+
+
+def run(device: torch.device, quick: bool, tmp: Path) -> list[Row]:
+    """Every measurement and check on ``device``; rows printed as they come."""
+    from infodissect.faces.model import build_face_model
+
+    rows: list[Row] = []
+
+    def add(row: Row) -> None:
+        rows.append(row)
+        print(row.line(), flush=True)
+
+    config = demo_config()
+    repeats = 2 if quick else 10
+    model = build_face_model(device=device)
+    cpu_model = build_face_model(device=torch.device("cpu"))
+    for res, target in ((64, 50_000), (224, 10_000)):
+        r = render_rate(model, res, 256 if quick else 2048, repeats)
+        add(Row(f"render {res} px", f"{r:,.0f} images/s", f">= {target:,}", r >= target))
+    for res in (64, 224):
+        a = render_agreement(cpu_model, model, res, 8 if quick else 64)
+        add(Row(f"render check {res} px vs CPU", f"{a['pixels_off']:.2%} px, {a['labels_off']:.2%} labels",
+                f"<= {RENDER_MAX_PIXELS_OFF:.1%} off by > 2 levels", a["pixels_off"] <= RENDER_MAX_PIXELS_OFF
+                and a["labels_off"] <= RENDER_MAX_LABELS_OFF))
+
+    per_id = 2 if quick else 32
+    stores = {res: make_set(tmp, config, res, 16 if quick else 64, per_id, device.type) for res in (64, 224)}
+    for res, (design, store) in stores.items():
+        r = train_rates(config, design, store, res, device, 4 if quick else 40, 64 if quick else 256)
+        add(Row(f"training {res} px, from memory", f"{r['memory']:,.0f} images/s"))
+        add(Row(f"training {res} px, rendered on the fly", f"{r['fly']:,.0f} images/s ({r['fly'] / r['memory']:.0%})",
+                ">= 80% of from memory" if res == 224 else "", r["fly"] >= 0.8 * r["memory"] if res == 224 else None))
+    for res, (_, store) in stores.items():
+        model_path = save_untrained(tmp / "models" / f"m{res}.pt", 16 if quick else 64)
+        r = extract_rate(model_path, store, tmp / f"act{res}.zarr", str(device), 64 if quick else 256)
+        add(Row(f"extraction {res} px (every layer, float16)", f"{r:,.0f} images/s"))
+    for m in mi_compare(device, 512 if quick else 10_000, 64 if quick else 2000, 64 if quick else 4096, 1 if quick else 3):
+        add(Row(f"MI {m['workload']}", f"CPU {m['cpu_s']:.2f} s, GPU {m['device_s']:.3f} s",
+                f"{m['cpu_s'] / m['device_s']:.0f}x; |diff| {m['max_diff']:.1e} bits", m["max_diff"] <= MI_MAX_DIFF_BITS))
+    design, store = stores[64]
+    gpu = ddp_first_epoch(tmp, store, store, 1, cuda=True)
+    gloo = ddp_first_epoch(tmp, store, store, 2, cuda=False)
+    rel = abs(gpu["train_loss"] - gloo["train_loss"]) / gloo["train_loss"]
+    add(Row("DDP check: 1 GPU vs 2 Gloo, epoch-1 loss", f"{gpu['train_loss']:.4f} vs {gloo['train_loss']:.4f}",
+            f"within {DDP_LOSS_RTOL:.0%} (bf16)", rel <= DDP_LOSS_RTOL))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small workloads (a smoke run)")
+    a = ap.parse_args(argv)
+    device = cuda_device()
+    if device is None:
+        print("no CUDA device: benchmarks/gpu.sh measures the GPU paths and has nothing to run here "
+              f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'none'})", flush=True)
+        return NO_CUDA
+    print(f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}, CUDA {torch.version.cuda}", flush=True)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="infodissect-gpu-") as tmp:
+        rows = run(device, a.quick, Path(tmp))
+    status = checks(rows)
+    print(f"{len(rows)} rows in {time.perf_counter() - start:.0f} s; "
+          f"{'every check passed' if status == 0 else 'a check FAILED'}", flush=True)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
