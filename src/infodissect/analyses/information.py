@@ -236,8 +236,10 @@ def information_store(layers: dict[str, xr.DataArray], factors: xr.Dataset, out:
             n_vars = math.prod(s for d, s in act.sizes.items() if d != "sample")
             log.info("layer %s (%d/%d): %d variables x %d factors x %d samples, %d permutations", name, i + 1,
                      len(layers), n_vars, len(factors.data_vars), act.sizes["sample"], n_perm)
+            # Loaded (results hold no sample dim: small): a lazy result (n_perm 0) would be computed again for
+            # every use after the write (the log line's maxima computed it twice more).
             ds = layer_information(act, factors, n_perm=n_perm, alpha=alpha, seed=seed, chunk_mb=chunk_mb,
-                                   given=given, pool=pool)
+                                   given=given, pool=pool).load()
             ds.attrs.update(attrs, layer=name)
             write_zarr(ds, tmp, group=name, mode="a")  # one group per layer, written as it is done
             log.info("layer %s done in %.1f s; max MI %.3f bits (%s)", name, time.perf_counter() - start,
