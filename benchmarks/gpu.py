@@ -14,8 +14,9 @@ Measures, on the first CUDA device, each figure beside its target:
   DDP check      the training stage launched by torchrun on 1 GPU (CUDA, bf16) against
                  2 Gloo processes on the CPU (float32), same data, spec and seed: the first
                  epoch's training loss within bf16's tolerance.
-Exits 0 when every check passes, 1 when one fails, and NO_CUDA (3) with a one-line
-message on a machine without a CUDA device. --quick shrinks every workload (a smoke run).
+Exits 0 when every check passes, 1 when one fails, BROKE (2) when a measurement raised
+(its traceback printed), and NO_CUDA (3) with a one-line message on a machine without a
+CUDA device. --quick shrinks every workload (a smoke run).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-NO_CUDA = 3
+BROKE, NO_CUDA = 2, 3
 
 # Documented tolerances (README.md, "GPU"): float32 rasterisation on the GPU may round a
 # sample's depth or colour differently from the CPU's compiled path at triangle edges.
@@ -97,8 +98,9 @@ def render_rate(model, resolution: int, batch: int, repeats: int) -> float:
     return median
 
 
-def render_agreement(cpu_model, model, resolution: int, n: int) -> dict[str, float]:
-    """How far ``model``'s renders (its device) are from the CPU renderer's, on the same ``n`` random faces."""
+def render_agreement(cpu_model, model, resolution: int, n: int, backend: str = "auto") -> dict[str, float]:
+    """How far ``model``'s renders (on its device, with ``backend``: on CUDA the PyTorch rasterizer) are from the
+    CPU renderer's (its compiled path), on the same ``n`` random faces."""
     from render import random_params
 
     from infodissect.faces.render import Camera, render
@@ -107,7 +109,7 @@ def render_agreement(cpu_model, model, resolution: int, n: int) -> dict[str, flo
     p = random_params(cpu_model, n, torch.device("cpu"), seed=7)
     with torch.inference_mode():
         ref_img, ref_lab = render(cpu_model, p, camera)
-        img, lab = render(model, {k: v.to(model.device) for k, v in p.items()}, camera)
+        img, lab = render(model, {k: v.to(model.device) for k, v in p.items()}, camera, backend=backend)
     diff = (img.cpu().to(torch.int16) - ref_img.to(torch.int16)).abs()
     return {"pixels_off": float((diff > 2).float().mean()), "max_diff": float(diff.max()),
             "labels_off": float((lab.cpu() != ref_lab).float().mean())}
@@ -306,8 +308,8 @@ def run(device: torch.device, quick: bool, tmp: Path) -> list[Row]:
     repeats = 2 if quick else 10
     model = build_face_model(device=device)
     cpu_model = build_face_model(device=torch.device("cpu"))
-    for res, target in ((64, 50_000), (224, 10_000)):
-        r = render_rate(model, res, 256 if quick else 2048, repeats)
+    for res, target, batch in ((64, 50_000, 2048), (224, 10_000, 512)):
+        r = render_rate(model, res, 64 if quick else batch, repeats)
         add(Row(f"render {res} px", f"{r:,.0f} images/s", f">= {target:,}", r >= target))
     for res in (64, 224):
         a = render_agreement(cpu_model, model, res, 8 if quick else 64)
@@ -315,10 +317,10 @@ def run(device: torch.device, quick: bool, tmp: Path) -> list[Row]:
                 f"<= {RENDER_MAX_PIXELS_OFF:.1%} off by > 2 levels", a["pixels_off"] <= RENDER_MAX_PIXELS_OFF
                 and a["labels_off"] <= RENDER_MAX_LABELS_OFF))
 
-    per_id = 2 if quick else 32
+    per_id = 8 if quick else 32  # a set of at least one batch of each size below
     stores = {res: make_set(tmp, config, res, 16 if quick else 64, per_id, device.type) for res in (64, 224)}
     for res, (design, store) in stores.items():
-        r = train_rates(config, design, store, res, device, 4 if quick else 40, 64 if quick else 256)
+        r = train_rates(config, design, store, res, device, 4 if quick else 40, 32 if quick else 256)
         add(Row(f"training {res} px, from memory", f"{r['memory']:,.0f} images/s"))
         add(Row(f"training {res} px, rendered on the fly", f"{r['fly']:,.0f} images/s ({r['fly'] / r['memory']:.0%})",
                 ">= 80% of from memory" if res == 224 else "", r["fly"] >= 0.8 * r["memory"] if res == 224 else None))
@@ -349,8 +351,15 @@ def main(argv: list[str] | None = None) -> int:
         return NO_CUDA
     print(f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}, CUDA {torch.version.cuda}", flush=True)
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="infodissect-gpu-") as tmp:
-        rows = run(device, a.quick, Path(tmp))
+    try:
+        with tempfile.TemporaryDirectory(prefix="infodissect-gpu-") as tmp:
+            rows = run(device, a.quick, Path(tmp))
+    except Exception:  # a measurement that broke is not a failed check: say so, with its traceback
+        import traceback
+
+        traceback.print_exc()
+        print(f"a measurement broke after {time.perf_counter() - start:.0f} s (traceback above)", flush=True)
+        return BROKE
     status = checks(rows)
     print(f"{len(rows)} rows in {time.perf_counter() - start:.0f} s; "
           f"{'every check passed' if status == 0 else 'a check FAILED'}", flush=True)

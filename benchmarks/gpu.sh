@@ -4,14 +4,14 @@
 #
 #   bash benchmarks/gpu.sh
 #
-# Exit status: 0 every check passed; 1 a check failed; 3 no CUDA device (said on one line,
-# before anything is installed); anything else, the set-up failed.
+# Exit status: 0 every check passed; 1 a check failed; 2 a measurement broke (its error printed);
+# 3 no CUDA device (said on one line, before anything is installed); 4 the set-up failed.
 #
 # Python: the first of $PYTHON, .venv/bin/python, python3 whose torch sees a CUDA device.
-# Set-up: the project and its dependencies go into a private folder (.gpu-site, git-ignored),
-# not into that Python's own packages, from wheels in .whl when the folder exists (a machine
-# with no package index: fill it on one that has one with `bash benchmarks/gpu_wheels.sh`),
-# else from the package index. torch is never installed: the machine's CUDA build is used.
+# Set-up: what that Python lacks (benchmarks/gpu_requirements.txt) goes into a private folder
+# (.gpu-site, git-ignored), not into its own packages, from wheels in .whl when the folder exists
+# (a machine with no package index: fill it where pip works with `bash benchmarks/gpu_wheels.sh`),
+# else from the package index. Its torch, NumPy, SciPy and Numba are used as they are.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -27,22 +27,21 @@ if [ -z "$PY" ]; then
 fi
 
 SITE="$PWD/.gpu-site"
-if ! PYTHONPATH="$SITE:$PWD/src" "$PY" -c 'import infodissect.config, infodissect.info, zarr, dask, xarray, numba, scipy, yaml, jsonschema' 2>/dev/null; then
+ready() { PYTHONPATH="$SITE:$PWD/src" "$PY" -c 'import infodissect.config, infodissect.info, zarr, dask, xarray, numba, scipy, yaml, jsonschema' 2>/dev/null; }
+if ! ready; then
   echo "setting up $SITE for $PY"
   mkdir -p "$SITE"
+  # --no-deps: only the listed packages, so the machine's NumPy (that its torch was built against) stays.
   if [ -d .whl ]; then
     "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$SITE" .whl/*.whl
   else
-    # The project's requirements without torch (the machine's CUDA build stays) nor snakemake.
-    REQS=$("$PY" - <<'EOF2'
-import re, tomllib
-deps = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]
-print(" ".join(d for d in deps if re.split(r"[<>=!~ \[;]", d)[0].lower() not in ("torch", "snakemake")))
-EOF2
-)
-    # shellcheck disable=SC2086
-    "$PY" -m pip install -q --target "$SITE" $REQS
-    rm -rf "$SITE"/torch "$SITE"/torch-* "$SITE"/nvidia* "$SITE"/triton*  # never shadow the machine's torch
+    "$PY" -m pip install -q --no-deps --target "$SITE" -r benchmarks/gpu_requirements.txt
+  fi
+  if ! ready; then
+    echo "set-up failed: with $SITE, $PY still cannot import the project (see: PYTHONPATH=$SITE:src $PY -c 'import infodissect.info, zarr, dask, jsonschema')." \
+         "It must bring PyTorch (CUDA), NumPy, SciPy, Numba, xarray, pandas and PyYAML itself; or run bash scripts/setup.sh" \
+         "(a CUDA torch where nvidia-smi is found) and then PYTHON=.venv/bin/python bash benchmarks/gpu.sh"
+    exit 4
   fi
 fi
 export PYTHONPATH="$SITE:$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
