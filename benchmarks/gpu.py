@@ -180,14 +180,16 @@ def train_rates(config: dict, design: Path, store: Path, resolution: int, device
 
 
 def save_untrained(path: Path, classes: int, width: int = 64) -> Path:
-    """A model file in the training stage's format (untrained weights: extraction costs the same)."""
+    """A model file as the training stage writes it (untrained weights: extraction costs the same)."""
     from infodissect.nets import build_model
+    from infodissect.train.data import Labels
+    from infodissect.train.loop import TrainSpec, _model_file
 
     torch.manual_seed(0)
-    model = build_model(classes, width=width)
+    spec = TrainSpec(width=width)
+    labels = Labels("identity", tuple(str(i) for i in range(classes)), np.zeros(0, np.int64))
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": model.state_dict(), "classes": [str(i) for i in range(classes)], "task": "identity",
-                "spec": {"width": width, "stem": "large"}, "architecture": "ResNet10"}, path)
+    torch.save(_model_file(spec, build_model(classes, width=width, stem=spec.stem), labels), path)
     return path
 
 
@@ -248,10 +250,7 @@ def mi_compare(device: torch.device, n: int, units: int, pixels: int, repeats: i
     from infodissect.info.backend import to_numpy
 
     w = mi_workloads(n, units, pixels)
-    t = {k: torch.as_tensor(v, device=device) for k, v in w.items()}
-    for k in ("units", "continuous"):
-        t[k] = t[k].float()
-    t["pixels"] = t["pixels"].float()
+    t = {k: torch.as_tensor(w[k], device=device, dtype=torch.float32) for k in ("units", "continuous", "pixels")}
     rows = []
     for name, cpu_fn, dev_fn in (
             ("1. units x 8 factors", lambda: mi_factors(w["units"], w["continuous"], w["discrete"]),
