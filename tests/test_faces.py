@@ -373,6 +373,18 @@ def test_hair_styles_and_sex_change_the_hair(model):
     assert hair[0] > hair[3] > hair[2]  # a woman's short hair is fuller than the androgynous cut, a man's cropped
 
 
+@pytest.mark.parametrize("expression", ["happiness", "surprise", "fear", "disgust"])
+def test_the_mouth_opens_above_the_onset_and_wider_with_intensity(model, expression):
+    from infodissect.faces.fields import OPENING_ONSET
+
+    levels = [0.5 * OPENING_ONSET, 0.3, 0.65, 1.0]
+    p = same_identity(params(model, 4, seed=13, expression=EXPRESSIONS.index(expression), expression_intensity=levels))
+    _, parts = render(model, p, CAM)
+    cavity = (parts.numpy() == PART["mouth_interior"]).sum((1, 2))
+    assert cavity[0] == 0, cavity  # below the onset the lips stay closed
+    assert 0 < cavity[1] < cavity[2] < cavity[3], cavity
+
+
 def test_teeth_stay_on_the_jaw(model):
     t = model.template
     p = same_identity(with_action_unit(model, params(model, 2, seed=10), "AU25", [0.0, 1.0]))

@@ -20,4 +20,3 @@ rule activations_extract:
     shell:
         "infodissect activations extract --model {input.model} --stimuli {input.stimuli}"
         " --spec {params.spec:q} --threads {threads} --out {output} > {log} 2>&1"
-        " && infodissect activations info {output} >> {log} 2>&1"

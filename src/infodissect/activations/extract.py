@@ -343,4 +343,5 @@ def run(spec: Spec, inputs: dict[str, Any], outputs: dict[str, Path], title: str
     extract(inputs["model"], inputs["stimuli"], outputs["out"], layers=spec.layers, pooling=spec.pooling,
             dtype=spec.dtype, batch_size=spec.batch_size, chunk_mb=float(spec.chunk_mb), device=device,
             processes=spec.processes, threads=max(1, torch.get_num_threads() // spec.processes))
+    print(describe(outputs["out"]), flush=True)  # the store's table, in the job's log
     return {}

@@ -219,7 +219,7 @@ def sex_albedo(t: Template, mk: dict[str, np.ndarray]) -> tuple[np.ndarray, np.n
     nv = len(t.vertices)
     face = mk["face_skin"]
     male = np.zeros((nv, 3))
-    male += mk["beard"][:, None] * np.array([-0.3, -0.28, -0.2])
+    male += mk["beard"][:, None] * np.array([-0.38, -0.3, -0.2])
     male += (mk["brow_wide"] * face)[:, None] * (0.7 * HAIR_COLOUR - SKIN_TONE) * 0.3
     male += face[:, None] * np.array([-0.015, -0.035, -0.035])
     male += (mk["upper_lid"] + 0.5 * mk["under_eye"])[:, None] * np.array([-0.07, -0.075, -0.06])  # deep-set eyes

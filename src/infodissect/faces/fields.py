@@ -19,15 +19,30 @@ import numpy as np
 from .mesh import EYE_CENTRE, HAIR, LOWER_TEETH, MOUTH_HALF_WIDTH, MOUTH_Y, SKIN, TORSO, UPPER_TEETH, Template, mirror
 
 # Facial action units (FACS) of each expression's prototype, with their weights.
+# At full intensity the mouth is open as at the apex of a laugh (happiness), of intense disgust and of
+# fear (jaw dropped, mouth stretched) and surprise.
 EXPRESSION_AUS: dict[str, dict[str, float]] = {
     "neutral": {},
-    "happiness": {"AU6": 1.0, "AU12": 1.0, "AU25": 1.0, "AU26": 0.3},
+    "happiness": {"AU6": 1.0, "AU12": 1.0, "AU25": 1.0, "AU26": 0.8},
     "surprise": {"AU1": 1.0, "AU2": 1.0, "AU5": 1.0, "AU25": 0.5, "AU27": 1.0},
-    "fear": {"AU1": 1.0, "AU2": 0.6, "AU4": 0.7, "AU5": 1.0, "AU20": 1.0, "AU25": 0.6, "AU26": 1.0},
-    "disgust": {"AU9": 1.0, "AU10": 1.0, "AU25": 0.5, "AU26": 0.3},
+    "fear": {"AU1": 1.0, "AU2": 0.6, "AU4": 0.7, "AU5": 1.0, "AU20": 1.0, "AU25": 0.6, "AU26": 1.0, "AU27": 0.5},
+    "disgust": {"AU9": 1.0, "AU10": 1.0, "AU25": 0.5, "AU26": 0.7},
     "anger": {"AU4": 1.0, "AU5": 1.0, "AU7": 1.0, "AU23": 1.0},
     "sadness": {"AU1": 1.0, "AU4": 0.8, "AU15": 1.0, "AU17": 0.5},
 }
+# The action units that open the mouth, and the expression intensity at which they begin: below it the
+# lips stay closed (a closed-lip smile), above it they open in proportion, fully at intensity 1; every
+# other action unit scales with the intensity itself.
+OPENING_AUS: tuple[str, ...] = ("AU25", "AU26", "AU27")
+OPENING_ONSET = 0.125
+
+
+def opening(intensity):
+    """How far the mouth-opening action units act at an expression ``intensity`` (array or tensor):
+    0 up to :data:`OPENING_ONSET`, then linear to 1 at intensity 1."""
+    return ((intensity - OPENING_ONSET) / (1.0 - OPENING_ONSET)).clip(0.0, 1.0)
+
+
 AU_NAMES: dict[str, str] = {
     "AU1": "inner brow raiser", "AU2": "outer brow raiser", "AU4": "brow lowerer", "AU5": "upper lid raiser",
     "AU6": "cheek raiser", "AU7": "lid tightener", "AU9": "nose wrinkler", "AU10": "upper lip raiser",

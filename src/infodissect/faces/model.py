@@ -28,12 +28,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import scipy.optimize
 import torch
 
 from . import albedo as alb
 from .factors import ETHNICITIES, EXPRESSIONS, HAIR_STYLES
-from .fields import (EXPRESSION_AUS, action_unit_fields, age_fields, anatomical_fields, lip_split, random_fields,
+from .fields import (EXPRESSION_AUS, OPENING_AUS, action_unit_fields, age_fields, anatomical_fields, lip_split, random_fields,
                      sex_fields)
 from .mesh import (EYE_CENTRE, HAIR, LEFT_EYE, LOWER_TEETH, PART_NAMES, RIGHT_EYE, SKIN, TORSO,
                    UPPER_TEETH, Template, build_template, face_labels, face_spacing, grid_subset,
@@ -44,6 +43,7 @@ from .version import GENERATOR_VERSION  # (re-exported)
 FIXED_ROWS: tuple[str, ...] = (
     ("male", "female") + tuple(f"ethnicity_{e}" for e in ETHNICITIES) + ("age_linear", "age_sag")
     + tuple(f"hair_{h}" for h in HAIR_STYLES) + tuple(f"expression_{e}" for e in EXPRESSIONS)
+    + tuple(f"opening_{au}" for au in OPENING_AUS)
 )
 
 # Anthropometric norms (mm) of young adults (North American Caucasians, 18-25 years; Farkas 1994,
@@ -264,6 +264,8 @@ def calibrate_shape(t: Template, named: dict[str, np.ndarray], random: list[np.n
     a = jac**2 / sd_target[:, None] ** 2
     b = 1.0 - rand_var / sd_target**2
     reg = 0.02
+    import scipy.optimize  # here: importing it costs about a second at every start-up
+
     sol = scipy.optimize.lsq_linear(np.vstack([a, np.sqrt(reg) * np.eye(len(names))]),
                                     np.concatenate([b, np.sqrt(reg) * np.ones(len(names))]), bounds=(0.0, 16.0))
     amplitude = np.sqrt(sol.x)
@@ -300,10 +302,13 @@ def _vertex_normals_np(v: np.ndarray, f: np.ndarray) -> np.ndarray:
 
 
 def _expression_rows(aus: dict[str, np.ndarray]) -> list[np.ndarray]:
-    """Each expression's row: its action units' fields weighted as in :data:`.fields.EXPRESSION_AUS`
-    (an action unit missing from ``aus`` contributes nothing)."""
+    """Each expression's row: its action units' fields weighted as in :data:`.fields.EXPRESSION_AUS`, except
+    those that open the mouth (:data:`.fields.OPENING_AUS`), whose rows follow, one per unit (an action unit
+    missing from ``aus`` contributes nothing)."""
     zero = np.zeros_like(next(iter(aus.values())))
-    return [sum((w * aus.get(au, zero) for au, w in EXPRESSION_AUS[e].items()), zero) for e in EXPRESSIONS]
+    rows = [sum((w * aus.get(au, zero) for au, w in EXPRESSION_AUS[e].items() if au not in OPENING_AUS), zero)
+            for e in EXPRESSIONS]
+    return rows + [aus.get(au, zero) for au in OPENING_AUS]
 
 
 def _ethnic_albedo(t: Template, base: np.ndarray, mk: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

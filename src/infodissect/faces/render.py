@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from .albedo import GREY_HAIR
 from .factors import ETHNICITIES, EXPRESSIONS, GENDERS, HAIR_STYLES
+from .fields import EXPRESSION_AUS, OPENING_AUS, opening
 from .mesh import PART_NAMES
 from .model import FaceModel
 from .raster import Fragments, rasterize
@@ -73,6 +74,8 @@ PARAM_NAMES: tuple[str, ...] = (
     "scale", "shift_x", "shift_y", "background",
 )
 _MALE = GENDERS.index("male")
+# (expression, mouth-opening action unit): each expression's weight of each unit (the opening_* fixed rows)
+OPENING_WEIGHTS = [[EXPRESSION_AUS[e].get(au, 0.0) for au in OPENING_AUS] for e in EXPRESSIONS]
 
 
 def fixed_coefficients(p: dict[str, torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
@@ -82,9 +85,12 @@ def fixed_coefficients(p: dict[str, torch.Tensor], dtype: torch.dtype) -> torch.
     eth = F.one_hot(p["ethnicity"].long(), len(ETHNICITIES)).to(dtype)
     age = p["age"].to(dtype)
     hair = F.one_hot(p["hair_style"].long(), len(HAIR_STYLES)).to(dtype)
-    expr = F.one_hot(p["expression"].long(), len(EXPRESSIONS)).to(dtype) * p["expression_intensity"].to(dtype)[:, None]
+    which = F.one_hot(p["expression"].long(), len(EXPRESSIONS)).to(dtype)
+    intensity = p["expression_intensity"].to(dtype)[:, None]
+    opens = torch.as_tensor(OPENING_WEIGHTS, dtype=dtype, device=which.device)
     return torch.cat([(strength * male)[:, None], (strength * (1.0 - male))[:, None], eth,
-                      ((age - 30.0) / 40.0)[:, None], ((age - 25.0) / 45.0).clamp(0.0, 1.0)[:, None], hair, expr], 1)
+                      ((age - 30.0) / 40.0)[:, None], ((age - 25.0) / 45.0).clamp(0.0, 1.0)[:, None], hair,
+                      which * intensity, (which @ opens) * opening(intensity)], 1)
 
 
 def face_geometry(model: FaceModel, p: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,6 +104,22 @@ def face_geometry(model: FaceModel, p: dict[str, torch.Tensor]) -> tuple[torch.T
     return verts, grey_albedo(model, albedo, grey)
 
 
+MIN_GEMM_ROWS = 16  # BLAS takes another path for very few rows (MKL: under 8), rounding differently
+
+
+def _addmm(bias: torch.Tensor, a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``bias + a @ w``, computed on at least :data:`MIN_GEMM_ROWS` rows (the last one repeated), so that a
+    sample's result does not depend on how many samples share its batch."""
+    n = a.shape[0]
+    if n == 0 or n >= MIN_GEMM_ROWS:
+        return torch.addmm(bias, a, w)
+
+    def pad(x: torch.Tensor) -> torch.Tensor:
+        return x if x.shape[0] == 1 else torch.cat([x, x[-1:].expand(MIN_GEMM_ROWS - n, -1)])
+
+    return torch.addmm(pad(bias), torch.cat([a, a[-1:].expand(MIN_GEMM_ROWS - n, -1)]), w)[:n]
+
+
 def linear_geometry(model: FaceModel, p: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The matrix products of :func:`face_geometry`: vertices and albedo (B, V, 3) before greying and
     clamping, and each sample's greying (B,) in [0, 1] (see :func:`grey_albedo`)."""
@@ -107,12 +129,12 @@ def linear_geometry(model: FaceModel, p: dict[str, torch.Tensor]) -> tuple[torch
     texture = p["texture_coeff"] if model.texture_index is None else p["texture_coeff"][:, model.texture_index]
     alb = torch.cat([texture.to(dt), fixed], 1)
     nv = model.n_vertices
-    verts = torch.addmm(model.vertices.view(1, -1), geo, model.geometry_rows)
-    albedo = torch.addmm(model.base_albedo.view(1, -1), alb, model.albedo_rows)
+    verts = _addmm(model.vertices.view(1, -1), geo, model.geometry_rows)
+    albedo = _addmm(model.base_albedo.view(1, -1), alb, model.albedo_rows)
     if "action_units" in p:  # explicit FACS action units on top of the expression
         au = p["action_units"].to(dt)
-        verts = torch.addmm(verts, au, model.au_geometry)
-        albedo = torch.addmm(albedo, au, model.au_albedo)
+        verts = _addmm(verts, au, model.au_geometry)
+        albedo = _addmm(albedo, au, model.au_albedo)
     grey = ((p["age"].to(dt) - 40.0) / 35.0).clamp(0.0, 1.0)
     return verts.view(-1, nv, 3), albedo.view(-1, nv, 3), grey
 

@@ -1,3 +1,5 @@
 """The generator version, recorded in every stimulus store (importing it loads nothing else)."""
 
-GENERATOR_VERSION = "2.0"  # 2.0: face model 2 (FACS expressions, sex dimorphism, hair styles, teeth, torso, norms)
+# 2.0: face model 2 (FACS expressions, sex dimorphism, hair styles, teeth, torso, norms)
+# 2.1: the mouth opens above an expression intensity of 1/8 (OPENING_AUS); laughing, disgust and fear open wider
+GENERATOR_VERSION = "2.1"

@@ -9,19 +9,23 @@ import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 import xarray as xr
 from tqdm import tqdm
 
 from ..faces.factors import ETHNICITIES, EXPRESSIONS, GENDERS, HAIR_STYLES
 from ..faces.mesh import PART_NAMES
-from ..faces.model import GENERATOR_VERSION, FaceModel, model_from_config
-from ..faces.render import Camera, render
+from ..faces.version import GENERATOR_VERSION
 from ..store import StoreError, atomic_store, open_dataset, save_dataset, write_zarr
 from ..threads import resolve_device
+
+if TYPE_CHECKING:  # PyTorch and the face model are imported where they are used: gathering needs neither
+    import torch
+
+    from ..faces.model import FaceModel
+    from ..faces.render import Camera
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +47,8 @@ def open_stimuli(path: str | Path, require: tuple[str, ...] = (), chunks: dict[s
 
 def design_params(design: xr.Dataset, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     """Renderer parameters (torch tensors) for every sample of a (loaded) design slice."""
+    import torch
+
     p: dict[str, torch.Tensor] = {
         "shape_coeff": torch.as_tensor(design["shape_coeff"].values, dtype=torch.float32, device=device),
         "texture_coeff": torch.as_tensor(design["texture_coeff"].values, dtype=torch.float32, device=device),
@@ -61,6 +67,8 @@ def design_params(design: xr.Dataset, device: str | torch.device = "cpu") -> dic
 
 def camera_from_config(render_cfg: dict[str, Any]) -> Camera:
     """The camera described by the ``stimuli.render`` config section."""
+    from ..faces.render import Camera
+
     return Camera(
         resolution=int(render_cfg["resolution"]),
         antialias=int(render_cfg["antialias"]),
@@ -80,6 +88,10 @@ def render_design(model: FaceModel, design: xr.Dataset, camera: Camera, batch_si
     shapes whatever slice of the design is rendered: results are bit-identical
     across shardings.
     """
+    import torch
+
+    from ..faces.render import render
+
     n = design.sizes["sample"]
     starts = range(0, n, batch_size)
     for start in tqdm(starts, desc="render", unit="batch", disable=not progress, mininterval=5):
@@ -113,6 +125,8 @@ def render_shard(design_path: str | Path, shard: int, spec: dict[str, Any], out:
     rcfg = spec["render"]
     if int(rcfg["shard_size"]) % int(rcfg["batch_size"]):
         raise StoreError("stimuli.render.shard_size must be a multiple of stimuli.render.batch_size")
+    from ..faces.model import model_from_config
+
     device = resolve_device(rcfg["device"], "stimuli.render.device")
     model = model_from_config(generator, device)
     camera = camera_from_config(rcfg)
@@ -135,6 +149,8 @@ def render_in_memory(design_path: str | Path, spec: dict[str, Any], resolution: 
     design = design.load()
     rcfg = dict(spec["render"], **({"resolution": int(resolution)} if resolution else {}))
     camera = camera_from_config(rcfg)
+    from ..faces.model import model_from_config
+
     model = model_from_config(generator, resolve_device(rcfg["device"], "stimuli.render.device"))
     batch = min(int(rcfg["batch_size"]), design.sizes["sample"])
     images, parts = [], []
