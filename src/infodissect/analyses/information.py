@@ -241,7 +241,8 @@ def information_store(layers: dict[str, xr.DataArray], factors: xr.Dataset, out:
             ds = layer_information(act, factors, n_perm=n_perm, alpha=alpha, seed=seed, chunk_mb=chunk_mb,
                                    given=given, pool=pool).load()
             ds.attrs.update(attrs, layer=name)
-            write_zarr(ds, tmp, group=name, mode="a")  # one group per layer, written as it is done
+            # One group per layer, written as it is done; metadata consolidated once, by _finish.
+            write_zarr(ds, tmp, group=name, mode="a", consolidated=False)
             log.info("layer %s done in %.1f s; max MI %.3f bits (%s)", name, time.perf_counter() - start,
                      float(ds["mi"].max()), str(ds["mi"].max(dim=[d for d in ds["mi"].dims if d != "factor"])
                                                 .idxmax("factor").values))
