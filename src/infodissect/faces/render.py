@@ -115,9 +115,9 @@ def _addmm(bias: torch.Tensor, a: torch.Tensor, w: torch.Tensor) -> torch.Tensor
         return torch.addmm(bias, a, w)
 
     def pad(x: torch.Tensor) -> torch.Tensor:
-        return x if x.shape[0] == 1 else torch.cat([x, x[-1:].expand(MIN_GEMM_ROWS - n, -1)])
+        return torch.cat([x, x[-1:].expand(MIN_GEMM_ROWS - n, -1)])
 
-    return torch.addmm(pad(bias), torch.cat([a, a[-1:].expand(MIN_GEMM_ROWS - n, -1)]), w)[:n]
+    return torch.addmm(bias if bias.shape[0] == 1 else pad(bias), pad(a), w)[:n]  # a 1-row bias broadcasts
 
 
 def linear_geometry(model: FaceModel, p: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
