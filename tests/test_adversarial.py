@@ -7,9 +7,9 @@ import pytest
 import torch
 import xarray as xr
 
-from infodissect.analyses.adversarial import (ENSEMBLE, AdversarialError, Ensemble, Spec, attack_images, check_spec,
-                                              consistency, distance_ratio, response_correlation, target_classes,
-                                              to_uint8, topk_overlap)
+from infodissect.analyses.adversarial import (ENSEMBLE, AdversarialError, Ensemble, Spec, attack_images,
+                                              changed_units, check_spec, consistency, distance_ratio, map_layers,
+                                              response_correlation, target_classes, to_uint8, topk_overlap)
 from infodissect.nets import build_model, network_input
 
 
@@ -155,3 +155,89 @@ def test_consistency_of_units_that_keep_or_lose_their_semantics():
         consistency(_tree(real[:60], {k: (v[0], v[1][:60]) if isinstance(v, tuple) else v[:60]
                                       for k, v in base.items()}), {8: _tree(adv, adv_coords)}, ["block4_out"], 0.1,
                     "identity")
+
+
+def _consistency_store(keeps: bool, budgets=(0, 8)) -> xr.Dataset:
+    """A model's consistency store on 120 images: its one unit keeps following the true identity on adversarial
+    images (``keeps``) or follows the attack's target."""
+    rng = np.random.default_rng(2)
+    n = 120
+    true = np.repeat(np.arange(6), 20)
+    target = (true + 1 + rng.integers(0, 5, n)) % 6
+    code = rng.normal(size=6)
+    real = (code[true] + 0.1 * rng.normal(size=n))[:, None]
+    samples = np.arange(n)
+    base = {"sample": samples, "identity": ("sample", true.astype(str).astype(object))}
+    adv_coords = {**base, "source_sample": ("sample", samples), "target": ("sample", target.astype(str).astype(object))}
+    adv = {b: _tree(real if b == 0 else (code[true if keeps else target] + 0.1 * rng.normal(size=n))[:, None],
+                    adv_coords) for b in budgets}
+    return consistency(_tree(real, base), adv, ["block4_out"], 0.1, "identity")
+
+
+def test_models_compared_on_the_same_adversarial_images(tmp_path):
+    """The stage across models: the model whose unit keeps its semantics scores higher on every measure, beside its
+    clean accuracy and the attack's success on it; stores of other budgets and a missing metrics file refused."""
+    from infodissect.stages import run_stage
+    from infodissect.store import save_dataset
+
+    consistency_paths, metrics = [], []
+    for name, keeps, acc in (("identity_s0", False, 1.0), ("identity_s2", True, 0.985)):
+        ds = _consistency_store(keeps)
+        ds.attrs["model"] = name
+        path = tmp_path / name / "test_consistency.zarr"
+        save_dataset(ds, path)
+        consistency_paths.append(str(path))
+        (tmp_path / name / "metrics.csv").write_text(f"epoch,test_accuracy\n1,0.5\n2,{acc}\n")
+        metrics.append(str(tmp_path / name / "metrics.csv"))
+    summary = xr.Dataset({"success": (("budget", "model"), [[0.0, 0.0, 0.0], [0.7, 0.7, 0.02]])},
+                         coords={"budget": [0, 8], "model": ["identity_s0", "ensemble", "identity_s2"],
+                                 "role": ("model", ["member", "ensemble", "member"])},
+                         attrs={"targeted": 1, "source": "test.zarr", "attack": "mifgsm"})
+    save_dataset(summary, tmp_path / "summary.zarr")
+    inputs = {"consistency": consistency_paths, "metrics": metrics, "summary": str(tmp_path / "summary.zarr")}
+    outputs = {"out": tmp_path / "across.zarr", "figure": tmp_path / "across.png"}
+    numbers = run_stage("adversarial_compare", {"accuracy_margin": 2.0}, inputs, outputs)
+    out = xr.open_zarr(tmp_path / "across.zarr").load()
+    assert out["response_correlation"].dims == ("model", "budget", "layer")
+    top = out.sel(budget=8, layer="block4_out")
+    assert float(top["response_correlation"].sel(model="identity_s2")) > 0.9 > 0.5 > float(
+        top["response_correlation"].sel(model="identity_s0"))
+    assert float(top["mi_true"].sel(model="identity_s2")) > 1 > 0.3 > float(top["mi_true"].sel(model="identity_s0"))
+    assert float(top["mi_target"].sel(model="identity_s0")) > 1
+    assert out["clean_accuracy"].values.tolist() == [100.0, 98.5]
+    assert out["success"].sel(budget=8).values.tolist() == [0.7, 0.02]
+    assert numbers["largest gap in clean accuracy"] == "1.5 points (within the 2-point margin)"
+    assert numbers["identity_s2: fooled at 8/255"] == "2.0%"
+    assert (tmp_path / "across.png").stat().st_size > 20_000
+    other = _consistency_store(True, budgets=(0, 4))
+    other.attrs["model"] = "identity_s3"
+    save_dataset(other, tmp_path / "identity_s3" / "test_consistency.zarr")
+    with pytest.raises(AdversarialError, match="identity_s3: its consistency store has budgets"):
+        run_stage("adversarial_compare", {"accuracy_margin": 2.0},
+                  {**inputs, "consistency": [*consistency_paths, str(tmp_path / "identity_s3" / "test_consistency.zarr")],
+                   "metrics": [*metrics, metrics[0]]}, outputs)
+    with pytest.raises(AdversarialError, match="--metrics 1"):
+        run_stage("adversarial_compare", {"accuracy_margin": 2.0}, {**inputs, "metrics": metrics[:1]}, outputs)
+
+
+def test_the_unit_that_changed_most_and_the_layers_whose_maps_are_shown():
+    """The unit whose mean response moved most in SDs of its real responses is picked per image (a unit that never
+    varies is skipped, however much it moves); the deepest map layers of at least 4 and 8 positions are shown."""
+    rng = np.random.default_rng(3)
+    real = rng.normal(size=(50, 3)) * np.array([1.0, 10.0, 0.0])  # unit 2 never varies on real images
+    adv = real.copy()
+    adv[:, 0] += 2.0  # 2 SDs of unit 0
+    adv[:, 1] += 5.0  # half an SD of unit 1
+    adv[:, 2] += 100.0
+    coords = {"sample": np.arange(50)}
+    unit, change, maps_r, maps_a = changed_units(_tree(real, coords), _tree(adv, coords), "block4_out",
+                                                 np.arange(50), np.array([0, 7]))
+    sd = real[:, 0].std()
+    assert unit.tolist() == [0, 0] and np.allclose(change, 2.0 / sd, rtol=1e-4)
+    assert maps_r.shape == (2, 2, 2) and np.allclose(maps_a - maps_r, 2.0, atol=1e-4)
+    act = lambda s: xr.Dataset({"activation": (("sample", "unit", "y", "x"), np.zeros((1, 1, s, s)))})  # noqa: E731
+    tree = xr.DataTree.from_dict({"a": act(16), "b": act(8), "c": act(4), "d": act(2),
+                                  "pool": xr.Dataset({"activation": (("sample", "unit"), np.zeros((1, 1)))})})
+    assert map_layers(tree, ["a", "b", "c", "d", "pool"]) == ["b", "c"]
+    assert map_layers(tree, ["a", "d"]) == ["a"]
+    assert map_layers(tree, ["d", "pool"]) == []

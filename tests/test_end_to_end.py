@@ -131,6 +131,7 @@ def test_pipeline_runs_and_second_run_does_nothing(tmp_path):
     assert np.allclose(at0.topk_overlap.values[np.isfinite(at0.topk_overlap.values)], 1)
     assert np.allclose(at0.distance_ratio.values, 0) and "unit response correlation" in report
     assert (res / "figures" / "test_adversarial.png").stat().st_size > 10_000
+    assert (res / "figures" / "identity_s0_test_adversarial_units.png").stat().st_size > 10_000
     # Changing an MI setting reruns the MI jobs and what reads them, nothing upstream.
     changed = job_counts(run_test_config(tmp_path, "-n", "--config", "mi={n_perm: 10}").stdout)
     # (the relevance of identity_s0 reads its revcorr features; the comparison reads that relevance)

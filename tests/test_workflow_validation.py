@@ -117,6 +117,7 @@ def test_demo_plans_heldout_evaluation_and_visibility_and_analyses_only_activati
     assert ("--activations results/activations/identity_s0/test.zarr --adversarial "
             "results/activations/identity_s0/test_adv_2.zarr results/activations/identity_s0/test_adv_4.zarr "
             "results/activations/identity_s0/test_adv_8.zarr") in out
+    assert "analyses_adversarial_compare" not in counts  # one model's units: nothing to compare them with
     assert counts["analyses_visibility"] == 1 and counts["mi_pixels"] == 1
     for model in ("gender_s1",):
         assert (f"infodissect train evaluate --model results/models/{model}/model.pt --stimuli "
@@ -175,3 +176,26 @@ def test_adversarially_trained_models_carry_the_attack_in_their_training_spec(tm
     by_model = {model: json.loads(spec) for spec, model in specs}
     assert by_model["identity_s1"]["adversarial"] == {"budget": 8, "layer": "block3_out", "steps": 2, "weight": 1.0}
     assert "adversarial" not in by_model["identity_s0"]
+
+
+def test_adversarial_config_trains_a_consistency_model_and_compares_it_with_the_baseline(tmp_path):
+    """config/adversarial.yaml: a baseline and a consistency-trained model, attacked together (both white-box),
+    each one's units measured on the same adversarial images, then compared side by side in the report."""
+    target = "results/figures/test_adversarial_across_models.png"
+    result = snakemake("-n", "-p", "--forceall", "--directory", str(tmp_path), target, "results/report.html",
+                       "--configfile", str(ROOT / "config" / "adversarial.yaml"))
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out
+    counts = job_counts(out)
+    assert counts["train_model"] == 2 and counts["analyses_adversarial"] == 1
+    assert counts["analyses_adversarial_consistency"] == 2 and counts["analyses_adversarial_compare"] == 1
+    specs = re.findall(r"--spec '(\{[^']*\})' --train results/stimuli/train.zarr --test results/stimuli/test.zarr "
+                       r"--out results/models/(identity_s\d)", out)
+    assert {m: '"adversarial"' in spec for spec, m in specs} == {"identity_s0": False, "identity_s2": True}
+    assert ("infodissect analyses adversarial --stimuli results/stimuli/test.zarr --models "
+            "results/models/identity_s0/model.pt results/models/identity_s2/model.pt  --spec") in out
+    assert ("infodissect analyses adversarial_compare --consistency "
+            "results/adversarial/identity_s0/test_consistency.zarr results/adversarial/identity_s2/test_consistency.zarr"
+            " --metrics results/models/identity_s0/metrics.csv results/models/identity_s2/metrics.csv --summary "
+            "results/adversarial/test.zarr --spec '{\"accuracy_margin\": 2.0}'") in out
+    assert "results/logs/adversarial/test_across_models.log" in out

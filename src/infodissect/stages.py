@@ -312,13 +312,33 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
              "attack's target, and the representation's distance ratio",
         inputs=(Port("activations", "the model's activations on the source set"),
                 Port("adversarial", "the model's activations on the set's adversarial sets "
-                                    "(results/activations/{model}/{set}_adv_{budget}.zarr)", many=True)),
-        outputs=(Port("out", "output store (budget, layer, unit)"), Port("figure", "output figure")),
+                                    "(results/activations/{model}/{set}_adv_{budget}.zarr)", many=True),
+                Port("stimuli", "the source set's stimulus store (example images)"),
+                Port("adversarial_stimuli", "the adversarial sets' stimulus stores "
+                                            "(results/stimuli/{set}_adv_{budget}.zarr)", many=True)),
+        outputs=(Port("out", "output store (budget, layer, unit)"), Port("figure", "output figure"),
+                 Port("maps_figure", "output figure: example images and the unit maps that changed most")),
         figures=(Figure("figure", "results/figures/{model}_{set}_adversarial_consistency.png",
-                        "adversarial_consistency"),),
+                        "adversarial_consistency"),
+                 Figure("maps_figure", "results/figures/{model}_{set}_adversarial_units.png", "adversarial_units")),
         store="results/adversarial/{model}/{set}_consistency.zarr", each_set="adversarial.sets",
         enabled_by="adversarial.sets", numbers="consistency_key_numbers", models=consistency_models,
         settings={"topk": "adversarial.topk", "layers": "adversarial.layers"}),
+    Stage(
+        name="adversarial_compare", module="infodissect.analyses.adversarial", entry="run_compare",
+        spec_class="CompareSpec",
+        help="consistency of unit semantics across models on the same adversarial images (e.g. a baseline and a "
+             "model trained with the consistency loss), beside their clean test accuracy and the attack's success "
+             "on each",
+        inputs=(Port("consistency", "the models' consistency stores of one set "
+                                    "(results/adversarial/{model}/{set}_consistency.zarr)", many=True),
+                Port("metrics", "the models' metrics.csv, in the same order", many=True),
+                Port("summary", "the attack's summary store (results/adversarial/{set}.zarr)")),
+        outputs=(Port("out", "output store (model, budget, layer)"), Port("figure", "output figure")),
+        figures=(Figure("figure", "results/figures/{set}_adversarial_across_models.png", "adversarial_models"),),
+        store="results/adversarial/{set}_across_models.zarr", each_set="adversarial.sets",
+        enabled_by="adversarial.sets", per_model=False, numbers="compare_key_numbers",
+        settings={"accuracy_margin": "adversarial.accuracy_margin"}),
 )}
 
 

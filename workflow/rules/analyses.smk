@@ -184,6 +184,7 @@ rule analyses_adversarial_consistency:
     output:
         store=directory(stage("adversarial_consistency").store),
         figure=stage_figure("adversarial_consistency"),
+        maps_figure=stage_figure("adversarial_consistency", "maps_figure"),
     wildcard_constraints:
         set="|".join(config["adversarial"]["sets"]),
     params:
@@ -195,8 +196,32 @@ rule analyses_adversarial_consistency:
         "results/benchmarks/adversarial/{model}/{set}_consistency.tsv"
     shell:
         "infodissect analyses adversarial_consistency --activations {input.activations}"
-        " --adversarial {input.adversarial} --spec {params.spec:q} --threads {threads} --out {output.store}"
-        " --figure {output.figure} --title '{wildcards.model} on {wildcards.set}' > {log} 2>&1"
+        " --adversarial {input.adversarial} --stimuli {input.stimuli}"
+        " --adversarial-stimuli {input.adversarial_stimuli} --spec {params.spec:q} --threads {threads}"
+        " --out {output.store} --figure {output.figure} --maps-figure {output.maps_figure}"
+        " --title '{wildcards.model} on {wildcards.set}' > {log} 2>&1"
+
+
+rule analyses_adversarial_compare:
+    """The consistency of several models' unit semantics on the same adversarial images, side by side."""
+    input:
+        unpack(adversarial_compare_inputs),
+    output:
+        store=directory(stage("adversarial_compare").store),
+        figure=stage_figure("adversarial_compare"),
+    wildcard_constraints:
+        set="|".join(config["adversarial"]["sets"]),
+    params:
+        spec=stage_settings("adversarial_compare"),
+    threads: 1
+    log:
+        "results/logs/adversarial/{set}_across_models.log",
+    benchmark:
+        "results/benchmarks/adversarial/{set}_across_models.tsv"
+    shell:
+        "infodissect analyses adversarial_compare --consistency {input.consistency} --metrics {input.metrics}"
+        " --summary {input.summary} --spec {params.spec:q} --threads {threads} --out {output.store}"
+        " --figure {output.figure} --title '{wildcards.set}' > {log} 2>&1"
 
 
 rule report:

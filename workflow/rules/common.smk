@@ -316,10 +316,31 @@ def adversarial_sets(set_name="{set}"):
 
 
 def consistency_inputs(wildcards):
-    """An analysed model's activations on the source set and on each of its adversarial sets."""
+    """An analysed model's activations on the source set and on each of its adversarial sets, and those sets'
+    stimulus stores (the example images)."""
     return {"activations": f"results/activations/{wildcards.model}/{wildcards.set}.zarr",
             "adversarial": [p.replace("results/stimuli/", f"results/activations/{wildcards.model}/")
-                            for p in adversarial_sets(wildcards.set)]}
+                            for p in adversarial_sets(wildcards.set)],
+            "stimuli": f"results/stimuli/{wildcards.set}.zarr",
+            "adversarial_stimuli": adversarial_sets(wildcards.set)}
+
+
+def adversarial_compare_inputs(wildcards):
+    """The consistency stores of every model whose units the set's attack is measured on, their metrics.csv and
+    the attack's summary store."""
+    from infodissect.config import consistency_models
+
+    models = consistency_models(config)
+    return {"consistency": [stage("adversarial_consistency").store.format(model=m, set=wildcards.set) for m in models],
+            "metrics": [f"results/models/{m}/metrics.csv" for m in models],
+            "summary": stage("adversarial").store.format(set=wildcards.set)}
+
+
+def compare_adversarial():
+    """Whether the units' consistency is compared across models (adversarial.sets and two such models or more)."""
+    from infodissect.config import consistency_models
+
+    return attacked() and len(consistency_models(config)) >= 2
 
 
 def attacked():
@@ -345,7 +366,10 @@ def report_figures():
     if compare_relevance():
         sections.append(("Relevance across models", _stage_figures(stage("relevance_compare"))))
     if attacked():
-        sections.append(("Adversarial sets", _stage_figures(stage("adversarial"))))
+        figs = _stage_figures(stage("adversarial"))
+        if compare_adversarial():
+            figs += _stage_figures(stage("adversarial_compare"))
+        sections.append(("Adversarial sets", figs))
     return [(title, figs) for title, figs in sections if figs]
 
 
@@ -380,6 +404,8 @@ def report_spec():
             section["stores"] = {"relevance_compare": stage("relevance_compare").store_path(config)}
         if section["title"] == "Adversarial sets":
             section["stores"] = {"adversarial": stage("adversarial").store_path(config)}
+            if compare_adversarial():
+                section["stores"]["adversarial_compare"] = stage("adversarial_compare").store_path(config)
         if section["title"].startswith("Model "):
             section["model"] = section["title"][len("Model "):]  # its stages' tables (report_tables)
     intro = ("infodissect: what each layer, unit and pixel of a face-identity network carries about the factors "
@@ -399,6 +425,8 @@ def report_inputs():
         files.append(stage("relevance_compare").store_path(config))
     if attacked():
         files.append(stage("adversarial").store_path(config))
+    if compare_adversarial():
+        files.append(stage("adversarial_compare").store_path(config))
     return files
 
 

@@ -442,11 +442,44 @@ def consistency(real: xr.DataTree, adversarial: dict[int, xr.DataTree], layers: 
         attrs={"topk": k, "samples": n, "task": task})
 
 
+def map_layers(tree: xr.DataTree, layers: list[str], smallest: int = 4) -> list[str]:
+    """Up to two layers whose unit maps are shown: the deepest stored as maps of at least ``smallest`` x
+    ``smallest`` positions, and the deepest of at least twice that size (in ``layers`` order)."""
+    sizes = {n: int(tree[n]["activation"].sizes.get("y", 0)) for n in layers
+             if tree[n]["activation"].ndim == 4}
+    out = []
+    for least in (smallest, 2 * smallest):
+        deep = [n for n in layers if sizes.get(n, 0) >= least and n not in out]
+        if deep:
+            out.append(deep[-1])
+    return sorted(out, key=layers.index)
+
+
+def changed_units(real: xr.DataTree, adv: xr.DataTree, layer: str, where: np.ndarray,
+                  examples: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """For each of ``examples`` (indices into the adversarial images), the unit of ``layer`` whose mean response
+    changed most from the real image (in SDs of its responses across the real images; units that never vary are
+    skipped): its index, the change, and its maps (example, y, x) on the real and on the adversarial image."""
+    from .pose import pooled_features
+
+    act_r = real[layer]["activation"].isel(sample=where)
+    resp_r = pooled_features(act_r, 1)
+    sd = resp_r.std(0)
+    live = sd > 0
+    maps_r = np.asarray(act_r.isel(sample=examples).values, np.float32)
+    maps_a = np.asarray(adv[layer]["activation"].isel(sample=examples).values, np.float32)
+    change = (maps_a.mean((2, 3)) - maps_r.mean((2, 3))) / np.where(live, sd, 1.0)
+    unit = np.where(live, np.abs(change), -1.0).argmax(1)
+    rows = np.arange(len(examples))
+    return unit, change[rows, unit], maps_r[rows, unit], maps_a[rows, unit]
+
+
 def run_consistency(spec: ConsistencySpec, inputs: dict[str, Any], outputs: dict[str, Path],
                     title: str = "") -> dict[str, str]:
     """Consistency of the units of ``inputs["activations"]`` (the model on the source set) on the adversarial
     sets' activations ``inputs["adversarial"]`` -> store ``out`` and figure ``figure``."""
-    from ..figures.adversarial import consistency_figure
+    from ..figures.adversarial import consistency_figure, unit_maps_figure
+    from ..stimuli.store import open_stimuli
     from ..store import open_tree, save_dataset
     from .information import open_layers
 
@@ -463,12 +496,35 @@ def run_consistency(spec: ConsistencySpec, inputs: dict[str, Any], outputs: dict
     task = str(real.attrs.get("task", ""))
     if not task:
         raise AdversarialError(f"{inputs['activations']}: the activation store names no task (attrs `task`)")
+    stimuli = {_budget_of(path): path for path in inputs.get("adversarial_stimuli") or []}
+    if set(stimuli) != set(adv):
+        raise AdversarialError(f"--adversarial-stimuli: budgets {sorted(stimuli)}, --adversarial: {sorted(adv)}; give "
+                               "the adversarial stimulus store of every budget measured")
     ds = consistency(real, adv, layers, spec.topk, task)
-    ds.attrs["model"] = Path(inputs["activations"]).parent.name
+    model = ds.attrs["model"] = Path(inputs["activations"]).parent.name
     save_dataset(ds, outputs["out"], inputs=[inputs["activations"], *inputs["adversarial"]])
-    consistency_figure(ds, outputs["figure"], title=f"{title or ds.attrs['model']}: unit semantics on adversarial "
-                                                    "images")
+    consistency_figure(ds, outputs["figure"], title=f"{title or model}: unit semantics on adversarial images")
+    top = max(adv)
+    examples = _examples(adv[top], 4)
+    source = adv[top]["source_sample"].values[examples]
+    images = open_stimuli(inputs["stimuli"], require=("image",))["image"].sel(sample=source).values
+    attacked = open_stimuli(stimuli[top], require=("image",))
+    attacked = attacked["image"].isel(sample=examples).values
+    where = np.searchsorted(real["sample"].values, adv[top]["source_sample"].values)
+    maps = {name: changed_units(real, adv[top], name, where, examples) for name in map_layers(real, layers)}
+    unit_maps_figure(images, attacked, maps, top, outputs["maps_figure"],
+                     title=f"{title or model}: the units that changed most, {top}/255")
     return consistency_summary(ds)
+
+
+def _examples(adv: xr.DataTree, k: int) -> np.ndarray:
+    """``k`` adversarial images spread evenly, among those that fool the ensemble when any does."""
+    from .relevance import sample_index
+
+    pool = np.arange(adv.sizes["sample"])
+    if "success" in adv.coords and np.asarray(adv["success"].values, bool).any():
+        pool = pool[np.asarray(adv["success"].values, bool)]
+    return pool[sample_index(len(pool), k)]
 
 
 def _budget_of(path: str | Path) -> int:
@@ -501,3 +557,143 @@ def consistency_key_numbers(path: str | Path) -> dict[str, str]:
     from ..store import open_dataset
 
     return consistency_summary(open_dataset(path, what="adversarial consistency store").load())
+
+
+@dataclass(frozen=True)
+class CompareSpec:
+    """Settings of the comparison across models (config ``adversarial``)."""
+
+    accuracy_margin: float  # points of clean test accuracy within which models count as equally accurate
+
+
+def clean_accuracy(metrics: str | Path) -> float:
+    """A trained model's clean test accuracy (%, its last epoch) from its ``metrics.csv``."""
+    import pandas as pd
+
+    table = pd.read_csv(metrics)
+    if "test_accuracy" not in table or table.empty:
+        raise AdversarialError(f"{metrics}: no test_accuracy column or no epoch (a training stage's metrics.csv?)")
+    return 100.0 * float(table["test_accuracy"].iloc[-1])
+
+
+def compare_models(stores: dict[str, xr.Dataset], summary: xr.Dataset, accuracy: dict[str, float]) -> xr.Dataset:
+    """Several models' consistency stores of one set side by side: per model, budget and layer the units' median
+    response correlation, mean top-k overlap, mean information about the true class (real and adversarial
+    images) and the attack's target, and the distance ratio; per model its clean test accuracy (%) and, per
+    budget, the share of the attack's images that fool it (from the attack's ``summary``; NaN for a model it
+    did not judge)."""
+    if len(stores) < 2:
+        raise AdversarialError(f"comparing models needs two consistency stores or more, got {list(stores)}")
+    names = list(stores)
+    ref = stores[names[0]]
+    for m in names[1:]:
+        for coord in ("budget", "layer"):
+            if not np.array_equal(stores[m][coord].values, ref[coord].values):
+                raise AdversarialError(f"model {m}: its consistency store has {coord}s {stores[m][coord].values.tolist()}"
+                                       f", {names[0]}'s {ref[coord].values.tolist()}: compare stores of one set and "
+                                       "one configuration")
+        if stores[m].attrs.get("samples") != ref.attrs.get("samples"):
+            raise AdversarialError(f"model {m}: {stores[m].attrs.get('samples')} images, {names[0]}: "
+                                   f"{ref.attrs.get('samples')}: compare stores of the same adversarial sets")
+    missing = [m for m in names if m not in accuracy]
+    if missing:
+        raise AdversarialError(f"no clean test accuracy for {missing}")
+    budgets = ref["budget"].values
+    judged = [str(m) for m in summary["model"].values]
+    success = np.full((len(names), len(budgets)), np.nan)
+    role = []
+    for i, m in enumerate(names):
+        if m in judged:
+            success[i] = summary["success"].sel(model=m).reindex(budget=budgets).values
+            role.append(str(summary["role"].sel(model=m).values))
+        else:
+            role.append("not judged")
+    stacked = xr.concat([stores[m] for m in names], dim=xr.DataArray(names, dims="model", name="model"),
+                        coords="minimal", compat="override", join="exact")
+    med = stacked["response_correlation"].median("unit", skipna=True)
+    mean = {k: stacked[k].mean("unit", skipna=True) for k in ("topk_overlap", "mi_true", "mi_target")}
+    ds = xr.Dataset(
+        {"response_correlation": (med.dims, med.values, {"description": "median over units of the correlation of "
+                                                                        "their mean response, real vs adversarial"}),
+         "topk_overlap": (mean["topk_overlap"].dims, mean["topk_overlap"].values,
+                          {"description": "mean over units of the share of their top real images kept",
+                           "chance": ref["topk_overlap"].attrs.get("chance", np.nan)}),
+         "mi_true": (mean["mi_true"].dims, mean["mi_true"].values,
+                     {"units": "bits", "description": "mean unit GCMI with the true class, adversarial images"}),
+         "mi_target": (mean["mi_target"].dims, mean["mi_target"].values,
+                       {"units": "bits", "description": "mean unit GCMI with the attack's target, adversarial images"}),
+         "mi_real": (("model", "layer"), stacked["mi_real"].isel(budget=0).mean("unit", skipna=True).values,
+                     {"units": "bits", "description": "mean unit GCMI with the true class, real images"}),
+         "distance_ratio": (stacked["distance_ratio"].dims, stacked["distance_ratio"].values,
+                            stacked["distance_ratio"].attrs),
+         "clean_accuracy": ("model", np.asarray([accuracy[m] for m in names], np.float64),
+                            {"units": "%", "description": "clean test accuracy (last epoch)"}),
+         "success": (("model", "budget"), success, {"description": "share of the stored adversarial images that "
+                                                                   "fool the model"})},
+        coords={"model": names, "budget": ("budget", budgets, ref["budget"].attrs), "layer": ref["layer"].values,
+                "role": ("model", role, {"description": "the model's part in the attack (member of the ensemble "
+                                                         "attacked, or a transfer model)"})},
+        attrs={k: ref.attrs[k] for k in ("topk", "samples", "task") if k in ref.attrs})
+    return ds
+
+
+def run_compare(spec: CompareSpec, inputs: dict[str, Any], outputs: dict[str, Path], title: str = "") -> dict[str, str]:
+    """The consistency stores ``inputs["consistency"]`` of several models on one set, with their ``metrics``
+    (metrics.csv, same order) and the attack's ``summary`` store -> store ``out`` and figure ``figure``."""
+    from ..figures.adversarial import compare_figure
+    from ..store import open_dataset, save_dataset
+
+    if not 0 <= spec.accuracy_margin <= 100:
+        raise AdversarialError(f"adversarial.accuracy_margin = {spec.accuracy_margin}: give points in [0, 100]")
+    paths, metrics = list(inputs.get("consistency") or []), list(inputs.get("metrics") or [])
+    if len(paths) != len(metrics):
+        raise AdversarialError(f"--consistency names {len(paths)} store(s), --metrics {len(metrics)}: give one "
+                               "metrics.csv per model, in the same order")
+    stores = {}
+    for path in paths:
+        ds = open_dataset(path, what="adversarial consistency store").load()
+        model = str(ds.attrs.get("model") or Path(path).parent.name)
+        if model in stores:
+            raise AdversarialError(f"{path}: model {model} given twice")
+        stores[model] = ds
+    accuracy = {m: clean_accuracy(p) for m, p in zip(stores, metrics)}
+    summary_ds = open_dataset(inputs["summary"], what="adversarial summary store").load()
+    ds = compare_models(stores, summary_ds, accuracy)
+    ds.attrs.update(accuracy_margin=spec.accuracy_margin, source=str(summary_ds.attrs.get("source", "")),
+                    targeted=int(summary_ds.attrs.get("targeted", 1)), attack=str(summary_ds.attrs.get("attack", "")))
+    save_dataset(ds, outputs["out"], inputs=[*paths, *metrics, str(inputs["summary"])])
+    compare_figure(ds, outputs["figure"], title=f"{title or ds.attrs['source']}: the units of "
+                                                 f"{', '.join(stores)} on the same adversarial images")
+    return compare_summary(ds)
+
+
+def compare_summary(ds: xr.Dataset) -> dict[str, str]:
+    """Key numbers: per model at the largest budget, its clean accuracy, the share of images fooling it and its
+    last map layer's median response correlation and top-k overlap; whether the models are equally accurate."""
+    top = ds.isel(budget=-1)
+    b = int(top["budget"])
+    maps = [str(n) for n in ds["layer"].values if str(n) not in ("pool", "logits")]
+    last = maps[-1] if maps else str(ds["layer"].values[-1])
+    out = {}
+    for m in ds["model"].values:
+        t = top.sel(model=m)
+        fooled = float(t["success"])
+        out[f"{m}: clean test accuracy"] = f"{float(t['clean_accuracy']):.1f}%"
+        out[f"{m}: fooled at {b}/255"] = "not judged" if np.isnan(fooled) else f"{100 * fooled:.1f}%"
+        out[f"{m}: unit response correlation at {b}/255 ({last}, median)"] = \
+            f"{float(t['response_correlation'].sel(layer=last)):.2f}"
+        out[f"{m}: top-{ds.attrs.get('topk', 'k')} image overlap at {b}/255 ({last})"] = \
+            f"{float(t['topk_overlap'].sel(layer=last)):.2f}"
+    acc = ds["clean_accuracy"].values
+    gap = float(acc.max() - acc.min())
+    margin = float(ds.attrs.get("accuracy_margin", np.nan))
+    out["largest gap in clean accuracy"] = (f"{gap:.1f} points ({'within' if gap <= margin else 'beyond'} the "
+                                            f"{margin:g}-point margin)")
+    return out
+
+
+def compare_key_numbers(path: str | Path) -> dict[str, str]:
+    """:func:`compare_summary` of a finished comparison store."""
+    from ..store import open_dataset
+
+    return compare_summary(open_dataset(path, what="adversarial comparison store").load())

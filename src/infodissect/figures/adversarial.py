@@ -98,3 +98,102 @@ def consistency_figure(ds: xr.Dataset, out: str | Path, title: str = "") -> None
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
     plt.close(fig)
+
+
+def compare_figure(ds: xr.Dataset, out: str | Path, title: str = "") -> None:
+    """Several models' units on the same adversarial images (colour = model, legend with its clean accuracy):
+    the share of images fooling each model against the budget, and per layer at the largest budget the units'
+    median response correlation, their mean top-k overlap (chance dashed), their mean information about the
+    true class on real (dashed) and adversarial (solid) images, about the attack's target, and the distance
+    ratio."""
+    layers = [str(n) for n in ds["layer"].values]
+    x = np.arange(len(layers))
+    budgets = ds["budget"].values
+    top = int(budgets[-1])
+    colours = plt.cm.tab10(np.arange(ds.sizes["model"]) % 10)
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8.4))
+    s, a, b = axes[0]
+    c, t, d = axes[1]
+    for colour, m in zip(colours, ds["model"].values):
+        sel = ds.sel(model=m)
+        label = f"{m} (clean {float(sel['clean_accuracy']):.1f}%)"
+        s.plot(budgets, 100 * sel["success"].values, "o-", color=colour, label=label)
+        at = sel.sel(budget=top)
+        a.plot(x, at["response_correlation"], "o-", color=colour, label=label)
+        b.plot(x, at["topk_overlap"], "o-", color=colour, label=label)
+        c.plot(x, sel["mi_real"], "o--", color=colour, ms=3, lw=1, label=f"{m}, real images")
+        c.plot(x, at["mi_true"], "o-", color=colour, label=f"{m}, adversarial ({top}/255)")
+        t.plot(x, at["mi_target"], "o-", color=colour, label=label)
+        d.plot(x, at["distance_ratio"], "o-", color=colour, label=label)
+    chance = ds["topk_overlap"].attrs.get("chance")
+    if chance is not None and np.isfinite(chance):
+        b.axhline(chance, color="0.5", ls="--", lw=1, label="chance")
+    kind = "targeted" if ds.attrs.get("targeted", 1) else "untargeted"
+    s.set_xlabel("L-inf budget (1/255 of the display range)")
+    s.set_ylabel(f"{kind} attack success on the model\n(% of {ds.attrs.get('samples', '')} images, stored uint8)")
+    s.set_xticks(budgets)
+    s.set_ylim(-2, 102)
+    a.set_ylabel(f"unit response correlation, real vs adversarial\n(median over units, {top}/255)")
+    b.set_ylabel(f"share of each unit's top {ds.attrs.get('topk', '')} images kept\n(mean over units, {top}/255)")
+    c.set_ylabel("unit information about the true class\n(bits, mean over units)")
+    t.set_ylabel(f"unit information about the attack's target\n(bits, mean over units, {top}/255)")
+    d.set_ylabel(f"|f(adv) - f(real)| / |target centroid - f(real)|\n({top}/255)")
+    for ax in (a, b):
+        ax.set_ylim(-0.05, 1.05)
+    for ax in axes.flat:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+        if ax is not s:
+            ax.set_xticks(x)
+            ax.set_xticklabels(layers, rotation=45, ha="right", fontsize=8)
+            ax.set_xlabel("layer")
+    fig.suptitle(f"{title} ({ds.attrs.get('samples', '')} images)", fontsize=10)
+    fig.tight_layout()
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def unit_maps_figure(sources: np.ndarray, adversarial: np.ndarray,
+                     maps: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]], budget: int,
+                     out: str | Path, title: str = "") -> None:
+    """One row per example: the source image, the perturbation (amplified), the adversarial image and, per layer
+    of ``maps`` (layer -> (unit, change in SDs, real maps, adversarial maps), one per example), the map of the
+    unit whose mean response changed most, on the real and on the adversarial image (same colour scale), laid over
+    the image in grey."""
+    k = len(sources)
+    layers = list(maps)
+    cols = 3 + 2 * len(layers)
+    fig, axes = plt.subplots(k, cols, figsize=(1.75 * cols, 1.85 * k + 0.5), squeeze=False)
+    diff = adversarial.astype(np.int16) - sources.astype(np.int16)
+    scale = max(int(np.abs(diff).max()), 1)
+    for r in range(k):
+        pert = (127 + diff[r] * (127 / scale)).clip(0, 255)
+        for c, (name, img) in enumerate((("source", sources[r]), (f"perturbation x{127 / scale:.0f}", pert),
+                                         (f"adversarial ({budget}/255)", adversarial[r]))):
+            img = np.asarray(img, dtype=np.uint8)
+            axes[r, c].imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=255,
+                              interpolation="nearest")
+            if r == 0:
+                axes[r, c].set_title(name, fontsize=8)
+        for j, layer in enumerate(layers):
+            unit, change, real, adv = maps[layer]
+            top = max(float(real[r].max()), float(adv[r].max()), 1e-6)
+            for i, (m, what, img) in enumerate(((real[r], "real", sources[r]),
+                                                 (adv[r], f"adv. ({change[r]:+.1f} SD)", adversarial[r]))):
+                ax = axes[r, 3 + 2 * j + i]
+                h, w = img.shape[:2]
+                ax.imshow(np.asarray(img, np.float32).mean(-1), cmap="gray", vmin=0, vmax=255,
+                          interpolation="nearest")
+                im = ax.imshow(m, cmap="magma", vmin=0, vmax=top, interpolation="nearest", alpha=0.7,
+                               extent=(-0.5, w - 0.5, h - 0.5, -0.5))
+                ax.set_title(f"{layer} u{int(unit[r])}\n{what}", fontsize=7)
+            fig.colorbar(im, ax=axes[r, 3 + 2 * j + 1], fraction=0.046, pad=0.04).ax.tick_params(labelsize=6)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(f"{title} (unit activation, ReLU output, over the image in grey)", fontsize=10)
+    fig.tight_layout()
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
