@@ -212,12 +212,19 @@ def test_models_compared_on_the_same_adversarial_images(tmp_path):
     other = _consistency_store(True, budgets=(0, 4))
     other.attrs["model"] = "identity_s3"
     save_dataset(other, tmp_path / "identity_s3" / "test_consistency.zarr")
+    (tmp_path / "identity_s3" / "metrics.csv").write_text("epoch,test_accuracy\n1,0.9\n")
+    third = {**inputs, "consistency": [*consistency_paths, str(tmp_path / "identity_s3" / "test_consistency.zarr")],
+             "metrics": [*metrics, str(tmp_path / "identity_s3" / "metrics.csv")]}
     with pytest.raises(AdversarialError, match="identity_s3: its consistency store has budgets"):
-        run_stage("adversarial_compare", {"accuracy_margin": 2.0},
-                  {**inputs, "consistency": [*consistency_paths, str(tmp_path / "identity_s3" / "test_consistency.zarr")],
-                   "metrics": [*metrics, metrics[0]]}, outputs)
+        run_stage("adversarial_compare", {"accuracy_margin": 2.0}, third, outputs)
     with pytest.raises(AdversarialError, match="--metrics 1"):
         run_stage("adversarial_compare", {"accuracy_margin": 2.0}, {**inputs, "metrics": metrics[:1]}, outputs)
+    with pytest.raises(AdversarialError, match="in the order of --consistency"):
+        run_stage("adversarial_compare", {"accuracy_margin": 2.0}, {**inputs, "metrics": metrics[::-1]}, outputs)
+    save_dataset(summary.sel(budget=[8]), tmp_path / "summary8.zarr")
+    with pytest.raises(AdversarialError, match="no budget \\[0\\]"):
+        run_stage("adversarial_compare", {"accuracy_margin": 2.0}, {**inputs, "summary": str(tmp_path / "summary8.zarr")},
+                  outputs)
 
 
 def test_the_unit_that_changed_most_and_the_layers_whose_maps_are_shown():
@@ -229,9 +236,13 @@ def test_the_unit_that_changed_most_and_the_layers_whose_maps_are_shown():
     adv[:, 0] += 2.0  # 2 SDs of unit 0
     adv[:, 1] += 5.0  # half an SD of unit 1
     adv[:, 2] += 100.0
+    # The real store holds the images in another order and one more; ``where`` finds each adversarial image's.
+    order = np.r_[rng.permutation(50), 50]
+    real_store = np.concatenate([real, rng.normal(size=(1, 3))])[order]
+    where = np.argsort(order)[:50]
     coords = {"sample": np.arange(50)}
-    unit, change, maps_r, maps_a = changed_units(_tree(real, coords), _tree(adv, coords), "block4_out",
-                                                 np.arange(50), np.array([0, 7]))
+    unit, change, maps_r, maps_a = changed_units(_tree(real_store, {"sample": np.arange(51)}), _tree(adv, coords),
+                                                 "block4_out", where, np.array([0, 7]))
     sd = real[:, 0].std()
     assert unit.tolist() == [0, 0] and np.allclose(change, 2.0 / sd, rtol=1e-4)
     assert maps_r.shape == (2, 2, 2) and np.allclose(maps_a - maps_r, 2.0, atol=1e-4)
@@ -241,3 +252,37 @@ def test_the_unit_that_changed_most_and_the_layers_whose_maps_are_shown():
     assert map_layers(tree, ["a", "b", "c", "d", "pool"]) == ["b", "c"]
     assert map_layers(tree, ["a", "d"]) == ["a"]
     assert map_layers(tree, ["d", "pool"]) == []
+
+
+def _dissection(labels: list[str], iou: np.ndarray, detector: list[bool], concepts=("a", "b", "c")) -> xr.DataTree:
+    """A dissection store with one layer (block3_out) of len(labels) units over ``concepts``."""
+    node = xr.Dataset({"iou": (("quantile", "unit", "concept"), iou[None]),
+                       "label": (("quantile", "unit"), np.asarray([labels], dtype=object)),
+                       "detector": (("quantile", "unit"), np.asarray([detector]))},
+                      coords={"quantile": [0.005], "unit": np.arange(len(labels)), "concept": list(concepts)})
+    return xr.DataTree.from_dict({"/": xr.Dataset(), "block3_out": node})
+
+
+def test_dissection_labels_on_real_and_adversarial_images():
+    """Per unit: is its real-image label (budget 0) still its label under attack, and that concept's IoU there."""
+    from infodissect.analyses.adversarial import dissection_consistency
+
+    real = _dissection(["a", "b", "c"], np.array([[0.3, 0.1, 0.0], [0.0, 0.2, 0.1], [0.0, 0.0, 0.02]]),
+                       [True, True, False])
+    adv = _dissection(["a", "c", "c"], np.array([[0.25, 0.0, 0.0], [0.0, 0.05, 0.3], [0.0, 0.0, 0.01]]),
+                      [True, True, False])
+    ds = dissection_consistency({0: real, 8: adv}, ["block3_out", "logits"], [0, 8], 5)
+    at8 = ds.sel(budget=8, layer="block3_out")
+    assert at8["label_kept"].values[:3].tolist() == [1, 0, 1] and np.isnan(at8["label_kept"].values[3:]).all()
+    assert np.allclose(at8["iou_adv"].values[:3], [0.25, 0.05, 0.01])  # the real label's concept, not the new one
+    assert np.allclose(ds["iou_real"].sel(layer="block3_out").values[:3], [0.3, 0.2, 0.02])
+    assert ds["detector_real"].sel(layer="block3_out").values[:3].tolist() == [1, 1, 0]
+    assert (ds.sel(budget=0, layer="block3_out")["label_kept"].values[:3] == 1).all()
+    # Shuffled labels agree with probability sum_k p_real(k) p_adv(k): (1/3)(1/3) + (1/3)(2/3) for c.
+    assert np.isclose(float(ds["label_chance"].sel(budget=8, layer="block3_out")), 1 / 3)
+    assert np.isnan(ds["label_kept"].sel(layer="logits")).all()  # not dissected
+    with pytest.raises(AdversarialError, match="budget-0 set"):
+        dissection_consistency({8: adv}, ["block3_out"], [0, 8], 5)
+    other = _dissection(["a", "b", "d"], np.zeros((3, 3)), [False] * 3, concepts=("a", "b", "d"))
+    with pytest.raises(AdversarialError, match="other concepts"):
+        dissection_consistency({0: real, 8: other}, ["block3_out"], [0, 8], 5)

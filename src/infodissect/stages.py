@@ -315,7 +315,10 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
                                     "(results/activations/{model}/{set}_adv_{budget}.zarr)", many=True),
                 Port("stimuli", "the source set's stimulus store (example images)"),
                 Port("adversarial_stimuli", "the adversarial sets' stimulus stores "
-                                            "(results/stimuli/{set}_adv_{budget}.zarr)", many=True)),
+                                            "(results/stimuli/{set}_adv_{budget}.zarr)", many=True),
+                Port("dissection", "the model's dissection stores of adversarial sets, budget 0 among them "
+                                   "(results/dissection/{model}/{set}_adv_{budget}.zarr): labels real vs adversarial",
+                     many=True)),
         outputs=(Port("out", "output store (budget, layer, unit)"), Port("figure", "output figure"),
                  Port("maps_figure", "output figure: example images and the unit maps that changed most")),
         figures=(Figure("figure", "results/figures/{model}_{set}_adversarial_consistency.png",

@@ -189,6 +189,7 @@ rule analyses_adversarial_consistency:
         set="|".join(config["adversarial"]["sets"]),
     params:
         spec=stage_settings("adversarial_consistency"),
+        dissection=lambda wildcards, input: f"--dissection {' '.join(input.dissection)}" if input.dissection else "",
     threads: config["mi"]["threads"]
     log:
         "results/logs/adversarial/{model}/{set}_consistency.log",
@@ -197,7 +198,8 @@ rule analyses_adversarial_consistency:
     shell:
         "infodissect analyses adversarial_consistency --activations {input.activations}"
         " --adversarial {input.adversarial} --stimuli {input.stimuli}"
-        " --adversarial-stimuli {input.adversarial_stimuli} --spec {params.spec:q} --threads {threads}"
+        " --adversarial-stimuli {input.adversarial_stimuli} {params.dissection} --spec {params.spec:q}"
+        " --threads {threads}"
         " --out {output.store} --figure {output.figure} --maps-figure {output.maps_figure}"
         " --title '{wildcards.model} on {wildcards.set}' > {log} 2>&1"
 

@@ -316,13 +316,24 @@ def adversarial_sets(set_name="{set}"):
 
 
 def consistency_inputs(wildcards):
-    """An analysed model's activations on the source set and on each of its adversarial sets, and those sets'
-    stimulus stores (the example images)."""
+    """An analysed model's activations on the source set and on each of its adversarial sets, those sets'
+    stimulus stores (the example images) and its dissection of them (dissected_adversarial_sets)."""
     return {"activations": f"results/activations/{wildcards.model}/{wildcards.set}.zarr",
             "adversarial": [p.replace("results/stimuli/", f"results/activations/{wildcards.model}/")
                             for p in adversarial_sets(wildcards.set)],
             "stimuli": f"results/stimuli/{wildcards.set}.zarr",
-            "adversarial_stimuli": adversarial_sets(wildcards.set)}
+            "adversarial_stimuli": adversarial_sets(wildcards.set),
+            "dissection": dissected_adversarial_sets(wildcards.model, wildcards.set)}
+
+
+def dissected_adversarial_sets(model, set_name):
+    """The model's dissection stores of a set's adversarial sets, when the budget-0 set (the real reference) and
+    another are among dissection.sets; else none."""
+    names = [f"{set_name}_adv_{b}" for b in config["adversarial"]["budgets"]]
+    dissected = [n for n in names if n in config["dissection"]["sets"]]
+    if f"{set_name}_adv_0" not in dissected or len(dissected) < 2:
+        return []
+    return [stage("dissection").store.format(model=model, set=n) for n in dissected]
 
 
 def adversarial_compare_inputs(wildcards):

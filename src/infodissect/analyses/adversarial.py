@@ -442,6 +442,66 @@ def consistency(real: xr.DataTree, adversarial: dict[int, xr.DataTree], layers: 
         attrs={"topk": k, "samples": n, "task": task})
 
 
+def dissection_consistency(stores: dict[int, xr.DataTree], layers: list[str], budgets: list[int],
+                           width: int) -> xr.Dataset:
+    """Network dissection on real against adversarial images: from the dissection stage's stores of the adversarial
+    sets (budget -> store; budget 0, the source images unattacked, is the real reference), at their first
+    quantile, per budget, layer and unit (``budgets`` and ``width`` units, NaN where not dissected): whether the
+    unit's label on the real images is still its label (``label_kept``, 1 or 0) and the IoU of that concept on
+    the adversarial images (``iou_adv``); per layer and unit its IoU on real images (``iou_real``) and whether it
+    is a detector there (``detector_real``)."""
+    if 0 not in stores:
+        raise AdversarialError(f"--dissection: budgets {sorted(stores)}; give the dissection of the budget-0 set "
+                               "({set}_adv_0, the source images unattacked): the real reference")
+    extra = sorted(set(stores) - set(budgets))
+    if extra:
+        raise AdversarialError(f"--dissection: budgets {extra} are not among the measured ones {budgets}")
+    real = stores[0]
+    shape = (len(budgets), len(layers), width)
+    kept, iou_adv = np.full(shape, np.nan), np.full(shape, np.nan)
+    chance = np.full(shape[:2], np.nan)
+    iou_real, detector = np.full(shape[1:], np.nan), np.full(shape[1:], np.nan)
+    dissected = [n for n in layers if all(n in t.children for t in stores.values())]
+    if not dissected:
+        raise AdversarialError(f"--dissection: none of the layers {layers} is dissected in every store")
+    for li, name in enumerate(layers):
+        if name not in dissected:
+            continue
+        r = real[name].to_dataset().isel(quantile=0)
+        concepts = [str(c) for c in r["concept"].values]
+        label = _labels(r["label"].values)
+        col = np.asarray([concepts.index(c) for c in label])
+        units = np.arange(len(label))
+        iou_real[li, :len(label)] = r["iou"].values[units, col]
+        detector[li, :len(label)] = r["detector"].values
+        for b, store in stores.items():
+            a = store[name].to_dataset().isel(quantile=0)
+            if [str(c) for c in a["concept"].values] != concepts or float(a["quantile"]) != float(r["quantile"]):
+                raise AdversarialError(f"--dissection: {name} at budget {b} has other concepts or quantiles than at "
+                                       "budget 0: dissect every set with the same settings")
+            bi = budgets.index(b)
+            label_a = _labels(a["label"].values)
+            kept[bi, li, :len(label)] = label_a == label
+            iou_adv[bi, li, :len(label)] = a["iou"].values[units, col]
+            chance[bi, li] = sum(np.mean(label == c) * np.mean(label_a == c) for c in set(label))
+    q = float(real[dissected[0]]["quantile"].values[0])
+    dims = ("budget", "layer", "unit")
+    return xr.Dataset(
+        {"label_kept": (dims, kept, {"description": "the unit's dissection label on real images is its label on the "
+                                                    "adversarial ones (1) or not (0)", "quantile": q}),
+         "iou_adv": (dims, iou_adv, {"units": "IoU", "description": "IoU of the unit's real-image label on the "
+                                                                    "adversarial images (their own thresholds)"}),
+         "label_chance": (("budget", "layer"), chance, {"description": "share of units keeping their label if the "
+                                                                      "adversarial labels were shuffled across the "
+                                                                      "layer's units: sum over concepts of the "
+                                                                      "product of their shares"}),
+         "iou_real": (("layer", "unit"), iou_real, {"units": "IoU", "description": "IoU of the unit's label on the "
+                                                                                   "real images"}),
+         "detector_real": (("layer", "unit"), detector, {"description": "the unit is a detector on real images "
+                                                                        "(1) or not (0)"})},
+        coords={"budget": budgets, "layer": list(layers), "unit": np.arange(width)})
+
+
 def map_layers(tree: xr.DataTree, layers: list[str], smallest: int = 4) -> list[str]:
     """Up to two layers whose unit maps are shown: the deepest stored as maps of at least ``smallest`` x
     ``smallest`` positions, and the deepest of at least twice that size (in ``layers`` order)."""
@@ -465,11 +525,12 @@ def changed_units(real: xr.DataTree, adv: xr.DataTree, layer: str, where: np.nda
     act_r = real[layer]["activation"].isel(sample=where)
     resp_r = pooled_features(act_r, 1)
     sd = resp_r.std(0)
-    live = sd > 0
+    live = sd > 1e-3 * (np.median(sd[sd > 0]) if (sd > 0).any() else 1.0)  # not units that fire on one image
     maps_r = np.asarray(act_r.isel(sample=examples).values, np.float32)
     maps_a = np.asarray(adv[layer]["activation"].isel(sample=examples).values, np.float32)
     change = (maps_a.mean((2, 3)) - maps_r.mean((2, 3))) / np.where(live, sd, 1.0)
-    unit = np.where(live, np.abs(change), -1.0).argmax(1)
+    score = np.where(live & np.isfinite(change), np.abs(change), -1.0)
+    unit = score.argmax(1)
     rows = np.arange(len(examples))
     return unit, change[rows, unit], maps_r[rows, unit], maps_a[rows, unit]
 
@@ -501,15 +562,22 @@ def run_consistency(spec: ConsistencySpec, inputs: dict[str, Any], outputs: dict
         raise AdversarialError(f"--adversarial-stimuli: budgets {sorted(stimuli)}, --adversarial: {sorted(adv)}; give "
                                "the adversarial stimulus store of every budget measured")
     ds = consistency(real, adv, layers, spec.topk, task)
+    dissections = {_budget_of(path): open_tree(path, "dissection store") for path in inputs.get("dissection") or []}
+    if dissections:
+        dis = dissection_consistency(dissections, layers, [int(b) for b in ds["budget"].values], ds.sizes["unit"])
+        ds = ds.assign({k: dis[k] for k in dis.data_vars})
     model = ds.attrs["model"] = Path(inputs["activations"]).parent.name
-    save_dataset(ds, outputs["out"], inputs=[inputs["activations"], *inputs["adversarial"]])
+    save_dataset(ds, outputs["out"], inputs=[inputs["activations"], *inputs["adversarial"],
+                                            *(inputs.get("dissection") or [])])
     consistency_figure(ds, outputs["figure"], title=f"{title or model}: unit semantics on adversarial images")
     top = max(adv)
     examples = _examples(adv[top], 4)
     source = adv[top]["source_sample"].values[examples]
     images = open_stimuli(inputs["stimuli"], require=("image",))["image"].sel(sample=source).values
-    attacked = open_stimuli(stimuli[top], require=("image",))
-    attacked = attacked["image"].isel(sample=examples).values
+    attacked = open_stimuli(stimuli[top], require=("image",)).isel(sample=examples)
+    if "source_sample" not in attacked.coords or not np.array_equal(attacked["source_sample"].values, source):
+        raise AdversarialError(f"{stimuli[top]}: its images are not those of the {top}/255 activations, in order")
+    attacked = attacked["image"].values
     where = np.searchsorted(real["sample"].values, adv[top]["source_sample"].values)
     maps = {name: changed_units(real, adv[top], name, where, examples) for name in map_layers(real, layers)}
     unit_maps_figure(images, attacked, maps, top, outputs["maps_figure"],
@@ -528,11 +596,11 @@ def _examples(adv: xr.DataTree, k: int) -> np.ndarray:
 
 
 def _budget_of(path: str | Path) -> int:
-    """The attack budget of an adversarial set's activations (its name ``{set}_adv_{budget}.zarr``)."""
+    """The attack budget of a store of an adversarial set (its name ``{set}_adv_{budget}.zarr``)."""
     stem = Path(path).name.removesuffix(".zarr")
     _, sep, tail = stem.rpartition("_adv_")
     if not sep or not tail.isdigit():
-        raise AdversarialError(f"{path}: not the activations of an adversarial set ({{set}}_adv_{{budget}}.zarr)")
+        raise AdversarialError(f"{path}: not a store of an adversarial set ({{set}}_adv_{{budget}}.zarr)")
     return int(tail)
 
 
@@ -549,6 +617,17 @@ def consistency_summary(ds: xr.Dataset) -> dict[str, str]:
            f"{float(np.nanmean(top['topk_overlap'].sel(layer=last))):.2f}"}
     if "logits" in ds["layer"].values and np.isfinite(top["distance_ratio"].sel(layer="logits")):
         out[f"distance ratio of the logits at {b}/255"] = f"{float(top['distance_ratio'].sel(layer='logits')):.2f}"
+    if "label_kept" in ds:
+        dissected = [n for n in maps if np.isfinite(top["label_kept"].sel(layer=n)).any()]
+        if dissected:
+            deep = dissected[-1]
+            out[f"dissection: units keeping their real-image label at {b}/255 ({deep}; shuffled)"] = (
+                f"{100 * float(top['label_kept'].sel(layer=deep).mean(skipna=True)):.0f}% "
+                f"({100 * float(top['label_chance'].sel(layer=deep)):.0f}%)")
+        det = ds["detector_real"].values == 1
+        kept = top["label_kept"].values[det]
+        out[f"dissection: detectors on real images keeping their label at {b}/255"] = (
+            f"{int(np.nansum(kept))} of {int(det.sum())}" + (f" ({100 * np.nanmean(kept):.0f}%)" if det.any() else ""))
     return out
 
 
@@ -573,7 +652,10 @@ def clean_accuracy(metrics: str | Path) -> float:
     table = pd.read_csv(metrics)
     if "test_accuracy" not in table or table.empty:
         raise AdversarialError(f"{metrics}: no test_accuracy column or no epoch (a training stage's metrics.csv?)")
-    return 100.0 * float(table["test_accuracy"].iloc[-1])
+    value = float(table["test_accuracy"].iloc[-1])
+    if not 0.0 <= value <= 1.0:  # NaN fails too
+        raise AdversarialError(f"{metrics}: last test_accuracy {value} is not a share in [0, 1]")
+    return 100.0 * value
 
 
 def compare_models(stores: dict[str, xr.Dataset], summary: xr.Dataset, accuracy: dict[str, float]) -> xr.Dataset:
@@ -592,9 +674,13 @@ def compare_models(stores: dict[str, xr.Dataset], summary: xr.Dataset, accuracy:
                 raise AdversarialError(f"model {m}: its consistency store has {coord}s {stores[m][coord].values.tolist()}"
                                        f", {names[0]}'s {ref[coord].values.tolist()}: compare stores of one set and "
                                        "one configuration")
-        if stores[m].attrs.get("samples") != ref.attrs.get("samples"):
-            raise AdversarialError(f"model {m}: {stores[m].attrs.get('samples')} images, {names[0]}: "
-                                   f"{ref.attrs.get('samples')}: compare stores of the same adversarial sets")
+        for key in ("samples", "topk", "task"):
+            if stores[m].attrs.get(key) != ref.attrs.get(key):
+                raise AdversarialError(f"model {m}: {key} = {stores[m].attrs.get(key)}, {names[0]}: "
+                                       f"{ref.attrs.get(key)}: compare stores of the same adversarial sets and settings")
+    if summary.attrs.get("samples") is not None and summary.attrs["samples"] != ref.attrs.get("samples"):
+        raise AdversarialError(f"the attack's summary counts {summary.attrs['samples']} images, the consistency "
+                               f"stores {ref.attrs.get('samples')}: give the summary of the same attack")
     missing = [m for m in names if m not in accuracy]
     if missing:
         raise AdversarialError(f"no clean test accuracy for {missing}")
@@ -602,14 +688,21 @@ def compare_models(stores: dict[str, xr.Dataset], summary: xr.Dataset, accuracy:
     judged = [str(m) for m in summary["model"].values]
     success = np.full((len(names), len(budgets)), np.nan)
     role = []
+    missing = sorted(set(budgets.tolist()) - set(summary["budget"].values.tolist()))
+    if missing:
+        raise AdversarialError(f"the attack's summary has no budget {missing}: give the summary of the same attack")
     for i, m in enumerate(names):
         if m in judged:
-            success[i] = summary["success"].sel(model=m).reindex(budget=budgets).values
+            success[i] = summary["success"].sel(model=m, budget=budgets).values
             role.append(str(summary["role"].sel(model=m).values))
         else:
             role.append("not judged")
-    stacked = xr.concat([stores[m] for m in names], dim=xr.DataArray(names, dims="model", name="model"),
-                        coords="minimal", compat="override", join="exact")
+    try:
+        stacked = xr.concat([stores[m] for m in names], dim=xr.DataArray(names, dims="model", name="model"),
+                            coords="minimal", compat="override", join="exact")
+    except ValueError as exc:
+        raise AdversarialError(f"the consistency stores of {names} do not line up ({exc}): compare stores of one "
+                               "set, made with the same layers") from exc
     med = stacked["response_correlation"].median("unit", skipna=True)
     mean = {k: stacked[k].mean("unit", skipna=True) for k in ("topk_overlap", "mi_true", "mi_target")}
     ds = xr.Dataset(
@@ -634,6 +727,18 @@ def compare_models(stores: dict[str, xr.Dataset], summary: xr.Dataset, accuracy:
                 "role": ("model", role, {"description": "the model's part in the attack (member of the ensemble "
                                                          "attacked, or a transfer model)"})},
         attrs={k: ref.attrs[k] for k in ("topk", "samples", "task") if k in ref.attrs})
+    if all("label_kept" in s for s in stores.values()):  # every model dissected on real and adversarial images
+        det = stacked["detector_real"] == 1
+        ds["label_kept"] = stacked["label_kept"].mean("unit", skipna=True).assign_attrs(
+            description="share of the units whose real-image dissection label is their label on adversarial images")
+        ds["label_chance"] = stacked["label_chance"].assign_attrs(stacked["label_chance"].attrs)
+        ds["detectors_kept"] = stacked["label_kept"].where(det).sum("unit").assign_attrs(
+            description="real-image detectors keeping their label")
+        ds["iou_adv"] = stacked["iou_adv"].mean("unit", skipna=True).assign_attrs(
+            units="IoU", description="mean IoU of the units' real-image label on adversarial images")
+        ds["iou_real"] = stacked["iou_real"].mean("unit", skipna=True).assign_attrs(
+            units="IoU", description="mean IoU of the units' label on real images")
+        ds["detectors_real"] = det.sum("unit").assign_attrs(description="detectors on real images")
     return ds
 
 
@@ -650,11 +755,14 @@ def run_compare(spec: CompareSpec, inputs: dict[str, Any], outputs: dict[str, Pa
         raise AdversarialError(f"--consistency names {len(paths)} store(s), --metrics {len(metrics)}: give one "
                                "metrics.csv per model, in the same order")
     stores = {}
-    for path in paths:
+    for path, table in zip(paths, metrics):
         ds = open_dataset(path, what="adversarial consistency store").load()
         model = str(ds.attrs.get("model") or Path(path).parent.name)
         if model in stores:
             raise AdversarialError(f"{path}: model {model} given twice")
+        if Path(table).parent.name != model:
+            raise AdversarialError(f"--metrics {table} is not model {model}'s (results/models/{model}/metrics.csv): "
+                                   "give them in the order of --consistency")
         stores[model] = ds
     accuracy = {m: clean_accuracy(p) for m, p in zip(stores, metrics)}
     summary_ds = open_dataset(inputs["summary"], what="adversarial summary store").load()
@@ -684,6 +792,15 @@ def compare_summary(ds: xr.Dataset) -> dict[str, str]:
             f"{float(t['response_correlation'].sel(layer=last)):.2f}"
         out[f"{m}: top-{ds.attrs.get('topk', 'k')} image overlap at {b}/255 ({last})"] = \
             f"{float(t['topk_overlap'].sel(layer=last)):.2f}"
+        if "label_kept" in ds:
+            dissected = [n for n in maps if np.isfinite(t["label_kept"].sel(layer=n))]
+            if dissected:
+                out[f"{m}: units keeping their dissection label at {b}/255 ({dissected[-1]}; shuffled)"] = (
+                    f"{100 * float(t['label_kept'].sel(layer=dissected[-1])):.0f}% "
+                    f"({100 * float(t['label_chance'].sel(layer=dissected[-1])):.0f}%)")
+            n, kept = int(t["detectors_real"].sum()), int(t["detectors_kept"].sum())
+            out[f"{m}: real-image detectors keeping their dissection label at {b}/255"] = (
+                f"{kept} of {n}" + (f" ({100 * kept / n:.0f}%)" if n else ""))
     acc = ds["clean_accuracy"].values
     gap = float(acc.max() - acc.min())
     margin = float(ds.attrs.get("accuracy_margin", np.nan))

@@ -61,13 +61,31 @@ def adversarial_figure(ds: xr.Dataset, sources: np.ndarray, adversarial: np.ndar
 def consistency_figure(ds: xr.Dataset, out: str | Path, title: str = "") -> None:
     """Per layer (x) and budget (colour): the units' median response correlation real vs adversarial, their mean
     top-k image overlap (chance dashed), their mean information about the true class on real (black) and
-    adversarial images and about the attack's target (dashed), and the distance ratio."""
+    adversarial images and about the attack's target (dashed), and the distance ratio; with a dissection
+    (``label_kept``), the share of the real-image detectors keeping their label and their labels' IoU."""
     layers = [str(n) for n in ds["layer"].values]
     x = np.arange(len(layers))
     budgets = ds["budget"].values
     colours = plt.cm.viridis(np.linspace(0.0, 0.85, len(budgets)))
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8.2), sharex=True)
-    (a, b), (c, d) = axes
+    dissected = "label_kept" in ds
+    fig, axes = plt.subplots(2, 3 if dissected else 2, figsize=(18 if dissected else 12, 8.2), sharex=True)
+    (a, b), (c, d) = axes[:, :2]
+    if dissected:
+        e, f = axes[:, 2]
+        for colour, budget in zip(colours, budgets):
+            sel = ds.sel(budget=budget)
+            if not np.isfinite(sel["label_kept"]).any():  # budget not dissected
+                continue
+            e.plot(x, sel["label_kept"].mean("unit", skipna=True), "o-", color=colour, label=f"{int(budget)}/255")
+            f.plot(x, sel["iou_adv"].mean("unit", skipna=True), "o-", color=colour,
+                   label=f"adversarial, {int(budget)}/255")
+        e.plot(x, ds["label_chance"].isel(budget=-1), "--", color="0.5", lw=1,
+               label=f"labels shuffled across units, {int(budgets[-1])}/255")
+        f.plot(x, ds["iou_real"].mean("unit", skipna=True), "k--", lw=1.5, label="real images")
+        e.set_ylim(-0.05, 1.05)
+        e.set_ylabel(f"units keeping their dissection label\n(share; quantile "
+                     f"{ds['label_kept'].attrs.get('quantile', '')})")
+        f.set_ylabel("IoU of each unit's real-image label\n(mean over units)")
     for colour, budget in zip(colours, budgets):
         sel = ds.sel(budget=budget)
         label = f"{int(budget)}/255"
@@ -89,7 +107,7 @@ def consistency_figure(ds: xr.Dataset, out: str | Path, title: str = "") -> None
     for ax in axes.flat:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best", title="L-inf budget" if ax is not c else None, title_fontsize=7)
-    for ax in (c, d):
+    for ax in axes[1]:
         ax.set_xticks(x)
         ax.set_xticklabels(layers, rotation=45, ha="right", fontsize=8)
         ax.set_xlabel("layer")
@@ -111,9 +129,21 @@ def compare_figure(ds: xr.Dataset, out: str | Path, title: str = "") -> None:
     budgets = ds["budget"].values
     top = int(budgets[-1])
     colours = plt.cm.tab10(np.arange(ds.sizes["model"]) % 10)
-    fig, axes = plt.subplots(2, 3, figsize=(15, 8.4))
-    s, a, b = axes[0]
-    c, t, d = axes[1]
+    dissected = "label_kept" in ds
+    fig, axes = plt.subplots(2, 4 if dissected else 3, figsize=(20 if dissected else 15, 8.4))
+    s, a, b = axes[0, :3]
+    c, t, d = axes[1, :3]
+    if dissected:
+        e, f = axes[:, 3]
+        for colour, m in zip(colours, ds["model"].values):
+            at = ds.sel(model=m, budget=top)
+            e.plot(x, at["label_kept"], "o-", color=colour, label=m)
+            e.plot(x, at["label_chance"], "--", color=colour, lw=1, label=f"{m}, labels shuffled across units")
+            f.plot(x, at["iou_real"], "o--", color=colour, ms=3, lw=1, label=f"{m}, real images")
+            f.plot(x, at["iou_adv"], "o-", color=colour, label=f"{m}, adversarial ({top}/255)")
+        e.set_ylim(-0.05, 1.05)
+        e.set_ylabel(f"units keeping their dissection label\n(share, {top}/255)")
+        f.set_ylabel("IoU of each unit's real-image label\n(mean over units)")
     for colour, m in zip(colours, ds["model"].values):
         sel = ds.sel(model=m)
         label = f"{m} (clean {float(sel['clean_accuracy']):.1f}%)"
@@ -188,7 +218,7 @@ def unit_maps_figure(sources: np.ndarray, adversarial: np.ndarray,
                 im = ax.imshow(m, cmap="magma", vmin=0, vmax=top, interpolation="nearest", alpha=0.7,
                                extent=(-0.5, w - 0.5, h - 0.5, -0.5))
                 ax.set_title(f"{layer} u{int(unit[r])}\n{what}", fontsize=7)
-            fig.colorbar(im, ax=axes[r, 3 + 2 * j + 1], fraction=0.046, pad=0.04).ax.tick_params(labelsize=6)
+            fig.colorbar(im, ax=list(axes[r, 3 + 2 * j:5 + 2 * j]), fraction=0.03, pad=0.02).ax.tick_params(labelsize=6)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
