@@ -76,7 +76,8 @@ def test_pipeline_runs_and_second_run_does_nothing(tmp_path):
     report = (res / "report.html").read_text()
     for kind in ("factors", "identities", "portraits"):  # the stimulus figures at the extra resolution
         assert (res / "figures" / f"stimuli_{kind}_48.png").stat().st_size > 5_000
-    assert report.count("<figure>") == 26 and "test-set accuracy (training identities)" in report and "generalisation gap" in report
+    # 26 + the adversarial unit maps + the dissections of test_adv_0 and test_adv_8 (two figures each)
+    assert report.count("<figure>") == 31 and "test-set accuracy (training identities)" in report and "generalisation gap" in report
     assert "<h2>Factor visibility</h2>" in report and "max pixel MI (bits)" in report
     assert report.index("Factor visibility") < report.index("<h2>Model identity_s0</h2>")
     assert "accuracy on held-out identities" in report
@@ -130,6 +131,10 @@ def test_pipeline_runs_and_second_run_does_nothing(tmp_path):
     assert live.sum() > 50 and np.allclose(at0.response_correlation.values[live], 1, atol=1e-6)
     assert np.allclose(at0.topk_overlap.values[np.isfinite(at0.topk_overlap.values)], 1)
     assert np.allclose(at0.distance_ratio.values, 0) and "unit response correlation" in report
+    # Dissected on test_adv_0 (the same images, unattacked) and test_adv_8: every unit keeps its label at budget 0.
+    kept0 = at0.label_kept.values[np.isfinite(at0.label_kept.values)]
+    assert kept0.size > 50 and (kept0 == 1).all() and np.isfinite(cons.label_kept.sel(budget=8).values).any()
+    assert "units keeping their real-image label" in report
     assert (res / "figures" / "test_adversarial.png").stat().st_size > 10_000
     assert (res / "figures" / "identity_s0_test_adversarial_units.png").stat().st_size > 10_000
     # Changing an MI setting reruns the MI jobs and what reads them, nothing upstream.
