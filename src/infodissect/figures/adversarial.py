@@ -193,8 +193,10 @@ def unit_maps_figure(sources: np.ndarray, adversarial: np.ndarray,
     the image in grey."""
     k = len(sources)
     layers = list(maps)
-    cols = 3 + 2 * len(layers)
-    fig, axes = plt.subplots(k, cols, figsize=(1.75 * cols, 1.85 * k + 0.5), squeeze=False)
+    widths = [1.0] * 3 + [1.0, 1.0, 0.07] * len(layers)  # per layer: real, adversarial, colour bar
+    fig = plt.figure(figsize=(1.75 * (3 + 2 * len(layers)) + 0.6 * len(layers), 1.9 * k + 0.6))
+    grid = fig.add_gridspec(k, len(widths), width_ratios=widths, wspace=0.15, hspace=0.45)
+    axes = np.asarray([[fig.add_subplot(grid[r, c]) for c in range(len(widths))] for r in range(k)])
     diff = adversarial.astype(np.int16) - sources.astype(np.int16)
     scale = max(int(np.abs(diff).max()), 1)
     for r in range(k):
@@ -211,19 +213,21 @@ def unit_maps_figure(sources: np.ndarray, adversarial: np.ndarray,
             top = max(float(real[r].max()), float(adv[r].max()), 1e-6)
             for i, (m, what, img) in enumerate(((real[r], "real", sources[r]),
                                                  (adv[r], f"adv. ({change[r]:+.1f} SD)", adversarial[r]))):
-                ax = axes[r, 3 + 2 * j + i]
+                ax = axes[r, 3 + 3 * j + i]
                 h, w = img.shape[:2]
                 ax.imshow(np.asarray(img, np.float32).mean(-1), cmap="gray", vmin=0, vmax=255,
                           interpolation="nearest")
                 im = ax.imshow(m, cmap="magma", vmin=0, vmax=top, interpolation="nearest", alpha=0.7,
                                extent=(-0.5, w - 0.5, h - 0.5, -0.5))
                 ax.set_title(f"{layer} u{int(unit[r])}\n{what}", fontsize=7)
-            fig.colorbar(im, ax=list(axes[r, 3 + 2 * j:5 + 2 * j]), fraction=0.03, pad=0.02).ax.tick_params(labelsize=6)
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
+            cbar = axes[r, 5 + 3 * j]
+            fig.colorbar(im, cax=cbar).ax.tick_params(labelsize=6)
+    for r in range(k):
+        for c in range(len(widths)):
+            if widths[c] == 1.0:
+                axes[r, c].set_xticks([])
+                axes[r, c].set_yticks([])
     fig.suptitle(f"{title} (unit activation, ReLU output, over the image in grey)", fontsize=10)
-    fig.tight_layout()
     Path(out).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    fig.savefig(out, dpi=110, bbox_inches="tight")
     plt.close(fig)
