@@ -224,11 +224,15 @@ def profile_inputs(wildcards):
 def dissection_inputs(wildcards):
     """A model's activations, stimuli, weights and snapshots for a dissected set. Not its MI store: the
     dissection runs beside the MI stage, and the report joins the two (each detector's most informative
-    factor)."""
+    factor). No snapshots for an adversarial set: it is dissected to compare the trained network's labels
+    with those on the source images, not across training."""
+    from infodissect.config import adversarial_set_names
+
+    across_training = wildcards.set not in adversarial_set_names(config)
     return {"activations": f"results/activations/{wildcards.model}/{wildcards.set}.zarr",
             "stimuli": f"results/stimuli/{wildcards.set}.zarr",
             "model": f"results/models/{wildcards.model}/model.pt",
-            "snapshots": snapshot_paths(wildcards.model)}
+            "snapshots": snapshot_paths(wildcards.model) if across_training else []}
 
 
 def caption(name):
