@@ -604,12 +604,17 @@ def _budget_of(path: str | Path) -> int:
     return int(tail)
 
 
+def _map_layer_names(ds: xr.Dataset) -> list[str]:
+    """The layers of a consistency or comparison store that are maps (not ``pool`` or ``logits``), in order."""
+    return [str(n) for n in ds["layer"].values if str(n) not in ("pool", "logits")]
+
+
 def consistency_summary(ds: xr.Dataset) -> dict[str, str]:
     """Key numbers: at the largest budget, the median response correlation and the top-k overlap of the last map
     layer, and the distance ratio of the logits."""
     top = ds.isel(budget=-1)
     b = int(top["budget"])
-    maps = [str(n) for n in ds["layer"].values if str(n) not in ("pool", "logits")]
+    maps = _map_layer_names(ds)
     last = maps[-1] if maps else str(ds["layer"].values[-1])
     out = {f"unit response correlation real vs adversarial at {b}/255 ({last}, median)":
            f"{float(np.nanmedian(top['response_correlation'].sel(layer=last))):.2f}",
@@ -731,7 +736,7 @@ def compare_models(stores: dict[str, xr.Dataset], summary: xr.Dataset, accuracy:
         det = stacked["detector_real"] == 1
         ds["label_kept"] = stacked["label_kept"].mean("unit", skipna=True).assign_attrs(
             description="share of the units whose real-image dissection label is their label on adversarial images")
-        ds["label_chance"] = stacked["label_chance"].assign_attrs(stacked["label_chance"].attrs)
+        ds["label_chance"] = stacked["label_chance"]
         ds["detectors_kept"] = stacked["label_kept"].where(det).sum("unit").assign_attrs(
             description="real-image detectors keeping their label")
         ds["iou_adv"] = stacked["iou_adv"].mean("unit", skipna=True).assign_attrs(
@@ -780,7 +785,7 @@ def compare_summary(ds: xr.Dataset) -> dict[str, str]:
     last map layer's median response correlation and top-k overlap; whether the models are equally accurate."""
     top = ds.isel(budget=-1)
     b = int(top["budget"])
-    maps = [str(n) for n in ds["layer"].values if str(n) not in ("pool", "logits")]
+    maps = _map_layer_names(ds)
     last = maps[-1] if maps else str(ds["layer"].values[-1])
     out = {}
     for m in ds["model"].values:

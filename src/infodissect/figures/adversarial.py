@@ -14,6 +14,23 @@ import xarray as xr  # noqa: E402
 _ROLE_STYLE = {"member": ("tab:blue", "-", 1.2), "ensemble": ("black", "-", 2.4), "transfer": ("tab:red", "--", 1.6)}
 
 
+def _layer_axis(ax: plt.Axes, layers: list[str]) -> None:
+    """Label ``ax``'s x axis with the read-out layers, one tick each."""
+    ax.set_xticks(np.arange(len(layers)))
+    ax.set_xticklabels(layers, rotation=45, ha="right", fontsize=8)
+    ax.set_xlabel("layer")
+
+
+def _save(fig: plt.Figure, out: str | Path, title: str, tight: bool = True) -> None:
+    """Give ``fig`` its title, lay it out (``tight``: tight_layout, else a tight bounding box) and write it."""
+    fig.suptitle(title, fontsize=10)
+    if tight:
+        fig.tight_layout()
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110, bbox_inches=None if tight else "tight")
+    plt.close(fig)
+
+
 def adversarial_figure(ds: xr.Dataset, sources: np.ndarray, adversarial: np.ndarray, budget: int, out: str | Path,
                        title: str = "") -> None:
     """Left: share of images fooling each model against the budget (stored uint8 images; the ensemble's
@@ -51,11 +68,7 @@ def adversarial_figure(ds: xr.Dataset, sources: np.ndarray, adversarial: np.ndar
             a.set_yticks([])
             if c == 0:
                 a.set_ylabel(name, fontsize=8)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    _save(fig, out, title)
 
 
 def consistency_figure(ds: xr.Dataset, out: str | Path, title: str = "") -> None:
@@ -108,14 +121,8 @@ def consistency_figure(ds: xr.Dataset, out: str | Path, title: str = "") -> None
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best", title="L-inf budget" if ax is not c else None, title_fontsize=7)
     for ax in axes[1]:
-        ax.set_xticks(x)
-        ax.set_xticklabels(layers, rotation=45, ha="right", fontsize=8)
-        ax.set_xlabel("layer")
-    fig.suptitle(f"{title} ({ds.attrs.get('samples', '')} images)", fontsize=10)
-    fig.tight_layout()
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+        _layer_axis(ax, layers)
+    _save(fig, out, f"{title} ({ds.attrs.get('samples', '')} images)")
 
 
 def compare_figure(ds: xr.Dataset, out: str | Path, title: str = "") -> None:
@@ -174,14 +181,8 @@ def compare_figure(ds: xr.Dataset, out: str | Path, title: str = "") -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")
         if ax is not s:
-            ax.set_xticks(x)
-            ax.set_xticklabels(layers, rotation=45, ha="right", fontsize=8)
-            ax.set_xlabel("layer")
-    fig.suptitle(f"{title} ({ds.attrs.get('samples', '')} images)", fontsize=10)
-    fig.tight_layout()
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+            _layer_axis(ax, layers)
+    _save(fig, out, f"{title} ({ds.attrs.get('samples', '')} images)")
 
 
 def unit_maps_figure(sources: np.ndarray, adversarial: np.ndarray,
@@ -227,7 +228,4 @@ def unit_maps_figure(sources: np.ndarray, adversarial: np.ndarray,
             if widths[c] == 1.0:
                 axes[r, c].set_xticks([])
                 axes[r, c].set_yticks([])
-    fig.suptitle(f"{title} (unit activation, ReLU output, over the image in grey)", fontsize=10)
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    _save(fig, out, f"{title} (unit activation, ReLU output, over the image in grey)", tight=False)
