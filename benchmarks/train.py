@@ -1,6 +1,6 @@
 """Print training throughput (images/s): Zarr loader vs in-memory tensors, and on-the-fly rendering.
 
-    python benchmarks/train.py [--configfile config/config.yaml] [--steps 40] [--threads 2]
+    python benchmarks/train.py [--configfile config/config.yaml] [--steps 40] [--threads 2] [--design PATH]
 
 Uses the config's training set (rendered first with the pipeline's own rules, if it is
 not in results/ yet: `snakemake results/stimuli/train.zarr`) and its training spec
@@ -15,6 +15,11 @@ not in results/ yet: `snakemake results/stimuli/train.zarr`) and its training sp
 
 The loader passes when it reaches at least 90% of the in-memory figure. On a CUDA
 machine the steps run there in bf16, as the training stage runs them.
+
+``--design PATH`` also feeds on-the-fly batches from another design table with the same
+render settings, e.g. the paper's 26M-row one (``python benchmarks/design.py --keep PATH``),
+and prints its figures beside the config's design's (issue 18: the same images/s; the
+network's last layer is sized to that design's identities).
 """
 
 from __future__ import annotations
@@ -91,6 +96,7 @@ def main() -> None:
     ap.add_argument("--configfile", default="config/config.yaml")
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--design", help="a second design table to train from on the fly (same render settings)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     config = load_config(ROOT / a.configfile)
@@ -129,8 +135,34 @@ def main() -> None:
     print(f"rendering alone:             {render_alone:8.1f} images/s "
           f"({config['stimuli']['render']['resolution']} px, antialias {config['stimuli']['render']['antialias']})",
           flush=True)
-    print(json.dumps({"in_memory": memory, "zarr_loader": loader, "loader_alone": alone, "on_the_fly": fly,
-                      "render_alone": render_alone}))
+    figures = {"in_memory": memory, "zarr_loader": loader, "loader_alone": alone, "on_the_fly": fly,
+               "render_alone": render_alone}
+    if a.design:
+        figures.update(other_design(Path(a.design), spec, task, t, b, a.steps, device, amp, fly, render_alone))
+    print(json.dumps(figures))
+
+
+def other_design(path: Path, spec: dict, task: str, t: dict, b: int, steps: int, device: torch.device, amp,
+                 fly: float, render_alone: float) -> dict[str, float]:
+    """On-the-fly training and rendering rates from the design table ``path``, printed beside ``fly`` and
+    ``render_alone`` (the config's design's)."""
+    t0 = time.perf_counter()
+    labels = task_labels(path, task)
+    n = zarr.open_group(str(path), mode="r")["identity"].shape[0]
+    print(f"{path}: {n:,} rows, {len(labels.classes):,} classes (labels read in {time.perf_counter() - t0:.1f} s)",
+          flush=True)
+    model = build_model(len(labels.classes), width=t["width"], stem=t["stem"],
+                        in_channels=3 if spec["render"]["color"] == "rgb" else 1).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    model.train()
+    rendered = RenderedBatches(path, labels, b, spec, window=t["window"], device=device)
+    other_fly = rate(forever(rendered), b, max(10, steps // 4), lambda x, y: train_step(model, opt, x, y, amp), device)
+    other_alone = rate(forever(rendered), b, max(10, steps // 4))
+    print(f"train, on the fly, {path.name}: {other_fly:8.1f} images/s ({other_fly / fly:.0%} of the config's design)",
+          flush=True)
+    print(f"rendering alone, {path.name}:   {other_alone:8.1f} images/s ({other_alone / render_alone:.0%} of the "
+          f"config's design)", flush=True)
+    return {"other_on_the_fly": other_fly, "other_render_alone": other_alone}
 
 
 if __name__ == "__main__":

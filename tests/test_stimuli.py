@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from infodissect.config import validate_config
-from infodissect.stimuli.design import build_design, design_size
+from infodissect.stimuli.design import build_design, design_size, sample_codes, write_design as stage_write_design
 from infodissect.stimuli.store import gather_shards, open_stimuli, render_shard
 from infodissect.store import StoreError, atomic_store, write_zarr
 
@@ -39,15 +39,19 @@ def test_every_set_matches_its_planned_size(config):
     for name, spec in config["stimuli"]["sets"].items():
         ds = build_design(name, stage_spec(config, name))
         assert ds.sizes["sample"] == design_size(spec, config["stimuli"]) > 0
-        assert {"identity", "yaw", "expression", "light_azimuth", "shape_coeff", "texture_coeff"} <= set(ds.variables)
+        assert {"identity", "yaw", "expression", "light_azimuth", "identity_shape", "identity_texture"} <= set(ds.variables)
+        # Normalised: each person's codes once; a row has codes of its own only where the design needs them.
+        assert ("shape_coeff" in ds) == (spec["design"] in ("morph", "revcorr")), name
+        assert np.array_equal(ds.person.values, np.unique(ds.identity.values)) or spec["design"] == "crossed"
+        assert ds.yaw.dtype == np.float32 and sample_codes(ds)[0].shape == (ds.sizes["sample"], ds.sizes["shape_pc"])
 
 
 def test_test_set_has_train_identities_with_fresh_nuisance(config):
     train, test = (build_design(n, stage_spec(config, n)) for n in ("train", "test"))
     assert set(train.identity.values) == set(test.identity.values)
     for i in set(train.identity.values.tolist()):
-        a = train.shape_coeff.values[train.identity.values == i]
-        b = test.shape_coeff.values[test.identity.values == i]
+        a = sample_codes(train)[0][train.identity.values == i]
+        b = sample_codes(test)[0][test.identity.values == i]
         assert np.array_equal(a[0], b[0])
     assert not np.isin(test.yaw.values, train.yaw.values).any()
 
@@ -114,8 +118,12 @@ def test_same_seed_same_bits_whatever_the_sharding(config, tmp_path):
     # The identity codes of the design reach the set store, whatever the sharding.
     codes = open_stimuli(design)
     for store in (a, b):
-        for name in ("shape_coeff", "texture_coeff"):
+        for name in ("identity_shape", "identity_texture", "person"):
             assert np.array_equal(store[name].values, codes[name].values), name
+            assert "sample" not in store[name].dims
+        # The set's store also has every image's codes along sample (the data contract of a rendered set).
+        assert store["shape_coeff"].dims == ("sample", "shape_pc")
+        assert all(np.array_equal(x, y) for x, y in zip(sample_codes(store), sample_codes(codes)))
     # A different seed gives different stimuli.
     other = write_design(config, "analysis", tmp_path / "other.design.zarr", seed=config["seed"] + 1)
     render_shard(other, 0, one, tmp_path / "other.zarr")
@@ -166,27 +174,26 @@ def test_heldout_identities_are_disjoint_from_training_and_a_pure_function_of_th
     assert (held.attrs["pool"], held.attrs["pool_first"], held.attrs["pool_size"]) == ("heldout", n_train, n_held)
     assert train.attrs["pool"] == "train" and held.attrs["identities"] == n_train  # an identity network's classes
     # No held-out face is a training face: the codes differ too.
-    assert not np.isin(held.shape_coeff.values[:, 0], train.shape_coeff.values[:, 0]).any()
+    assert not np.isin(sample_codes(held)[0][:, 0], sample_codes(train)[0][:, 0]).any()
     # Identity i is the same person however the pool is cut: alone, or in a larger held-out pool.
     for i in (n_train, n_train + n_held - 1):
         alone = identity_pool(cfg["seed"], 1, st, start=i)
         row = int(np.flatnonzero(held.identity.values == i)[0])
-        assert np.array_equal(alone["shape_coeff"][0], held.shape_coeff.values[row])
-        assert np.array_equal(alone["texture_coeff"][0], held.texture_coeff.values[row])
+        assert np.array_equal(alone["shape_coeff"][0], sample_codes(held)[0][row])
+        assert np.array_equal(alone["texture_coeff"][0], sample_codes(held)[1][row])
         assert alone["gender"][0] == held.gender.values[row] and alone["identity"][0] == i
     bigger = copy.deepcopy(cfg)
     bigger["stimuli"]["heldout_identities"] = n_held + 3
     more = build_design("heldout", stage_spec(bigger, "heldout"))
     for i in range(n_train, n_train + n_held):
-        a = held.shape_coeff.values[held.identity.values == i][0]
-        b = more.shape_coeff.values[more.identity.values == i][0]
+        a = sample_codes(held)[0][held.identity.values == i][0]
+        b = sample_codes(more)[0][more.identity.values == i][0]
         assert np.array_equal(a, b)
     # Built twice: the same bits; and the training sets do not depend on the held-out pool at all.
     again = build_design("heldout", stage_spec(cfg, "heldout"))
-    for name in ("shape_coeff", "texture_coeff", "identity", "yaw", "expression"):
+    for name in ("identity_shape", "identity_texture", "identity", "yaw", "expression"):
         assert np.array_equal(held[name].values, again[name].values), name
-    assert np.array_equal(build_design("train", stage_spec(bigger, "train")).texture_coeff.values,
-                          train.texture_coeff.values)
+    assert np.array_equal(sample_codes(build_design("train", stage_spec(bigger, "train")))[1], sample_codes(train)[1])
 
 
 @pytest.mark.parametrize(("design", "keys"), [
@@ -231,3 +238,27 @@ def test_a_heldout_set_renders_the_same_bits_whatever_the_sharding(config, tmp_p
     a, b = open_stimuli(tmp_path / "one.zarr"), open_stimuli(tmp_path / "two.zarr")
     assert np.array_equal(a.image.values, b.image.values) and a.attrs["pool"] == b.attrs["pool"] == "heldout"
     assert a.sizes["sample"] == 16 and a.image.values.std() > 10
+
+
+def test_a_crossed_design_is_written_block_by_block_as_built_in_memory(config, tmp_path):
+    """Issue 18: a crossed design is drawn in blocks (each its own generator) and written one block at a time,
+    sample-major, so any size is built in bounded memory; the rows of a block do not depend on the design's
+    length, and every block covers the whole pool."""
+    cfg = copy.deepcopy(config)
+    cfg["stimuli"]["sets"]["train"].update(samples_per_identity=5)
+    spec = stage_spec(cfg, "train")
+    n_id = cfg["stimuli"]["identities"]
+    out = stage_write_design("train", spec, tmp_path / "train.zarr", block=6)
+    stored, built = open_stimuli(out), build_design("train", spec, block=6)
+    assert stored.sizes["sample"] == built.sizes["sample"] == 5 * n_id
+    assert stored["yaw"].encoding["chunks"] == (6,) and stored["identity_shape"].sizes["person"] == n_id
+    for name in ("identity", "yaw", "expression", "identity_shape", "person"):
+        assert np.array_equal(stored[name].values, built[name].values), name
+    assert np.array_equal(stored.identity.values, np.arange(5 * n_id) % n_id)  # sample-major
+    assert len(np.unique(stored.yaw.values)) == 5 * n_id  # no two blocks drew the same values
+    longer = copy.deepcopy(cfg)
+    longer["stimuli"]["sets"]["train"].update(samples_per_identity=9)
+    more = build_design("train", stage_spec(longer, "train"), block=6)
+    assert np.array_equal(more.yaw.values[:18], built.yaw.values[:18])  # whole blocks: the same rows
+    # In one block (the pipeline's block of 65,536 rows) the same rows come from other draws.
+    assert not np.array_equal(build_design("train", spec).yaw.values, built.yaw.values)

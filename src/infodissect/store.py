@@ -354,6 +354,12 @@ def write_tree(tree: xr.DataTree, path: str | Path) -> None:
         # Consolidated once at the end: xarray consolidates after every node otherwise (quadratic in the nodes;
         # 10 of a dissection store's 34 s).
         tree.to_zarr(path, zarr_format=3, consolidated=False)
+    consolidate(path)
+
+
+def consolidate(path: str | Path) -> None:
+    """Consolidate the metadata of a store written with ``consolidated=False`` (once, at the end)."""
+    with _quiet():
         zarr.consolidate_metadata(str(path))
 
 

@@ -130,11 +130,15 @@ def _pool(out: torch.Tensor, plan: LayerPlan) -> torch.Tensor:
 
 
 def _sample_coords(stim: xr.Dataset) -> dict[str, Any]:
-    """Every coordinate and identity code of the stimulus set that lies along ``sample``."""
+    """Every coordinate of the stimulus set that lies along ``sample``, and its identity codes: the identity
+    table (``identity_shape``, ``identity_texture`` along ``person``) and the rows' own codes where the set
+    has them (:func:`infodissect.stimuli.design.sample_codes` reads them from the store's root)."""
+    from ..stimuli.design import ROW_CODES, TABLE_CODES
+
     coords: dict[str, Any] = {}
-    for name, var in list(stim.coords.items()) + [(k, stim[k]) for k in ("shape_coeff", "texture_coeff")
-                                                  if k in stim.data_vars]:
-        if var.dims and var.dims[0] == "sample":
+    codes = [(k, stim[k]) for k in (*ROW_CODES, *TABLE_CODES) if k in stim.data_vars]
+    for name, var in list(stim.coords.items()) + codes:
+        if var.dims and var.dims[0] in ("sample", "person"):
             values = var.values
             if values.dtype.kind in "UT":
                 values = np.asarray([str(v) for v in values.tolist()], dtype=object)
@@ -148,11 +152,11 @@ def skeleton(plans: list[LayerPlan], n: int, coords: dict[str, Any], dtype: str,
 
     Every layer group carries the 1-D factor coordinates along ``sample`` (DataTree
     inherits only indexed coordinates); the root also holds the identity codes
-    (``shape_coeff``, ``texture_coeff``).
+    (the identity table, and the rows' own codes where the set has them).
     """
     import dask.array as da
 
-    factors = {k: v for k, v in coords.items() if len(v[0]) == 1}
+    factors = {k: v for k, v in coords.items() if tuple(v[0]) == ("sample",)}
     nodes: dict[str, xr.Dataset] = {"/": xr.Dataset(coords=coords, attrs=attrs)}
     for p in plans:
         shape = (n,) + p.shape

@@ -23,6 +23,7 @@ import numpy as np
 import xarray as xr
 
 from ..info import coinfo_ggg, copnorm, mi_gg_pairs
+from ..stimuli.design import sample_codes
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,7 @@ def feature_analysis(tree: xr.DataTree, maps: xr.Dataset, model, layers: list[st
     root = tree.to_dataset()
     logits = tree["logits"].dataset["activation"].load()
     evidence = identity_evidence(logits, json.loads(tree.attrs.get("classes", "[]")))
-    shape, texture = vertex_fields(model, root["shape_coeff"].values, root["texture_coeff"].values)
+    shape, texture = vertex_fields(model, *sample_codes(root))
     feats = diagnostic_features({"shape": shape, "texture": texture}, evidence,
                                 np.asarray(logits["identity"].values), maps)
     ds = layer_feature_information(tree, layers, feats)

@@ -23,6 +23,7 @@ import xarray as xr
 from ..faces.mesh import PART_NAMES
 from ..faces.model import FaceModel
 from ..info import mutual_information
+from ..stimuli.design import sample_codes
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,7 @@ def revcorr_analysis(tree: xr.DataTree, model: FaceModel, *, n_perm: int, alpha:
         raise RevcorrError(f"reverse correlation needs an identity network; this one's task is {tree.attrs['task']!r}")
     logits = tree["logits"].dataset["activation"].load()
     evidence = identity_evidence(logits, json.loads(tree.attrs.get("classes", "[]")))
-    shape, texture = vertex_fields(model, root["shape_coeff"].values, root["texture_coeff"].values)
+    shape, texture = vertex_fields(model, *sample_codes(root))
     ds = feature_maps(shape, texture, evidence, np.asarray(logits["identity"].values), n_perm=n_perm, alpha=alpha,
                       seed=seed)
     ds.attrs.update({k: tree.attrs[k] for k in ("model", "set") if k in tree.attrs})

@@ -1,9 +1,19 @@
 """Seeded factor tables ("designs") for each stimulus set.
 
 A design is an ``xarray.Dataset`` along ``sample`` with every generative factor as a
-coordinate, the identity codes ``shape_coeff`` (sample, shape_pc) and
-``texture_coeff`` (sample, texture_pc), and design-specific coordinates (sweeps,
-morphs). It depends only on the seed and the config, never on how it is sharded.
+coordinate (continuous ones float32, what the renderer reads) and design-specific
+coordinates (sweeps, morphs). Identity codes are normalised: ``identity_shape``
+(person, shape_pc) and ``identity_texture`` (person, texture_pc) hold each person's
+codes once, ``person`` their global identity indices, and a row refers to its person by
+its ``identity`` coordinate. Only designs whose rows have codes of their own (morph,
+revcorr) also store ``shape_coeff`` (sample, shape_pc) and ``texture_coeff``;
+:func:`sample_codes` reads a row's codes either way.
+
+Crossed designs are drawn and written in blocks of :data:`DRAW_BLOCK` rows, each with
+its own seeded generator, sample-major (row ``r`` is person ``r mod identities``), so
+a design of any size is built in bounded memory and every contiguous slice of it
+covers the whole pool. A design depends only on the seed and the config, never on how
+it is sharded.
 """
 
 from __future__ import annotations
@@ -11,6 +21,7 @@ from __future__ import annotations
 import json
 import zlib
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -26,10 +37,58 @@ POOLS = ("train", "heldout")
 # identity network's logit for each of their identities, which held-out identities do not have.
 HELDOUT_DESIGNS = ("crossed", "independent", "sweep", "portraits")
 SWEEP_EXPRESSION = "happiness"  # the expression whose intensity a sweep of expression_intensity shows
+DRAW_BLOCK = 1 << 16  # rows of a crossed design drawn by one generator, and the sample chunk of every design
+ROW_CODES = ("shape_coeff", "texture_coeff")  # per-row identity codes (morph and revcorr designs only)
+TABLE_CODES = ("identity_shape", "identity_texture")  # per-person identity codes (every design)
+
+
+class DesignError(ValueError):
+    """A design table is inconsistent (a row's person is not in its identity table)."""
 
 
 def _set_rng(seed: int, name: str) -> np.random.Generator:
     return np.random.default_rng([seed, 0x5E7, zlib.crc32(name.encode())])
+
+
+def _block_rng(seed: int, name: str, block: int) -> np.random.Generator:
+    return np.random.default_rng([seed, 0x5E7, zlib.crc32(name.encode()), 0xB10C, block])
+
+
+def sample_codes(ds: xr.Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """Identity shape and texture codes of every row of a design (or of a store made from one), (n, k) each.
+
+    A row's own codes (``shape_coeff``, ``texture_coeff``: morph and revcorr designs) where the design has
+    them, else its person's codes in the identity table, looked up by the row's ``identity``.
+    """
+    if all(k in ds.variables for k in ROW_CODES):
+        return np.asarray(ds["shape_coeff"].values), np.asarray(ds["texture_coeff"].values)
+    rows = person_rows(ds)
+    return np.asarray(ds["identity_shape"].values)[rows], np.asarray(ds["identity_texture"].values)[rows]
+
+
+def with_row_codes(ds: xr.Dataset) -> xr.Dataset:
+    """A (loaded) design slice with every row's codes as ``shape_coeff`` and ``texture_coeff`` (a rendered
+    set's store has them, as the data contract says; a design table has them only where its rows need them)."""
+    if all(k in ds.variables for k in ROW_CODES):
+        return ds
+    shape, texture = sample_codes(ds)
+    return ds.assign(shape_coeff=(("sample", "shape_pc"), shape, dict(ds["identity_shape"].attrs)),
+                     texture_coeff=(("sample", "texture_pc"), texture, dict(ds["identity_texture"].attrs)))
+
+
+def person_rows(ds: xr.Dataset) -> np.ndarray:
+    """Row of each sample's person in the identity table (``identity_shape``), checked."""
+    missing = [k for k in (*TABLE_CODES, "person", "identity") if k not in ds.variables]
+    if missing:
+        raise DesignError(f"not a design table of this version: no {', '.join(missing)} (rerun the stimulus stage)")
+    person = np.asarray(ds["person"].values)
+    identity = np.asarray(ds["identity"].values)
+    rows = np.searchsorted(person, identity)
+    bad = (rows >= len(person)) | (person[np.minimum(rows, len(person) - 1)] != identity)
+    if bad.any():
+        raise DesignError(f"identities {sorted(set(identity[bad].tolist()))[:5]} are not in the design's identity "
+                          f"table (person {person[:5].tolist()}...)")
+    return rows
 
 
 def draw_factor(name: str, spec: dict[str, Any], rng: np.random.Generator, n: int) -> np.ndarray:
@@ -112,8 +171,7 @@ def _table(ids: np.ndarray, pool: dict[str, np.ndarray], vary: list[str], factor
     """Factor columns for samples of pool members ``ids`` (positions in the pool, not global indices):
     varied factors drawn, others neutral or the identity's own; ``identity`` gets the global indices."""
     n = len(ids)
-    cols: dict[str, np.ndarray] = {"identity": pool["identity"][ids], "shape_coeff": pool["shape_coeff"][ids],
-                                   "texture_coeff": pool["texture_coeff"][ids]}
+    cols: dict[str, np.ndarray] = {"identity": pool["identity"][ids]}
     for name in FACTORS:
         if name == "identity":
             continue
@@ -154,9 +212,9 @@ def sweep_factors(set_spec: dict[str, Any]) -> list[str]:
     return list(set_spec.get("factors") or [f for f in FACTORS if f != "identity"])
 
 
-def _crossed(spec, pool, factors, rng, n_id):
-    ids = np.repeat(np.arange(n_id), int(spec["samples_per_identity"]))
-    return _table(ids, pool, list(spec.get("vary", [])), factors, rng), {}
+def _crossed_block(spec, pool, factors, rng, n_id, lo, hi):
+    """Rows ``lo .. hi-1`` of a crossed design: sample-major, row ``r`` is pool member ``r mod n_id``."""
+    return _table(np.arange(lo, hi) % n_id, pool, list(spec.get("vary", [])), factors, rng), {}
 
 
 def _independent(spec, pool, factors, rng, n_id):
@@ -230,6 +288,7 @@ def _morph(spec, pool, factors, rng, n_id):
                 lev.append(level)
     src_a, dst_a, lev_a = np.asarray(src), np.asarray(dst), np.asarray(lev)
     cols = _table(src_a, pool, [], factors, rng)
+    cols.update(shape_coeff=pool["shape_coeff"][src_a], texture_coeff=pool["texture_coeff"][src_a])
     kinds_a = np.asarray(kinds, dtype=object)
     for code, morphed in (("shape_coeff", ("shape", "both")), ("texture_coeff", ("texture", "both"))):
         a, b = pool[code][src_a], pool[code][dst_a]
@@ -244,12 +303,13 @@ def _revcorr(spec, pool, factors, rng, n_id):
     ids = np.repeat(np.arange(n_base), int(spec["samples_per_identity"]))
     cols = _table(ids, pool, [], factors, rng)
     sigma = float(spec.get("sigma", 0.5))
-    cols["shape_coeff"] = cols["shape_coeff"] + sigma * rng.standard_normal(cols["shape_coeff"].shape)
-    cols["texture_coeff"] = cols["texture_coeff"] + sigma * rng.standard_normal(cols["texture_coeff"].shape)
+    shape, texture = pool["shape_coeff"][ids], pool["texture_coeff"][ids]
+    cols["shape_coeff"] = shape + sigma * rng.standard_normal(shape.shape)
+    cols["texture_coeff"] = texture + sigma * rng.standard_normal(texture.shape)
     return cols, {}
 
 
-_BUILDERS = {"crossed": _crossed, "independent": _independent, "sweep": _sweep, "portraits": _portraits,
+_BUILDERS = {"independent": _independent, "sweep": _sweep, "portraits": _portraits,
              "morph": _morph, "revcorr": _revcorr}
 
 
@@ -268,51 +328,9 @@ def factor_attrs(factors: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def build_design(name: str, spec: dict[str, Any]) -> xr.Dataset:
-    """The factor table of stimulus set ``name`` from its stage spec.
-
-    ``spec`` holds ``seed``, ``identities``, ``generator``, ``factors`` and ``set``
-    (the set's config), and ``heldout_identities`` for a set with ``pool: heldout``;
-    see ``workflow/rules/common.smk``. The identities come from the set's pool
-    (:func:`pool_range`); attrs ``pool``, ``pool_first`` and ``pool_size`` record it.
-    """
+def _attrs(name: str, spec: dict[str, Any], start: int, n_id: int) -> dict[str, Any]:
     set_spec = spec["set"]
-    stimuli = {"identities": spec["identities"], "heldout_identities": spec.get("heldout_identities", 0),
-               "generator": spec["generator"], "factors": spec["factors"]}
-    start, n_id = pool_range(set_spec, stimuli)
-    pool = identity_pool(int(spec["seed"]), n_id, stimuli, start=start)
-    rng = _set_rng(int(spec["seed"]), name)
-    cols, extra = _BUILDERS[set_spec["design"]](set_spec, pool, spec["factors"], rng, n_id)
-    n = len(cols["identity"])
-    assert n == design_size(set_spec, stimuli), "design size disagrees with design_size()"
-    coords: dict[str, Any] = {"sample": np.arange(n)}
-    for f in FACTORS:
-        values = cols[f]
-        kind = FACTORS[f].kind
-        arr = np.asarray(values, dtype=object).astype(str).astype(object) if kind == "categorical" and f != "identity" else np.asarray(values)
-        if f == "identity":
-            arr = arr.astype(np.int64)
-        elif kind == "continuous":
-            arr = arr.astype(np.float64)
-        coords[f] = xr.Variable("sample", arr, attrs={"kind": kind, "unit": FACTORS[f].unit,
-                                                      "description": FACTORS[f].description})
-    for k, v in extra.items():
-        coords[k] = ("sample", v)
-    k_shape = int(spec["generator"]["shape_components"])
-    t_per, bands = int(spec["generator"]["texture_components"]), int(spec["generator"]["texture_bands"])
-    coords["shape_pc"] = np.arange(k_shape)
-    coords["texture_pc"] = np.arange(t_per * bands)
-    coords["texture_band"] = ("texture_pc", np.repeat(np.arange(bands), t_per))
-    ds = xr.Dataset(
-        {
-            "shape_coeff": (("sample", "shape_pc"), np.asarray(cols["shape_coeff"], dtype=np.float64).reshape(n, k_shape)),
-            "texture_coeff": (("sample", "texture_pc"), np.asarray(cols["texture_coeff"], dtype=np.float64).reshape(n, t_per * bands)),
-        },
-        coords=coords,
-    )
-    ds.shape_coeff.attrs["description"] = "identity shape coefficients (unit variance per component)"
-    ds.texture_coeff.attrs["description"] = "identity texture coefficients (unit variance per component)"
-    ds.attrs.update(
+    attrs = dict(
         set=name,
         design=set_spec["design"],
         seed=int(spec["seed"]),
@@ -326,16 +344,124 @@ def build_design(name: str, spec: dict[str, Any]) -> xr.Dataset:
         factors=json.dumps(factor_attrs(spec["factors"]), sort_keys=True),
     )
     if set_spec["design"] == "revcorr":
-        ds.attrs["perturbation_sigma"] = float(set_spec.get("sigma", 0.5))
+        attrs["perturbation_sigma"] = float(set_spec.get("sigma", 0.5))
+    return attrs
+
+
+def _rows(cols: dict[str, np.ndarray], extra: dict[str, np.ndarray], lo: int, generator: dict[str, Any]
+          ) -> xr.Dataset:
+    """Rows ``lo ..`` of a design as a Dataset along ``sample``: factor coordinates (continuous float32),
+    design extras, and the rows' own codes where the design has them."""
+    n = len(cols["identity"])
+    coords: dict[str, Any] = {"sample": np.arange(lo, lo + n)}
+    for f in FACTORS:
+        kind = FACTORS[f].kind
+        if f == "identity":
+            arr = np.asarray(cols[f]).astype(np.int64)
+        elif kind == "categorical":
+            arr = np.asarray(cols[f], dtype=object).astype(str).astype(object)
+        else:
+            arr = np.asarray(cols[f], dtype=np.float64).astype(np.float32)
+        coords[f] = xr.Variable("sample", arr, attrs={"kind": kind, "unit": FACTORS[f].unit,
+                                                      "description": FACTORS[f].description})
+    for k, v in extra.items():
+        coords[k] = ("sample", v)
+    data = {}
+    if "shape_coeff" in cols:
+        k_shape, k_tex = int(generator["shape_components"]), n_texture(generator)
+        data = {"shape_coeff": (("sample", "shape_pc"), np.asarray(cols["shape_coeff"], np.float64).reshape(n, k_shape),
+                                {"description": "this row's identity shape coefficients (unit variance per component)"}),
+                "texture_coeff": (("sample", "texture_pc"),
+                                  np.asarray(cols["texture_coeff"], np.float64).reshape(n, k_tex),
+                                  {"description": "this row's identity texture coefficients (unit variance per component)"})}
+    return xr.Dataset(data, coords=coords)
+
+
+def _identity_table(pool: dict[str, np.ndarray], members: np.ndarray, generator: dict[str, Any]) -> xr.Dataset:
+    """The identity codes of pool members ``members`` (positions), once per person, with the code coordinates."""
+    t_per, bands = int(generator["texture_components"]), int(generator["texture_bands"])
+    ds = xr.Dataset(
+        {"identity_shape": (("person", "shape_pc"), np.asarray(pool["shape_coeff"][members], dtype=np.float64),
+                            {"description": "identity shape coefficients of each person (unit variance per component)"}),
+         "identity_texture": (("person", "texture_pc"), np.asarray(pool["texture_coeff"][members], dtype=np.float64),
+                              {"description": "identity texture coefficients of each person (unit variance per "
+                                              "component)"})},
+        coords={"person": ("person", pool["identity"][members].astype(np.int64),
+                           {"description": "global identity index of each row of the identity table"}),
+                "shape_pc": np.arange(int(generator["shape_components"])),
+                "texture_pc": np.arange(t_per * bands),
+                "texture_band": ("texture_pc", np.repeat(np.arange(bands), t_per))})
     return ds
 
 
-def write_design(name: str, spec: dict[str, Any], out: str | Path) -> Path:
-    """Build set ``name``'s design from its stage ``spec`` and write it to the store ``out`` (atomically)."""
+def design_blocks(name: str, spec: dict[str, Any], block: int = DRAW_BLOCK) -> Iterator[xr.Dataset]:
+    """The design of stimulus set ``name`` as consecutive blocks of rows; the first also holds the identity
+    table and the attrs.
+
+    ``spec`` holds ``seed``, ``identities``, ``generator``, ``factors`` and ``set`` (the set's config), and
+    ``heldout_identities`` for a set with ``pool: heldout``; see ``workflow/rules/common.smk``. The identities
+    come from the set's pool (:func:`pool_range`); attrs ``pool``, ``pool_first`` and ``pool_size`` record it.
+    A crossed design yields blocks of ``block`` rows, each drawn by its own generator (so ``block`` is part of
+    the design: the pipeline always uses :data:`DRAW_BLOCK`); the other designs, small by construction, yield
+    one block.
+    """
+    set_spec = spec["set"]
+    stimuli = {"identities": spec["identities"], "heldout_identities": spec.get("heldout_identities", 0),
+               "generator": spec["generator"], "factors": spec["factors"]}
+    start, n_id = pool_range(set_spec, stimuli)
+    pool = identity_pool(int(spec["seed"]), n_id, stimuli, start=start)
+    gen, factors, seed = spec["generator"], spec["factors"], int(spec["seed"])
+    n = design_size(set_spec, stimuli)
+    if set_spec["design"] == "crossed":
+        for b, lo in enumerate(range(0, n, block)):
+            hi = min(n, lo + block)
+            cols, extra = _crossed_block(set_spec, pool, factors, _block_rng(seed, name, b), n_id, lo, hi)
+            rows = _rows(cols, extra, lo, gen)
+            if b == 0:
+                rows = xr.merge([rows, _identity_table(pool, np.arange(n_id), gen)]).assign_attrs(
+                    _attrs(name, spec, start, n_id))
+            yield rows
+        return
+    cols, extra = _BUILDERS[set_spec["design"]](set_spec, pool, factors, _set_rng(seed, name), n_id)
+    assert len(cols["identity"]) == n, "design size disagrees with design_size()"
+    members = np.unique(np.asarray(cols["identity"]) - start)
+    yield xr.merge([_rows(cols, extra, 0, gen), _identity_table(pool, members, gen)]).assign_attrs(
+        _attrs(name, spec, start, n_id))
+
+
+def build_design(name: str, spec: dict[str, Any], block: int = DRAW_BLOCK) -> xr.Dataset:
+    """The whole design of stimulus set ``name`` in memory (:func:`design_blocks`, concatenated)."""
+    blocks = list(design_blocks(name, spec, block))
+    if len(blocks) == 1:
+        return blocks[0]
+    rows = xr.concat([b.drop_vars([*TABLE_CODES, "person", "texture_band", "shape_pc", "texture_pc"], errors="ignore")
+                      for b in blocks], dim="sample", data_vars="minimal", coords="minimal", compat="override",
+                     join="override", combine_attrs="drop")
+    return xr.merge([rows, blocks[0][[*TABLE_CODES]]]).assign_attrs(blocks[0].attrs)
+
+
+def write_design(name: str, spec: dict[str, Any], out: str | Path, block: int = DRAW_BLOCK) -> Path:
+    """Build set ``name``'s design from its stage ``spec`` and write it to the store ``out``: block by block
+    (memory holds one block of :data:`DRAW_BLOCK` rows, whatever the size), atomically, in sample chunks of
+    ``block`` rows."""
     import logging
 
-    from ..store import save_dataset
+    from ..store import atomic_store, consolidate, write_zarr
 
-    ds = build_design(name, spec)
-    logging.getLogger(__name__).info("design %s: %d samples (%s)", name, ds.sizes["sample"], ds.attrs["design"])
-    return save_dataset(ds, out)
+    log = logging.getLogger(__name__)
+    n = design_size(spec["set"], {"identities": spec["identities"], "generator": spec["generator"],
+                                  "heldout_identities": spec.get("heldout_identities", 0), "factors": spec["factors"]})
+    with atomic_store(out) as tmp:
+        for b, rows in enumerate(design_blocks(name, spec, block)):
+            if b == 0:
+                attrs = rows.attrs
+                encoding = {k: {"chunks": (block,) + v.shape[1:]} for k, v in rows.variables.items()
+                            if v.dims[:1] == ("sample",)}
+                write_zarr(rows, tmp, mode="w", consolidated=False, encoding=encoding)
+            else:  # (an append replaces the store's attrs with the block's)
+                write_zarr(rows.assign_attrs(attrs), tmp, append_dim="sample", consolidated=False)
+            if b % 64 == 63:
+                log.info("design %s: %d of %d rows written", name, rows["sample"].values[-1] + 1, n)
+        consolidate(tmp)
+    log.info("design %s: %d samples (%s)", name, n, spec["set"]["design"])
+    return Path(out)

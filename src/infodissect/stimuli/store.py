@@ -18,6 +18,7 @@ from tqdm import tqdm
 from ..faces.factors import ETHNICITIES, EXPRESSIONS, GENDERS, HAIR_STYLES
 from ..faces.mesh import PART_NAMES
 from ..faces.version import GENERATOR_VERSION
+from .design import ROW_CODES, TABLE_CODES, sample_codes, with_row_codes
 from ..store import StoreError, atomic_store, open_dataset, save_dataset, write_zarr
 from ..threads import resolve_device
 
@@ -49,10 +50,18 @@ def design_params(design: xr.Dataset, device: str | torch.device = "cpu") -> dic
     """Renderer parameters (torch tensors) for every sample of a (loaded) design slice."""
     import torch
 
-    p: dict[str, torch.Tensor] = {
-        "shape_coeff": torch.as_tensor(design["shape_coeff"].values, dtype=torch.float32, device=device),
-        "texture_coeff": torch.as_tensor(design["texture_coeff"].values, dtype=torch.float32, device=device),
-    }
+    shape, texture = sample_codes(design)
+    p = {"shape_coeff": torch.as_tensor(shape, dtype=torch.float32, device=device),
+         "texture_coeff": torch.as_tensor(texture, dtype=torch.float32, device=device)}
+    return p | factor_params(design, device)
+
+
+def factor_params(design: xr.Dataset, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """The renderer parameters of a (loaded) design slice other than the identity codes: categorical
+    factors as level indices, continuous ones as float32."""
+    import torch
+
+    p: dict[str, torch.Tensor] = {}
     for name, levels in _CODES.items():
         values = [str(v) for v in design[name].values.tolist()]
         unknown = sorted(set(values) - set(levels))
@@ -112,7 +121,7 @@ def _shard_bounds(n: int, shard: int, shard_size: int) -> slice:
 
 def _open_design(design_path: str | Path, spec: dict[str, Any]) -> tuple[xr.Dataset, dict[str, Any]]:
     """A design table and its generator, refused if the render spec names another generator."""
-    design = open_stimuli(design_path, require=("shape_coeff", "texture_coeff"))
+    design = open_stimuli(design_path, require=("identity_shape", "identity_texture"))
     generator = json.loads(design.attrs["generator"])
     if generator != spec["generator"]:
         raise StoreError(f"{design_path}: made with generator {generator}, but the render spec has {spec['generator']}")
@@ -130,7 +139,7 @@ def render_shard(design_path: str | Path, shard: int, spec: dict[str, Any], out:
     device = resolve_device(rcfg["device"], "stimuli.render.device")
     model = model_from_config(generator, device)
     camera = camera_from_config(rcfg)
-    part = design.isel(sample=_shard_bounds(design.sizes["sample"], shard, int(rcfg["shard_size"]))).load()
+    part = with_row_codes(design.isel(sample=_shard_bounds(design.sizes["sample"], shard, int(rcfg["shard_size"]))).load())
     n, res, ch = part.sizes["sample"], camera.resolution, camera.channels
     log.info("rendering shard %d: %d images at %d px on %s", shard, n, res, device)
     with atomic_store(out, inputs=[design_path]) as tmp:
@@ -178,10 +187,12 @@ def _with_image_vars(design: xr.Dataset, n: int, res: int, channels: int, chunk:
                              flag_values=list(range(len(PART_NAMES))), flag_meanings=" ".join(PART_NAMES))
     ds.attrs["render"] = json.dumps(spec["render"], sort_keys=True)
     ds = _without_chunk_encoding(ds)
-    for name in ("shape_coeff", "texture_coeff"):
-        # In memory (not Dask), so that the template write (compute=False) stores their values.
-        ds[name] = ds[name].load()
-        ds[name].encoding["chunks"] = (chunk, ds[name].shape[1])
+    for name in (*ROW_CODES, *TABLE_CODES):
+        if name in ds:
+            # In memory (not Dask), so that the template write (compute=False) stores their values.
+            ds[name] = ds[name].load()
+            if ds[name].dims[0] == "sample":
+                ds[name].encoding["chunks"] = (chunk, ds[name].shape[1])
     return ds
 
 
@@ -198,7 +209,8 @@ def gather_shards(design_path: str | Path, shard_paths: list[str | Path], out: s
     """Concatenate shard stores (in order) into the final set store, streaming with Dask."""
     design = open_stimuli(design_path)
     shards = [open_stimuli(p, require=("image", "parts")) for p in shard_paths]
-    ds = xr.concat(shards, dim="sample", data_vars="all", coords="minimal", compat="override",
+    # Only what lies along samples is concatenated; the identity table is the same in every shard.
+    ds = xr.concat(shards, dim="sample", data_vars="minimal", coords="minimal", compat="override",
                    join="override", combine_attrs="override")
     n = design.sizes["sample"]
     if ds.sizes["sample"] != n or not np.array_equal(ds["sample"].values, design["sample"].values):

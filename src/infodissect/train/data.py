@@ -51,19 +51,21 @@ def task_labels(path: str | Path, task: str, classes: tuple[str, ...] | None = N
     if info.get("kind", "categorical") != "categorical":
         raise DataError(f"{path}: factor {task!r} is {info.get('kind')}, a task needs a categorical factor")
     values = np.asarray(group[task][:])
-    names = [str(v) for v in values.tolist()]
     if classes is None:
         if task == "identity":
             classes = tuple(str(i) for i in range(int(group.attrs["identities"])))
         elif "levels" in info:
             classes = tuple(str(v) for v in info["levels"])
         else:
-            classes = tuple(sorted(set(names)))
+            classes = tuple(sorted({str(v) for v in np.unique(values).tolist()}))
+    # Each distinct value is named once (a 26M-row design has a few thousand), then mapped to every row.
+    distinct, inverse = np.unique(values, return_inverse=True)
+    names = [str(v) for v in distinct.tolist()]
     lookup = {c: i for i, c in enumerate(classes)}
     unknown = sorted(set(names) - set(lookup))
     if unknown:
         raise DataError(f"{path}: {task} levels {unknown[:5]} are not among the model's classes")
-    return Labels(task, tuple(classes), np.asarray([lookup[v] for v in names], dtype=np.int64))
+    return Labels(task, tuple(classes), np.asarray([lookup[v] for v in names], dtype=np.int64)[inverse.reshape(-1)])
 
 
 def chunk_ranges(n: int, chunk: int) -> list[tuple[int, int]]:
@@ -158,9 +160,17 @@ class RenderedBatches(StoreBatches):
         self.face_model = model_from_config(render_spec["generator"], device=self.device)
         self.camera = camera_from_config(render_spec["render"])
         self.design = open_dataset(design, what="design table")
+        from ..stimuli.design import ROW_CODES
 
-    _index_array = "shape_coeff"
-    _missing = "not a design table (no shape_coeff)"
+        # Codes of their own per row (morph, revcorr designs) travel with the rows; otherwise each row carries
+        # its person's row of the identity table, held once on the device.
+        self.row_codes = all(k in self.design.variables for k in ROW_CODES)
+        self.tables = None if self.row_codes else tuple(
+            torch.as_tensor(self.design[k].values, dtype=torch.float32, device=self.device)
+            for k in ("identity_shape", "identity_texture"))
+
+    _index_array = "identity"
+    _missing = "not a design table (no identity)"
 
     def _read(self, chunk: tuple[int, int]) -> np.ndarray:
         """One chunk's payload: its rows' renderer parameters, packed as a float64 matrix (k, D).
@@ -168,9 +178,14 @@ class RenderedBatches(StoreBatches):
         Reading whole chunks of the table (not a row selection per batch) keeps the
         reads chunk-aligned; the rows are unpacked per local batch in :meth:`_images`.
         """
-        from ..stimuli.store import design_params
+        from ..stimuli.design import person_rows
+        from ..stimuli.store import design_params, factor_params
 
-        params = design_params(self.design.isel(sample=slice(*chunk)).load())
+        rows = self.design.isel(sample=slice(*chunk)).load()
+        if self.row_codes:
+            params = design_params(rows)
+        else:
+            params = factor_params(rows) | {"person": torch.as_tensor(person_rows(rows), dtype=torch.long)}
         self._layout = [(k, tuple(v.shape[1:]), v.dtype) for k, v in params.items()]
         return np.concatenate([v.reshape(len(v), -1).to(torch.float64).numpy() for v in params.values()], 1)
 
@@ -183,6 +198,9 @@ class RenderedBatches(StoreBatches):
             width = int(np.prod(shape)) if shape else 1
             params[name] = cols[:, at:at + width].reshape((len(cols),) + shape).to(dtype)
             at += width
+        if self.tables is not None:
+            person = params.pop("person")
+            params["shape_coeff"], params["texture_coeff"] = (t[person] for t in self.tables)
         with torch.inference_mode():
             img, _ = render(self.face_model, params, self.camera)
         return network_input(img)

@@ -345,7 +345,7 @@ def train(spec: TrainSpec, train_store: str | Path, test_store: str | Path, out_
     from ..stimuli.store import open_stimuli
 
     # Stores from another generator version, unfinished, damaged or not stimulus stores stop here, before any work.
-    open_stimuli(train_store, require=("shape_coeff",) if spec.source == "rendered" else ("image",))
+    open_stimuli(train_store, require=("identity_shape",) if spec.source == "rendered" else ("image",))
     open_stimuli(test_store, require=("image",))
     ctx = init_distributed()
     if ctx.rank == 0:
