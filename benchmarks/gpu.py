@@ -179,6 +179,18 @@ def train_rates(config: dict, design: Path, store: Path, resolution: int, device
     return {"memory": memory, "fly": fly}
 
 
+def paper_gpu_hours(images_per_s: float) -> tuple[float, int]:
+    """GPU-hours that config/paper.yaml's training (its epochs over its 26M-row training design) takes at
+    ``images_per_s`` on one GPU (training at 224 px rendered on the fly), and its GPUs per model."""
+    from infodissect.config import load_config
+    from infodissect.stimuli.design import design_size
+
+    paper = load_config(ROOT / "config" / "paper.yaml")
+    t, st = paper["training"], paper["stimuli"]
+    rows = design_size(st["sets"][t["train_set"]], st)
+    return int(t["epochs"]) * rows / images_per_s / 3600.0, int(t["gpus"])
+
+
 def save_untrained(path: Path, classes: int, width: int = 64) -> Path:
     """A model file as the training stage writes it (untrained weights: extraction costs the same)."""
     from infodissect.nets import build_model
@@ -323,6 +335,10 @@ def run(device: torch.device, quick: bool, tmp: Path) -> list[Row]:
         add(Row(f"training {res} px, from memory", f"{r['memory']:,.0f} images/s"))
         add(Row(f"training {res} px, rendered on the fly", f"{r['fly']:,.0f} images/s ({r['fly'] / r['memory']:.0%})",
                 ">= 80% of from memory" if res == 224 else "", r["fly"] >= 0.8 * r["memory"] if res == 224 else None))
+        if res == 224:
+            hours, gpus = paper_gpu_hours(r["fly"])
+            add(Row("config/paper.yaml training, projected", f"{hours:,.0f} GPU-hours ({hours / gpus:,.1f} h on {gpus} "
+                    "GPUs if DDP scales linearly)"))
     for res, (_, store) in stores.items():
         model_path = save_untrained(tmp / "models" / f"m{res}.pt", 16 if quick else 64)
         r = extract_rate(model_path, store, tmp / f"act{res}.zarr", str(device), 64 if quick else 256)

@@ -47,6 +47,11 @@ def test_the_table_fails_when_one_check_fails(gpu):
     assert "FAILED" in gpu.Row("another", "bad", "target", False).line()
 
 
+def test_the_paper_training_is_projected_from_the_measured_rate(gpu):
+    hours, gpus = gpu.paper_gpu_hours(10_000.0)
+    assert gpus == 4 and hours == pytest.approx(30 * 26_000_000 / 10_000 / 3600)  # 30 epochs of 26M images
+
+
 def test_every_measurement_runs_on_the_cpu(gpu, tmp_path):
     from infodissect.faces.model import build_face_model
 

@@ -195,6 +195,12 @@ def test_masking_order_masks_and_aopc():
     np.testing.assert_array_equal(sample_index(10, 4), [0, 3, 6, 9])  # spread through the set
     np.testing.assert_array_equal(sample_index(5, 0), np.arange(5))
     np.testing.assert_array_equal(sample_index(5, 9), np.arange(5))
+    # A crossed set is sample-major (image r shows person r mod 4): evenly spaced positions would show two of the
+    # four people; spread person by person, the picks show all four.
+    people = np.arange(24) % 4
+    assert len(np.unique(people[sample_index(24, 4)])) == 2
+    picked = sample_index(24, 4, people)
+    assert sorted(people[picked]) == [0, 1, 2, 3] and np.all(np.diff(picked) > 0)
     logit = np.array([[[3.0, 1.0], [1.0, 1.0], [0.0, 1.0]]])  # (1, step 3, sample 2)
     np.testing.assert_allclose(aopc(logit)[0], [(0 + 2 + 3) / 3, 0.0])
 

@@ -229,7 +229,7 @@ def run(spec: Spec, inputs: dict[str, Any], outputs: dict[str, Any], title: str 
     from ..figures.adversarial import adversarial_figure
     from ..stimuli.store import open_stimuli
     from ..store import save_dataset
-    from .relevance import sample_index, true_classes
+    from .relevance import people_of, sample_index, true_classes
 
     check_spec(spec)
     outs = list(outputs["out"]) if isinstance(outputs["out"], (list, tuple)) else [outputs["out"]]
@@ -251,7 +251,7 @@ def run(spec: Spec, inputs: dict[str, Any], outputs: dict[str, Any], title: str 
                                    "transfer models must")
     if task not in stim.coords:
         raise AdversarialError(f"{where}: the set has no `{task}` coordinate (the models' task)")
-    index = sample_index(int(stim.sizes["sample"]), spec.samples)
+    index = sample_index(int(stim.sizes["sample"]), spec.samples, people_of(stim))
     source = stim.isel(sample=index).load()  # the attacked images, their part maps and factors
     images = source["image"].values
     true = true_classes(source[task].values, classes, task, where)

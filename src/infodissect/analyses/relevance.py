@@ -258,11 +258,25 @@ def check_spec(spec: Spec) -> None:
         raise RelevanceError(f"relevance.fill must be 'background' or 'blur', not {spec.fill!r}")
 
 
-def sample_index(total: int, n: int) -> np.ndarray:
-    """``n`` sample positions spread evenly through a set of ``total`` (all of them when ``n`` is 0 or larger)."""
+def sample_index(total: int, n: int, people: np.ndarray | None = None) -> np.ndarray:
+    """``n`` sample positions spread evenly through a set of ``total`` (all of them when ``n`` is 0 or larger),
+    in increasing order.
+
+    With ``people`` (each sample's identity) they are spread through the samples taken person by person, so
+    they cover as many people as they can whatever the set's order (a crossed set is sample-major: evenly
+    spaced positions would fall on a few people).
+    """
     if not n or n >= total:
         return np.arange(total)
-    return np.unique(np.round(np.linspace(0, total - 1, n)).astype(np.int64))
+    spread = np.unique(np.round(np.linspace(0, total - 1, n)).astype(np.int64))
+    if people is None:
+        return spread
+    return np.sort(np.lexsort((np.arange(total), np.asarray(people)))[spread])
+
+
+def people_of(stim: xr.Dataset) -> np.ndarray | None:
+    """Each sample's identity, if the set has them (for :func:`sample_index`)."""
+    return np.asarray(stim["identity"].values) if "identity" in stim.coords else None
 
 
 def _sample_coords(stim: xr.Dataset) -> dict[str, Any]:
@@ -284,7 +298,7 @@ def analyse(model: torch.nn.Module, meta: dict[str, Any], stim: xr.Dataset, imag
     size = (int(stim.sizes["y"]), int(stim.sizes["x"]))
     if size[0] % spec.patch or size[1] % spec.patch:
         raise RelevanceError(f"relevance.patch = {spec.patch} does not divide the image size {size[0]} x {size[1]}")
-    index = sample_index(int(stim.sizes["sample"]), spec.samples)
+    index = sample_index(int(stim.sizes["sample"]), spec.samples, people_of(stim))
     stim, n = stim.isel(sample=index), len(index)
     images, lab = np.asarray(images.oindex[index]), np.asarray(parts.oindex[index])
     target = true_classes(stim[task].values, [str(c) for c in meta["classes"]], task, where)

@@ -11,9 +11,9 @@ revcorr) also store ``shape_coeff`` (sample, shape_pc) and ``texture_coeff``;
 
 Crossed designs are drawn and written in blocks of :data:`DRAW_BLOCK` rows, each with
 its own seeded generator, sample-major (row ``r`` is person ``r mod identities``), so
-a design of any size is built in bounded memory and every contiguous slice of it
-covers the whole pool. A design depends only on the seed and the config, never on how
-it is sharded.
+a design of any size is built in bounded memory and every block of it holds every
+person (of a pool up to that size). A design depends only on the seed and the config,
+never on how it is sharded.
 """
 
 from __future__ import annotations
@@ -72,8 +72,11 @@ def with_row_codes(ds: xr.Dataset) -> xr.Dataset:
     if all(k in ds.variables for k in ROW_CODES):
         return ds
     shape, texture = sample_codes(ds)
-    return ds.assign(shape_coeff=(("sample", "shape_pc"), shape, dict(ds["identity_shape"].attrs)),
-                     texture_coeff=(("sample", "texture_pc"), texture, dict(ds["identity_texture"].attrs)))
+    return ds.assign(
+        shape_coeff=(("sample", "shape_pc"), shape, {"description": "identity shape coefficients of each image's "
+                                                                    "person (unit variance per component)"}),
+        texture_coeff=(("sample", "texture_pc"), texture, {"description": "identity texture coefficients of each "
+                                                                          "image's person (unit variance per component)"}))
 
 
 def person_rows(ds: xr.Dataset) -> np.ndarray:
@@ -81,8 +84,11 @@ def person_rows(ds: xr.Dataset) -> np.ndarray:
     missing = [k for k in (*TABLE_CODES, "person", "identity") if k not in ds.variables]
     if missing:
         raise DesignError(f"not a design table of this version: no {', '.join(missing)} (rerun the stimulus stage)")
-    person = np.asarray(ds["person"].values)
-    identity = np.asarray(ds["identity"].values)
+    return table_rows(np.asarray(ds["person"].values), np.asarray(ds["identity"].values))
+
+
+def table_rows(person: np.ndarray, identity: np.ndarray) -> np.ndarray:
+    """Row of each identity of ``identity`` in an identity table whose rows are the (sorted) ``person``, checked."""
     rows = np.searchsorted(person, identity)
     bad = (rows >= len(person)) | (person[np.minimum(rows, len(person) - 1)] != identity)
     if bad.any():
@@ -436,7 +442,7 @@ def build_design(name: str, spec: dict[str, Any], block: int = DRAW_BLOCK) -> xr
         return blocks[0]
     rows = xr.concat([b.drop_vars([*TABLE_CODES, "person", "texture_band", "shape_pc", "texture_pc"], errors="ignore")
                       for b in blocks], dim="sample", data_vars="minimal", coords="minimal", compat="override",
-                     join="override", combine_attrs="drop")
+                     join="override", combine_attrs="override")
     return xr.merge([rows, blocks[0][[*TABLE_CODES]]]).assign_attrs(blocks[0].attrs)
 
 

@@ -155,7 +155,7 @@ def render_in_memory(design_path: str | Path, spec: dict[str, Any], resolution: 
     """A small set rendered in memory (for figures): the design with ``image`` and ``parts``,
     at ``resolution`` instead of the render spec's if given."""
     design, generator = _open_design(design_path, spec)
-    design = design.load()
+    design = with_row_codes(design.load())
     rcfg = dict(spec["render"], **({"resolution": int(resolution)} if resolution else {}))
     camera = camera_from_config(rcfg)
     from ..faces.model import model_from_config

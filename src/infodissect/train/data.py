@@ -159,15 +159,17 @@ class RenderedBatches(StoreBatches):
         self.device = torch.device(device)
         self.face_model = model_from_config(render_spec["generator"], device=self.device)
         self.camera = camera_from_config(render_spec["render"])
-        self.design = open_dataset(design, what="design table")
-        from ..stimuli.design import ROW_CODES
+        from ..stimuli.design import ROW_CODES, TABLE_CODES, person_rows
 
+        design_ds = open_dataset(design, what="design table")
         # Codes of their own per row (morph, revcorr designs) travel with the rows; otherwise each row carries
-        # its person's row of the identity table, held once on the device.
-        self.row_codes = all(k in self.design.variables for k in ROW_CODES)
+        # its person's row of the identity table, held once on the device (and not read again per chunk).
+        self.row_codes = all(k in design_ds.variables for k in ROW_CODES)
         self.tables = None if self.row_codes else tuple(
-            torch.as_tensor(self.design[k].values, dtype=torch.float32, device=self.device)
-            for k in ("identity_shape", "identity_texture"))
+            torch.as_tensor(design_ds[k].values, dtype=torch.float32, device=self.device) for k in TABLE_CODES)
+        person_rows(design_ds.isel(sample=slice(0, 1)))  # a table without the person of row 0 stops here
+        self.person = np.asarray(design_ds["person"].values)
+        self.design = design_ds if self.row_codes else design_ds.drop_vars(list(TABLE_CODES))
 
     _index_array = "identity"
     _missing = "not a design table (no identity)"
@@ -178,14 +180,15 @@ class RenderedBatches(StoreBatches):
         Reading whole chunks of the table (not a row selection per batch) keeps the
         reads chunk-aligned; the rows are unpacked per local batch in :meth:`_images`.
         """
-        from ..stimuli.design import person_rows
+        from ..stimuli.design import table_rows
         from ..stimuli.store import design_params, factor_params
 
         rows = self.design.isel(sample=slice(*chunk)).load()
         if self.row_codes:
             params = design_params(rows)
         else:
-            params = factor_params(rows) | {"person": torch.as_tensor(person_rows(rows), dtype=torch.long)}
+            person = table_rows(self.person, np.asarray(rows["identity"].values))
+            params = factor_params(rows) | {"person": torch.as_tensor(person, dtype=torch.long)}
         self._layout = [(k, tuple(v.shape[1:]), v.dtype) for k, v in params.items()]
         return np.concatenate([v.reshape(len(v), -1).to(torch.float64).numpy() for v in params.values()], 1)
 

@@ -38,7 +38,7 @@ def _factor_values(path: str | Path, name: str) -> np.ndarray | None:
 def classes_seen(train: str | Path, task: str, classes: tuple[str, ...]) -> list[str]:
     """The classes of ``classes`` that occur in the training set (stored set or design table), in class order."""
     index = task_labels(train, task, classes).index
-    return [classes[i] for i in sorted(set(index.tolist()))]
+    return [classes[i] for i in np.unique(index).tolist()]
 
 
 def scores(truth: np.ndarray, preds: np.ndarray, classes: tuple[str, ...]) -> dict[str, Any]:
@@ -142,8 +142,8 @@ def evaluate_model(model_path: str | Path, stimuli: str | Path, train: str | Pat
     batches = StoreBatches(stimuli, labels, batch_size, shuffle=False, drop_last=False)
     loss, _, preds = evaluate(model, batches, torch.device(device))
     ids, trained_ids = _factor_values(stimuli, "identity"), _factor_values(train, "identity")
-    people = sorted(set(ids.tolist())) if ids is not None else []
-    shared = len(set(people) & set(trained_ids.tolist())) if trained_ids is not None else 0
+    people = np.unique(ids).tolist() if ids is not None else []
+    shared = len(np.intersect1d(people, np.unique(trained_ids))) if trained_ids is not None else 0
     result: dict[str, Any] = {"model": name, "task": task, "set": set_name, "store": str(stimuli), "pool": pool,
                               "train": str(train), "classes": list(classes), "classes_seen": seen,
                               "loss": float(loss), "identities": len(people), "shared_identities": shared}
