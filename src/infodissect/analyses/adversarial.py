@@ -276,7 +276,7 @@ def run(spec: Spec, inputs: dict[str, Any], outputs: dict[str, Any], title: str 
                     task=task, samples=len(index))
     save_dataset(ds, outputs["summary"], inputs=[where, *inputs["models"]])
     top = max(spec.budgets)
-    shown = sample_index(len(index), 4)
+    shown = sample_index(len(index), 4, people_of(source))
     adversarial_figure(ds, images[shown], results[top]["image"][shown], top, outputs["figure"],
                        title=f"{title or Path(where).stem}: {spec.attack} on {', '.join(members)}")
     return summary(ds)
@@ -592,7 +592,8 @@ def _examples(adv: xr.DataTree, k: int) -> np.ndarray:
     pool = np.arange(adv.sizes["sample"])
     if "success" in adv.coords and np.asarray(adv["success"].values, bool).any():
         pool = pool[np.asarray(adv["success"].values, bool)]
-    return pool[sample_index(len(pool), k)]
+    people = np.asarray(adv["identity"].values)[pool] if "identity" in adv.coords else None
+    return pool[sample_index(len(pool), k, people)]
 
 
 def _budget_of(path: str | Path) -> int:

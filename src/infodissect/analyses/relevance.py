@@ -425,7 +425,7 @@ def run(spec: Spec, inputs: dict[str, Any], outputs: dict[str, Path], title: str
         sources.append(inputs["revcorr"])
     save_dataset(ds, outputs["out"], inputs=sources)
     name = title or ds.attrs["model"]
-    shown = ds.isel(sample=sample_index(ds.sizes["sample"], 5))  # examples spread through the explained images
+    shown = ds.isel(sample=sample_index(ds.sizes["sample"], 5, people_of(ds)))  # spread through the images and people
     where = np.flatnonzero(np.isin(stim["sample"].values, shown["sample"].values))
     maps_figure(ds, np.asarray(group["image"].oindex[where]), outputs["figure"], title=f"{name}: relevance maps",
                 examples=shown["sample"].values)
