@@ -169,8 +169,10 @@ def test_training_killed_mid_epoch_resumes_from_its_step_checkpoint(tmp_path):
         (full / "model" / "metrics.csv").read_text().split("\n")[2].split(",")[1:3]
 
 
-def test_on_the_fly_rendering_feeds_the_same_batches_as_the_stored_set(tmp_path):
-    """A design table rendered batch by batch gives the batches of its stored, rendered copy."""
+@pytest.mark.parametrize("set_name", ["train", "revcorr"])
+def test_on_the_fly_rendering_feeds_the_same_batches_as_the_stored_set(tmp_path, set_name):
+    """A design table rendered batch by batch gives the batches of its stored, rendered copy: codes looked up in
+    the identity table (a crossed set) or carried by each row (a revcorr set, whose images have their own)."""
     from infodissect.config import load_config
     from infodissect.faces.model import model_from_config
     from infodissect.stimuli.design import build_design
@@ -180,9 +182,11 @@ def test_on_the_fly_rendering_feeds_the_same_batches_as_the_stored_set(tmp_path)
 
     cfg = load_config(Path(__file__).resolve().parents[1] / "config" / "test.yaml")
     st = cfg["stimuli"]
+    set_spec = st["sets"][set_name] if set_name == "train" else dict(st["sets"][set_name], samples_per_identity=12)
     spec = {"seed": cfg["seed"], "identities": st["identities"], "generator": st["generator"],
-            "factors": st["factors"], "set": st["sets"]["train"], "name": "train"}
-    design = build_design("train", spec)
+            "factors": st["factors"], "set": set_spec, "name": set_name}
+    design = build_design(set_name, spec)
+    assert ("shape_coeff" in design) == (set_name == "revcorr")
     with atomic_store(tmp_path / "design.zarr") as tmp:
         write_zarr(design.chunk({"sample": 8}), tmp)
     images = np.concatenate([img for _, img, _ in render_design(model_from_config(st["generator"]), design,
