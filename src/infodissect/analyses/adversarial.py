@@ -587,13 +587,13 @@ def run_consistency(spec: ConsistencySpec, inputs: dict[str, Any], outputs: dict
 
 def _examples(adv: xr.DataTree, k: int) -> np.ndarray:
     """``k`` adversarial images spread evenly, among those that fool the ensemble when any does."""
-    from .relevance import sample_index
+    from .relevance import people_of, sample_index
 
     pool = np.arange(adv.sizes["sample"])
     if "success" in adv.coords and np.asarray(adv["success"].values, bool).any():
         pool = pool[np.asarray(adv["success"].values, bool)]
-    people = np.asarray(adv["identity"].values)[pool] if "identity" in adv.coords else None
-    return pool[sample_index(len(pool), k, people)]
+    people = people_of(adv)
+    return pool[sample_index(len(pool), k, None if people is None else people[pool])]
 
 
 def _budget_of(path: str | Path) -> int:

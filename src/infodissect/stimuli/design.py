@@ -400,6 +400,12 @@ def _identity_table(pool: dict[str, np.ndarray], members: np.ndarray, generator:
     return ds
 
 
+def _stimuli(spec: dict[str, Any]) -> dict[str, Any]:
+    """The ``stimuli`` config keys a design's stage ``spec`` carries (for :func:`pool_range`, :func:`design_size`)."""
+    return {"identities": spec["identities"], "heldout_identities": spec.get("heldout_identities", 0),
+            "generator": spec["generator"], "factors": spec["factors"]}
+
+
 def design_blocks(name: str, spec: dict[str, Any], block: int = DRAW_BLOCK) -> Iterator[xr.Dataset]:
     """The design of stimulus set ``name`` as consecutive blocks of rows; the first also holds the identity
     table and the attrs.
@@ -411,9 +417,7 @@ def design_blocks(name: str, spec: dict[str, Any], block: int = DRAW_BLOCK) -> I
     the design: the pipeline always uses :data:`DRAW_BLOCK`); the other designs, small by construction, yield
     one block.
     """
-    set_spec = spec["set"]
-    stimuli = {"identities": spec["identities"], "heldout_identities": spec.get("heldout_identities", 0),
-               "generator": spec["generator"], "factors": spec["factors"]}
+    set_spec, stimuli = spec["set"], _stimuli(spec)
     start, n_id = pool_range(set_spec, stimuli)
     pool = identity_pool(int(spec["seed"]), n_id, stimuli, start=start)
     gen, factors, seed = spec["generator"], spec["factors"], int(spec["seed"])
@@ -455,8 +459,7 @@ def write_design(name: str, spec: dict[str, Any], out: str | Path, block: int = 
     from ..store import atomic_store, consolidate, write_zarr
 
     log = logging.getLogger(__name__)
-    n = design_size(spec["set"], {"identities": spec["identities"], "generator": spec["generator"],
-                                  "heldout_identities": spec.get("heldout_identities", 0), "factors": spec["factors"]})
+    n = design_size(spec["set"], _stimuli(spec))
     with atomic_store(out) as tmp:
         for b, rows in enumerate(design_blocks(name, spec, block)):
             if b == 0:

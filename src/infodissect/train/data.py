@@ -50,17 +50,16 @@ def task_labels(path: str | Path, task: str, classes: tuple[str, ...] | None = N
     info = factors.get(task, {})
     if info.get("kind", "categorical") != "categorical":
         raise DataError(f"{path}: factor {task!r} is {info.get('kind')}, a task needs a categorical factor")
-    values = np.asarray(group[task][:])
+    # Each distinct value is named once (a 26M-row design has a few thousand), then mapped to every row.
+    distinct, inverse = np.unique(np.asarray(group[task][:]), return_inverse=True)
+    names = [str(v) for v in distinct.tolist()]
     if classes is None:
         if task == "identity":
             classes = tuple(str(i) for i in range(int(group.attrs["identities"])))
         elif "levels" in info:
             classes = tuple(str(v) for v in info["levels"])
         else:
-            classes = tuple(sorted({str(v) for v in np.unique(values).tolist()}))
-    # Each distinct value is named once (a 26M-row design has a few thousand), then mapped to every row.
-    distinct, inverse = np.unique(values, return_inverse=True)
-    names = [str(v) for v in distinct.tolist()]
+            classes = tuple(sorted(set(names)))
     lookup = {c: i for i, c in enumerate(classes)}
     unknown = sorted(set(names) - set(lookup))
     if unknown:
