@@ -27,12 +27,8 @@ import torch
 
 from ..threads import match_numba_threads
 
-_DEPTH_SCALE = np.float32((1 << 39) - 1)  # as .raster: float32((1 << _DEPTH_BITS) - 1)
-_INDEX_BITS = 24
-_INDEX_MASK = (1 << _INDEX_BITS) - 1
-_EMPTY = np.iinfo(np.int64).max
 _GRAY = (np.float32(0.299), np.float32(0.587), np.float32(0.114))
-_LANES = 4  # a row of a face's box is tested in whole groups of this many samples
+_LANES = 8  # a row of a face's box is tested in whole groups of this many samples (an AVX2 register)
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
@@ -45,16 +41,25 @@ def _edge(x0, y0, x1, y1, x2, y2, area):
 
 
 @nb.njit(cache=True, nogil=True, error_model="numpy")
-def _zbuffer(screen, faces, height, width, zbuf, coef):
-    """Fill ``zbuf`` (H*W + _LANES - 1,) with the nearest front face's key for the image whose vertices
-    are ``screen`` (V, 3), and ``coef`` (F, 9) with the barycentric coefficients of every face drawn.
+def _zbuffer(screen, faces, height, width, depth, nearest, coef, centres):
+    """Fill ``nearest`` (H*W + _LANES - 1,) int32 with the nearest front face of the image whose vertices
+    are ``screen`` (V, 3) (-1: none) and ``depth`` (same size) float32 with its ``1 - w``, and ``coef``
+    (F, 9) with the barycentric coefficients of every face drawn. ``centres`` holds ``float32(i) + 0.5``
+    for i < width + _LANES.
 
-    Each row of a face's box is tested in whole groups of :data:`_LANES` samples, those past its end
-    masked (they keep their key; the spare samples at the end of ``zbuf`` take the last row's overhang)."""
+    The z-test is that of :func:`.raster.rasterize` without its 64-bit keys: there the key is
+    ``int64((1 - w) * float32(2**39 - 1)) << 24 | face``, and since ``float32(2**39 - 1)`` is ``2**39``
+    and ``1 - w`` a float32 in [0, 1] (a multiple of ``2**-24`` below 0.5, at least 0.5 above), the
+    product is exact and an integer: keys order as ``(1 - w, face)`` pairs, compared here in float32
+    and int32, eight lanes to an AVX2 register and no integer conversion. Each row of a face's box is
+    tested in whole groups of :data:`_LANES` samples, those past its end masked (they keep theirs; the
+    spare samples at the end take the last row's overhang)."""
     half, one, zero = np.float32(0.5), np.float32(1.0), np.float32(0.0)
     tol, fw, fh = np.float32(-1e-5), np.float32(width), np.float32(height)
     xyw, tri, cf = screen.reshape(-1), faces.reshape(-1), coef.reshape(-1)
-    zbuf[:] = _EMPTY
+    far, none = np.float32(2.0), np.int32(-1)  # farther than any face; no face
+    depth[:] = far
+    nearest[:] = none
     for f in range(faces.shape[0]):
         i0, i1, i2 = 3 * tri[3 * f], 3 * tri[3 * f + 1], 3 * tri[3 * f + 2]
         x0, y0, w0 = xyw[i0], xyw[i0 + 1], xyw[i0 + 2]
@@ -77,19 +82,32 @@ def _zbuffer(screen, faces, height, width, zbuf, coef):
         da = a0 * w0 + a1 * w1 + a2 * w2
         db = b0 * w0 + b1 * w1 + b2 * w2
         dc = c0 * w0 + c1 * w1 + c2 * w2
+        face = np.int32(f)
+        last = centres[px1]  # the box's last sample centre
         n = ((px1 - px0) // _LANES + 1) * _LANES
+        xs = centres[px0:px0 + n]
         for py in range(py0, py1 + 1):
             cy = np.float32(py) + half
             e0, e1, e2, ed = b0 * cy, b1 * cy, b2 * cy, db * cy  # the y terms, once per row
-            row = zbuf[py * width + px0:py * width + px0 + n]
+            row_depth = depth[py * width + px0:py * width + px0 + n]
+            row_face = nearest[py * width + px0:py * width + px0 + n]
             for j in range(n):  # branch-free, so that LLVM vectorises it
-                cx = np.float32(px0 + j) + half
+                cx = xs[j]
                 inside = ((a0 * cx + e0 + c0 >= tol) & (a1 * cx + e1 + c1 >= tol) & (a2 * cx + e2 + c2 >= tol)
-                          & (px0 + j <= px1))
-                wz = min(max(da * cx + ed + dc, zero), one)
-                key = (np.int64((one - wz) * _DEPTH_SCALE) << _INDEX_BITS) | f
-                cur = row[j]
-                row[j] = key if inside & (key < cur) else cur
+                          & (cx <= last))
+                d = one - min(max(da * cx + ed + dc, zero), one)
+                d = d if inside else far  # never wins
+                # The max() are no-ops (no entry is below them) that keep LLVM from turning the
+                # write-backs into masked stores, which are slow on AMD cores: every lane is stored.
+                cur_d, cur_f = max(row_depth[j], zero), max(row_face[j], none)
+                wins = (d < cur_d) | ((d == cur_d) & (face < cur_f))
+                row_depth[j] = min(d, cur_d)
+                row_face[j] = face if wins else cur_f
+
+
+def _centres(n: int) -> np.ndarray:
+    """``float32(i) + 0.5`` for i < n + _LANES: the sample centres of a row, with its overhang."""
+    return np.arange(n + _LANES, dtype=np.float32) + np.float32(0.5)
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
@@ -104,26 +122,24 @@ def _weights(cf, f, cx, cy):
 
 
 @nb.njit(parallel=True, cache=True)
-def _fragments(screen, faces, height, width):
+def _fragments(screen, faces, height, width, centres):
     bsz = screen.shape[0]
     face = np.empty((bsz, height, width), np.int64)
     bary = np.zeros((bsz, height, width, 3), np.float32)
     half = np.float32(0.5)
     for b in nb.prange(bsz):
-        zbuf = np.empty(height * width + _LANES - 1, np.int64)
+        depth = np.empty(height * width + _LANES - 1, np.float32)
+        nearest = np.empty(height * width + _LANES - 1, np.int32)
         coef = np.empty((faces.shape[0], 9), np.float32)
-        _zbuffer(screen[b], faces, height, width, zbuf, coef)
+        _zbuffer(screen[b], faces, height, width, depth, nearest, coef, centres)
         cf = coef.reshape(-1)
         for py in range(height):
             for px in range(width):
-                key = zbuf[py * width + px]
-                if key == _EMPTY:
-                    face[b, py, px] = -1
-                    continue
-                f = key & _INDEX_MASK
+                f = nearest[py * width + px]
                 face[b, py, px] = f
-                l0, l1, l2 = _weights(cf, f, np.float32(px) + half, np.float32(py) + half)
-                bary[b, py, px, 0], bary[b, py, px, 1], bary[b, py, px, 2] = l0, l1, l2
+                if f >= 0:
+                    l0, l1, l2 = _weights(cf, f, np.float32(px) + half, np.float32(py) + half)
+                    bary[b, py, px, 0], bary[b, py, px, 1], bary[b, py, px, 2] = l0, l1, l2
     return face, bary
 
 
@@ -228,7 +244,7 @@ def _mode(labels, n):
 
 
 @nb.njit(cache=True, nogil=True, error_model="numpy")
-def _resolve_image(zbuf, coef, faces, colour, face_labels, bg, res, k, gray, labels, img, parts):
+def _resolve_image(nearest, coef, faces, colour, face_labels, bg, res, k, gray, labels, img, parts):
     """Samples to pixels for one image: barycentric colour (``bg`` where empty), grey, box filter
     over each ``k`` x ``k`` block and the block's most frequent part label (``labels`` (k*k,) scratch)."""
     half, zero, one = np.float32(0.5), np.float32(0.0), np.float32(1.0)
@@ -241,12 +257,11 @@ def _resolve_image(zbuf, coef, faces, colour, face_labels, bg, res, k, gray, lab
             i = 0
             for sy in range(oy * k, oy * k + k):
                 for sx in range(ox * k, ox * k + k):
-                    key = zbuf[sy * samples + sx]
-                    if key == _EMPTY:
+                    f = nearest[sy * samples + sx]
+                    if f < 0:
                         r, g, bl = bg, bg, bg
                         labels[i] = 0
                     else:
-                        f = key & _INDEX_MASK
                         l0, l1, l2 = _weights(cf, f, np.float32(sx) + half, np.float32(sy) + half)
                         i0, i1, i2 = 3 * tri[3 * f], 3 * tri[3 * f + 1], 3 * tri[3 * f + 2]
                         r = l0 * rgb[i0] + l1 * rgb[i1] + l2 * rgb[i2]
@@ -270,7 +285,7 @@ def _resolve_image(zbuf, coef, faces, colour, face_labels, bg, res, k, gray, lab
 @nb.njit(parallel=True, cache=True)
 def _render(verts, albedo, neighbours, rigid, normals_template, specular, hair, grey, grey_level, rot, scale, shift,
             light, ambient, background, faces, face_labels, pivot_y, dist, focal, size, near, span, wrap, wrap1, res, k,
-            gray, workers):
+            gray, workers, centres):
     """Every image of a batch, ``workers`` threads each drawing every ``workers``-th image with
     scratch buffers allocated once (a fresh z-buffer per image would cost page faults)."""
     bsz, nv = verts.shape[0], verts.shape[1]
@@ -281,15 +296,16 @@ def _render(verts, albedo, neighbours, rigid, normals_template, specular, hair, 
         screen = np.empty((nv, 3), np.float32)
         colour = np.empty((nv, 3), np.float32)
         normals = np.empty((3, nv), np.float32)
-        zbuf = np.empty(samples * samples + _LANES - 1, np.int64)
+        depth = np.empty(samples * samples + _LANES - 1, np.float32)
+        nearest = np.empty(samples * samples + _LANES - 1, np.int32)
         coef = np.empty((faces.shape[0], 9), np.float32)
         labels = np.empty(k * k, np.uint8)
         for b in range(w, bsz, workers):
             _vertex_stage(verts[b], albedo[b], neighbours, rigid, normals_template, specular, hair, grey[b],
                           grey_level, rot[b], scale[b], shift[b], light[b], ambient[b], pivot_y, dist, focal, size,
                           near, span, wrap, wrap1, screen, colour, normals)
-            _zbuffer(screen, faces, samples, samples, zbuf, coef)
-            _resolve_image(zbuf, coef, faces, colour, face_labels, background[b], res, k, gray, labels, img[b],
+            _zbuffer(screen, faces, samples, samples, depth, nearest, coef, centres)
+            _resolve_image(nearest, coef, faces, colour, face_labels, background[b], res, k, gray, labels, img[b],
                            parts[b])
     return img, parts
 
@@ -307,7 +323,7 @@ def _indices(t: torch.Tensor) -> np.ndarray:
 def fragments(screen: torch.Tensor, faces: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``(face, bary)`` as :func:`.raster.rasterize` computes them, for CPU tensors."""
     match_numba_threads()
-    face, bary = _fragments(_np(screen, torch.float32), _indices(faces), height, width)
+    face, bary = _fragments(_np(screen, torch.float32), _indices(faces), height, width, _centres(width))
     return torch.from_numpy(face), torch.from_numpy(bary).to(screen.dtype)
 
 
@@ -345,6 +361,6 @@ def render_images(model, verts: torch.Tensor, albedo: torch.Tensor, grey: torch.
             _np(ps.shift, torch.float32), _np(ps.light, torch.float32), _np(ps.ambient, torch.float32),
             _np(ps.background, torch.float32), faces, face_labels, f32(PIVOT_Y), f32(camera.distance), f32(focal),
             f32(size), f32(near), f32(far - near), f32(WRAP), f32(1.0 + WRAP), camera.resolution, camera.antialias,
-            camera.color == "gray", max(1, min(nb.get_num_threads(), verts.shape[0])))
+            camera.color == "gray", max(1, min(nb.get_num_threads(), verts.shape[0])), _centres(camera.samples))
     img, parts = _render(*args)
     return torch.from_numpy(img), torch.from_numpy(parts)
