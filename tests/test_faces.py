@@ -499,6 +499,22 @@ def test_fragments_of_both_backends_agree(model):
     assert (face >= 0).any() and (face < 0).any()
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+def test_the_drawn_model_gives_every_drawn_face_the_corners_and_normals_of_the_whole_model(model, stride):
+    from infodissect.faces.render import linear_geometry, vertex_normals
+
+    whole = model.coarsened(stride)
+    drawn = whole.drawn()
+    assert drawn.n_vertices < whole.n_vertices and drawn.faces.shape == whole.faces.shape
+    p = params(model, 20, seed=3, expression=torch.arange(20) % 7)
+    v, a, g = linear_geometry(whole, p)
+    dv, da, dg = linear_geometry(drawn, p)
+    assert torch.equal(dv[:, drawn.faces], v[:, whole.faces]) and torch.equal(da[:, drawn.faces], a[:, whole.faces])
+    assert torch.equal(dg, g)
+    assert torch.equal(vertex_normals(drawn, dv)[:, drawn.faces], vertex_normals(whole, v)[:, whole.faces])
+    assert torch.equal(drawn.face_labels, whole.face_labels)
+
+
 def test_render_rejects_an_unknown_backend(model):
     with pytest.raises(ValueError, match="backend"):
         render(model, params(model, 1), Camera(resolution=16), backend="opengl")

@@ -147,6 +147,43 @@ class FaceModel:
             return self
         return self._cached(f"stride{stride}", lambda: self._subset(stride))
 
+    def drawn(self) -> "FaceModel":
+        """The same model restricted to the vertices a render reads (cached): the corners of the
+        faces drawn and the neighbours their normals are taken from, in their order.
+
+        Faces keep their order and vertices theirs, and each column of the matrix products is
+        computed alone, so a render of ``drawn()`` is that of the model, with a tenth fewer
+        columns to compute at stride 2. Vertices kept only as neighbours are marked rigid (their
+        normal is never read). ``template`` stays the level's own.
+        """
+        return self._cached("drawn", self._drawn)
+
+    def _drawn(self) -> "FaceModel":
+        corners = torch.unique(self.faces.flatten())
+        around = self.neighbours[corners].flatten()
+        keep = torch.unique(torch.cat([corners, around[around >= 0]]))
+        if len(keep) == self.n_vertices:
+            return self
+        new = torch.full((self.n_vertices,), -1, dtype=torch.long, device=self.device)
+        new[keep] = torch.arange(len(keep), device=self.device)
+        neighbours = torch.where(self.neighbours[keep] >= 0, new[self.neighbours[keep].clamp(min=0)],
+                                 torch.full_like(self.neighbours[keep], -1))
+        corner = torch.zeros(self.n_vertices, dtype=torch.bool, device=self.device)
+        corner[corners] = True
+        neighbours[~corner[keep]] = -1  # only a neighbour: rigid, its normal never read
+        cols = (keep[:, None] * 3 + torch.arange(3, device=self.device)).flatten()
+
+        def rows(a: torch.Tensor | None) -> torch.Tensor | None:
+            return None if a is None else a[:, cols].contiguous()
+
+        kw = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "_cache"}
+        kw.update(shape_basis=rows(self.shape_basis), texture_basis=rows(self.texture_basis),
+                  geometry_fixed=rows(self.geometry_fixed), albedo_fixed=rows(self.albedo_fixed),
+                  au_geometry=rows(self.au_geometry), au_albedo=rows(self.au_albedo), vertices=self.vertices[keep],
+                  base_albedo=self.base_albedo[keep], hair=self.hair[keep], specular=self.specular[keep],
+                  normals_template=self.normals_template[keep], neighbours=neighbours, faces=new[self.faces])
+        return FaceModel(**kw)
+
     def _subset(self, stride: int) -> "FaceModel":
         index, sub = grid_subset(self.template, stride)
         idx = torch.as_tensor(index, device=self.device)
