@@ -515,6 +515,22 @@ def test_the_drawn_model_gives_every_drawn_face_the_corners_and_normals_of_the_w
     assert torch.equal(drawn.face_labels, whole.face_labels)
 
 
+def test_the_cpu_z_test_orders_faces_as_the_torch_keys_do():
+    """raster_cpu compares (1 - w, face) pairs in float32/int32 where raster packs them into int64 keys."""
+    from infodissect.faces import raster
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.cat([torch.rand(4000, generator=g), torch.rand(500, generator=g) * 1e-6,  # near-ties near both ends
+                   1.0 - torch.rand(500, generator=g) * 1e-6, torch.tensor([0.0, 1.0, 0.5, 0.5])]).float()
+    face = torch.randint(0, 1 << 20, (len(w),), generator=g)
+    d = 1.0 - w  # as raster_cpu
+    key = ((1.0 - w) * float((1 << raster._DEPTH_BITS) - 1)).long() << raster._INDEX_BITS | face  # as raster
+    by_key = torch.argsort(key, stable=True)
+    by_pair = sorted(range(len(w)), key=lambda i: (d[i].item(), face[i].item()))
+    assert torch.equal(key[by_key], key[torch.tensor(by_pair)])
+    assert len(torch.unique(d)) < len(d)  # the pairs do tie on depth, so the face index decides
+
+
 def test_render_rejects_an_unknown_backend(model):
     with pytest.raises(ValueError, match="backend"):
         render(model, params(model, 1), Camera(resolution=16), backend="opengl")

@@ -12,7 +12,10 @@ from dataclasses import dataclass
 
 import torch
 
-_DEPTH_BITS = 39
+# Keys: quantised 1 - w (w clamped to [0, 1]) above the triangle index. float32(2**38 - 1) is 2**38,
+# so the quantisation is exact (1 - w is a multiple of 2**-24) and keys order as (1 - w, index)
+# pairs; 38 + 24 bits leave the sign bit clear even at w = 0 (39 bits overflowed there).
+_DEPTH_BITS = 38
 _INDEX_BITS = 24
 _EMPTY = torch.iinfo(torch.int64).max
 

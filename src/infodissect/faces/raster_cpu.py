@@ -4,8 +4,9 @@ Eager PyTorch spends its time materialising one tensor per arithmetic step for e
 (triangle, sample) candidate; at 64 px a face has ~4,000 visible triangles of one or
 two samples each, so the CPU renders images in parallel, one compiled loop per image.
 The arithmetic is that of :func:`.raster.rasterize` step for step in float32 (same
-sample centres, edge functions, inside tolerance, quantised depth keys and index
-tie-break), so both backends give the same fragments; the tests check it.
+sample centres, edge functions, inside tolerance, depth order and index tie-break; the
+z-test compares the pairs its 64-bit keys encode, see :func:`_zbuffer`), so both backends
+give the same fragments; the tests check it.
 
 :func:`render_images` fuses, per image, the greying of :func:`.render.grey_albedo`, the vertex
 stage of :func:`.render.shade_and_project` (normals, shading, projection), rasterization and
@@ -15,8 +16,10 @@ downsampling, part-label mode), so no per-vertex or per-sample tensor is ever bu
 The loops are written for LLVM's vectoriser, which changes no float32 result (no fast-math:
 each lane does the scalar operations in the same order): flat arrays with constant strides,
 branch-free bodies, Numpy's error model (no zero-division test, which would be an exit from
-the loop), uint32 indices. It vectorises the shading of all vertices and, in the z-buffer,
-each row of a triangle's box, tested in whole groups of :data:`_LANES` samples.
+the loop), unsigned indices (no wraparound test), stores of every lane (LLVM would otherwise
+emit masked stores, which cost AMD cores several times a plain one). It vectorises the
+shading of all vertices and, in the z-buffer, each row of a triangle's box, tested in whole
+groups of :data:`_LANES` samples.
 """
 
 from __future__ import annotations
@@ -48,8 +51,8 @@ def _zbuffer(screen, faces, height, width, depth, nearest, coef, centres):
     for i < width + _LANES.
 
     The z-test is that of :func:`.raster.rasterize` without its 64-bit keys: there the key is
-    ``int64((1 - w) * float32(2**39 - 1)) << 24 | face``, and since ``float32(2**39 - 1)`` is ``2**39``
-    and ``1 - w`` a float32 in [0, 1] (a multiple of ``2**-24`` below 0.5, at least 0.5 above), the
+    ``int64((1 - w) * float32(2**38 - 1)) << 24 | face``, and since ``float32(2**38 - 1)`` is ``2**38``
+    and ``1 - w`` a float32 in [0, 1] and a multiple of ``2**-24`` (w is clamped to [0, 1]), the
     product is exact and an integer: keys order as ``(1 - w, face)`` pairs, compared here in float32
     and int32, eight lanes to an AVX2 register and no integer conversion. Each row of a face's box is
     tested in whole groups of :data:`_LANES` samples, those past its end masked (they keep theirs; the
@@ -84,25 +87,23 @@ def _zbuffer(screen, faces, height, width, depth, nearest, coef, centres):
         dc = c0 * w0 + c1 * w1 + c2 * w2
         face = np.int32(f)
         last = centres[px1]  # the box's last sample centre
-        n = ((px1 - px0) // _LANES + 1) * _LANES
-        xs = centres[px0:px0 + n]
+        n = np.uint64(((px1 - px0) // _LANES + 1) * _LANES)
         for py in range(py0, py1 + 1):
             cy = np.float32(py) + half
             e0, e1, e2, ed = b0 * cy, b1 * cy, b2 * cy, db * cy  # the y terms, once per row
-            row_depth = depth[py * width + px0:py * width + px0 + n]
-            row_face = nearest[py * width + px0:py * width + px0 + n]
+            row = np.uint64(py * width + px0)  # unsigned indices: no wraparound test, no slice per row
             for j in range(n):  # branch-free, so that LLVM vectorises it
-                cx = xs[j]
+                cx = centres[np.uint64(px0) + j]
                 inside = ((a0 * cx + e0 + c0 >= tol) & (a1 * cx + e1 + c1 >= tol) & (a2 * cx + e2 + c2 >= tol)
                           & (cx <= last))
                 d = one - min(max(da * cx + ed + dc, zero), one)
                 d = d if inside else far  # never wins
                 # The max() are no-ops (no entry is below them) that keep LLVM from turning the
                 # write-backs into masked stores, which are slow on AMD cores: every lane is stored.
-                cur_d, cur_f = max(row_depth[j], zero), max(row_face[j], none)
+                cur_d, cur_f = max(depth[row + j], zero), max(nearest[row + j], none)
                 wins = (d < cur_d) | ((d == cur_d) & (face < cur_f))
-                row_depth[j] = min(d, cur_d)
-                row_face[j] = face if wins else cur_f
+                depth[row + j] = min(d, cur_d)
+                nearest[row + j] = face if wins else cur_f
 
 
 def _centres(n: int) -> np.ndarray:
