@@ -515,6 +515,22 @@ def test_the_drawn_model_gives_every_drawn_face_the_corners_and_normals_of_the_w
     assert torch.equal(drawn.face_labels, whole.face_labels)
 
 
+def test_each_sample_s_matrix_product_is_the_same_whatever_the_batch_and_layout(model):
+    from infodissect.faces.render import _addmm, fixed_coefficients
+
+    m = model.coarsened(2).drawn()
+    p = params(model, 140, seed=5, expression=torch.arange(140) % 7, age=torch.linspace(20, 70, 140))
+    a = torch.cat([p["shape_coeff"], fixed_coefficients(p, torch.float32)], 1)
+    bias = m.vertices.view(1, -1)
+    whole = _addmm(bias, a, m.geometry_rows)
+    assert torch.equal(_addmm(bias, a, m.geometry_columns, transposed=True), whole)
+    for lo, n in ((0, 1), (3, 5), (7, 16), (20, 17), (60, 80)):
+        for w, transposed in ((m.geometry_rows, False), (m.geometry_columns, True)):
+            assert torch.equal(_addmm(bias, a[lo:lo + n], w, transposed), whole[lo:lo + n]), (lo, n, transposed)
+    full = whole + 0.0  # a bias of one row per sample, as the action units add theirs
+    assert torch.equal(_addmm(full[3:8], a[3:8], m.geometry_rows), torch.addmm(full, a, m.geometry_rows)[3:8])
+
+
 def test_the_cpu_z_test_orders_faces_as_the_torch_keys_do():
     """raster_cpu compares (1 - w, face) pairs in float32/int32 where raster packs them into int64 keys."""
     from infodissect.faces import raster

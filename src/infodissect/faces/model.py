@@ -117,6 +117,18 @@ class FaceModel:
                                                              self.albedo_fixed]))
 
     @property
+    def geometry_columns(self) -> torch.Tensor:
+        """(V*3, K + G): :attr:`geometry_rows` transposed, contiguous (cached): the layout the CPU multiplies by."""
+        return self._cached("geometry_columns", lambda: torch.cat([self.shape_basis * self.shape_sigma[:, None],
+                                                                  self.geometry_fixed]).T.contiguous())
+
+    @property
+    def albedo_columns(self) -> torch.Tensor:
+        """(V*3, T + G): :attr:`albedo_rows` transposed, contiguous (cached)."""
+        return self._cached("albedo_columns", lambda: torch.cat([self.texture_basis * self.texture_sigma[:, None],
+                                                                self.albedo_fixed]).T.contiguous())
+
+    @property
     def hair_index(self) -> torch.Tensor:
         """Indices of the vertices that grey with age (cached)."""
         return self._cached("hair_index", lambda: torch.nonzero(self.hair > 0).flatten())
