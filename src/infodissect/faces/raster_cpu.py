@@ -311,6 +311,29 @@ def _render(verts, albedo, neighbours, rigid, normals_template, specular, hair, 
     return img, parts
 
 
+@nb.njit(parallel=True, cache=True)
+def _transpose(src, dst):
+    """``dst[j, i] = src[i, j]`` in 32 x 32 tiles, rows of tiles in parallel."""
+    n, m = src.shape
+    tile = 32
+    for t in nb.prange((n + tile - 1) // tile):
+        i0, i1 = t * tile, min(t * tile + tile, n)
+        for j0 in range(0, m, tile):
+            for j in range(j0, min(j0 + tile, m)):
+                for i in range(i0, i1):
+                    dst[j, i] = src[i, j]
+
+
+def transposed(x: torch.Tensor) -> torch.Tensor:
+    """``x.T.contiguous()`` for a 2-D CPU tensor, copied in cache-sized tiles on PyTorch's threads
+    (about twice as fast as PyTorch's copy for the (V*3, B) products of :func:`.render._addmm`)."""
+    match_numba_threads()
+    src = x.detach().contiguous().numpy()
+    dst = np.empty((src.shape[1], src.shape[0]), src.dtype)
+    _transpose(src, dst)
+    return torch.from_numpy(dst)
+
+
 def _np(t: torch.Tensor, dtype) -> np.ndarray:
     return t.detach().to(dtype=dtype).contiguous().numpy()
 

@@ -120,8 +120,14 @@ def _addmm(bias: torch.Tensor, a: torch.Tensor, w: torch.Tensor, transposed: boo
             return torch.cat([x, x[-1:].expand(MIN_GEMM_ROWS - n, -1)])
 
         a, bias = pad(a), (bias if bias.shape[0] == 1 else pad(bias))  # a 1-row bias broadcasts
-    out = torch.addmm(bias.T, w, a.T).T.contiguous() if transposed else torch.addmm(bias, a, w)
-    return out[:n]
+    if not transposed:
+        return torch.addmm(bias, a, w)[:n]
+    out = torch.addmm(bias.T, w, a.T)
+    if out.device.type == "cpu" and out.dtype == torch.float32:
+        from .raster_cpu import transposed as copy_transposed
+
+        return copy_transposed(out)[:n]
+    return out.T.contiguous()[:n]
 
 
 def linear_geometry(model: FaceModel, p: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
