@@ -258,17 +258,18 @@ def _resolve_image(nearest, coef, faces, colour, face_labels, bg, res, k, gray, 
             i = 0
             for sy in range(oy * k, oy * k + k):
                 for sx in range(ox * k, ox * k + k):
-                    f = nearest[sy * samples + sx]
+                    f = nearest[np.uint64(sy * samples + sx)]
                     if f < 0:
                         r, g, bl = bg, bg, bg
                         labels[i] = 0
                     else:
-                        l0, l1, l2 = _weights(cf, f, np.float32(sx) + half, np.float32(sy) + half)
-                        i0, i1, i2 = 3 * tri[3 * f], 3 * tri[3 * f + 1], 3 * tri[3 * f + 2]
+                        u = np.uint64(f)  # unsigned indices: no wraparound tests
+                        l0, l1, l2 = _weights(cf, u, np.float32(sx) + half, np.float32(sy) + half)
+                        i0, i1, i2 = np.uint64(3 * tri[3 * u]), np.uint64(3 * tri[3 * u + 1]), np.uint64(3 * tri[3 * u + 2])
                         r = l0 * rgb[i0] + l1 * rgb[i1] + l2 * rgb[i2]
                         g = l0 * rgb[i0 + 1] + l1 * rgb[i1 + 1] + l2 * rgb[i2 + 1]
                         bl = l0 * rgb[i0 + 2] + l1 * rgb[i1 + 2] + l2 * rgb[i2 + 2]
-                        labels[i] = face_labels[f]
+                        labels[i] = face_labels[u]
                     i += 1
                     if gray:
                         acc0 += r * _GRAY[0] + g * _GRAY[1] + bl * _GRAY[2]
