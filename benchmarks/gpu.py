@@ -4,8 +4,10 @@
     python benchmarks/gpu.py [--quick]
 
 Measures, on the first CUDA device, each figure beside its target:
-  render         images/s at 64 and 224 px (the demo generator, every factor varying);
-  render check   CUDA renders against the CPU renderer's on the same faces (tolerance below);
+  render         images/s at 64 and 224 px (the demo generator, every factor varying) with the
+                 fused Triton kernels that CUDA renders with, and with the PyTorch path;
+  render check   CUDA renders against the CPU renderer's on the same faces, and the Triton
+                 kernels against the PyTorch path on the same vertex stage (tolerance below);
   training       images/s at 64 and 224 px, bf16, one GPU: fed from memory and rendered on the
                  fly from a design table (target: on the fly >= 80% of from memory at 224 px);
   extraction     images/s of the activation stage (every read-out layer into Zarr, float16);
@@ -16,7 +18,9 @@ Measures, on the first CUDA device, each figure beside its target:
                  epoch's training loss within bf16's tolerance.
 Exits 0 when every check passes, 1 when one fails, BROKE (2) when a measurement raised
 (its traceback printed), and NO_CUDA (3) with a one-line message on a machine without a
-CUDA device. --quick shrinks every workload (a smoke run).
+CUDA device. A section that raises gets a BROKE row and the others still run; sections not
+started within --budget seconds (420) are skipped. --quick shrinks every workload (a smoke run);
+--cpu runs every section on the CPU (a dry run of the script where there is no GPU).
 """
 
 from __future__ import annotations
@@ -56,9 +60,10 @@ class Row:
     value: str
     target: str = ""
     ok: bool | None = None  # None: a figure with no pass/fail
+    broke: bool = False  # its measurement raised, or was not reached
 
     def line(self) -> str:
-        mark = {True: "ok", False: "FAILED", None: ""}[self.ok]
+        mark = "BROKE" if self.broke else {True: "ok", False: "FAILED", None: ""}[self.ok]
         return f"{self.name:<44} {self.value:>26}  {self.target:<34} {mark}"
 
 
@@ -88,28 +93,31 @@ def timed(fn: Callable[[], Any], device: torch.device, repeats: int) -> tuple[fl
 # --------------------------------------------------------------------------- rendering
 
 
-def render_rate(model, resolution: int, batch: int, repeats: int) -> float:
+def render_rate(model, resolution: int, batch: int, repeats: int, backend: str = "auto") -> float:
     """Images/s of rendering ``batch`` random faces at ``resolution`` on the model's device."""
     from render import throughput
 
     from infodissect.faces.render import Camera
 
-    median, _ = throughput(model, Camera(resolution=resolution, antialias=2), batch, repeats)
+    median, _ = throughput(model, Camera(resolution=resolution, antialias=2), batch, repeats, backend)
     return median
 
 
-def render_agreement(cpu_model, model, resolution: int, n: int, backend: str = "auto") -> dict[str, float]:
-    """How far ``model``'s renders (on its device, with ``backend``: on CUDA the PyTorch rasterizer) are from the
-    CPU renderer's (its compiled path), on the same ``n`` random faces."""
+def render_agreement(ref_model, model, resolution: int, n: int, backend: str = "auto", reference: str = "auto"
+                     ) -> dict[str, float]:
+    """How far ``model``'s renders (on its device, with ``backend``: on CUDA the fused Triton kernels) are from
+    ``ref_model``'s (with ``reference``: on the CPU its compiled path), on the same ``n`` random faces."""
     from render import random_params
 
     from infodissect.faces.render import Camera, render
 
     camera = Camera(resolution=resolution, antialias=2)
-    p = random_params(cpu_model, n, torch.device("cpu"), seed=7)
+    p = random_params(ref_model, n, torch.device("cpu"), seed=7)
     with torch.inference_mode():
-        ref_img, ref_lab = render(cpu_model, p, camera)
+        ref_img, ref_lab = render(ref_model, {k: v.to(ref_model.device) for k, v in p.items()}, camera,
+                                  backend=reference)
         img, lab = render(model, {k: v.to(model.device) for k, v in p.items()}, camera, backend=backend)
+        ref_img, ref_lab = ref_img.cpu(), ref_lab.cpu()
     diff = (img.cpu().to(torch.int16) - ref_img.to(torch.int16)).abs()
     return {"pixels_off": float((diff > 2).float().mean()), "max_diff": float(diff.max()),
             "labels_off": float((lab.cpu() != ref_lab).float().mean())}
@@ -137,7 +145,7 @@ def make_set(tmp: Path, config: dict, resolution: int, identities: int, per_iden
             "factors": st["factors"], "set": dict(st["sets"]["train"], samples_per_identity=per_identity)}
     design = write_design(name, spec, tmp / "designs" / f"{name}.zarr")
     render = render_spec(config, resolution, device)
-    ds = render_in_memory(design, render)
+    ds = render_in_memory(design, render).drop_encoding()  # (the design table's chunks are not the store's)
     store = save_dataset(ds.chunk({"sample": 128}), tmp / f"{name}.zarr", inputs=[design])
     return design, store
 
@@ -301,83 +309,166 @@ def ddp_first_epoch(tmp: Path, store: Path, test: Path, nproc: int, cuda: bool, 
 
 
 def checks(rows: list[Row]) -> int:
-    """Exit status of a table: 1 if any check failed, else 0."""
+    """Exit status of a table: BROKE (2) if a measurement broke or was skipped, else 1 if any check failed,
+    else 0."""
+    if any(r.broke for r in rows):
+        return BROKE
     return 1 if any(r.ok is False for r in rows) else 0
 
 
-def run(device: torch.device, quick: bool, tmp: Path) -> list[Row]:
-    """Every measurement and check on ``device``; rows printed as they come."""
+def sections(device: torch.device, quick: bool, tmp: Path) -> list[tuple[str, Callable[[Callable[[Row], None]], None]]]:
+    """The table's sections in order (most wanted first), each a function that adds its rows."""
     from infodissect.faces.model import build_face_model
 
+    config = demo_config()
+    repeats = 2 if quick else 10
+    stores: dict[int, tuple[Path, Path]] = {}
+
+    def render_rates(add: Callable[[Row], None]) -> None:
+        from infodissect.faces import render as rendering
+
+        model = build_face_model(device=device)
+        for res, target, batch in ((64, 50_000, 2048), (224, 10_000, 512)):
+            try:
+                r = render_rate(model, res, 64 if quick else batch, repeats)
+            except Exception:
+                if rendering.GPU_BACKEND == "torch":
+                    raise
+                # The fused kernels broke: say so, and measure the rest with the PyTorch path.
+                import traceback
+
+                traceback.print_exc(limit=-8)
+                add(Row(f"render {res} px ({rendering.GPU_BACKEND})", "BROKE", "the rest runs on the PyTorch path",
+                        None, broke=True))
+                rendering.GPU_BACKEND = "torch"
+                r = render_rate(model, res, 64 if quick else batch, repeats)
+            add(Row(f"render {res} px ({rendering.GPU_BACKEND if device.type == 'cuda' else 'numba'})",
+                    f"{r:,.0f} images/s", f">= {target:,}", r >= target))
+        if device.type == "cuda" and rendering.GPU_BACKEND != "torch":
+            for res, batch in ((64, 2048), (224, 512)):
+                r = render_rate(model, res, 64 if quick else batch, repeats, backend="torch")
+                add(Row(f"render {res} px (PyTorch path, for comparison)", f"{r:,.0f} images/s"))
+
+    def render_checks(add: Callable[[Row], None]) -> None:
+        from infodissect.faces import render as rendering
+
+        model = build_face_model(device=device)
+        cpu_model = build_face_model(device=torch.device("cpu"))
+        for res in (64, 224):
+            a = render_agreement(cpu_model, model, res, 8 if quick else 64)
+            add(Row(f"render check {res} px vs CPU", f"{a['pixels_off']:.2%} px, {a['labels_off']:.2%} labels",
+                    f"<= {RENDER_MAX_PIXELS_OFF:.1%} off by > 2 levels", a["pixels_off"] <= RENDER_MAX_PIXELS_OFF
+                    and a["labels_off"] <= RENDER_MAX_LABELS_OFF))
+        if device.type == "cuda" and rendering.GPU_BACKEND != "torch":
+            for res in (64, 224):  # the same vertex stage, rasterized and resolved by the two GPU paths
+                a = render_agreement(model, model, res, 8 if quick else 64, backend="torch", reference="triton")
+                add(Row(f"render check {res} px, Triton vs PyTorch path", f"{a['pixels_off']:.2%} px, "
+                        f"{a['labels_off']:.2%} labels (max {a['max_diff']:.0f})",
+                        f"<= {RENDER_MAX_PIXELS_OFF:.1%} off by > 2 levels", a["pixels_off"] <= RENDER_MAX_PIXELS_OFF
+                        and a["labels_off"] <= RENDER_MAX_LABELS_OFF))
+
+    def sets(res: int) -> tuple[Path, Path]:
+        if res not in stores:  # a set of at least one batch of each size below
+            stores[res] = make_set(tmp, config, res, 16 if quick else 64, 16 if quick else 32, device.type)
+        return stores[res]
+
+    def training(add: Callable[[Row], None]) -> None:
+        for res in (64, 224):
+            design, store = sets(res)
+            r = train_rates(config, design, store, res, device, 4 if quick else 40, 32 if quick else 256)
+            add(Row(f"training {res} px, from memory", f"{r['memory']:,.0f} images/s"))
+            add(Row(f"training {res} px, rendered on the fly",
+                    f"{r['fly']:,.0f} images/s ({r['fly'] / r['memory']:.0%})",
+                    ">= 80% of from memory" if res == 224 else "",
+                    r["fly"] >= 0.8 * r["memory"] if res == 224 else None))
+            if res == 224:
+                hours, gpus = paper_gpu_hours(r["fly"])
+                add(Row("config/paper.yaml training, projected", f"{hours:,.0f} GPU-hours ({hours / gpus:,.1f} h on "
+                        f"{gpus} GPUs if DDP scales linearly)"))
+
+    def extraction(add: Callable[[Row], None]) -> None:
+        for res in (64, 224):
+            _, store = sets(res)
+            model_path = save_untrained(tmp / "models" / f"m{res}.pt", 16 if quick else 64)
+            r = extract_rate(model_path, store, tmp / f"act{res}.zarr", str(device), 64 if quick else 256)
+            add(Row(f"extraction {res} px (every layer, float16)", f"{r:,.0f} images/s"))
+
+    def mi(add: Callable[[Row], None]) -> None:
+        for m in mi_compare(device, 512 if quick else 10_000, 64 if quick else 2000, 64 if quick else 4096,
+                            1 if quick else 3):
+            add(Row(f"MI {m['workload']}", f"CPU {m['cpu_s']:.2f} s, GPU {m['device_s']:.3f} s",
+                    f"{m['cpu_s'] / m['device_s']:.0f}x; |diff| {m['max_diff']:.1e} bits",
+                    m["max_diff"] <= MI_MAX_DIFF_BITS))
+
+    def ddp(add: Callable[[Row], None]) -> None:
+        _, store = sets(64)
+        gpu = ddp_first_epoch(tmp, store, store, 1, cuda=True)
+        gloo = ddp_first_epoch(tmp, store, store, 2, cuda=False)
+        rel = abs(gpu["train_loss"] - gloo["train_loss"]) / gloo["train_loss"]
+        add(Row("DDP check: 1 GPU vs 2 Gloo, epoch-1 loss", f"{gpu['train_loss']:.4f} vs {gloo['train_loss']:.4f}",
+                f"within {DDP_LOSS_RTOL:.0%} (bf16)", rel <= DDP_LOSS_RTOL))
+
+    return [("render", render_rates), ("render check", render_checks), ("training", training),
+            ("extraction", extraction), ("MI", mi), ("DDP check", ddp)]
+
+
+def run(device: torch.device, quick: bool, tmp: Path, budget_s: float = float("inf")) -> list[Row]:
+    """Every measurement and check on ``device``, rows printed as they come. A section that raises gets a
+    BROKE row (its traceback printed) and the others still run; a section not started within ``budget_s``
+    seconds gets a SKIPPED row."""
+    import traceback
+
     rows: list[Row] = []
+    start = time.perf_counter()
 
     def add(row: Row) -> None:
         rows.append(row)
         print(row.line(), flush=True)
 
-    config = demo_config()
-    repeats = 2 if quick else 10
-    model = build_face_model(device=device)
-    cpu_model = build_face_model(device=torch.device("cpu"))
-    for res, target, batch in ((64, 50_000, 2048), (224, 10_000, 512)):
-        r = render_rate(model, res, 64 if quick else batch, repeats)
-        add(Row(f"render {res} px", f"{r:,.0f} images/s", f">= {target:,}", r >= target))
-    for res in (64, 224):
-        a = render_agreement(cpu_model, model, res, 8 if quick else 64)
-        add(Row(f"render check {res} px vs CPU", f"{a['pixels_off']:.2%} px, {a['labels_off']:.2%} labels",
-                f"<= {RENDER_MAX_PIXELS_OFF:.1%} off by > 2 levels", a["pixels_off"] <= RENDER_MAX_PIXELS_OFF
-                and a["labels_off"] <= RENDER_MAX_LABELS_OFF))
-
-    per_id = 8 if quick else 32  # a set of at least one batch of each size below
-    stores = {res: make_set(tmp, config, res, 16 if quick else 64, per_id, device.type) for res in (64, 224)}
-    for res, (design, store) in stores.items():
-        r = train_rates(config, design, store, res, device, 4 if quick else 40, 32 if quick else 256)
-        add(Row(f"training {res} px, from memory", f"{r['memory']:,.0f} images/s"))
-        add(Row(f"training {res} px, rendered on the fly", f"{r['fly']:,.0f} images/s ({r['fly'] / r['memory']:.0%})",
-                ">= 80% of from memory" if res == 224 else "", r["fly"] >= 0.8 * r["memory"] if res == 224 else None))
-        if res == 224:
-            hours, gpus = paper_gpu_hours(r["fly"])
-            add(Row("config/paper.yaml training, projected", f"{hours:,.0f} GPU-hours ({hours / gpus:,.1f} h on {gpus} "
-                    "GPUs if DDP scales linearly)"))
-    for res, (_, store) in stores.items():
-        model_path = save_untrained(tmp / "models" / f"m{res}.pt", 16 if quick else 64)
-        r = extract_rate(model_path, store, tmp / f"act{res}.zarr", str(device), 64 if quick else 256)
-        add(Row(f"extraction {res} px (every layer, float16)", f"{r:,.0f} images/s"))
-    for m in mi_compare(device, 512 if quick else 10_000, 64 if quick else 2000, 64 if quick else 4096, 1 if quick else 3):
-        add(Row(f"MI {m['workload']}", f"CPU {m['cpu_s']:.2f} s, GPU {m['device_s']:.3f} s",
-                f"{m['cpu_s'] / m['device_s']:.0f}x; |diff| {m['max_diff']:.1e} bits", m["max_diff"] <= MI_MAX_DIFF_BITS))
-    design, store = stores[64]
-    gpu = ddp_first_epoch(tmp, store, store, 1, cuda=True)
-    gloo = ddp_first_epoch(tmp, store, store, 2, cuda=False)
-    rel = abs(gpu["train_loss"] - gloo["train_loss"]) / gloo["train_loss"]
-    add(Row("DDP check: 1 GPU vs 2 Gloo, epoch-1 loss", f"{gpu['train_loss']:.4f} vs {gloo['train_loss']:.4f}",
-            f"within {DDP_LOSS_RTOL:.0%} (bf16)", rel <= DDP_LOSS_RTOL))
+    for name, section in sections(device, quick, tmp):
+        if time.perf_counter() - start > budget_s:
+            add(Row(name, "SKIPPED", f"past the {budget_s:.0f} s budget", None, broke=True))
+            continue
+        try:
+            section(add)
+        except Exception as e:  # a measurement that broke is not a failed check: say so, and go on
+            traceback.print_exc(limit=-8)
+            add(Row(name, "BROKE", f"{type(e).__name__}: {e}"[:200], None, broke=True))
     return rows
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small workloads (a smoke run)")
+    ap.add_argument("--cpu", action="store_true",
+                    help="a dry run of every section on the CPU, where there is no GPU (use with --quick)")
+    ap.add_argument("--budget", type=float, default=420.0,
+                    help="seconds after which sections not yet started are skipped (default 420)")
     a = ap.parse_args(argv)
-    device = cuda_device()
+    import warnings
+
+    warnings.filterwarnings("ignore", message="Consolidated metadata")  # zarr's, on every store it writes
+    device = torch.device("cpu") if a.cpu else cuda_device()
     if device is None:
         print("no CUDA device: benchmarks/gpu.sh measures the GPU paths and has nothing to run here "
               f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'none'})", flush=True)
         return NO_CUDA
-    print(f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}, CUDA {torch.version.cuda}", flush=True)
-    start = time.perf_counter()
-    try:
-        with tempfile.TemporaryDirectory(prefix="infodissect-gpu-") as tmp:
-            rows = run(device, a.quick, Path(tmp))
-    except Exception:  # a measurement that broke is not a failed check: say so, with its traceback
-        import traceback
+    import numba
+    import xarray
+    import zarr
 
-        traceback.print_exc()
-        print(f"a measurement broke after {time.perf_counter() - start:.0f} s (traceback above)", flush=True)
-        return BROKE
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (dry run)"
+    print(f"{name}, torch {torch.__version__}, CUDA {torch.version.cuda}, {os.cpu_count()} CPUs; NumPy "
+          f"{np.__version__}, Numba {numba.__version__}, xarray {xarray.__version__}, Zarr {zarr.__version__}",
+          flush=True)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="infodissect-gpu-") as tmp:
+        rows = run(device, a.quick, Path(tmp), a.budget)
     status = checks(rows)
-    print(f"{len(rows)} rows in {time.perf_counter() - start:.0f} s; "
-          f"{'every check passed' if status == 0 else 'a check FAILED'}", flush=True)
+    verdict = {0: "every check passed", 1: "a check FAILED", BROKE: "a measurement BROKE (traceback above)"}[status]
+    print(f"\n{name}: {len(rows)} rows in {time.perf_counter() - start:.0f} s; {verdict}", flush=True)
+    for row in rows:
+        print(row.line(), flush=True)
     return status
 
 

@@ -46,4 +46,4 @@ if ! ready; then
 fi
 export PYTHONPATH="$SITE:$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
-exec "$PY" benchmarks/gpu.py
+exec "$PY" benchmarks/gpu.py "$@"

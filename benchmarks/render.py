@@ -6,7 +6,8 @@ Renders random identities with every factor sampled (hair styles, expressions at
 intensity, poses, light), through the same code the stimulus stage uses
 (infodissect.faces.render), with the demo generator. On the CPU every image goes
 through the compiled backend (numba: vertex stage, rasterizer and resolve in one pass
-per image); --torch-cpu also times the PyTorch path there (the one CUDA uses). The
+per image); --torch-cpu also times the PyTorch path there. On CUDA the renderer's
+default (the fused Triton kernels) is timed. The
 64 px line is printed beside its target (issue 12: 2,000 images/s on 2 CPU threads).
 """
 

@@ -62,7 +62,7 @@ def test_every_measurement_runs_on_the_cpu(gpu, tmp_path):
     assert agree == {"pixels_off": 0.0, "max_diff": 0.0, "labels_off": 0.0}
     assert gpu.render_rate(model, 32, 8, 1) > 0
     config = gpu.demo_config()
-    design, store = gpu.make_set(tmp_path, config, 32, 4, 4, "cpu")
+    design, store = gpu.make_set(tmp_path, config, 32, 4, 40, "cpu")  # 160 images: two chunks of the store
     rates = gpu.train_rates(config, design, store, 32, cpu, 2, 8)
     assert rates["memory"] > 0 and rates["fly"] > 0
     model_path = gpu.save_untrained(tmp_path / "m.pt", 4, width=8)

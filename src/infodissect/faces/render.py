@@ -4,13 +4,16 @@
 pixels. Shape and albedo come from two matrix products (whose rounding may depend on the
 batch *size*, so the stimulus stage always renders batches of one fixed size); everything
 after them (greying, normals, pose, shading, projection, rasterization and resolve) is
-written twice with the same float32 arithmetic, step for step: in PyTorch (any device) and,
-on the CPU, compiled per image with Numba (:mod:`.raster_cpu`). Both use only exactly
-rounded operations (+, -, *, /, sqrt, min, max), so the two give identical images (tested).
+written with the same float32 arithmetic, step for step: in PyTorch (any device), on the
+CPU compiled per image with Numba (:mod:`.raster_cpu`), and on CUDA the rasterization and
+resolve as fused Triton kernels (:mod:`.raster_triton`). All use only exactly rounded
+operations (+, -, *, /, sqrt, min, max) and no fused multiply-add, so they give identical
+images (tested).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from dataclasses import dataclass
 
@@ -25,6 +28,8 @@ from .model import FaceModel
 from .raster import Fragments, rasterize
 
 CPU_SLICE = 128  # samples drawn at once on the CPU (see render): the stimulus stage's batch
+# What backend="auto" draws with off the CPU (see render): the fused Triton kernels where Triton is installed.
+GPU_BACKEND = "triton" if importlib.util.find_spec("triton") is not None else "torch"
 PIVOT_Y = -0.3  # the camera looks at this height of the head (the middle of the face)
 WRAP = 0.3  # wrap lighting: light reaches a little past the terminator, as through skin
 
@@ -277,13 +282,16 @@ def render(model: FaceModel, p: dict[str, torch.Tensor], camera: Camera, backend
 
     Draws the mesh level ``camera.stride`` of ``model`` (see :meth:`FaceModel.coarsened`).
     ``backend`` runs the vertex stage, rasterization and resolve with ``"torch"`` (any
-    device) or ``"numba"`` (CPU: compiled per image, see :mod:`.raster_cpu`); ``"auto"``
-    takes numba on the CPU and torch elsewhere. On the CPU a batch is drawn in slices of
+    device), ``"numba"`` (CPU: compiled per image, see :mod:`.raster_cpu`) or ``"triton"``
+    (rasterization and resolve as two fused kernels, see :mod:`.raster_triton`; on the CPU
+    only under Triton's interpreter); ``"auto"`` takes numba on the CPU and, elsewhere,
+    :data:`GPU_BACKEND` (triton where it is installed, as it is with PyTorch's CUDA builds
+    on Linux, else torch). On the CPU a batch is drawn in slices of
     :data:`CPU_SLICE` samples, which bounds memory; larger slices read the model's matrices
     fewer times (128 renders about 8% faster than 64 at 64 px).
     """
-    if backend not in ("auto", "torch", "numba"):
-        raise ValueError(f"render backend must be 'auto', 'torch' or 'numba', not {backend!r}")
+    if backend not in ("auto", "torch", "numba", "triton"):
+        raise ValueError(f"render backend must be 'auto', 'torch', 'numba' or 'triton', not {backend!r}")
     n = p["yaw"].shape[0]
     if p["yaw"].device.type == "cpu" and n > CPU_SLICE:
         out = [_render({k: v[lo:lo + CPU_SLICE] for k, v in p.items()}, model, camera, backend)
@@ -298,13 +306,18 @@ def _render(p: dict[str, torch.Tensor], model: FaceModel, camera: Camera, backen
     verts, albedo, grey = linear_geometry(model, p)
     ps = pose(p, camera, verts.dtype)
     if backend == "auto":
-        backend = "numba" if verts.device.type == "cpu" else "torch"
+        backend = "numba" if verts.device.type == "cpu" else GPU_BACKEND
     if backend == "numba":  # greys the albedo itself, in its vertex stage
         from .raster_cpu import render_images
 
         img, parts = render_images(model, verts, albedo, grey, ps, camera, len(PART_NAMES))
         return img.to(verts.device), parts.to(verts.device)
     screen, colour = shade_and_project(model, verts, grey_albedo(model, albedo, grey), ps, camera)
+    if backend == "triton":
+        from .raster_triton import rasterize_resolve
+
+        return rasterize_resolve(screen, colour, model.faces, model.face_labels, ps.background, camera.resolution,
+                                 camera.antialias, camera.color == "gray")
     return _resolve(model, rasterize(screen, model.faces, camera.samples, camera.samples), colour,
                     ps.background, camera)
 
