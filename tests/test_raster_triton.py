@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -70,4 +71,4 @@ def test_the_kernels_compile_for_hopper_without_fused_multiply_adds():
         target=target, options=options).asm["ptx"]
     for ptx in (zbuffer, resolve):
         assert "fma." not in ptx and "div.rn.f32" in ptx and "div.full" not in ptx and "div.approx" not in ptx
-    assert "atom.global.gpu.relaxed.min.s64" in zbuffer
+    assert re.search(r"(atom|red)\.global\.gpu\.relaxed\.min\.s64", zbuffer)  # (red: Triton >= 3.7 drops the unused result)
