@@ -354,18 +354,18 @@ def sections(device: torch.device, quick: bool, tmp: Path) -> list[tuple[str, Ca
 
         model = build_face_model(device=device)
         cpu_model = build_face_model(device=torch.device("cpu"))
+        def agreement(name: str, a: dict[str, float], largest: bool = False) -> Row:
+            return Row(name, f"{a['pixels_off']:.2%} px, {a['labels_off']:.2%} labels"
+                       + (f" (max {a['max_diff']:.0f})" if largest else ""),
+                       f"<= {RENDER_MAX_PIXELS_OFF:.1%} off by > 2 levels",
+                       a["pixels_off"] <= RENDER_MAX_PIXELS_OFF and a["labels_off"] <= RENDER_MAX_LABELS_OFF)
+
         for res in (64, 224):
-            a = render_agreement(cpu_model, model, res, 8 if quick else 64)
-            add(Row(f"render check {res} px vs CPU", f"{a['pixels_off']:.2%} px, {a['labels_off']:.2%} labels",
-                    f"<= {RENDER_MAX_PIXELS_OFF:.1%} off by > 2 levels", a["pixels_off"] <= RENDER_MAX_PIXELS_OFF
-                    and a["labels_off"] <= RENDER_MAX_LABELS_OFF))
+            add(agreement(f"render check {res} px vs CPU", render_agreement(cpu_model, model, res, 8 if quick else 64)))
         if device.type == "cuda" and rendering.GPU_BACKEND != "torch":
             for res in (64, 224):  # the same vertex stage, rasterized and resolved by the two GPU paths
                 a = render_agreement(model, model, res, 8 if quick else 64, backend="torch", reference="triton")
-                add(Row(f"render check {res} px, Triton vs PyTorch path", f"{a['pixels_off']:.2%} px, "
-                        f"{a['labels_off']:.2%} labels (max {a['max_diff']:.0f})",
-                        f"<= {RENDER_MAX_PIXELS_OFF:.1%} off by > 2 levels", a["pixels_off"] <= RENDER_MAX_PIXELS_OFF
-                        and a["labels_off"] <= RENDER_MAX_LABELS_OFF))
+                add(agreement(f"render check {res} px, Triton vs PyTorch path", a, largest=True))
 
     def sets(res: int) -> tuple[Path, Path]:
         if res not in stores:  # a set of at least one batch of each size below

@@ -61,13 +61,16 @@ def test_the_kernels_compile_for_hopper_without_fused_multiply_adds():
     options = rt.OPTIONS  # those of every launch
     zbuffer = triton.compile(ASTSource(fn=rt._zbuffer_kernel, signature={
         "screen": "*fp32", "faces": "*i32", "zbuf": "*i64", "n_faces": "i32", "n_verts": "i32", "height": "i32",
-        "width": "i32", "BLOCK": "constexpr"}, constexprs={"BLOCK": rt._FACES_PER_PROGRAM}), target=target,
+        "width": "i32", "DEPTH_SCALE": "constexpr", "INDEX_BITS": "constexpr", "BLOCK": "constexpr"},
+        constexprs={"DEPTH_SCALE": rt._DEPTH_SCALE, "INDEX_BITS": rt._INDEX_BITS, "BLOCK": rt._FACES_PER_PROGRAM}), target=target,
         options=options).asm["ptx"]
     resolve = triton.compile(ASTSource(fn=rt._resolve_kernel, signature={
         "zbuf": "*i64", "screen": "*fp32", "colour": "*fp32", "faces": "*i32", "face_labels": "*u8",
         "background": "*fp32", "img": "*u8", "parts": "*u8", "n_pixels": "i32", "n_verts": "i32", "res": "i32",
-        "K": "constexpr", "KK": "constexpr", "GRAY": "constexpr", "CHANNELS": "constexpr", "BLOCK": "constexpr"},
-        constexprs={"K": 2, "KK": 4, "GRAY": False, "CHANNELS": 3, "BLOCK": rt._PIXELS_PER_PROGRAM}),
+        "K": "constexpr", "KK": "constexpr", "GRAY": "constexpr", "CHANNELS": "constexpr", "INDEX_BITS": "constexpr",
+        "EMPTY": "constexpr", "BLOCK": "constexpr"},
+        constexprs={"K": 2, "KK": 4, "GRAY": False, "CHANNELS": 3, "INDEX_BITS": rt._INDEX_BITS, "EMPTY": rt._EMPTY,
+                    "BLOCK": rt._PIXELS_PER_PROGRAM}),
         target=target, options=options).asm["ptx"]
     for ptx in (zbuffer, resolve):
         assert "fma." not in ptx and "div.rn.f32" in ptx and "div.full" not in ptx and "div.approx" not in ptx

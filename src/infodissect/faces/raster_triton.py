@@ -22,6 +22,7 @@ Triton's interpreter on the CPU).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import triton
 import triton.language as tl
@@ -32,10 +33,14 @@ _FACES_PER_PROGRAM = 128
 _PIXELS_PER_PROGRAM = 128
 # Compiler options of every launch: no fused multiply-add, so each product is rounded as in the other backends.
 OPTIONS = {"enable_fp_fusion": False}
+# The keys of :mod:`.raster` reach the kernels as compile-time constants: this depth scale (float32, so 2**38),
+# _INDEX_BITS and _EMPTY.
+_DEPTH_SCALE = float(np.float32((1 << _DEPTH_BITS) - 1))
 
 
 @triton.jit
-def _zbuffer_kernel(screen, faces, zbuf, n_faces, n_verts, height, width, BLOCK: tl.constexpr):
+def _zbuffer_kernel(screen, faces, zbuf, n_faces, n_verts, height, width, DEPTH_SCALE: tl.constexpr,
+                    INDEX_BITS: tl.constexpr, BLOCK: tl.constexpr):
     """``zbuf`` (B*H*W,) int64, filled with the empty key: the nearest front face's key at every sample
     centre of image ``program_id(1)``, whose vertices are ``screen`` (B, V, 3)."""
     b = tl.program_id(1).to(tl.int64)
@@ -88,7 +93,7 @@ def _zbuffer_kernel(screen, faces, zbuf, n_faces, n_verts, height, width, BLOCK:
         inside = ((a0 * cx + b0 * cy + c0 >= -1e-5) & (a1 * cx + b1 * cy + c1 >= -1e-5)
                   & (a2 * cx + b2 * cy + c2 >= -1e-5) & (j < count))
         wz = tl.minimum(tl.maximum(da * cx + db * cy + dc, 0.0), 1.0)
-        key = ((1.0 - wz) * 274877906944.0).to(tl.int64) << 24 | low  # 2**38: see raster._DEPTH_BITS
+        key = ((1.0 - wz) * DEPTH_SCALE).to(tl.int64) << INDEX_BITS | low
         at = zbuf + image + py.to(tl.int64) * width + px
         cur = tl.load(at, mask=inside, other=0)
         tl.atomic_min(at, key, mask=inside & (key < cur), sem="relaxed")
@@ -98,7 +103,7 @@ def _zbuffer_kernel(screen, faces, zbuf, n_faces, n_verts, height, width, BLOCK:
 @triton.jit
 def _resolve_kernel(zbuf, screen, colour, faces, face_labels, background, img, parts, n_pixels, n_verts, res,
                     K: tl.constexpr, KK: tl.constexpr, GRAY: tl.constexpr, CHANNELS: tl.constexpr,
-                    BLOCK: tl.constexpr):
+                    INDEX_BITS: tl.constexpr, EMPTY: tl.constexpr, BLOCK: tl.constexpr):
     """Pixels ``img`` (B, R, R, C) uint8 and ``parts`` (B, R, R) uint8 from the z-buffer (B, R*K, R*K) of
     :func:`_zbuffer_kernel`: each lane one pixel; ``KK`` is K*K rounded up to a power of two."""
     p = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -116,8 +121,8 @@ def _resolve_kernel(zbuf, screen, colour, faces, face_labels, background, img, p
         sy = oy * K + i // K
         sx = ox * K + i % K
         key = tl.load(zbuf + (b * side + sy) * side + sx, mask=live, other=-1)
-        hit = live & (key != -1) & (key != 9223372036854775807)
-        f = tl.where(hit, key & ((1 << 24) - 1), 0)
+        hit = live & (key != -1) & (key != EMPTY)
+        f = tl.where(hit, key & ((1 << INDEX_BITS) - 1), 0)
         v0 = tl.load(faces + 3 * f, mask=hit, other=0)
         v1 = tl.load(faces + 3 * f + 1, mask=hit, other=0)
         v2 = tl.load(faces + 3 * f + 2, mask=hit, other=0)
@@ -169,9 +174,9 @@ def _resolve_kernel(zbuf, screen, colour, faces, face_labels, background, img, p
     sy2 = oy[:, None] * K + s[None, :] // K
     sx2 = ox[:, None] * K + s[None, :] % K
     where = live[:, None] & used[None, :]
-    keys = tl.load(zbuf + (b[:, None] * side + sy2) * side + sx2, mask=where, other=9223372036854775807)
-    hit2 = where & (keys != 9223372036854775807)
-    lab = tl.load(face_labels + (keys & ((1 << 24) - 1)), mask=hit2, other=0).to(tl.int32)
+    keys = tl.load(zbuf + (b[:, None] * side + sy2) * side + sx2, mask=where, other=EMPTY)
+    hit2 = where & (keys != EMPTY)
+    lab = tl.load(face_labels + (keys & ((1 << INDEX_BITS) - 1)), mask=hit2, other=0).to(tl.int32)
     lab = tl.where(used[None, :], lab, -1)
     same = (lab[:, :, None] == lab[:, None, :]) & used[None, None, :]
     score = tl.where(used[None, :], tl.sum(same.to(tl.int32), axis=2) * 512 + lab, -1)
@@ -187,7 +192,6 @@ def rasterize_resolve(screen: torch.Tensor, colour: torch.Tensor, faces: torch.T
     :func:`.render._resolve` compute them."""
     if faces.shape[0] >= 1 << _INDEX_BITS:
         raise ValueError(f"the rasterizer keys hold {_INDEX_BITS}-bit face indices: {faces.shape[0]} faces do not fit")
-    assert _DEPTH_BITS == 38 and _EMPTY == torch.iinfo(torch.int64).max  # the constants the kernels spell out
     bsz, nv, _ = screen.shape
     side = resolution * antialias
     screen = screen.to(torch.float32).contiguous()
@@ -198,7 +202,8 @@ def rasterize_resolve(screen: torch.Tensor, colour: torch.Tensor, faces: torch.T
     nf = faces.shape[0]
     if bsz and nf:
         _zbuffer_kernel[(triton.cdiv(nf, _FACES_PER_PROGRAM), bsz)](
-            screen, faces, zbuf, nf, nv, side, side, BLOCK=_FACES_PER_PROGRAM, **OPTIONS)
+            screen, faces, zbuf, nf, nv, side, side, DEPTH_SCALE=_DEPTH_SCALE, INDEX_BITS=_INDEX_BITS,
+            BLOCK=_FACES_PER_PROGRAM, **OPTIONS)
     channels = 1 if gray else 3
     img = torch.empty((bsz, resolution, resolution, channels), dtype=torch.uint8, device=screen.device)
     parts = torch.empty((bsz, resolution, resolution), dtype=torch.uint8, device=screen.device)
@@ -208,5 +213,5 @@ def rasterize_resolve(screen: torch.Tensor, colour: torch.Tensor, faces: torch.T
         _resolve_kernel[(triton.cdiv(n_pixels, block),)](
             zbuf, screen, colour, faces, labels, background.to(torch.float32).contiguous(), img, parts, n_pixels, nv,
             resolution, K=antialias, KK=triton.next_power_of_2(antialias * antialias), GRAY=gray, CHANNELS=channels,
-            BLOCK=block, **OPTIONS)
+            INDEX_BITS=_INDEX_BITS, EMPTY=_EMPTY, BLOCK=block, **OPTIONS)
     return img, parts
