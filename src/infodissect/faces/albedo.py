@@ -20,7 +20,6 @@ HAEMOGLOBIN = np.array([0.25, -0.75, -0.45]) / 0.9
 HAIR_COLOUR = np.array([0.27, 0.19, 0.13])
 LIP_COLOUR = np.array([0.8, 0.54, 0.51])
 GREY_HAIR = 0.68  # albedo that greying hair tends to
-OCCLUSION_FLOOR = 0.3  # share of the light a fully occluded point still gets (light bounced off nearby skin)
 ETHNIC_TONES = {  # skin, hair, iris of each group
     "A": ([0.88, 0.70, 0.60], [0.27, 0.19, 0.13], [0.36, 0.33, 0.3]),
     "B": ([0.82, 0.64, 0.50], [0.09, 0.075, 0.07], [0.2, 0.13, 0.08]),
@@ -145,8 +144,8 @@ def template_albedo(t: Template, mk: dict[str, np.ndarray]) -> np.ndarray:
 def specular_strength(t: Template, mk: dict[str, np.ndarray]) -> np.ndarray:
     """Per-vertex strength of the specular highlight (skin sheen, wet lips and eyes, hair, matte cloth)."""
     s = np.full(len(t.vertices), 0.16)
-    s += 0.03 * mk["lips"] + 0.05 * mk["nose_tip"] + 0.04 * mk["forehead"]
-    s[np.isin(t.kind, EYES)] = 0.15
+    s += 0.1 * mk["lips"] + 0.05 * mk["nose_tip"] + 0.04 * mk["forehead"]
+    s[np.isin(t.kind, EYES)] = 0.75
     s[np.isin(t.kind, (UPPER_TEETH, LOWER_TEETH))] = 0.25
     s[t.kind == HAIR] = 0.22
     s[mk["scalp"] > 0] = 0.1
@@ -297,63 +296,3 @@ def action_unit_albedo(t: Template, mk: dict[str, np.ndarray]) -> dict[str, np.n
         "AU20": crease(0.3 * nasolabial(p)),
         "AU23": (np.clip(mk["lips"] * 1.6, 0, 1) * (1.0 - 0.6 * mk["lips"]))[:, None] * (SKIN_TONE - LIP_COLOUR) * 0.9,
     }
-
-
-def ambient_occlusion(v: np.ndarray, f: np.ndarray, n: np.ndarray, labels: np.ndarray, directions: int = 128,
-                      cell: float = 0.02, bias: float = 0.01) -> np.ndarray:
-    """Ambient occlusion (V,) of a mesh's vertices: the cosine-weighted share of ``directions`` directions
-    (a Fibonacci sphere) in which nothing of the mesh lies above the vertex (1 = open sky, 0 = enclosed).
-
-    Per direction d, the mesh is seen from d as a depth map (cells of ``cell``; seven points splatted per
-    triangle, its vertices too, the highest kept, then a 3x3 maximum to close the gaps); a vertex is shadowed
-    where the map lies above it by more than ``bias`` plus a slope-scaled bias (its own surface, seen at a
-    grazing angle, must not shadow it), as shadow maps do. The result is smoothed twice over the triangles
-    that have an area and whose vertices share a part label (the oral cavity's rings, collapsed onto the skin
-    where the mouth is closed, must not darken the skin they adjoin).
-    """
-    k = np.arange(directions) + 0.5
-    z = 1.0 - 2.0 * k / directions
-    phi = np.pi * (1.0 + 5.0 ** 0.5) * k
-    ring = np.sqrt(1.0 - z * z)
-    dirs = np.stack([ring * np.cos(phi), ring * np.sin(phi), z], 1)
-    bary = np.array([[1, 1, 1], [3, 3, 0], [0, 3, 3], [3, 0, 3], [4, 1, 1], [1, 4, 1], [1, 1, 4]]) / 6.0
-    bary[0] = 1.0 / 3.0
-    pts = np.concatenate([v, np.einsum("sk,fkd->fsd", bary, v[f]).reshape(-1, 3)])
-    num, den = np.zeros(len(v)), np.zeros(len(v))
-    for d in dirs:
-        a = np.cross(d, [0.0, 1.0, 0.0] if abs(d[1]) < 0.9 else [1.0, 0.0, 0.0])
-        a /= np.linalg.norm(a)
-        b = np.cross(d, a)
-        lo = np.stack([pts @ a, pts @ b], 1).min(0)
-        ij = np.floor((np.stack([pts @ a, pts @ b], 1) - lo) / cell).astype(int) + 1
-        depth = np.full(ij.max(0) + 2, -np.inf)
-        np.maximum.at(depth, (ij[:, 0], ij[:, 1]), pts @ d)
-        top = depth.copy()
-        for di in (-1, 0, 1):
-            for dj in (-1, 0, 1):
-                top[1:-1, 1:-1] = np.maximum(top[1:-1, 1:-1], depth[1 + di:depth.shape[0] - 1 + di,
-                                                                     1 + dj:depth.shape[1] - 1 + dj])
-        vij = np.floor((np.stack([v @ a, v @ b], 1) - lo) / cell).astype(int) + 1
-        w = np.clip(n @ d, 0.0, None)
-        slope = np.sqrt(1.0 - np.minimum(w, 1.0) ** 2) / np.maximum(w, 0.05)
-        num += w * (top[vij[:, 0], vij[:, 1]] <= v @ d + bias + 2.0 * cell * slope)
-        den += w
-    ao = num / np.maximum(den, 1e-12)
-    # Two passes of averaging over each vertex's triangles: the directions' discrete steps leave vertex noise.
-    area = np.linalg.norm(np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]]), axis=1)
-    same = f[(labels[f[:, 0]] == labels[f[:, 1]]) & (labels[f[:, 1]] == labels[f[:, 2]]) & (area > 1e-8)]
-    for _ in range(2):
-        acc, cnt = np.zeros(len(v)), np.zeros(len(v))
-        tri_mean = ao[same].mean(1)
-        for c in range(3):
-            np.add.at(acc, same[:, c], tri_mean)
-            np.add.at(cnt, same[:, c], 1.0)
-        ao = np.where(cnt > 0, acc / np.maximum(cnt, 1.0), ao)
-    return ao
-
-
-def occlusion_scale(ao: np.ndarray) -> np.ndarray:
-    """Albedo factor (V,) that bakes ambient occlusion ``ao`` into the colours: the shader squares albedo into
-    linear light, so the factor is the square root of the light a point receives (at least
-    :data:`OCCLUSION_FLOOR`)."""
-    return np.sqrt(OCCLUSION_FLOOR + (1.0 - OCCLUSION_FLOOR) * np.clip(ao, 0.0, 1.0))

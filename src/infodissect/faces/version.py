@@ -4,6 +4,4 @@
 # 2.1: the mouth opens above an expression intensity of 1/8 (OPENING_AUS); laughing, disgust and fear open wider
 # 2.2: normalised designs (identity codes once per person), continuous factors float32, crossed designs
 #      drawn in blocks, sample-major
-# 2.3: ambient occlusion of the mean face baked into the albedo (eye sockets, nostrils, under the jaw); eyes
-#      and lips with a weaker specular sheen (irises show their colour instead of a milky highlight)
-GENERATOR_VERSION = "2.3"
+GENERATOR_VERSION = "2.2"
