@@ -36,7 +36,7 @@ def test_the_classifiers_config_merges_over_the_demo(demo):
     update_config(demo, overlay)
     config = validate_config(demo)
     assert config["training"]["models"] == ["gender_s1", "expression_s1"]
-    assert config["stimuli"]["identities"] == 256 and config["stimuli"]["heldout_identities"] == 32
+    assert config["stimuli"]["identities"] == 384 and config["stimuli"]["heldout_identities"] == 32
     assert config["stimuli"]["sets"]["train"]["samples_per_identity"] == 48
     assert "expression" in config["stimuli"]["sets"]["train"]["vary"]  # the demo's train set, merged
 
