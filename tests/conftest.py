@@ -19,18 +19,18 @@ LONG_FIRST = (
 )
 
 
+def _name(item: pytest.Item) -> str:
+    """``file.py::test`` of a collected test (its node id without the folder)."""
+    return item.nodeid.split("/")[-1]
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Move the long tests to the front, in :data:`LONG_FIRST` order; the rest keep theirs."""
-    rank = {name: i for i, name in enumerate(LONG_FIRST)}
-    found = {item.nodeid.split("/")[-1] for item in items}
+    found = {_name(item) for item in items}
     files = {name.split("::")[0] for name in found}
     if missing := [n for n in LONG_FIRST if n.split("::")[0] in files and n not in found]:
         # its file was collected but the test was not: renamed, so it dropped out of the ordering
         warnings.warn(pytest.PytestWarning(f"tests/conftest.py: LONG_FIRST names no collected test: {missing}"),
                       stacklevel=1)
-
-    def key(item: pytest.Item) -> int:
-        name = item.nodeid.split("/")[-1]
-        return rank.get(name, len(rank))
-
-    items.sort(key=key)  # stable: the others keep their collected order
+    rank = {name: i for i, name in enumerate(LONG_FIRST)}
+    items.sort(key=lambda item: rank.get(_name(item), len(rank)))  # stable: the others keep their order
