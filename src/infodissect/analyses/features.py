@@ -113,12 +113,12 @@ def feature_analysis(tree: xr.DataTree, maps: xr.Dataset, model, layers: list[st
     """The diagnostic features of a revcorr activation store (from its maps) and every layer's information about them."""
     import json
 
-    from .revcorr import identity_evidence, vertex_fields
+    from .revcorr import ethnic_groups, identity_evidence, vertex_fields
 
     root = tree.to_dataset()
     logits = tree["logits"].dataset["activation"].load()
     evidence = identity_evidence(logits, json.loads(tree.attrs.get("classes", "[]")))
-    shape, texture = vertex_fields(model, *sample_codes(root))
+    shape, texture = vertex_fields(model, *sample_codes(root), ethnicity=ethnic_groups(root))
     feats = diagnostic_features({"shape": shape, "texture": texture}, evidence,
                                 np.asarray(logits["identity"].values), maps)
     ds = layer_feature_information(tree, layers, feats)

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import xarray as xr
 
+from ..faces.albedo import texture_gain
 from ..faces.mesh import PART_NAMES
 from ..faces.model import FaceModel
 from ..info import mutual_information
@@ -32,12 +33,14 @@ class RevcorrError(ValueError):
     """The store is not a revcorr set with the network's logits and identity codes."""
 
 
-def vertex_fields(model: FaceModel, shape_coeff: np.ndarray, texture_coeff: np.ndarray
-                  ) -> tuple[xr.DataArray, xr.DataArray]:
+def vertex_fields(model: FaceModel, shape_coeff: np.ndarray, texture_coeff: np.ndarray,
+                  ethnicity: np.ndarray | None = None) -> tuple[xr.DataArray, xr.DataArray]:
     """Each sample's identity displacement (sample, vertex, coord) and albedo offset (sample, vertex, channel).
 
     The linear parts of the face model that the identity codes drive (the sigma-scaled
-    shape and texture bases); the rest of the face is fixed within an identity.
+    shape and texture bases); the rest of the face is fixed within an identity. Given each
+    sample's ``ethnicity`` (group names), the albedo offset is the one rendered: scaled to
+    the group's skin (:func:`..faces.albedo.texture_gain`).
     """
     k, t = model.shape_basis.shape[0], model.texture_basis.shape[0]
     if shape_coeff.shape[1] != k or texture_coeff.shape[1] != t:
@@ -48,10 +51,18 @@ def vertex_fields(model: FaceModel, shape_coeff: np.ndarray, texture_coeff: np.n
         disp = torch.as_tensor(shape_coeff, dtype=torch.float32) @ (model.shape_basis * model.shape_sigma[:, None])
         alb = torch.as_tensor(texture_coeff, dtype=torch.float32) @ (model.texture_basis * model.texture_sigma[:, None])
     n = shape_coeff.shape[0]
+    if ethnicity is not None:
+        gain = torch.as_tensor([texture_gain(str(e)) for e in np.asarray(ethnicity)], dtype=torch.float32)
+        alb = alb * gain[:, None]
     return (xr.DataArray(disp.numpy().reshape(n, v, 3), dims=("sample", "vertex", "coord"),
                          coords={"coord": np.asarray(["x", "y", "z"], dtype=object)}),
             xr.DataArray(alb.numpy().reshape(n, v, 3), dims=("sample", "vertex", "channel"),
                          coords={"channel": np.asarray(["r", "g", "b"], dtype=object)}))
+
+
+def ethnic_groups(ds: xr.Dataset) -> np.ndarray | None:
+    """Each sample's ethnic group (the ``ethnicity`` coordinate), or None where the store has none."""
+    return np.asarray(ds["ethnicity"].values).astype(str) if "ethnicity" in ds.variables else None
 
 
 def identity_evidence(logits: xr.DataArray, classes: list[str]) -> xr.DataArray:
@@ -118,7 +129,7 @@ def revcorr_analysis(tree: xr.DataTree, model: FaceModel, *, n_perm: int, alpha:
         raise RevcorrError(f"reverse correlation needs an identity network; this one's task is {tree.attrs['task']!r}")
     logits = tree["logits"].dataset["activation"].load()
     evidence = identity_evidence(logits, json.loads(tree.attrs.get("classes", "[]")))
-    shape, texture = vertex_fields(model, *sample_codes(root))
+    shape, texture = vertex_fields(model, *sample_codes(root), ethnicity=ethnic_groups(root))
     ds = feature_maps(shape, texture, evidence, np.asarray(logits["identity"].values), n_perm=n_perm, alpha=alpha,
                       seed=seed)
     ds.attrs.update({k: tree.attrs[k] for k in ("model", "set") if k in tree.attrs})

@@ -20,11 +20,20 @@ HAEMOGLOBIN = np.array([0.25, -0.75, -0.45]) / 0.9
 HAIR_COLOUR = np.array([0.27, 0.19, 0.13])
 LIP_COLOUR = np.array([0.8, 0.54, 0.51])
 GREY_HAIR = 0.68  # albedo that greying hair tends to
+OCCLUSION_FLOOR = 0.3  # share of the light a fully occluded point still gets (light bounced off nearby skin)
 ETHNIC_TONES = {  # skin, hair, iris of each group
     "A": ([0.88, 0.70, 0.60], [0.27, 0.19, 0.13], [0.36, 0.33, 0.3]),
     "B": ([0.82, 0.64, 0.50], [0.09, 0.075, 0.07], [0.2, 0.13, 0.08]),
     "C": ([0.50, 0.35, 0.26], [0.07, 0.06, 0.055], [0.15, 0.09, 0.06]),
 }
+_LUMA = np.array([0.2126, 0.7152, 0.0722])
+
+
+def texture_gain(group: str) -> float:
+    """Scale of the identity texture variation on a face of ethnic ``group``: its skin's luminance over the
+    template's (group A). Colour varies in proportion to the colour it varies (as under a melanin filter), so
+    a darker face's blotches and lip colour stay in its own hue instead of tipping towards grey or green."""
+    return float(np.asarray(ETHNIC_TONES[group][0]) @ _LUMA / (np.asarray(ETHNIC_TONES["A"][0]) @ _LUMA))
 
 
 def _smooth_step(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -62,8 +71,13 @@ def masks(t: Template, anchors: np.ndarray) -> dict[str, np.ndarray]:
     from .mesh import eye_aperture
 
     rim = (np.abs(eye_aperture(p)) < 0.006) * (m[:, 2] < EYE_CENTRE[2] + 0.12) * (m[:, 2] > EYE_CENTRE[2] - 0.02)
-    beard = np.clip(bump(p, (0, -0.85, 0.55), (0.48, 0.3, 0.4)) * 1.6 + bump(p, (0, -0.53, 0.92), (0.17, 0.05, 0.12)), 0, 1)
-    beard *= face_skin * (1 - lips) * (p[:, 1] < -0.3) * (p[:, 1] > -1.25) * (1 - _smooth_step(np.abs(p[:, 0]), 0.45, 0.62))
+    # The beard area: below the cheek line (from the sideburn in front of the ear to beside the mouth corner),
+    # the jaw to the neck under it, fuller on the chin and over the upper lip; not on the lips.
+    cheek_line = (0.47 * (m[:, 0] - 0.64) - 0.38 * (m[:, 1] + 0.05)) / 0.6  # > 0 below the line
+    jaw = _smooth_step(cheek_line, -0.03, 0.07) * _smooth_step(p[:, 2], -0.05, 0.1) * _smooth_step(p[:, 1], -1.3, -1.12)
+    beard = np.clip(0.8 * jaw + 0.4 * bump(p, (0, -0.85, 0.6), (0.3, 0.25, 0.4))
+                    + bump(p, (0, -0.53, 0.92), (0.17, 0.05, 0.12)), 0, 1)
+    beard *= face_skin * (1 - lips)
     return {
         "face_skin": face_skin.astype(float),
         "skin": skin.astype(float),
@@ -144,8 +158,8 @@ def template_albedo(t: Template, mk: dict[str, np.ndarray]) -> np.ndarray:
 def specular_strength(t: Template, mk: dict[str, np.ndarray]) -> np.ndarray:
     """Per-vertex strength of the specular highlight (skin sheen, wet lips and eyes, hair, matte cloth)."""
     s = np.full(len(t.vertices), 0.16)
-    s += 0.1 * mk["lips"] + 0.05 * mk["nose_tip"] + 0.04 * mk["forehead"]
-    s[np.isin(t.kind, EYES)] = 0.75
+    s += 0.03 * mk["lips"] + 0.05 * mk["nose_tip"] + 0.04 * mk["forehead"]
+    s[np.isin(t.kind, EYES)] = 0.15
     s[np.isin(t.kind, (UPPER_TEETH, LOWER_TEETH))] = 0.25
     s[t.kind == HAIR] = 0.22
     s[mk["scalp"] > 0] = 0.1
@@ -174,7 +188,8 @@ def identity_texture_fields(t: Template, mk: dict[str, np.ndarray], bands: int, 
     named = {
         "skin_tone": skin[:, None] * MELANIN * 0.075,
         "redness": (0.4 * skin + mk["cheeks"] + 0.7 * mk["nose_tip"])[:, None] * HAEMOGLOBIN * 0.022,
-        "lip_colour": mk["lips"][:, None] * np.array([0.015, -0.06, -0.04]),
+        # redder (+) or browner (-) lips: red moves most, so neither sign turns a dark lip green
+        "lip_colour": mk["lips"][:, None] * np.array([0.03, -0.008, -0.004]),
         "brow_density": (mk["brow_wide"] * face)[:, None] * (HAIR_COLOUR - SKIN_TONE) * 0.3,
         "hair_lightness": (mk["hair"] + mk["scalp"] + 0.5 * mk["brow"])[:, None] * np.array([0.15, 0.12, 0.08]),
         "hair_redness": (mk["hair"] + mk["scalp"])[:, None] * np.array([0.045, -0.005, -0.03]),
@@ -219,7 +234,8 @@ def sex_albedo(t: Template, mk: dict[str, np.ndarray]) -> tuple[np.ndarray, np.n
     nv = len(t.vertices)
     face = mk["face_skin"]
     male = np.zeros((nv, 3))
-    male += mk["beard"][:, None] * np.array([-0.38, -0.3, -0.2])
+    # stubble under the skin: red falls most, blue least (a cool grey, not a brown or mauve stain)
+    male += mk["beard"][:, None] * np.array([-0.36, -0.2, -0.08])
     male += (mk["brow_wide"] * face)[:, None] * (0.7 * HAIR_COLOUR - SKIN_TONE) * 0.3
     male += face[:, None] * np.array([-0.015, -0.035, -0.035])
     male += (mk["upper_lid"] + 0.5 * mk["under_eye"])[:, None] * np.array([-0.07, -0.075, -0.06])  # deep-set eyes
@@ -240,7 +256,8 @@ def age_albedo(t: Template, mk: dict[str, np.ndarray], rng: np.random.Generator)
     p = t.vertices
     m = mirror(p)
     face = mk["face_skin"]
-    linear = face[:, None] * np.array([0.0, -0.012, -0.03]) + mk["lips"][:, None] * np.array([-0.04, 0.03, 0.03])
+    # lips pale towards the skin's colour (less red), not towards grey
+    linear = face[:, None] * np.array([0.0, -0.012, -0.03]) + mk["lips"][:, None] * np.array([-0.01, 0.03, 0.025])
     forehead = bump(p, (0, 0.5, 0.7), (0.36, 0.13, 0.3)) * _lines(p[:, 1] + 0.01 * np.cos(p[:, 0] * 9), 0.045)
     crow = bump(m, (0.5, 0.08, 0.52), (0.06, 0.08, 0.15)) * _lines(np.arctan2(m[:, 1] - 0.09, m[:, 0] - 0.44), 0.3)
     fold = nasolabial(p)
@@ -296,3 +313,63 @@ def action_unit_albedo(t: Template, mk: dict[str, np.ndarray]) -> dict[str, np.n
         "AU20": crease(0.3 * nasolabial(p)),
         "AU23": (np.clip(mk["lips"] * 1.6, 0, 1) * (1.0 - 0.6 * mk["lips"]))[:, None] * (SKIN_TONE - LIP_COLOUR) * 0.9,
     }
+
+
+def ambient_occlusion(v: np.ndarray, f: np.ndarray, n: np.ndarray, labels: np.ndarray, directions: int = 128,
+                      cell: float = 0.02, bias: float = 0.01) -> np.ndarray:
+    """Ambient occlusion (V,) of a mesh's vertices: the cosine-weighted share of ``directions`` directions
+    (a Fibonacci sphere) in which nothing of the mesh lies above the vertex (1 = open sky, 0 = enclosed).
+
+    Per direction d, the mesh is seen from d as a depth map (cells of ``cell``; seven points splatted per
+    triangle, its vertices too, the highest kept, then a 3x3 maximum to close the gaps); a vertex is shadowed
+    where the map lies above it by more than ``bias`` plus a slope-scaled bias (its own surface, seen at a
+    grazing angle, must not shadow it), as shadow maps do. The result is smoothed twice over the triangles
+    that have an area and whose vertices share a part label (the oral cavity's rings, collapsed onto the skin
+    where the mouth is closed, must not darken the skin they adjoin).
+    """
+    k = np.arange(directions) + 0.5
+    z = 1.0 - 2.0 * k / directions
+    phi = np.pi * (1.0 + 5.0 ** 0.5) * k
+    ring = np.sqrt(1.0 - z * z)
+    dirs = np.stack([ring * np.cos(phi), ring * np.sin(phi), z], 1)
+    bary = np.array([[1, 1, 1], [3, 3, 0], [0, 3, 3], [3, 0, 3], [4, 1, 1], [1, 4, 1], [1, 1, 4]]) / 6.0
+    bary[0] = 1.0 / 3.0
+    pts = np.concatenate([v, np.einsum("sk,fkd->fsd", bary, v[f]).reshape(-1, 3)])
+    num, den = np.zeros(len(v)), np.zeros(len(v))
+    for d in dirs:
+        a = np.cross(d, [0.0, 1.0, 0.0] if abs(d[1]) < 0.9 else [1.0, 0.0, 0.0])
+        a /= np.linalg.norm(a)
+        b = np.cross(d, a)
+        lo = np.stack([pts @ a, pts @ b], 1).min(0)
+        ij = np.floor((np.stack([pts @ a, pts @ b], 1) - lo) / cell).astype(int) + 1
+        depth = np.full(ij.max(0) + 2, -np.inf)
+        np.maximum.at(depth, (ij[:, 0], ij[:, 1]), pts @ d)
+        top = depth.copy()
+        for di in (-1, 0, 1):
+            for dj in (-1, 0, 1):
+                top[1:-1, 1:-1] = np.maximum(top[1:-1, 1:-1], depth[1 + di:depth.shape[0] - 1 + di,
+                                                                     1 + dj:depth.shape[1] - 1 + dj])
+        vij = np.floor((np.stack([v @ a, v @ b], 1) - lo) / cell).astype(int) + 1
+        w = np.clip(n @ d, 0.0, None)
+        slope = np.sqrt(1.0 - np.minimum(w, 1.0) ** 2) / np.maximum(w, 0.05)
+        num += w * (top[vij[:, 0], vij[:, 1]] <= v @ d + bias + 2.0 * cell * slope)
+        den += w
+    ao = num / np.maximum(den, 1e-12)
+    # Two passes of averaging over each vertex's triangles: the directions' discrete steps leave vertex noise.
+    area = np.linalg.norm(np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]]), axis=1)
+    same = f[(labels[f[:, 0]] == labels[f[:, 1]]) & (labels[f[:, 1]] == labels[f[:, 2]]) & (area > 1e-8)]
+    for _ in range(2):
+        acc, cnt = np.zeros(len(v)), np.zeros(len(v))
+        tri_mean = ao[same].mean(1)
+        for c in range(3):
+            np.add.at(acc, same[:, c], tri_mean)
+            np.add.at(cnt, same[:, c], 1.0)
+        ao = np.where(cnt > 0, acc / np.maximum(cnt, 1.0), ao)
+    return ao
+
+
+def occlusion_scale(ao: np.ndarray) -> np.ndarray:
+    """Albedo factor (V,) that bakes ambient occlusion ``ao`` into the colours: the shader squares albedo into
+    linear light, so the factor is the square root of the light a point receives (at least
+    :data:`OCCLUSION_FLOOR`)."""
+    return np.sqrt(OCCLUSION_FLOOR + (1.0 - OCCLUSION_FLOOR) * np.clip(ao, 0.0, 1.0))

@@ -454,6 +454,17 @@ def _build(seed: int, shape_components: int, texture_components: int, texture_ba
               + [zero] * len(HAIR_STYLES) + _expression_rows(au_alb))
     au_names = list(aus)
     vertices = t.vertices + mean_offset
+    normals = _vertex_normals_np(vertices, t.faces)
+    # Ambient occlusion of the mean face, baked into the template's colours and every fixed colour row (eye
+    # sockets, nostrils, the neck under the jaw): a per-vertex factor, so it costs nothing at render time. The
+    # identity texture basis stays orthonormal (its faint variation is left unshaded).
+    # The teeth and the oral cavity, enclosed while the mouth is shut, keep their own painted shading.
+    ao = alb.ambient_occlusion(vertices, t.faces, normals, t.labels)
+    ao[np.isin(t.kind, (UPPER_TEETH, LOWER_TEETH)) | (t.labels == PART_NAMES.index("mouth_interior"))] = 1.0
+    occ = alb.occlusion_scale(ao)
+    base = base * occ[:, None]
+    colour = [c * occ[:, None] for c in colour]
+    au_alb = {k: c * occ[:, None] for k, c in au_alb.items()}
     return {
         "vertices": vertices,
         "shape_names": np.asarray([f"pc{k}" for k in range(len(shape_sigma))]),
@@ -468,7 +479,7 @@ def _build(seed: int, shape_components: int, texture_components: int, texture_ba
         "hair": alb.hair_weight(t, mk),
         "face_labels": face_labels(t.labels, t.faces),
         "specular": alb.specular_strength(t, mk),
-        "normals": _vertex_normals_np(vertices, t.faces),
+        "normals": normals,
         "field_amplitude": amplitude,
         "field_names": np.asarray(list(named)),
         "action_units": np.asarray(au_names),

@@ -20,11 +20,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .albedo import GREY_HAIR
+from .albedo import GREY_HAIR, texture_gain
 from .factors import ETHNICITIES, EXPRESSIONS, GENDERS, HAIR_STYLES
 from .fields import EXPRESSION_AUS, OPENING_AUS, opening
 from .mesh import PART_NAMES
-from .model import FaceModel
+from .model import FIXED_ROWS, FaceModel
 from .raster import Fragments, rasterize
 
 CPU_SLICE = 128  # samples drawn at once on the CPU (see render): the stimulus stage's batch
@@ -135,6 +135,16 @@ def _addmm(bias: torch.Tensor, a: torch.Tensor, w: torch.Tensor, transposed: boo
     return out.T.contiguous()[:n]
 
 
+# The fixed rows whose colour scales with the face's skin: all but the ethnic groups' offsets.
+_ALBEDO_SCALED = torch.tensor([not r.startswith("ethnicity_") for r in FIXED_ROWS])
+
+
+def albedo_gain(ethnicity: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B, 1) scale of each face's colour variation: :func:`.albedo.texture_gain` of its ethnic group."""
+    table = torch.tensor([texture_gain(e) for e in ETHNICITIES], dtype=dtype, device=ethnicity.device)
+    return table[ethnicity.long()][:, None]
+
+
 def linear_geometry(model: FaceModel, p: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The matrix products of :func:`face_geometry`: vertices and albedo (B, V, 3) before greying and
     clamping, and each sample's greying (B,) in [0, 1] (see :func:`grey_albedo`)."""
@@ -142,7 +152,10 @@ def linear_geometry(model: FaceModel, p: dict[str, torch.Tensor]) -> tuple[torch
     fixed = fixed_coefficients(p, dt)
     geo = torch.cat([p["shape_coeff"].to(dt), fixed], 1)
     texture = p["texture_coeff"] if model.texture_index is None else p["texture_coeff"][:, model.texture_index]
-    alb = torch.cat([texture.to(dt), fixed], 1)
+    # Every colour change but the ethnic groups' own (identity texture, sex, age, expression creases) scaled to
+    # the face's skin (albedo.texture_gain): a per-sample factor on those coefficients.
+    gain = albedo_gain(p["ethnicity"], dt)
+    alb = torch.cat([texture.to(dt) * gain, torch.where(_ALBEDO_SCALED.to(fixed.device), fixed * gain, fixed)], 1)
     nv = model.n_vertices
     if geo.device.type == "cpu":
         verts = _addmm(model.vertices.view(1, -1), geo, model.geometry_columns, transposed=True)
@@ -153,7 +166,7 @@ def linear_geometry(model: FaceModel, p: dict[str, torch.Tensor]) -> tuple[torch
     if "action_units" in p:  # explicit FACS action units on top of the expression
         au = p["action_units"].to(dt)
         verts = _addmm(verts, au, model.au_geometry)
-        albedo = _addmm(albedo, au, model.au_albedo)
+        albedo = _addmm(albedo, au * gain, model.au_albedo)
     grey = ((p["age"].to(dt) - 40.0) / 35.0).clamp(0.0, 1.0)
     return verts.view(-1, nv, 3), albedo.view(-1, nv, 3), grey
 
