@@ -341,6 +341,16 @@ def test_revcorr_on_a_face_model_and_its_figure(tmp_path):
     np.testing.assert_allclose(disp.values.reshape(n, -1), expected, atol=1e-5)
     with pytest.raises(RevcorrError, match="another generator"):
         vertex_fields(model, shape_coeff[:, :3], texture_coeff)
+    # Given each sample's ethnic group (as a store holds it: NumPy's variable-width strings), the albedo
+    # offset is the rendered one, scaled to the group's skin.
+    from infodissect.analyses.revcorr import ethnic_groups
+    from infodissect.faces.albedo import texture_gain
+
+    groups = ethnic_groups(xr.Dataset(coords={"ethnicity": ("sample", np.array(["A", "C"] * (n // 2),
+                                                                                dtype=np.dtypes.StringDType()))}))
+    _, scaled = vertex_fields(model, shape_coeff, texture_coeff, ethnicity=groups)
+    np.testing.assert_allclose(scaled.values[1], texture_gain("C") * alb.values[1], rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(scaled.values[0], alb.values[0])
     # A network whose identity logit follows the first shape component.
     identity = np.repeat([0, 1], n // 2)
     logits = rng.normal(size=(n, 3))

@@ -62,7 +62,9 @@ def vertex_fields(model: FaceModel, shape_coeff: np.ndarray, texture_coeff: np.n
 
 def ethnic_groups(ds: xr.Dataset) -> np.ndarray | None:
     """Each sample's ethnic group (the ``ethnicity`` coordinate), or None where the store has none."""
-    return np.asarray(ds["ethnicity"].values).astype(str) if "ethnicity" in ds.variables else None
+    if "ethnicity" not in ds.variables:
+        return None
+    return np.asarray([str(v) for v in ds["ethnicity"].values.tolist()], dtype=object)  # any string dtype
 
 
 def identity_evidence(logits: xr.DataArray, classes: list[str]) -> xr.DataArray:
