@@ -235,7 +235,7 @@ def sex_albedo(t: Template, mk: dict[str, np.ndarray]) -> tuple[np.ndarray, np.n
     face = mk["face_skin"]
     male = np.zeros((nv, 3))
     # stubble under the skin: red falls most, blue least (a cool grey, not a brown or mauve stain)
-    male += mk["beard"][:, None] * np.array([-0.36, -0.2, -0.08])
+    male += mk["beard"][:, None] * np.array([-0.42, -0.28, -0.17])
     male += (mk["brow_wide"] * face)[:, None] * (0.7 * HAIR_COLOUR - SKIN_TONE) * 0.3
     male += face[:, None] * np.array([-0.015, -0.035, -0.035])
     male += (mk["upper_lid"] + 0.5 * mk["under_eye"])[:, None] * np.array([-0.07, -0.075, -0.06])  # deep-set eyes
