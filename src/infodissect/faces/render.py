@@ -135,14 +135,15 @@ def _addmm(bias: torch.Tensor, a: torch.Tensor, w: torch.Tensor, transposed: boo
     return out.T.contiguous()[:n]
 
 
-# The fixed rows whose colour scales with the face's skin: all but the ethnic groups' offsets.
-_ALBEDO_SCALED = torch.tensor([not r.startswith("ethnicity_") for r in FIXED_ROWS])
-
-
-def albedo_gain(ethnicity: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """(B, 1) scale of each face's colour variation: :func:`.albedo.texture_gain` of its ethnic group."""
-    table = torch.tensor([texture_gain(e) for e in ETHNICITIES], dtype=dtype, device=ethnicity.device)
-    return table[ethnicity.long()][:, None]
+def albedo_gain(model: FaceModel, ethnicity: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, 1) scale of each face's colour variation (:func:`.albedo.texture_gain` of its ethnic group), and
+    which fixed rows it scales (G,): all but the ethnic groups' own offsets. Both tables are made once per
+    model on its device (no host-to-device copy, hence no stream sync, per batch)."""
+    table = model._cached("albedo_gain", lambda: torch.tensor([texture_gain(e) for e in ETHNICITIES],
+                                                              dtype=model.vertices.dtype, device=model.device))
+    scaled = model._cached("albedo_scaled_rows", lambda: torch.tensor(
+        [not r.startswith("ethnicity_") for r in FIXED_ROWS], device=model.device))
+    return table[ethnicity.long()][:, None], scaled
 
 
 def linear_geometry(model: FaceModel, p: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -154,8 +155,8 @@ def linear_geometry(model: FaceModel, p: dict[str, torch.Tensor]) -> tuple[torch
     texture = p["texture_coeff"] if model.texture_index is None else p["texture_coeff"][:, model.texture_index]
     # Every colour change but the ethnic groups' own (identity texture, sex, age, expression creases) scaled to
     # the face's skin (albedo.texture_gain): a per-sample factor on those coefficients.
-    gain = albedo_gain(p["ethnicity"], dt)
-    alb = torch.cat([texture.to(dt) * gain, torch.where(_ALBEDO_SCALED.to(fixed.device), fixed * gain, fixed)], 1)
+    gain, scaled = albedo_gain(model, p["ethnicity"])
+    alb = torch.cat([texture.to(dt) * gain, torch.where(scaled, fixed * gain, fixed)], 1)
     nv = model.n_vertices
     if geo.device.type == "cpu":
         verts = _addmm(model.vertices.view(1, -1), geo, model.geometry_columns, transposed=True)
