@@ -448,7 +448,7 @@ def test_cpu_backend_draws_exactly_what_the_torch_renderer_draws(model, camera):
                pitch=torch.rand(n, generator=g) * 40 - 20, roll=torch.rand(n, generator=g) * 30 - 15,
                expression=torch.arange(n) % 7, shift_x=torch.rand(n, generator=g) * 0.6 - 0.3,
                scale=torch.rand(n, generator=g) * 0.6 + 0.8, hair_style=torch.arange(n) % 2,
-               gender=torch.arange(n) % 2, age=torch.linspace(20, 80, n))
+               gender=torch.arange(n) % 2, age=torch.linspace(20, 80, n), ethnicity=torch.arange(n) // 2)
     fast, fast_parts = render(model, p, camera, backend="numba")
     slow, slow_parts = render(model, p, camera, backend="torch")
     assert fast.shape == slow.shape and fast.dtype == slow.dtype == torch.uint8
@@ -474,7 +474,8 @@ def test_a_batch_larger_than_a_cpu_slice_renders_as_its_images_alone(model):
     from infodissect.faces.render import CPU_SLICE
 
     n = CPU_SLICE + 5
-    p = params(model, n, seed=8, yaw=torch.linspace(-40, 40, n), expression=torch.arange(n) % 7)
+    p = params(model, n, seed=8, yaw=torch.linspace(-40, 40, n), expression=torch.arange(n) % 7,
+               ethnicity=torch.arange(n) % 3)
     camera = Camera(resolution=24)
     whole, whole_parts = render(model, p, camera)
     tail = {k: v[CPU_SLICE - 2:] for k, v in p.items()}
@@ -506,7 +507,7 @@ def test_the_drawn_model_gives_every_drawn_face_the_corners_and_normals_of_the_w
     whole = model.coarsened(stride)
     drawn = whole.drawn()
     assert drawn.n_vertices < whole.n_vertices and drawn.faces.shape == whole.faces.shape
-    p = params(model, 20, seed=3, expression=torch.arange(20) % 7)
+    p = params(model, 20, seed=3, expression=torch.arange(20) % 7, ethnicity=torch.arange(20) % 3)
     v, a, g = linear_geometry(whole, p)
     dv, da, dg = linear_geometry(drawn, p)
     assert torch.equal(dv[:, drawn.faces], v[:, whole.faces]) and torch.equal(da[:, drawn.faces], a[:, whole.faces])
@@ -680,3 +681,47 @@ def test_skin_and_lips_keep_a_skin_hue_on_every_ethnic_group(model):
         assert (lip[of, 0] > 1.1 * lip[of, 1]).all(), f"ethnic group {group}: a lip with as much green as red"
     # Group A's colours are left as they were; a darker group's variation shrinks with its skin.
     assert alb.texture_gain("A") == 1.0 and 0.4 < alb.texture_gain("C") < alb.texture_gain("B") < 1.0
+
+
+def test_colour_variation_is_scaled_by_the_group_s_gain_and_group_a_is_untouched(model):
+    # linear_geometry scales every colour change but the groups' own offsets by texture_gain: on a face of
+    # group C, an identity's texture (and the sex, age and expression rows) moves the albedo by gain_C times
+    # what it moves on group A; the group's own offset is added unscaled; group A's albedo is base + rows.
+    from infodissect.faces import albedo as alb
+    from infodissect.faces.model import FIXED_ROWS
+    from infodissect.faces.render import fixed_coefficients, linear_geometry
+
+    n = 4
+    p = params(model, n, seed=9, gender=torch.tensor([0, 1, 0, 1]), age=torch.tensor([25.0, 60.0, 40.0, 70.0]),
+               expression=torch.tensor([0, 1, 5, 6]))
+    zero = {**p, "texture_coeff": torch.zeros_like(p["texture_coeff"]), "gender_strength": torch.zeros(n),
+            "age": torch.full((n,), 30.0), "expression": torch.zeros(n, dtype=torch.long)}
+    diffs = {}
+    for group in range(3):
+        g = torch.full((n,), group)
+        _, a, _ = linear_geometry(model, {**p, "ethnicity": g})
+        _, a0, _ = linear_geometry(model, {**zero, "ethnicity": g})
+        diffs[group] = a - a0
+        if group == 0:  # group A: exactly the unscaled products
+            fixed = fixed_coefficients(p, torch.float32)
+            want = model.base_albedo.view(1, -1) + torch.cat([p["texture_coeff"], fixed], 1) @ model.albedo_rows
+            torch.testing.assert_close(a.reshape(n, -1), want, rtol=0, atol=2e-6)
+            a0_a = a0
+        else:  # the group's own offset is added unscaled (a0 still holds the age rows of 30 years, scaled)
+            row = model.albedo_fixed[FIXED_ROWS.index(f"ethnicity_{'ABC'[group]}")].view(-1, 3)
+            rest = a0_a[0] - model.base_albedo
+            torch.testing.assert_close(a0[0], model.base_albedo + row + alb.texture_gain("ABC"[group]) * rest,
+                                       rtol=0, atol=2e-6)
+    for group, name in ((1, "B"), (2, "C")):
+        torch.testing.assert_close(diffs[group], alb.texture_gain(name) * diffs[0], rtol=0, atol=2e-6)
+    assert diffs[0].abs().max() > 0.05
+
+
+def test_the_torch_path_takes_square_roots_as_ieee_rounds_them():
+    # PyTorch's vectorised CPU sqrt (torch 2.13) is 1 ulp off for about a sixth of float32 inputs, which put
+    # the PyTorch and Numba vertex colours an ulp apart and, rarely, a pixel one grey level apart.
+    from infodissect.faces.render import _sqrt
+
+    x = torch.rand(200_000, generator=torch.Generator().manual_seed(0)) * 3
+    np.testing.assert_array_equal(_sqrt(x).numpy(), np.sqrt(x.numpy()))
+    assert _sqrt(x).dtype == torch.float32

@@ -39,8 +39,9 @@ def vertex_fields(model: FaceModel, shape_coeff: np.ndarray, texture_coeff: np.n
 
     The linear parts of the face model that the identity codes drive (the sigma-scaled
     shape and texture bases); the rest of the face is fixed within an identity. Given each
-    sample's ``ethnicity`` (group names), the albedo offset is the one rendered: scaled to
-    the group's skin (:func:`..faces.albedo.texture_gain`).
+    sample's ``ethnicity`` (group names), the albedo offset is scaled to the group's skin as
+    the renderer scales it (:func:`..faces.albedo.texture_gain`; all texture bands, as the full
+    mesh draws them).
     """
     k, t = model.shape_basis.shape[0], model.texture_basis.shape[0]
     if shape_coeff.shape[1] != k or texture_coeff.shape[1] != t:
@@ -63,6 +64,7 @@ def vertex_fields(model: FaceModel, shape_coeff: np.ndarray, texture_coeff: np.n
 def ethnic_groups(ds: xr.Dataset) -> np.ndarray | None:
     """Each sample's ethnic group (the ``ethnicity`` coordinate), or None where the store has none."""
     if "ethnicity" not in ds.variables:
+        log.warning("no ethnicity coordinate: identity texture offsets are left unscaled by the groups' skin gain")
         return None
     return np.asarray([str(v) for v in ds["ethnicity"].values.tolist()], dtype=object)  # any string dtype
 

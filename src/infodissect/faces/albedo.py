@@ -77,7 +77,7 @@ def masks(t: Template, anchors: np.ndarray) -> dict[str, np.ndarray]:
     jaw = _smooth_step(cheek_line, -0.03, 0.07) * _smooth_step(p[:, 2], -0.05, 0.1) * _smooth_step(p[:, 1], -1.3, -1.12)
     beard = np.clip(0.8 * jaw + 0.4 * bump(p, (0, -0.85, 0.6), (0.3, 0.25, 0.4))
                     + bump(p, (0, -0.53, 0.92), (0.17, 0.05, 0.12)), 0, 1)
-    beard *= face_skin * (1 - lips)
+    beard *= face_skin * (1 - lips) * (lab != PART["ears"])
     return {
         "face_skin": face_skin.astype(float),
         "skin": skin.astype(float),
@@ -109,10 +109,10 @@ def template_albedo(t: Template, mk: dict[str, np.ndarray]) -> np.ndarray:
     a += mk["ears"][:, None] * HAEMOGLOBIN * 0.04
     a += mk["under_eye"][:, None] * np.array([-0.05, -0.05, -0.02])
     a += mk["lips"][:, None] * (LIP_COLOUR - SKIN_TONE)
-    # Brows: hair bands whose strands run along the brow, slanting up and out.
+    # Brows: soft hair bands, densest in the middle. (Painted strands, 1.2 mm apart, were finer than the
+    # vertices and aliased into dashes.)
     m = mirror(p)
-    strands = 0.7 + 0.3 * _lines(m[:, 1] * 1.0 - 0.35 * m[:, 0], 0.012, 0.3)
-    a += (np.clip(mk["brow"] * 1.3, 0, 1) * strands)[:, None] * (0.8 * HAIR_COLOUR - SKIN_TONE) * 0.9
+    a += np.clip(mk["brow"] * 1.2, 0, 1)[:, None] * (0.8 * HAIR_COLOUR - SKIN_TONE) * 0.85
     a *= (1.0 - 0.85 * mk["lash_upper"] - 0.35 * mk["lash_lower"])[:, None]
     a[mk["rim"] > 0] = [0.3, 0.16, 0.14]  # the lids' inner margins, around the eyeball
     a += mk["upper_lid"][:, None] * np.array([-0.03, -0.04, -0.03])

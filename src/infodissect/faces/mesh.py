@@ -382,10 +382,11 @@ def brow_density(p: np.ndarray, spread: float = 1.0) -> np.ndarray:
     m = mirror(p)
     s = np.clip((m[..., 0] - 0.1) / 0.38, -0.2, 1.2)  # 0 at the medial head, 1 at the tail
     centre = 0.268 + 0.05 * np.sin(np.pi * np.clip(s, 0, 1) ** 0.8) - 0.012 * s
-    half = 0.03 * spread * (1.0 - 0.6 * np.clip(s, 0, 1))
+    half = 0.04 * spread * (1.0 - 0.6 * np.clip(s, 0, 1))  # about 8 mm tall at the head, 3 mm at the tail
     across = np.abs(m[..., 1] - centre) / half
     along = np.clip(1.0 - np.abs(s - 0.5) / 0.62, 0, 1) ** 0.3
-    return np.clip(1.3 - across, 0, 1) * along * (m[..., 2] > 0.5)
+    soft = np.clip((1.3 - across) / 0.8, 0, 1)  # an edge as soft as the 3 mm vertex spacing allows
+    return soft * soft * (3 - 2 * soft) * along * (m[..., 2] > 0.5)
 
 
 def _mouth_latitudes(theta_mouth: float, phi: np.ndarray) -> np.ndarray:
