@@ -725,3 +725,30 @@ def test_the_torch_path_takes_square_roots_as_ieee_rounds_them():
     x = torch.rand(200_000, generator=torch.Generator().manual_seed(0)) * 3
     np.testing.assert_array_equal(_sqrt(x).numpy(), np.sqrt(x.numpy()))
     assert _sqrt(x).dtype == torch.float32
+
+
+def test_jobs_starting_together_on_a_new_cache_build_the_model_once(tmp_path, monkeypatch):
+    # Render jobs that start at once on a fresh cache (a cluster's first wave, the demo's first two jobs)
+    # wait for one build instead of each building the model.
+    import threading
+
+    from infodissect.faces import model as face_model
+
+    monkeypatch.setenv("INFODISSECT_CACHE", str(tmp_path))
+    builds, real = [], face_model._build
+
+    def counted(*args):
+        builds.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(face_model, "_build", counted)
+    out = []
+    build = face_model._build_cached.__wrapped__  # past the in-process memo, as separate processes would be
+    threads = [threading.Thread(target=lambda: out.append(build(0, 8, 4, 2, 40, 48))) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(builds) == 1 and len(out) == 3
+    for o in out[1:]:
+        np.testing.assert_array_equal(o["albedo_fixed"], out[0]["albedo_fixed"])

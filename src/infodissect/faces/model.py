@@ -22,10 +22,11 @@ import json
 import os
 import time
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -511,20 +512,48 @@ def _build_cached(seed: int, shape_components: int, texture_components: int, tex
     """:func:`_build`, read from the disk cache when it holds this configuration (written atomically)."""
     key = json.dumps([seed, shape_components, texture_components, texture_bands, rings, segments, _source_digest()])
     path = cache_dir() / f"model-{hashlib.sha256(key.encode()).hexdigest()[:20]}.npz"
+    out = _read_cached(path)
+    if out is not None:
+        return out
+    with _build_lock(path):  # jobs starting together on a new cache: one builds, the others wait and read
+        out = _read_cached(path)
+        if out is None:
+            out = _build(seed, shape_components, texture_components, texture_bands, rings, segments)
+            out.update(_template_arrays(build_template(rings, segments)))
+            # Bases and rows are float32 in the model: stored so, at half the size.
+            rows = ("shape_basis", "texture_basis", "geometry_fixed", "albedo_fixed", "au_geometry", "au_albedo")
+            out = {k: (v.astype(np.float32) if k in rows else v) for k, v in out.items()}
+            _store(path, out)
+    return out
+
+
+def _read_cached(path: Path) -> dict[str, np.ndarray] | None:
+    """The arrays of a cached model, or None where it is absent or unreadable (a truncated file: built again
+    and replaced)."""
     try:
         with np.load(path, allow_pickle=False) as z:
             out = {k: z[k] for k in z.files}
         os.utime(path)  # most recently used: the last to be pruned
         return out
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
-        pass  # absent, or unreadable (a truncated file): built again and replaced
-    out = _build(seed, shape_components, texture_components, texture_bands, rings, segments)
-    out.update(_template_arrays(build_template(rings, segments)))
-    # Bases and rows are float32 in the model: stored so, at half the size.
-    rows = ("shape_basis", "texture_basis", "geometry_fixed", "albedo_fixed", "au_geometry", "au_albedo")
-    out = {k: (v.astype(np.float32) if k in rows else v) for k, v in out.items()}
-    _store(path, out)
-    return out
+        return None
+
+
+@contextmanager
+def _build_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``path``'s build (``flock`` on a file beside it, released by the system if the
+    holder is killed); without a writable cache or ``fcntl``, no lock."""
+    try:
+        import fcntl
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(path.with_suffix(".lock"), "a")
+    except (ImportError, OSError):
+        yield
+        return
+    with fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
 
 
 def _store(path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -541,13 +570,15 @@ def _store(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 
 def _prune(folder: Path, keep: int, stale_s: float = 3600.0) -> None:
-    """Delete all but the ``keep`` most recently used cached models, and temporary files
-    left by killed writers (older than ``stale_s`` seconds)."""
+    """Delete all but the ``keep`` most recently used cached models, and temporary files left by killed
+    writers and the build locks of models no longer cached (older than ``stale_s`` seconds)."""
     files = sorted(folder.glob("model-*.npz"), key=lambda f: f.stat().st_mtime, reverse=True)
     for f in files[keep:]:
         f.unlink(missing_ok=True)
     now = time.time()
-    for f in folder.glob("*.npz.partial"):
+    stale = list(folder.glob("*.npz.partial")) + [f for f in folder.glob("model-*.lock")
+                                                   if not f.with_suffix(".npz").exists()]
+    for f in stale:  # build locks of models pruned (or never finished), once nobody can still hold them
         try:
             if now - f.stat().st_mtime > stale_s:
                 f.unlink(missing_ok=True)
