@@ -515,15 +515,24 @@ def _build_cached(seed: int, shape_components: int, texture_components: int, tex
     out = _read_cached(path)
     if out is not None:
         return out
-    with _build_lock(path):  # jobs starting together on a new cache: one builds, the others wait and read
+    with _build_lock(path) as waited:  # jobs starting together on a new cache: one builds, the others wait
         out = _read_cached(path)
-        if out is None:
-            out = _build(seed, shape_components, texture_components, texture_bands, rings, segments)
-            out.update(_template_arrays(build_template(rings, segments)))
-            # Bases and rows are float32 in the model: stored so, at half the size.
-            rows = ("shape_basis", "texture_basis", "geometry_fixed", "albedo_fixed", "au_geometry", "au_albedo")
-            out = {k: (v.astype(np.float32) if k in rows else v) for k, v in out.items()}
-            _store(path, out)
+        if out is None and not waited:
+            out = _build_and_store(path, seed, shape_components, texture_components, texture_bands, rings, segments)
+    if out is None:  # the job waited for could not store its build (a full or read-only cache): build here
+        out = _build_and_store(path, seed, shape_components, texture_components, texture_bands, rings, segments)
+    return out
+
+
+def _build_and_store(path: Path, seed: int, shape_components: int, texture_components: int, texture_bands: int,
+                     rings: int, segments: int) -> dict[str, np.ndarray]:
+    """:func:`_build` plus the template's arrays, stored at ``path`` (bases and rows as float32)."""
+    out = _build(seed, shape_components, texture_components, texture_bands, rings, segments)
+    out.update(_template_arrays(build_template(rings, segments)))
+    # Bases and rows are float32 in the model: stored so, at half the size.
+    rows = ("shape_basis", "texture_basis", "geometry_fixed", "albedo_fixed", "au_geometry", "au_albedo")
+    out = {k: (v.astype(np.float32) if k in rows else v) for k, v in out.items()}
+    _store(path, out)
     return out
 
 
@@ -533,27 +542,47 @@ def _read_cached(path: Path) -> dict[str, np.ndarray] | None:
     try:
         with np.load(path, allow_pickle=False) as z:
             out = {k: z[k] for k in z.files}
-        os.utime(path)  # most recently used: the last to be pruned
-        return out
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         return None
+    try:
+        os.utime(path)  # most recently used: the last to be pruned (a read-only cache is still read)
+    except OSError:
+        pass
+    return out
 
 
 @contextmanager
-def _build_lock(path: Path) -> Iterator[None]:
+def _build_lock(path: Path, timeout_s: float = 600.0) -> Iterator[bool]:
     """An exclusive lock on ``path``'s build (``flock`` on a file beside it, released by the system if the
-    holder is killed); without a writable cache or ``fcntl``, no lock."""
+    holder is killed); yields whether another job held it first. Without a writable cache, ``fcntl`` or
+    ``flock`` support, or after ``timeout_s`` (a stopped holder), no lock: the caller builds for itself."""
+    fh = None
+    waited = False
     try:
         import fcntl
 
         path.parent.mkdir(parents=True, exist_ok=True)
         fh = open(path.with_suffix(".lock"), "a")
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                waited = True
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{path}: its build lock was held for over {timeout_s:.0f} s") from None
+                time.sleep(0.2)
+        os.utime(fh.name)  # in use: not a stale lock (see _prune)
     except (ImportError, OSError):
-        yield
-        return
-    with fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        yield
+        if fh is not None:
+            fh.close()
+        fh, waited = None, True  # no lock: build for itself
+    try:
+        yield waited
+    finally:
+        if fh is not None:
+            fh.close()
 
 
 def _store(path: Path, arrays: dict[str, np.ndarray]) -> None:

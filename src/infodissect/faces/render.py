@@ -218,9 +218,10 @@ def pose(p: dict[str, torch.Tensor], camera: Camera, dtype: torch.dtype = torch.
 
 
 def _sqrt(x: torch.Tensor) -> torch.Tensor:
-    """Square root rounded as IEEE 754 rounds it (as Numba's and CUDA's are). PyTorch's vectorised CPU
-    kernel is not (torch 2.13: 17% of float32 results 1 ulp off), so on the CPU it is taken in float64
-    and rounded once: exact but for float64 errors below half a float32 ulp (none in 4 million draws)."""
+    """Square root of a float32 tensor rounded as IEEE 754 rounds it (as Numba's and CUDA's are). PyTorch's
+    vectorised CPU kernel is not (torch 2.13: 17% of float32 results 1 ulp off), so on the CPU it is taken
+    in float64 and rounded once to float32 (checked exact on every float32 in [1, 4)). A float64 input
+    gets PyTorch's own float64 root (not always correctly rounded); the renderer only passes float32."""
     return torch.sqrt(x) if x.device.type != "cpu" else torch.sqrt(x.double()).to(x.dtype)
 
 
