@@ -12,7 +12,7 @@ import numpy as np
 
 from .fields import bump, mouth_profile
 from .mesh import (EYE_CENTRE, EYES, FISSURE, HAIR, IRIS_DEG, LOWER_TEETH, MOUTH_Y, PART, PUPIL_DEG, SKIN, TORSO,
-                   UPPER_TEETH, Template, brow_density, fissure_heights, mirror, part_distances)
+                   UPPER_TEETH, Template, brow_density, fissure_heights, mirror, part_distances, smooth)
 
 SKIN_TONE = np.array([0.88, 0.70, 0.60])  # the template's (ethnicity A) skin
 MELANIN = np.array([-0.42, -0.4, -0.36]) / 0.7  # per unit of "darker": R falls least, B most (relative)
@@ -37,8 +37,7 @@ def texture_gain(group: str) -> float:
 
 
 def _smooth_step(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    s = np.clip((x - lo) / (hi - lo), 0.0, 1.0)
-    return s * s * (3 - 2 * s)
+    return smooth(np.clip((x - lo) / (hi - lo), 0.0, 1.0))
 
 
 def lid_margins(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -340,8 +339,9 @@ def ambient_occlusion(v: np.ndarray, f: np.ndarray, n: np.ndarray, labels: np.nd
         a = np.cross(d, [0.0, 1.0, 0.0] if abs(d[1]) < 0.9 else [1.0, 0.0, 0.0])
         a /= np.linalg.norm(a)
         b = np.cross(d, a)
-        lo = np.stack([pts @ a, pts @ b], 1).min(0)
-        ij = np.floor((np.stack([pts @ a, pts @ b], 1) - lo) / cell).astype(int) + 1
+        uv = np.stack([pts @ a, pts @ b], 1)
+        lo = uv.min(0)
+        ij = np.floor((uv - lo) / cell).astype(int) + 1
         depth = np.full(ij.max(0) + 2, -np.inf)
         np.maximum.at(depth, (ij[:, 0], ij[:, 1]), pts @ d)
         top = depth.copy()

@@ -376,6 +376,11 @@ def _skin_labels(p: np.ndarray, parts: dict[str, np.ndarray]) -> np.ndarray:
     return lab
 
 
+def smooth(s: np.ndarray) -> np.ndarray:
+    """Hermite smoothstep 3 s^2 - 2 s^3 of ``s`` in [0, 1]: flat at both ends."""
+    return s * s * (3 - 2 * s)
+
+
 def brow_density(p: np.ndarray, spread: float = 1.0) -> np.ndarray:
     """Hair density (0..1) of the eyebrows: thick medially, arched, tapering laterally
     (``spread`` > 1: a wider, fuller brow)."""
@@ -386,7 +391,7 @@ def brow_density(p: np.ndarray, spread: float = 1.0) -> np.ndarray:
     across = np.abs(m[..., 1] - centre) / half
     along = np.clip(1.0 - np.abs(s - 0.5) / 0.62, 0, 1) ** 0.3
     soft = np.clip((1.3 - across) / 0.8, 0, 1)  # an edge as soft as the 3 mm vertex spacing allows
-    return soft * soft * (3 - 2 * soft) * along * (m[..., 2] > 0.5)
+    return smooth(soft) * along * (m[..., 2] > 0.5)
 
 
 def _mouth_latitudes(theta_mouth: float, phi: np.ndarray) -> np.ndarray:
@@ -453,7 +458,7 @@ def hair_style_radii(dirs: np.ndarray, skin_r: np.ndarray) -> dict[str, np.ndarr
     above = y - hairline
     ears = np.clip(-_ellipsoid(mirror(p), (0.75, 0.0, -0.12), (0.13, 0.33, 0.2)) / 0.03, 0.0, 1.0)
     grow = np.clip(above / 0.05 + 0.5, 0.0, 1.0) * (1.0 - ears)  # 0 under the skin .. 1 full hair
-    grow = grow * grow * (3 - 2 * grow)
+    grow = smooth(grow)
     crown = np.clip(y + 0.2, 0.0, 1.2)
     short = skin_r - 0.02 + grow * (0.024 + 0.03 * crown + 0.012 * np.clip(z, 0, 1))
     fuller = skin_r - 0.02 + grow * (0.03 + 0.06 * crown + 0.02 * np.clip(z, 0, 1))
@@ -471,7 +476,7 @@ def hair_style_radii(dirs: np.ndarray, skin_r: np.ndarray) -> dict[str, np.ndarr
     bottom = -1.45 + 0.06 * np.cos(azimuth / 7.0)
     side = np.clip((azimuth - front) / 14.0, 0.0, 1.0) * np.clip((pc[:, 1] - bottom) / 0.06, 0.0, 1.0)
     side = side * np.clip((0.45 - pc[:, 1]) / 0.2, 0.0, 1.0) * (t_curtain > skin_r)
-    side = side * side * (3 - 2 * side)
+    side = smooth(side)
     curtain = skin_r - 0.02 + side * (t_curtain - skin_r + 0.02)
     return {"short": short, "long": np.maximum(curtain, fuller)}
 
