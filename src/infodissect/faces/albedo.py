@@ -12,7 +12,8 @@ import numpy as np
 
 from .fields import bump, mouth_profile
 from .mesh import (EYE_CENTRE, EYES, FISSURE, HAIR, IRIS_DEG, LOWER_TEETH, MOUTH_Y, PART, PUPIL_DEG, SKIN, TORSO,
-                   UPPER_TEETH, Template, brow_density, fissure_heights, mirror, part_distances, smooth)
+                   UPPER_TEETH, Template, brow_density, fissure_heights, mirror, part_distances, scalp_density,
+                   smooth)
 
 SKIN_TONE = np.array([0.88, 0.70, 0.60])  # the template's (ethnicity A) skin
 MELANIN = np.array([-0.42, -0.4, -0.36]) / 0.7  # per unit of "darker": R falls least, B most (relative)
@@ -91,7 +92,7 @@ def masks(t: Template, anchors: np.ndarray) -> dict[str, np.ndarray]:
         "under_eye": bump(m, EYE_CENTRE + [0.02, -0.09, 0.1], (0.12, 0.04, 0.1)) * skin,
         "nose_tip": bump(p, (0, -0.3, 1.1), (0.08, 0.08, 0.1)) * skin,
         "beard": beard,
-        "scalp": (skin & (lab == PART["hair"])).astype(float),
+        "scalp": scalp_density(p) * skin * (parts["ear"] > 0.03),
         "ears": (skin & (lab == PART["ears"])).astype(float),
         "hair": (t.kind == HAIR).astype(float),
         "iris": ((t.eye_angle <= IRIS_DEG) & np.isin(t.kind, EYES)).astype(float),
@@ -117,7 +118,8 @@ def template_albedo(t: Template, mk: dict[str, np.ndarray]) -> np.ndarray:
     a += mk["upper_lid"][:, None] * np.array([-0.03, -0.04, -0.03])
     nostril = (np.linalg.norm((m - [0.06, -0.405, 1.0]) / [0.032, 0.026, 0.06], axis=1) < 1.0) & (t.kind == SKIN)
     a[nostril] *= 0.35
-    a[mk["scalp"] > 0] = HAIR_COLOUR
+    # hair painted on the scalp (as dark as the shell's strands on average), thinning out below the hairline
+    a += mk["scalp"][:, None] * (0.85 * HAIR_COLOUR - a)
     # Lips' edges and the oral cavity.
     lower, floor, roof, upper = t.mouth_ring_vertices()
     inside = mouth_profile(p[upper, 0]) * (p[upper, 2] > 0.5) > 0
@@ -158,10 +160,10 @@ def specular_strength(t: Template, mk: dict[str, np.ndarray]) -> np.ndarray:
     """Per-vertex strength of the specular highlight (skin sheen, wet lips and eyes, hair, matte cloth)."""
     s = np.full(len(t.vertices), 0.16)
     s += 0.03 * mk["lips"] + 0.05 * mk["nose_tip"] + 0.04 * mk["forehead"]
-    s[np.isin(t.kind, EYES)] = 0.15
+    s[np.isin(t.kind, EYES)] = 0.06
     s[np.isin(t.kind, (UPPER_TEETH, LOWER_TEETH))] = 0.25
     s[t.kind == HAIR] = 0.22
-    s[mk["scalp"] > 0] = 0.1
+    s += mk["scalp"] * (0.1 - s)
     s[t.kind == TORSO] = 0.04
     return s
 

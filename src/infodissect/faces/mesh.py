@@ -54,7 +54,7 @@ EYE_CENTRE = np.array([0.315, 0.10, 0.64])
 EYE_RADIUS = 0.122
 PUPIL_DEG = 12.0
 IRIS_DEG = 29.0
-FISSURE = (0.168, 0.428, 0.05, 0.04)  # inner x, outer x, upper and lower lid heights of the eye opening
+FISSURE = (0.168, 0.428, 0.038, 0.055)  # inner x, outer x, upper and lower lid heights of the eye opening
 MOUTH_Y = -0.63
 MOUTH_HALF_WIDTH = 0.26
 MOUTH_DEPTH = 0.3  # how far the oral cavity reaches back from the lips
@@ -363,10 +363,9 @@ def _directions(theta: np.ndarray, phi: np.ndarray) -> np.ndarray:
 
 
 def _skin_labels(p: np.ndarray, parts: dict[str, np.ndarray]) -> np.ndarray:
-    x, y, z = p[:, 0], p[:, 1], p[:, 2]
+    x, z = p[:, 0], p[:, 2]
     lab = np.full(len(p), PART["skin"], dtype=np.uint8)
-    scalp = (y > np.interp(z, [-1.0, -0.5, -0.2, 0.3, 0.55], [-0.5, -0.35, -0.1, 0.55, 0.66])) & (parts["ear"] > 0.03)
-    lab[scalp] = PART["hair"]
+    lab[(scalp_density(p) > 0.5) & (parts["ear"] > 0.03)] = PART["hair"]
     lab[(parts["ear"] < 0.03) & (np.abs(x) > 0.58)] = PART["ears"]
     lab[parts["nose"] < 0.012] = PART["nose"]
     lab[(parts["lips"] < 0.0) & (z > 0.7)] = PART["mouth"]
@@ -443,6 +442,30 @@ def _skin(rings: int, segments: int) -> tuple[np.ndarray, np.ndarray, np.ndarray
 # ------------------------------------------------------------------------ hair
 
 
+def hairline(p: np.ndarray, recess: bool = True) -> np.ndarray:
+    """Height (y) of the hairline above each point's place on the scalp (forehead, temples and nape), with the
+    temples' recess unless ``recess`` is False."""
+    line = np.interp(p[..., 2], [-1.0, -0.55, -0.2, 0.2, 0.45, 0.62], [-0.62, -0.42, -0.08, 0.42, 0.62, 0.7])
+    if recess:
+        line = line + 0.06 * np.exp(-((np.abs(p[..., 0]) - 0.36) / 0.1) ** 2) * (p[..., 2] > 0.3)
+    return line
+
+
+def _ears_bare(p: np.ndarray) -> np.ndarray:
+    """1 on and around the ears, where no hair grows, fading to 0 over 3 mm."""
+    return np.clip(-_ellipsoid(mirror(p), (0.75, 0.0, -0.12), (0.13, 0.33, 0.2)) / 0.03, 0.0, 1.0)
+
+
+def scalp_density(p: np.ndarray) -> np.ndarray:
+    """Hair density (0..1) painted on the scalp: full down to 3 mm below the hairline, then thinning out over
+    5 mm; at the temples and nape, where women's hair reaches lower, 5 mm further down. The hair shell meets
+    the skin on the full band (its edge, jagged where two meshes of 3-5 mm cells cross, lies on hair), so the
+    hairline seen is this gradient."""
+    sides = np.clip((0.4 - p[..., 2]) / 0.25, 0.0, 1.0)
+    above = p[..., 1] - (hairline(p) - 0.05 * sides)
+    return smooth(np.clip((above + 0.1) / 0.07, 0.0, 1.0)) * (1.0 - _ears_bare(p))
+
+
 def hair_style_radii(dirs: np.ndarray, skin_r: np.ndarray) -> dict[str, np.ndarray]:
     """Radius of the hair shell along each ray for every style; where a style has no hair the
     shell dips under the skin, crossing it smoothly (a clean hairline).
@@ -452,12 +475,9 @@ def hair_style_radii(dirs: np.ndarray, skin_r: np.ndarray) -> dict[str, np.ndarr
     behind the neck to the shoulders.
     """
     p = dirs * skin_r[:, None]
-    x, y, z = p[:, 0], p[:, 1], p[:, 2]
-    hairline = np.interp(z, [-1.0, -0.55, -0.2, 0.2, 0.45, 0.62], [-0.62, -0.42, -0.08, 0.42, 0.62, 0.7])
-    hairline = hairline + 0.06 * np.exp(-((np.abs(x) - 0.36) / 0.1) ** 2) * (z > 0.3)  # temple recess
-    above = y - hairline
-    ears = np.clip(-_ellipsoid(mirror(p), (0.75, 0.0, -0.12), (0.13, 0.33, 0.2)) / 0.03, 0.0, 1.0)
-    grow = np.clip(above / 0.05 + 0.5, 0.0, 1.0) * (1.0 - ears)  # 0 under the skin .. 1 full hair
+    y, z = p[:, 1], p[:, 2]
+    above = y - hairline(p)
+    grow = np.clip(above / 0.05 + 0.5, 0.0, 1.0) * (1.0 - _ears_bare(p))  # 0 under the skin .. 1 full hair
     grow = smooth(grow)
     crown = np.clip(y + 0.2, 0.0, 1.2)
     short = skin_r - 0.02 + grow * (0.024 + 0.03 * crown + 0.012 * np.clip(z, 0, 1))
@@ -486,8 +506,7 @@ def hair_sex_difference(dirs: np.ndarray, skin_r: np.ndarray) -> np.ndarray:
     reaching further down the temples, over the ears and down the nape, where men's is cropped
     higher. Zero in front of the face and on the curtains of long hair."""
     p = dirs * skin_r[:, None]
-    hairline = np.interp(p[:, 2], [-1.0, -0.55, -0.2, 0.2, 0.45, 0.62], [-0.62, -0.42, -0.08, 0.42, 0.62, 0.7])
-    above = p[:, 1] - hairline
+    above = p[:, 1] - hairline(p, recess=False)
     sides = np.clip((0.4 - p[:, 2]) / 0.25, 0.0, 1.0)
     extend = np.clip(1.0 + above / 0.09, 0.0, 1.0)
     return sides * 0.1 * extend * extend + 0.02 * np.clip(above / 0.05, 0.0, 1.0)
@@ -568,12 +587,14 @@ def _landmarks(v: np.ndarray, kind: np.ndarray, labels: np.ndarray, lips_meet: n
         return int(idx[q[np.argmin(np.linalg.norm(p[q] - np.asarray(target), axis=1))]])
 
     front = (p[:, 2] > 0.2)
-    # The eye's corners: the innermost and outermost points of the lids' rim round the opening.
-    rim = (np.abs(_fissure(p)) < 0.012) & (p[:, 2] > EYE_CENTRE[2]) & (p[:, 0] > 0) \
-        & (np.abs(p[:, 1] - EYE_CENTRE[1] - 0.01) < 0.025)
+    # The eye's corners: the points of the lids' rim (on the face, not inside the opening) nearest the opening's
+    # inner and outer corner.
+    rim = (np.abs(_fissure(p)) < 0.02) & (p[:, 2] > EYE_CENTRE[2] + 0.05) & (p[:, 0] > 0)
+    corners = [np.array([x, *fissure_heights(np.array(x))[:1]]) for x in FISSURE[:2]]
+    gap = [np.where(rim, np.linalg.norm(p[:, :2] - c, axis=1), 9) for c in corners]
     out = {
-        "en": int(idx[np.argmin(np.where(rim, p[:, 0], 9))]),
-        "ex": int(idx[np.argmax(np.where(rim, p[:, 0], -9))]),
+        "en": int(idx[np.argmin(gap[0])]),
+        "ex": int(idx[np.argmin(gap[1])]),
         "n": nearest([0.0, 0.13, 0.9]),
         "sn": nearest([0.0, -0.385, 0.95]),
         "prn": int(idx[np.argmax(np.where(np.abs(p[:, 0]) < 0.02, p[:, 2], -9))]),

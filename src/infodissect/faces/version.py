@@ -9,4 +9,8 @@
 #      variation (identity texture, sex, age, creases) scaled to each ethnic group's skin, so dark faces keep
 #      their hue (no olive lips); lip colour varies redder/browner; the beard shadow covers the jaw below the
 #      cheek line, cool grey instead of a mauve stain on the chin
-GENERATOR_VERSION = "2.3"
+# 2.4: hair painted on the scalp thins out over 7 mm below the hairline (and 5 mm lower at the temples and
+#      nape), so the hairline seen is a soft gradient, not the jagged line where the hair shell crosses the skin;
+#      the upper lids cover the top of the irises and the lower lids their bottom (no staring ring of white);
+#      darker pupils (a weaker sheen on the eyes)
+GENERATOR_VERSION = "2.4"
