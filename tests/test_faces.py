@@ -364,6 +364,51 @@ def test_gender_strength_zero_renders_the_same_face_for_both_genders(model):
     assert (img[2].float() - img[3].float()).abs().mean() > 2.0
 
 
+def test_the_hair_shell_meets_the_skin_on_painted_hair():
+    # Where the hair shell's cap crosses the skin, for either sex (a jagged line: two meshes of 3-5 mm cells),
+    # the scalp under it is painted as hair, so the hairline seen is the paint's gradient below. (Long hair's
+    # curtain also meets the neck behind the jaw: hair lying on skin, not a hairline.)
+    from infodissect.faces.mesh import _ears_bare, _lat_long, _directions, hair_sex_difference, hair_style_radii, \
+        head_sdf, radial_extract, scalp_density
+
+    theta, phi = _lat_long(200, 256, [], [])
+    dirs = _directions(theta, phi)
+    skin_r = radial_extract(dirs, head_sdf)
+    on_skin = dirs * skin_r[:, None]
+    free = _ears_bare(on_skin) == 0
+    diff = hair_sex_difference(dirs, skin_r)
+    r = hair_style_radii(dirs, skin_r)["short"]
+    for sex in (-0.5, 0.0, 0.5):  # a man's, the androgynous and a woman's hair (gender_strength 1)
+        edge = (np.abs(r + sex * diff - skin_r) < 0.002) & free
+        assert edge.sum() > 40 and scalp_density(on_skin[edge]).min() > 0.85, sex
+    # Below the hairline the paint thins out over several millimetres, not from one vertex to the next.
+    forehead = np.stack([np.zeros(400), np.linspace(0.4, 0.8, 400), np.full(400, 0.75)], 1)
+    d = scalp_density(forehead)
+    thinning = forehead[(d > 0.05) & (d < 0.95), 1]
+    assert thinning.max() - thinning.min() > 0.05
+
+
+def test_the_lids_cover_the_irises_rim_until_the_upper_lid_rises(model):
+    from infodissect.faces.mesh import EYE_CENTRE, EYE_RADIUS, IRIS_DEG, fissure_heights
+
+    upper, lower = fissure_heights(np.array(EYE_CENTRE[0]))
+    iris = EYE_RADIUS * np.sin(np.deg2rad(IRIS_DEG))
+    assert upper < EYE_CENTRE[1] + iris - 0.01 and lower > EYE_CENTRE[1] - iris + 0.01  # 1 mm under each lid
+    # On renders: no white of the eye above the pupil in a neutral face; AU5 (surprise, fear) shows it.
+    p = with_action_unit(model, same_identity(params(model, 2, seed=3)), "AU5", [0.0, 1.0])
+    img, parts = render(model, p, PORTRAIT)
+    lum = img.float().mean(-1).numpy()
+    sclera_above = []
+    for i in range(2):
+        eye = parts[i].numpy() == PART["left_eye"]
+        ys, xs = np.nonzero(eye)
+        k = np.argmin(lum[i][ys, xs])  # the pupil
+        white = 0.5 * (lum[i][ys, xs].min() + lum[i][ys, xs].max())  # brighter than this: sclera
+        column = eye[: ys[k], xs[k]]
+        sclera_above.append(int((lum[i][: ys[k], xs[k]][column] > white).sum()))
+    assert sclera_above[0] == 0 and sclera_above[1] >= 1, sclera_above
+
+
 def test_hair_styles_and_sex_change_the_hair(model):
     p = same_identity(params(model, 4, seed=9, hair_style=[0, 1, 0, 0], gender=[0, 0, 1, 0],
                              gender_strength=[1.0, 1.0, 1.0, 0.0]))

@@ -485,7 +485,7 @@ def hair_style_radii(dirs: np.ndarray, skin_r: np.ndarray) -> dict[str, np.ndarr
     # Long: a curtain (an elliptic cylinder round the head) from the temples to the shoulders,
     # open in front of the face.
     d = dirs
-    a, b, zc = 0.86, 1.0, -0.12
+    a, b, zc = 0.9, 1.0, -0.12  # clear of the ears (out to x = 0.86)
     qa = (d[:, 0] / a) ** 2 + (d[:, 2] / b) ** 2
     qb = -2 * d[:, 2] * zc / b**2
     qc = (zc / b) ** 2 - 1.0
@@ -494,7 +494,8 @@ def hair_style_radii(dirs: np.ndarray, skin_r: np.ndarray) -> dict[str, np.ndarr
     azimuth = np.degrees(np.arctan2(np.abs(pc[:, 0]), pc[:, 2] - zc))
     front = 58.0 + 45.0 * np.clip((0.1 - pc[:, 1]) / 0.9, 0, 1)  # the face stays open, wider below the jaw
     bottom = -1.45 + 0.06 * np.cos(azimuth / 7.0)
-    side = np.clip((azimuth - front) / 14.0, 0.0, 1.0) * np.clip((pc[:, 1] - bottom) / 0.06, 0.0, 1.0)
+    # (the ends taper in over 2 cm: a rounded outline, not a step of the grid's rings)
+    side = np.clip((azimuth - front) / 14.0, 0.0, 1.0) * np.clip((pc[:, 1] - bottom) / 0.2, 0.0, 1.0)
     side = side * np.clip((0.45 - pc[:, 1]) / 0.2, 0.0, 1.0) * (t_curtain > skin_r)
     side = smooth(side)
     curtain = skin_r - 0.02 + side * (t_curtain - skin_r + 0.02)
@@ -614,8 +615,9 @@ def _landmarks(v: np.ndarray, kind: np.ndarray, labels: np.ndarray, lips_meet: n
 @lru_cache(maxsize=4)
 def build_template(rings: int = 100, segments: int = 128, eye_segments: int = 24) -> Template:
     """Build the template head (cached per resolution): ``rings`` latitude rings of the skin
-    (plus three on the mouth line) and ``segments`` longitudes; the hair shell and the torso
-    have half and a quarter of the rings."""
+    (plus three on the mouth line) and ``segments`` longitudes; the hair shell has as many (its
+    outline and edges are drawn in 3-5 mm steps at full detail; coarse levels keep every other of the
+    rings and segments they keep of the skin, see :func:`grid_subset`), the torso a quarter."""
     verts, faces, labels, kinds, dirs, angles, nbs, grids, shades = [], [], [], [], [], [], [], [], []
     offset = 0
 
@@ -649,7 +651,7 @@ def build_template(rings: int = 100, segments: int = 128, eye_segments: int = 24
     for kind, upper in ((UPPER_TEETH, True), (LOWER_TEETH, False)):
         tv, tf, ts = _teeth(upper)
         add(tv, tf, PART["mouth_interior"], kind, shade=ts)
-    h_rings, h_segs = max(8, rings // 2), max(8, segments // 2)
+    h_rings, h_segs = rings, segments
     hv, hd, _, cover = _hair(h_rings, h_segs)
     hf = _grid_faces(h_rings, h_segs, 0, h_rings * h_segs, h_rings * h_segs + 1)
     if orientation_ok(hv, hf).mean() < 0.5:
@@ -728,7 +730,8 @@ def _mirrored_segments(segments: int, stride: int) -> list[int]:
 
 
 def grid_subset(t: Template, stride: int) -> tuple[np.ndarray, Template]:
-    """A coarser template keeping every ``stride``-th ring and segment of each grid.
+    """A coarser template keeping every ``stride``-th ring and segment of each grid (of the hair shell, which
+    is as fine as the skin, every ``2 * stride``-th: finer than the pixels of the images a coarse level is for).
 
     The skin keeps its four mouth rings, the eyeballs all their rings and segments (pupil
     and iris edges; an eye's grid is tilted, so a subset of it would not mirror the other
@@ -743,6 +746,7 @@ def grid_subset(t: Template, stride: int) -> tuple[np.ndarray, Template]:
     new_offset = 0
     mouth = t.mouth_rings
     for g in t.grids:
+        step = 2 * stride if g.name == "hair" else stride  # the hair grid is twice as fine as a coarse level needs
         if g.name == "skin":
             m = t.mouth_rings
             keep_r = sorted(set(r for r in range(m[0] + 1) if (m[0] - r) % stride == 0) | set(m)
@@ -751,8 +755,8 @@ def grid_subset(t: Template, stride: int) -> tuple[np.ndarray, Template]:
         elif g.rigid:
             keep_r = list(range(g.rings))
         else:
-            keep_r = list(range(0, g.rings, stride))
-        keep_s = list(range(g.segments)) if g.rigid else _mirrored_segments(g.segments, stride)
+            keep_r = list(range(0, g.rings, step))
+        keep_s = list(range(g.segments)) if g.rigid else _mirrored_segments(g.segments, step)
         sel = (g.start + np.asarray(keep_r)[:, None] * g.segments + np.asarray(keep_s)[None, :]).reshape(-1)
         sel = np.concatenate([sel, [g.start + g.rings * g.segments, g.start + g.rings * g.segments + 1]])
         nr, ns = len(keep_r), len(keep_s)

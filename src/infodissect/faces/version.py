@@ -12,5 +12,6 @@
 # 2.4: hair painted on the scalp thins out over 7 mm below the hairline (and 5 mm lower at the temples and
 #      nape), so the hairline seen is a soft gradient, not the jagged line where the hair shell crosses the skin;
 #      the upper lids cover the top of the irises and the lower lids their bottom (no staring ring of white);
-#      darker pupils (a weaker sheen on the eyes)
+#      darker pupils (a weaker sheen on the eyes); the hair shell as fine as the skin at full detail (its
+#      outline in 3-5 mm steps, not 1 cm), long hair's curtain clear of the ears and thinning over 2 cm at its ends
 GENERATOR_VERSION = "2.4"
