@@ -496,7 +496,7 @@ def hair_style_radii(dirs: np.ndarray, skin_r: np.ndarray) -> dict[str, np.ndarr
     bottom = -1.45 + 0.06 * np.cos(azimuth / 7.0)
     # (the ends taper in over 2 cm: a rounded outline, not a step of the grid's rings)
     side = np.clip((azimuth - front) / 14.0, 0.0, 1.0) * np.clip((pc[:, 1] - bottom) / 0.2, 0.0, 1.0)
-    side = side * np.clip((0.45 - pc[:, 1]) / 0.2, 0.0, 1.0) * (t_curtain > skin_r)
+    side = side * np.clip((0.6 - pc[:, 1]) / 0.5, 0.0, 1.0) * (t_curtain > skin_r)  # widening down to the ears
     side = smooth(side)
     curtain = skin_r - 0.02 + side * (t_curtain - skin_r + 0.02)
     return {"short": short, "long": np.maximum(curtain, fuller)}
