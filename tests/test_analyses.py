@@ -367,12 +367,19 @@ def test_revcorr_on_a_face_model_and_its_figure(tmp_path):
                         attrs={"task": "identity", "classes": json.dumps(["0", "1", "2"]), "model": "m_s0"}),
         "logits": xr.Dataset({"activation": (("sample", "unit"), logits)}, coords=coords)})
     ds = revcorr_analysis(tree, model, n_perm=50, alpha=0.05)
-    # The vertices whose motion is most the first shape component's carry the most information about the evidence.
+    # Vertices carry information about the evidence as far as the first shape component moves them: almost
+    # none is significant where it makes under 1% of a vertex's motion, most are where it makes over half.
+    # (Not the single best vertex: a 3-D motion that mixes a few components reveals each of them wholly.)
     rows = (model.shape_basis * model.shape_sigma[:, None]).numpy().reshape(k, -1, 3)
     moved = np.linalg.norm(rows, axis=2) ** 2  # (component, vertex) variance of each vertex's motion
     share = moved[0] / np.maximum(moved.sum(0), 1e-30)
-    best = int(np.nanargmax(ds["shape_mi"].sel(identity="0").values))
-    assert share[best] > np.quantile(share[moved.sum(0) > 1e-12], 0.9)
+    live = moved.sum(0) > 1e-12
+    mi = ds["shape_mi"].sel(identity="0").values
+    sig = ds["shape_significant"].sel(identity="0").values.astype(bool)
+    low, high = live & (share < 0.01), live & (share > 0.5)
+    assert low.sum() > 50 and high.sum() > 500
+    assert sig[low].mean() < 0.05 and sig[high].mean() > 0.8
+    assert np.nanmean(mi[high]) > 5 * np.nanmean(mi[low])
     assert ds["shape_significant"].sum() > 0 and ds["mesh_faces"].shape[1] == 3
     assert len(frontal_faces(ds["vertex_position"].values, ds["mesh_faces"].values)) < ds.sizes["face"]
     revcorr_figure(ds, tmp_path / "revcorr.png")
