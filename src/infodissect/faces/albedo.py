@@ -19,6 +19,7 @@ SKIN_TONE = np.array([0.88, 0.70, 0.60])  # the template's (ethnicity A) skin
 MELANIN = np.array([-0.42, -0.4, -0.36]) / 0.7  # per unit of "darker": R falls least, B most (relative)
 HAEMOGLOBIN = np.array([0.25, -0.75, -0.45]) / 0.9
 HAIR_COLOUR = np.array([0.27, 0.19, 0.13])
+SCALP_HAIR = 0.85  # hair painted on the scalp: a little lighter than the shell's strands (0.78 on average)
 LIP_COLOUR = np.array([0.8, 0.54, 0.51])
 GREY_HAIR = 0.68  # albedo that greying hair tends to
 OCCLUSION_FLOOR = 0.3  # share of the light a fully occluded point still gets (light bounced off nearby skin)
@@ -65,7 +66,11 @@ def masks(t: Template, anchors: np.ndarray) -> dict[str, np.ndarray]:
     lab = t.labels
     skin = t.kind == SKIN
     parts = part_distances(p)
-    face_skin = skin & np.isin(lab, [PART["skin"], PART["nose"], PART["ears"], PART["left_brow"], PART["right_brow"]])
+    scalp = scalp_density(p) * skin
+    # The face's skin, less the hair painted on it: it fades out as the paint thins in (no edge where the
+    # scalp's part label begins).
+    face_skin = (skin & np.isin(lab, [PART["skin"], PART["nose"], PART["ears"], PART["left_brow"], PART["right_brow"],
+                                      PART["hair"]])) * (1.0 - scalp)
     lips = np.clip(-parts["lips"] / 0.01 + 0.5, 0, 1) * skin * (p[:, 2] > 0.7)
     lash_u, lash_l = lid_margins(p)
     from .mesh import eye_aperture
@@ -79,7 +84,7 @@ def masks(t: Template, anchors: np.ndarray) -> dict[str, np.ndarray]:
                     + bump(p, (0, -0.53, 0.92), (0.17, 0.05, 0.12)), 0, 1)
     beard *= face_skin * (1 - lips) * (lab != PART["ears"])
     return {
-        "face_skin": face_skin.astype(float),
+        "face_skin": face_skin,
         "skin": skin.astype(float),
         "lips": lips,
         "lash_upper": lash_u * skin,
@@ -92,7 +97,7 @@ def masks(t: Template, anchors: np.ndarray) -> dict[str, np.ndarray]:
         "under_eye": bump(m, EYE_CENTRE + [0.02, -0.09, 0.1], (0.12, 0.04, 0.1)) * skin,
         "nose_tip": bump(p, (0, -0.3, 1.1), (0.08, 0.08, 0.1)) * skin,
         "beard": beard,
-        "scalp": scalp_density(p) * skin * (parts["ear"] > 0.03),
+        "scalp": scalp,
         "ears": (skin & (lab == PART["ears"])).astype(float),
         "hair": (t.kind == HAIR).astype(float),
         "iris": ((t.eye_angle <= IRIS_DEG) & np.isin(t.kind, EYES)).astype(float),
@@ -118,8 +123,7 @@ def template_albedo(t: Template, mk: dict[str, np.ndarray]) -> np.ndarray:
     a += mk["upper_lid"][:, None] * np.array([-0.03, -0.04, -0.03])
     nostril = (np.linalg.norm((m - [0.06, -0.405, 1.0]) / [0.032, 0.026, 0.06], axis=1) < 1.0) & (t.kind == SKIN)
     a[nostril] *= 0.35
-    # hair painted on the scalp (as dark as the shell's strands on average), thinning out below the hairline
-    a += mk["scalp"][:, None] * (0.85 * HAIR_COLOUR - a)
+    a += mk["scalp"][:, None] * (SCALP_HAIR * HAIR_COLOUR - a)  # hair painted on the scalp, thinning out below
     # Lips' edges and the oral cavity.
     lower, floor, roof, upper = t.mouth_ring_vertices()
     inside = mouth_profile(p[upper, 0]) * (p[upper, 2] > 0.5) > 0
@@ -169,8 +173,13 @@ def specular_strength(t: Template, mk: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def hair_weight(t: Template, mk: dict[str, np.ndarray]) -> np.ndarray:
-    """How much each vertex greys with age (hair and scalp fully, brows in part)."""
-    return np.clip(mk["hair"] + mk["scalp"] + 0.7 * mk["brow"], 0.0, 1.0)
+    """How much each vertex greys with age (hair and fully painted scalp fully, brows in part).
+
+    The renderer greys a vertex's whole colour, skin and hair alike, so where the scalp's paint thins out
+    (density s) the weight is sqrt(s), not s: greying s of a mixed colour would leave the thinning band
+    darker than both the grey hair and the skin (by 0.08 in albedo at full grey on the lightest skin; by
+    0.04 with sqrt(s))."""
+    return np.clip(mk["hair"] + np.sqrt(mk["scalp"]) + 0.7 * mk["brow"], 0.0, 1.0)
 
 
 def identity_texture_fields(t: Template, mk: dict[str, np.ndarray], bands: int, per_band: int,

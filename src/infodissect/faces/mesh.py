@@ -456,13 +456,17 @@ def _ears_bare(p: np.ndarray) -> np.ndarray:
     return np.clip(-_ellipsoid(mirror(p), (0.75, 0.0, -0.12), (0.13, 0.33, 0.2)) / 0.03, 0.0, 1.0)
 
 
+def _sides(p: np.ndarray) -> np.ndarray:
+    """1 at the sides and back of the head (behind the temples), 0 in front: where women's hair reaches lower."""
+    return np.clip((0.4 - p[..., 2]) / 0.25, 0.0, 1.0)
+
+
 def scalp_density(p: np.ndarray) -> np.ndarray:
     """Hair density (0..1) painted on the scalp: full down to 3 mm below the hairline, then thinning out over
-    5 mm; at the temples and nape, where women's hair reaches lower, 5 mm further down. The hair shell meets
+    7 mm; at the temples and nape, where women's hair reaches lower, 5 mm further down. The hair shell meets
     the skin on the full band (its edge, jagged where two meshes of 3-5 mm cells cross, lies on hair), so the
-    hairline seen is this gradient."""
-    sides = np.clip((0.4 - p[..., 2]) / 0.25, 0.0, 1.0)
-    above = p[..., 1] - (hairline(p) - 0.05 * sides)
+    hairline seen is this gradient. It fades to nothing round the ears by itself."""
+    above = p[..., 1] - (hairline(p) - 0.05 * _sides(p))
     return smooth(np.clip((above + 0.1) / 0.07, 0.0, 1.0)) * (1.0 - _ears_bare(p))
 
 
@@ -508,9 +512,8 @@ def hair_sex_difference(dirs: np.ndarray, skin_r: np.ndarray) -> np.ndarray:
     higher. Zero in front of the face and on the curtains of long hair."""
     p = dirs * skin_r[:, None]
     above = p[:, 1] - hairline(p, recess=False)
-    sides = np.clip((0.4 - p[:, 2]) / 0.25, 0.0, 1.0)
     extend = np.clip(1.0 + above / 0.09, 0.0, 1.0)
-    return sides * 0.1 * extend * extend + 0.02 * np.clip(above / 0.05, 0.0, 1.0)
+    return _sides(p) * 0.1 * extend * extend + 0.02 * np.clip(above / 0.05, 0.0, 1.0)
 
 
 def _hair(rings: int, segments: int) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], np.ndarray]:

@@ -364,13 +364,15 @@ def _expression_rows(aus: dict[str, np.ndarray]) -> list[np.ndarray]:
 def _ethnic_albedo(t: Template, base: np.ndarray, mk: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Albedo offsets of each ethnic group from the template (group A): skin tone, hair, brows and irises."""
     out = {}
-    skin = (t.kind == SKIN).astype(float)
-    hair = np.clip(mk["hair"] + mk["scalp"], 0.0, 1.0)[:, None]  # the scalp's painted hair is hair, in part
+    skin = (t.kind == SKIN)[:, None]
+    hair = mk["hair"][:, None]
+    scalp = mk["scalp"][:, None] * alb.SCALP_HAIR * alb.HAIR_COLOUR  # the hair share of a skin vertex's colour
     iris = mk["iris"] > 0
     ref_skin, ref_hair, ref_iris = (np.asarray(c) for c in alb.ETHNIC_TONES["A"])
     for group, (tone, hair_c, iris_c) in alb.ETHNIC_TONES.items():
-        off = base * ((skin[:, None] - hair).clip(0.0) * (np.asarray(tone) / ref_skin - 1.0)
-                      + hair * (np.asarray(hair_c) / ref_hair - 1.0))
+        skin_ratio, hair_ratio = np.asarray(tone) / ref_skin, np.asarray(hair_c) / ref_hair
+        # Skin scales by the skin ratio, the hair painted on it by the hair ratio; the hair shell by the latter.
+        off = skin * (base * (skin_ratio - 1.0) + scalp * (hair_ratio - skin_ratio)) + hair * base * (hair_ratio - 1.0)
         off += (mk["brow"] * 0.8)[:, None] * (np.asarray(hair_c) - ref_hair)
         off[iris] = base[iris] * (np.asarray(iris_c) / ref_iris - 1.0)
         out[group] = off
