@@ -594,7 +594,7 @@ def _landmarks(v: np.ndarray, kind: np.ndarray, labels: np.ndarray, lips_meet: n
     # The eye's corners: the points of the lids' rim (on the face, not inside the opening) nearest the opening's
     # inner and outer corner.
     rim = (np.abs(_fissure(p)) < 0.02) & (p[:, 2] > EYE_CENTRE[2] + 0.05) & (p[:, 0] > 0)
-    corners = [np.array([x, *fissure_heights(np.array(x))[:1]]) for x in FISSURE[:2]]
+    corners = [np.array([x, fissure_heights(np.array(x))[0]]) for x in FISSURE[:2]]  # where the lids meet
     gap = [np.where(rim, np.linalg.norm(p[:, :2] - c, axis=1), 9) for c in corners]
     out = {
         "en": int(idx[np.argmin(gap[0])]),
@@ -654,14 +654,13 @@ def build_template(rings: int = 100, segments: int = 128, eye_segments: int = 24
     for kind, upper in ((UPPER_TEETH, True), (LOWER_TEETH, False)):
         tv, tf, ts = _teeth(upper)
         add(tv, tf, PART["mouth_interior"], kind, shade=ts)
-    h_rings, h_segs = rings, segments
-    hv, hd, _, cover = _hair(h_rings, h_segs)
-    hf = _grid_faces(h_rings, h_segs, 0, h_rings * h_segs, h_rings * h_segs + 1)
+    hv, hd, _, cover = _hair(rings, segments)
+    hf = _grid_faces(rings, segments, 0, rings * segments, rings * segments + 1)
     if orientation_ok(hv, hf).mean() < 0.5:
         hf = hf[:, [0, 2, 1]]
     hair_start = offset
-    grids.append(Grid("hair", offset, h_rings, h_segs, (0.0, 0.0, 0.0)))
-    add(hv, hf[cover[hf].any(1)], PART["hair"], HAIR, hd, nb=_grid_neighbours(h_rings, h_segs, 0))
+    grids.append(Grid("hair", offset, rings, segments, (0.0, 0.0, 0.0)))
+    add(hv, hf[cover[hf].any(1)], PART["hair"], HAIR, hd, nb=_grid_neighbours(rings, segments, 0))
     t_rings, t_segs = max(8, rings // 4), max(8, segments // 4)
     theta, phi = _lat_long(t_rings, t_segs, [(np.deg2rad(60), np.deg2rad(30), 1.5)], [])
     td = _directions(theta, phi)
