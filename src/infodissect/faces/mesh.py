@@ -226,8 +226,9 @@ def eye_aperture(p: np.ndarray) -> np.ndarray:
     return np.maximum(_fissure(p), EYE_CENTRE[2] + 0.015 - p[..., 2])
 
 
-def head_sdf(p: np.ndarray) -> np.ndarray:
-    """Approximate signed distance of points (..., 3) to the template skin (head and neck)."""
+def head_sdf(p: np.ndarray, ears: bool = True) -> np.ndarray:
+    """Approximate signed distance of points (..., 3) to the template skin (head and neck), with or without
+    the ears."""
     m = mirror(p)
     parts = part_distances(p)
     d = _ellipsoid(p, (0, 0.25, -0.14), (0.74, 0.9, 0.97))  # cranium
@@ -249,6 +250,8 @@ def head_sdf(p: np.ndarray) -> np.ndarray:
     d = _smin(d, parts["nose"], 0.07)
     d = _smax(d, -_ellipsoid(m, (0.058, -0.38, 0.985), (0.03, 0.02, 0.045)), 0.012)  # nostrils
     d = d - lip_height(p)
+    if not ears:
+        return d
     ear = _smax(parts["ear"], -_ellipsoid(m, (0.84, 0.0, -0.1), (0.04, 0.14, 0.09)), 0.02)
     return _smin(d, ear, 0.05)
 
@@ -470,25 +473,31 @@ def scalp_density(p: np.ndarray) -> np.ndarray:
     return smooth(np.clip((above + 0.1) / 0.07, 0.0, 1.0)) * (1.0 - _ears_bare(p))
 
 
-def hair_style_radii(dirs: np.ndarray, skin_r: np.ndarray) -> dict[str, np.ndarray]:
-    """Radius of the hair shell along each ray for every style; where a style has no hair the
-    shell dips under the skin, crossing it smoothly (a clean hairline).
+def _women_reach(p: np.ndarray) -> np.ndarray:
+    """0..1: how fully women's hair reaches down to each point (1 from the hairline up, 0 from 9 mm below)."""
+    return np.clip(1.0 + (p[..., 1] - hairline(p, recess=False)) / 0.09, 0.0, 1.0)
 
-    ``short``: a cropped cap on the scalp above a hairline at the forehead, temples and
-    nape, fuller at the crown; ``long``: fuller still, and falling beside the face and
-    behind the neck to the shoulders.
-    """
+
+def hair_layers(dirs: np.ndarray, skin_r: np.ndarray) -> dict[str, np.ndarray]:
+    """Radius along each ray of the hair's layers: ``short``, a cropped cap on the scalp above a
+    hairline at the forehead, temples and nape, fuller at the crown; ``fuller``, the cap of long hair;
+    ``curtain``, long hair falling beside the face and behind the neck to the shoulders. Where a layer has
+    no hair it dips under the skin, crossing it smoothly (a clean hairline)."""
     p = dirs * skin_r[:, None]
     y, z = p[:, 1], p[:, 2]
     above = y - hairline(p)
     grow = np.clip(above / 0.05 + 0.5, 0.0, 1.0) * (1.0 - _ears_bare(p))  # 0 under the skin .. 1 full hair
     grow = smooth(grow)
     crown = np.clip(y + 0.2, 0.0, 1.2)
-    short = skin_r - 0.02 + grow * (0.024 + 0.03 * crown + 0.012 * np.clip(z, 0, 1))
-    fuller = skin_r - 0.02 + grow * (0.03 + 0.06 * crown + 0.02 * np.clip(z, 0, 1))
+    # Where no style grows hair over the ears (not even women's, reaching their upper half), the shell sinks
+    # 1.5 cm deeper: a ray grid's stretched cells at the ears' walls would otherwise cross the skin's.
+    base = skin_r - 0.02 - 0.15 * _ears_bare(p) * (1.0 - _women_reach(p)) ** 2
+    short = base + grow * (0.024 + 0.03 * crown + 0.012 * np.clip(z, 0, 1))
+    fuller = base + grow * (0.03 + 0.06 * crown + 0.02 * np.clip(z, 0, 1))
     # Long: a curtain (an elliptic cylinder round the head) from the temples to the shoulders,
     # open in front of the face.
     d = dirs
+    head_r = radial_extract(d, lambda q: head_sdf(q, ears=False))  # the curtain hangs smoothly over the ears
     a, b, zc = 0.9, 1.0, -0.12  # clear of the ears (out to x = 0.86)
     qa = (d[:, 0] / a) ** 2 + (d[:, 2] / b) ** 2
     qb = -2 * d[:, 2] * zc / b**2
@@ -500,19 +509,26 @@ def hair_style_radii(dirs: np.ndarray, skin_r: np.ndarray) -> dict[str, np.ndarr
     bottom = -1.45 + 0.06 * np.cos(azimuth / 7.0)
     # (the ends taper in over 2 cm: a rounded outline, not a step of the grid's rings)
     side = np.clip((azimuth - front) / 14.0, 0.0, 1.0) * np.clip((pc[:, 1] - bottom) / 0.2, 0.0, 1.0)
-    side = side * np.clip((0.6 - pc[:, 1]) / 0.5, 0.0, 1.0) * (t_curtain > skin_r)  # widening down to the ears
+    side = side * np.clip((0.6 - pc[:, 1]) / 0.5, 0.0, 1.0) * (t_curtain > head_r)  # widening down to the ears
     side = smooth(side)
-    curtain = skin_r - 0.02 + side * (t_curtain - skin_r + 0.02)
-    return {"short": short, "long": np.maximum(curtain, fuller)}
+    curtain = head_r - 0.02 + side * (t_curtain - head_r + 0.02)
+    return {"short": short, "fuller": fuller, "curtain": curtain}
+
+
+def hair_style_radii(dirs: np.ndarray, skin_r: np.ndarray) -> dict[str, np.ndarray]:
+    """Radius of the hair shell along each ray for every style (:func:`hair_layers`): ``short``, the cropped
+    cap; ``long``, the fuller cap and its curtain."""
+    layer = hair_layers(dirs, skin_r)
+    return {"short": layer["short"], "long": _smax(layer["curtain"], layer["fuller"], 0.04)}  # no crease
 
 
 def hair_sex_difference(dirs: np.ndarray, skin_r: np.ndarray) -> np.ndarray:
-    """Women's minus men's hair along each ray at gender_strength 1 (whatever the style): fuller,
-    reaching further down the temples, over the ears and down the nape, where men's is cropped
-    higher. Zero in front of the face and on the curtains of long hair."""
+    """Women's minus men's hair along each ray at gender_strength 1: fuller, reaching further down the
+    temples, over the ears and down the nape, where men's is cropped higher. Zero in front of the face. Long
+    hair undoes it (the model's ``long_hair_sex`` row): its cap would cut a ledge round a man's curtain."""
     p = dirs * skin_r[:, None]
     above = p[:, 1] - hairline(p, recess=False)
-    extend = np.clip(1.0 + above / 0.09, 0.0, 1.0)
+    extend = _women_reach(p)
     return _sides(p) * 0.1 * extend * extend + 0.02 * np.clip(above / 0.05, 0.0, 1.0)
 
 

@@ -43,7 +43,7 @@ from .version import GENERATOR_VERSION  # (re-exported)
 # Row layout of geometry_fixed / albedo_fixed (and of :func:`.render.fixed_coefficients`).
 FIXED_ROWS: tuple[str, ...] = (
     ("male", "female") + tuple(f"ethnicity_{e}" for e in ETHNICITIES) + ("age_linear", "age_sag")
-    + tuple(f"hair_{h}" for h in HAIR_STYLES) + tuple(f"expression_{e}" for e in EXPRESSIONS)
+    + tuple(f"hair_{h}" for h in HAIR_STYLES) + ("long_hair_sex",) + tuple(f"expression_{e}" for e in EXPRESSIONS)
     + tuple(f"opening_{au}" for au in OPENING_AUS)
 )
 
@@ -412,21 +412,26 @@ def _texture_model(t: Template, mk: dict[str, np.ndarray], rng: np.random.Genera
 
 
 def _hair_rows(t: Template, sex: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
-    """Each hair style's displacement of the hair shell from the short style, and the sex difference with the
-    women's fuller hair added."""
+    """Each hair style's displacement of the hair shell from the short style, then the ``long_hair_sex`` row
+    (half the hair's sex difference, with the sign of men's row: long hair undoes it), and the sex difference
+    with the women's fuller hair added."""
     from .mesh import hair_sex_difference, hair_style_radii, head_sdf, radial_extract
 
     hair = t.kind == HAIR
-    skin_r = radial_extract(t.directions[hair], head_sdf)
-    radii = hair_style_radii(t.directions[hair], skin_r)
+    dirs = t.directions[hair]
+    skin_r = radial_extract(dirs, head_sdf)
+    radii = hair_style_radii(dirs, skin_r)
+    diff = hair_sex_difference(dirs, skin_r)
     rows = []
     for style in HAIR_STYLES:
         row = np.zeros_like(t.vertices)
-        row[hair] = t.directions[hair] * (radii[style] - radii["short"])[:, None]
+        row[hair] = dirs * (radii[style] - radii["short"])[:, None]
         rows.append(row)
+    undo = np.zeros_like(t.vertices)
+    undo[hair] = dirs * (0.5 * diff)[:, None]
     sex = sex.copy()
-    sex[hair] -= t.directions[hair] * hair_sex_difference(t.directions[hair], skin_r)[:, None]
-    return rows, sex
+    sex[hair] -= dirs * diff[:, None]
+    return rows + [undo], sex
 
 
 def _build(seed: int, shape_components: int, texture_components: int, texture_bands: int, rings: int,
@@ -453,7 +458,7 @@ def _build(seed: int, shape_components: int, texture_components: int, texture_ba
     geo = ([0.5 * sex, -0.5 * sex] + [ethnic[e] for e in ETHNICITIES] + [age_linear, age_sag] + hair_rows
            + _expression_rows(aus))
     colour = ([male_alb, female_alb] + [eth_alb[e] for e in ETHNICITIES] + [age_alb_linear, age_alb_sag]
-              + [zero] * len(HAIR_STYLES) + _expression_rows(au_alb))
+              + [zero] * (len(HAIR_STYLES) + 1) + _expression_rows(au_alb))
     au_names = list(aus)
     vertices = t.vertices + mean_offset
     normals = _vertex_normals_np(vertices, t.faces)

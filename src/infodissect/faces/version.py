@@ -14,4 +14,7 @@
 #      the upper lids cover the top of the irises and the lower lids their bottom (no staring ring of white);
 #      darker pupils (a weaker sheen on the eyes); the hair shell as fine as the skin at full detail (its
 #      outline in 3-5 mm steps, not 1 cm), long hair's curtain clear of the ears and thinning over 2 cm at its ends
-GENERATOR_VERSION = "2.4"
+# 2.5: the hair shell sinks 1.5 cm under the skin round the ears where no style grows hair (short hair's
+#      shell showed through the ears' bowl and front wall as a dark box: a ray grid's stretched cells at a
+#      wall cross another grid's)
+GENERATOR_VERSION = "2.5"
