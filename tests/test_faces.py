@@ -403,19 +403,23 @@ def _enclosed(mask: np.ndarray, wall: np.ndarray, reach: int = 12) -> np.ndarray
 def test_no_hair_shows_through_the_ears(model):
     # Short hair's shell lies under the skin round the ears; at the ears' walls two ray grids' stretched cells
     # crossed, and the shell showed through each ear as a dark box (6-37 px per face at 224 px, generator 2.4).
+    # (Opening the hair mask first drops single pixels in the notches of the ear's jagged outline.)
+    from scipy.ndimage import binary_opening
+
     for gender, strength in ((0, 1.0), (1, 1.0), (1, 0.0)):
         p = params(model, 5, seed=11, hair_style=0, gender=gender, gender_strength=strength, yaw=[-70, -40, 0, 40, 70])
         _, parts = render(model, p, PORTRAIT)
         for lab in parts.numpy():
-            assert _enclosed(lab == PART["hair"], lab == PART["ears"]).sum() <= 1, (gender, strength)
+            hair = binary_opening(lab == PART["hair"])
+            assert _enclosed(hair, lab == PART["ears"]).sum() == 0, (gender, strength)
 
 
 def test_long_hair_falls_without_a_ledge_for_either_sex(model):
     # Down the side of the head a long curtain bends smoothly out of the cap: no kink in its radius from one
     # ring to the next (2.4: 3.5 mm where a man's smaller cap met the curtain, 2.0-2.2 mm over the ears' bulge).
-    from infodissect.faces.mesh import HAIR, build_template
+    from infodissect.faces.mesh import HAIR
 
-    t = build_template(RINGS, SEGMENTS)
+    t = model.template
     hair = np.nonzero(t.kind == HAIR)[0]
     elevation = np.degrees(np.arcsin(t.directions[hair, 1]))
     azimuth = np.round(np.degrees(np.arctan2(t.directions[hair, 0], t.directions[hair, 2])), 4)

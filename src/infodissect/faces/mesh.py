@@ -478,11 +478,14 @@ def _women_reach(p: np.ndarray) -> np.ndarray:
     return np.clip(1.0 + (p[..., 1] - hairline(p, recess=False)) / 0.09, 0.0, 1.0)
 
 
-def hair_layers(dirs: np.ndarray, skin_r: np.ndarray) -> dict[str, np.ndarray]:
-    """Radius along each ray of the hair's layers: ``short``, a cropped cap on the scalp above a
-    hairline at the forehead, temples and nape, fuller at the crown; ``fuller``, the cap of long hair;
-    ``curtain``, long hair falling beside the face and behind the neck to the shoulders. Where a layer has
-    no hair it dips under the skin, crossing it smoothly (a clean hairline)."""
+def hair_style_radii(dirs: np.ndarray, skin_r: np.ndarray) -> dict[str, np.ndarray]:
+    """Radius of the hair shell along each ray for every style; where a style has no hair the
+    shell dips under the skin, crossing it smoothly (a clean hairline).
+
+    ``short``: a cropped cap on the scalp above a hairline at the forehead, temples and
+    nape, fuller at the crown; ``long``: fuller still, and falling over the ears and behind the
+    neck to the shoulders, the curtain and the cap joined without a crease.
+    """
     p = dirs * skin_r[:, None]
     y, z = p[:, 1], p[:, 2]
     above = y - hairline(p)
@@ -512,20 +515,14 @@ def hair_layers(dirs: np.ndarray, skin_r: np.ndarray) -> dict[str, np.ndarray]:
     side = side * np.clip((0.6 - pc[:, 1]) / 0.5, 0.0, 1.0) * (t_curtain > head_r)  # widening down to the ears
     side = smooth(side)
     curtain = head_r - 0.02 + side * (t_curtain - head_r + 0.02)
-    return {"short": short, "fuller": fuller, "curtain": curtain}
-
-
-def hair_style_radii(dirs: np.ndarray, skin_r: np.ndarray) -> dict[str, np.ndarray]:
-    """Radius of the hair shell along each ray for every style (:func:`hair_layers`): ``short``, the cropped
-    cap; ``long``, the fuller cap and its curtain."""
-    layer = hair_layers(dirs, skin_r)
-    return {"short": layer["short"], "long": _smax(layer["curtain"], layer["fuller"], 0.04)}  # no crease
+    # Joined without a crease (where neither has hair, the join lies 1 mm under the skin, not 2)
+    return {"short": short, "long": _smax(curtain, fuller, 0.04)}
 
 
 def hair_sex_difference(dirs: np.ndarray, skin_r: np.ndarray) -> np.ndarray:
-    """Women's minus men's hair along each ray at gender_strength 1: fuller, reaching further down the
+    """Women's minus men's short hair along each ray at gender_strength 1: fuller, reaching further down the
     temples, over the ears and down the nape, where men's is cropped higher. Zero in front of the face. Long
-    hair undoes it (the model's ``long_hair_sex`` row): its cap would cut a ledge round a man's curtain."""
+    hair has none (the model's ``short_hair_sex`` row): a man's smaller cap cut a ledge round the curtain."""
     p = dirs * skin_r[:, None]
     above = p[:, 1] - hairline(p, recess=False)
     extend = _women_reach(p)
@@ -538,10 +535,7 @@ def _hair(rings: int, segments: int) -> tuple[np.ndarray, np.ndarray, dict[str, 
     dirs = _directions(theta, phi)
     skin_r = radial_extract(dirs, head_sdf)
     radii = hair_style_radii(dirs, skin_r)
-    fuller = 0.5 * hair_sex_difference(dirs, skin_r)
-    cover = np.zeros(len(dirs), bool)
-    for r in radii.values():
-        cover |= r + fuller > skin_r
+    cover = (radii["short"] + 0.5 * hair_sex_difference(dirs, skin_r) > skin_r) | (radii["long"] > skin_r)
     return dirs * radii["short"][:, None], dirs, radii, cover
 
 

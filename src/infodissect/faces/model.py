@@ -5,8 +5,8 @@ Shape and albedo are linear in a coefficient vector per face:
 * shape: ``template + Q^T diag(sigma) c + sum_g w_g G_g`` where the rows of ``Q`` are the
   principal components of the identity fields (named anatomical deformations, scaled so
   that sampled identities match Farkas' anthropometric norms, plus random smooth fields)
-  and the fixed rows ``G`` are male, female, the ethnic groups, age, hair styles and
-  expressions (sums of FACS action units);
+  and the fixed rows ``G`` are male, female, the ethnic groups, age, hair styles, the short hair's
+  sex difference, expressions (sums of FACS action units) and the mouth's opening;
 * albedo: ``base + T^T diag(tau) t + sum_g w_g A_g``, ``T`` the principal components of the
   identity texture fields within each spatial-frequency band.
 
@@ -43,7 +43,7 @@ from .version import GENERATOR_VERSION  # (re-exported)
 # Row layout of geometry_fixed / albedo_fixed (and of :func:`.render.fixed_coefficients`).
 FIXED_ROWS: tuple[str, ...] = (
     ("male", "female") + tuple(f"ethnicity_{e}" for e in ETHNICITIES) + ("age_linear", "age_sag")
-    + tuple(f"hair_{h}" for h in HAIR_STYLES) + ("long_hair_sex",) + tuple(f"expression_{e}" for e in EXPRESSIONS)
+    + tuple(f"hair_{h}" for h in HAIR_STYLES) + ("short_hair_sex",) + tuple(f"expression_{e}" for e in EXPRESSIONS)
     + tuple(f"opening_{au}" for au in OPENING_AUS)
 )
 
@@ -411,10 +411,9 @@ def _texture_model(t: Template, mk: dict[str, np.ndarray], rng: np.random.Genera
     return np.concatenate(basis), np.concatenate(sigma), np.concatenate(band)
 
 
-def _hair_rows(t: Template, sex: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
-    """Each hair style's displacement of the hair shell from the short style, then the ``long_hair_sex`` row
-    (half the hair's sex difference, with the sign of men's row: long hair undoes it), and the sex difference
-    with the women's fuller hair added."""
+def _hair_rows(t: Template) -> list[np.ndarray]:
+    """Each hair style's displacement of the hair shell from the short style, then the ``short_hair_sex`` row:
+    a man's half of the short hair's sex difference (a woman's is its negative; long hair has none)."""
     from .mesh import hair_sex_difference, hair_style_radii, head_sdf, radial_extract
 
     hair = t.kind == HAIR
@@ -427,11 +426,9 @@ def _hair_rows(t: Template, sex: np.ndarray) -> tuple[list[np.ndarray], np.ndarr
         row = np.zeros_like(t.vertices)
         row[hair] = dirs * (radii[style] - radii["short"])[:, None]
         rows.append(row)
-    undo = np.zeros_like(t.vertices)
-    undo[hair] = dirs * (0.5 * diff)[:, None]
-    sex = sex.copy()
-    sex[hair] -= dirs * diff[:, None]
-    return rows + [undo], sex
+    short_sex = np.zeros_like(t.vertices)
+    short_sex[hair] = -0.5 * dirs * diff[:, None]
+    return rows + [short_sex]
 
 
 def _build(seed: int, shape_components: int, texture_components: int, texture_bands: int, rings: int,
@@ -453,12 +450,13 @@ def _build(seed: int, shape_components: int, texture_components: int, texture_ba
     male_alb, female_alb = alb.sex_albedo(t, mk)
     au_alb = alb.action_unit_albedo(t, mk)
     eth_alb = _ethnic_albedo(t, base, mk)
-    hair_rows, sex = _hair_rows(t, sex)
+    hair_rows = _hair_rows(t)
     zero = np.zeros_like(t.vertices)
     geo = ([0.5 * sex, -0.5 * sex] + [ethnic[e] for e in ETHNICITIES] + [age_linear, age_sag] + hair_rows
            + _expression_rows(aus))
     colour = ([male_alb, female_alb] + [eth_alb[e] for e in ETHNICITIES] + [age_alb_linear, age_alb_sag]
               + [zero] * (len(HAIR_STYLES) + 1) + _expression_rows(au_alb))
+    assert len(geo) == len(colour) == len(FIXED_ROWS), "the fixed rows are built in the order of FIXED_ROWS"
     au_names = list(aus)
     vertices = t.vertices + mean_offset
     normals = _vertex_normals_np(vertices, t.faces)

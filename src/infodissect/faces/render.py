@@ -79,7 +79,7 @@ PARAM_NAMES: tuple[str, ...] = (
     "scale", "shift_x", "shift_y", "background",
 )
 _MALE = GENDERS.index("male")
-_LONG = HAIR_STYLES.index("long")
+_SHORT = HAIR_STYLES.index("short")
 # (expression, mouth-opening action unit): each expression's weight of each unit (the opening_* fixed rows)
 OPENING_WEIGHTS = [[EXPRESSION_AUS[e].get(au, 0.0) for au in OPENING_AUS] for e in EXPRESSIONS]
 
@@ -94,10 +94,10 @@ def fixed_coefficients(p: dict[str, torch.Tensor], dtype: torch.dtype) -> torch.
     which = F.one_hot(p["expression"].long(), len(EXPRESSIONS)).to(dtype)
     intensity = p["expression_intensity"].to(dtype)[:, None]
     opens = torch.as_tensor(OPENING_WEIGHTS, dtype=dtype, device=which.device)
-    long_sex = hair[:, _LONG] * strength * (2.0 * male - 1.0)  # + men, - women: long hair has no sex difference
+    short_sex = hair[:, _SHORT] * strength * (2.0 * male - 1.0)  # + men, - women; long hair has none
     return torch.cat([(strength * male)[:, None], (strength * (1.0 - male))[:, None], eth,
                       ((age - 30.0) / 40.0)[:, None], ((age - 25.0) / 45.0).clamp(0.0, 1.0)[:, None], hair,
-                      long_sex[:, None], which * intensity, (which @ opens) * opening(intensity)], 1)
+                      short_sex[:, None], which * intensity, (which @ opens) * opening(intensity)], 1)
 
 
 def face_geometry(model: FaceModel, p: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -16,5 +16,8 @@
 #      outline in 3-5 mm steps, not 1 cm), long hair's curtain clear of the ears and thinning over 2 cm at its ends
 # 2.5: the hair shell sinks 1.5 cm under the skin round the ears where no style grows hair (short hair's
 #      shell showed through the ears' bowl and front wall as a dark box: a ray grid's stretched cells at a
-#      wall cross another grid's)
+#      wall cross another grid's; women's short hair now clears the upper ear about 1 mm higher); long hair
+#      has no sex difference (a man's smaller cap cut a ledge round the curtain: the sex difference is now
+#      the short_hair_sex row), hangs over the head as if it had no ears (no bulge over them) and joins its
+#      cap without a crease
 GENERATOR_VERSION = "2.5"
