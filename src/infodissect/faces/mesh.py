@@ -529,14 +529,20 @@ def hair_sex_difference(dirs: np.ndarray, skin_r: np.ndarray) -> np.ndarray:
     return _sides(p) * 0.1 * extend * extend + 0.02 * np.clip(above / 0.05, 0.0, 1.0)
 
 
-def _hair(rings: int, segments: int) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], np.ndarray]:
-    """Hair-shell grid: vertices (short style), rays, every style's radii and the cover mask."""
+@lru_cache(maxsize=4)
+def hair_shell(rings: int, segments: int) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """The hair-shell grid's rays (its vertices' order), every style's radii along them, the short hair's sex
+    difference (:func:`hair_sex_difference`) and the cover mask (the rays some style or sex shows). Cached:
+    the template and the model's hair rows read the same arrays (read-only)."""
     theta, phi = _lat_long(rings, segments, [(np.deg2rad(-20), np.deg2rad(40), 1.0)], [])
     dirs = _directions(theta, phi)
     skin_r = radial_extract(dirs, head_sdf)
     radii = hair_style_radii(dirs, skin_r)
-    cover = (radii["short"] + 0.5 * hair_sex_difference(dirs, skin_r) > skin_r) | (radii["long"] > skin_r)
-    return dirs * radii["short"][:, None], dirs, radii, cover
+    diff = hair_sex_difference(dirs, skin_r)
+    cover = (radii["short"] + 0.5 * diff > skin_r) | (radii["long"] > skin_r)
+    for a in (dirs, diff, cover, *radii.values()):
+        a.setflags(write=False)
+    return dirs, radii, diff, cover
 
 
 # ------------------------------------------------------------------------ rigid parts
@@ -664,7 +670,8 @@ def build_template(rings: int = 100, segments: int = 128, eye_segments: int = 24
     for kind, upper in ((UPPER_TEETH, True), (LOWER_TEETH, False)):
         tv, tf, ts = _teeth(upper)
         add(tv, tf, PART["mouth_interior"], kind, shade=ts)
-    hv, hd, _, cover = _hair(rings, segments)
+    hd, radii, _, cover = hair_shell(rings, segments)
+    hv = hd * radii["short"][:, None]
     hf = _grid_faces(rings, segments, 0, rings * segments, rings * segments + 1)
     if orientation_ok(hv, hf).mean() < 0.5:
         hf = hf[:, [0, 2, 1]]

@@ -414,13 +414,12 @@ def _texture_model(t: Template, mk: dict[str, np.ndarray], rng: np.random.Genera
 def _hair_rows(t: Template) -> list[np.ndarray]:
     """Each hair style's displacement of the hair shell from the short style, then the ``short_hair_sex`` row:
     a man's half of the short hair's sex difference (a woman's is its negative; long hair has none)."""
-    from .mesh import hair_sex_difference, hair_style_radii, head_sdf, radial_extract
+    from .mesh import hair_shell
 
     hair = t.kind == HAIR
-    dirs = t.directions[hair]
-    skin_r = radial_extract(dirs, head_sdf)
-    radii = hair_style_radii(dirs, skin_r)
-    diff = hair_sex_difference(dirs, skin_r)
+    grid = t.grid("hair")
+    dirs, radii, diff, _ = hair_shell(grid.rings, grid.segments)
+    assert np.array_equal(dirs, t.directions[hair]), "the template's hair vertices are the shell's rays, in order"
     rows = []
     for style in HAIR_STYLES:
         row = np.zeros_like(t.vertices)
