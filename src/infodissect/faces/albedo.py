@@ -79,9 +79,14 @@ def masks(t: Template, anchors: np.ndarray) -> dict[str, np.ndarray]:
     # The beard area: below the cheek line (from the sideburn in front of the ear to beside the mouth corner),
     # the jaw to the neck under it, fuller on the chin and over the upper lip; not on the lips.
     cheek_line = (0.47 * (m[:, 0] - 0.64) - 0.38 * (m[:, 1] + 0.05)) / 0.6  # > 0 below the line
-    jaw = _smooth_step(cheek_line, -0.03, 0.07) * _smooth_step(p[:, 2], -0.05, 0.1) * _smooth_step(p[:, 1], -1.3, -1.12)
-    beard = np.clip(0.8 * jaw + 0.4 * bump(p, (0, -0.85, 0.6), (0.3, 0.25, 0.4))
-                    + bump(p, (0, -0.53, 0.92), (0.17, 0.05, 0.12)), 0, 1)
+    # Thin where it begins on the cheeks, full along the jaw: no slab with an edge.
+    density = 0.4 + 0.6 * _smooth_step(cheek_line, 0.02, 0.22)
+    jaw = _smooth_step(cheek_line, -0.05, 0.09) * density * _smooth_step(p[:, 2], -0.05, 0.1) \
+        * _smooth_step(p[:, 1], -1.3, -1.12)
+    chin = bump(p, (0, -0.9, 0.6), (0.26, 0.2, 0.4))
+    moustache = bump(p, (0, -0.52, 0.92), (0.2, 0.06, 0.12))
+    corners = bump(m, (0.26, -0.7, 0.8), (0.07, 0.12, 0.2))  # joins the moustache to the chin
+    beard = np.clip(0.8 * jaw + 0.9 * chin + 0.8 * moustache + 0.6 * corners, 0, 1)
     beard *= face_skin * (1 - lips) * (lab != PART["ears"])
     return {
         "face_skin": face_skin,
@@ -93,6 +98,7 @@ def masks(t: Template, anchors: np.ndarray) -> dict[str, np.ndarray]:
         "upper_lid": bump(m, EYE_CENTRE + [0.02, 0.07, 0.09], (0.14, 0.04, 0.1)) * skin,
         "brow": brow_density(p) * skin,
         "brow_wide": brow_density(p, 1.5) * skin,
+        "brow_thin": brow_density(p, 0.55) * skin,
         "cheeks": bump(m, (0.4, -0.28, 0.6), (0.14, 0.13, 0.18)) * skin,
         "under_eye": bump(m, EYE_CENTRE + [0.02, -0.09, 0.1], (0.12, 0.04, 0.1)) * skin,
         "nose_tip": bump(p, (0, -0.3, 1.1), (0.08, 0.08, 0.1)) * skin,
@@ -251,11 +257,13 @@ def sex_albedo(t: Template, mk: dict[str, np.ndarray]) -> tuple[np.ndarray, np.n
     male += (mk["upper_lid"] + 0.5 * mk["under_eye"])[:, None] * np.array([-0.07, -0.075, -0.06])  # deep-set eyes
     female = np.zeros((nv, 3))
     female += (face * (1.0 - mk["beard"]))[:, None] * np.array([0.035, 0.035, 0.03])
-    female += mk["lips"][:, None] * np.array([0.04, -0.1, -0.06])
-    female += (mk["lash_upper"] * 1.0 + 0.4 * mk["lash_lower"])[:, None] * np.array([-0.35, -0.3, -0.28])
-    female += mk["upper_lid"][:, None] * np.array([-0.05, -0.06, -0.04])
-    female += mk["cheeks"][:, None] * np.array([0.02, -0.04, -0.02])
-    female -= (np.clip(mk["brow_wide"] - mk["brow"], 0, 1) * face)[:, None] * (HAIR_COLOUR - SKIN_TONE) * 0.3
+    female += mk["lips"][:, None] * np.array([0.07, -0.2, -0.12])
+    # lined, darkened lashes and a shaded lid (the eyes' higher contrast, Russell 2009)
+    female += (np.clip(mk["lash_upper"] * 1.6, 0, 1) + 0.5 * mk["lash_lower"])[:, None] * np.array([-0.4, -0.36, -0.33])
+    female += mk["upper_lid"][:, None] * np.array([-0.07, -0.09, -0.06])
+    female += mk["cheeks"][:, None] * np.array([0.03, -0.06, -0.03])
+    # thinner, plucked-looking brows: the brow's outer band gone, only its core left
+    female -= (np.clip(mk["brow"] - mk["brow_thin"], 0, 1) * face)[:, None] * (HAIR_COLOUR - SKIN_TONE) * 0.55
     return male, female
 
 

@@ -19,15 +19,17 @@ import numpy as np
 from .mesh import EYE_CENTRE, HAIR, LOWER_TEETH, MOUTH_HALF_WIDTH, MOUTH_Y, SKIN, TORSO, UPPER_TEETH, Template, mirror
 
 # Facial action units (FACS) of each expression's prototype, with their weights.
-# At full intensity the mouth is open as at the apex of a laugh (happiness), of intense disgust and of
-# fear (jaw dropped, mouth stretched) and surprise.
+# At full intensity the mouth is open as at the apex of a laugh (happiness), of surprise (the jaw dropped
+# into an oval) and of fear (the lips stretched sideways and parted); disgust bares the upper teeth under a
+# raised upper lip with the lips barely parted, and anger presses them together (AU17, AU23) under knitted
+# brows: the prototypes people name most reliably (Ekman & Friesen 1978; Matsumoto & Ekman 2004).
 EXPRESSION_AUS: dict[str, dict[str, float]] = {
     "neutral": {},
     "happiness": {"AU6": 1.0, "AU12": 1.0, "AU25": 1.0, "AU26": 0.8},
-    "surprise": {"AU1": 1.0, "AU2": 1.0, "AU5": 1.0, "AU25": 0.5, "AU27": 1.0},
-    "fear": {"AU1": 1.0, "AU2": 0.6, "AU4": 0.7, "AU5": 1.0, "AU20": 1.0, "AU25": 0.6, "AU26": 1.0, "AU27": 0.5},
-    "disgust": {"AU9": 1.0, "AU10": 1.0, "AU25": 0.5, "AU26": 0.7},
-    "anger": {"AU4": 1.0, "AU5": 1.0, "AU7": 1.0, "AU23": 1.0},
+    "surprise": {"AU1": 1.0, "AU2": 1.0, "AU5": 1.0, "AU26": 0.5, "AU27": 0.9},
+    "fear": {"AU1": 1.0, "AU2": 0.6, "AU4": 0.7, "AU5": 1.0, "AU20": 1.4, "AU25": 1.0, "AU26": 0.7},
+    "disgust": {"AU4": 0.6, "AU6": 0.5, "AU7": 0.5, "AU9": 1.0, "AU10": 1.0, "AU25": 0.35},
+    "anger": {"AU4": 1.3, "AU5": 0.7, "AU7": 1.0, "AU17": 0.7, "AU23": 1.0},
     "sadness": {"AU1": 1.0, "AU4": 0.8, "AU15": 1.0, "AU17": 0.5},
 }
 # The action units that open the mouth, and the expression intensity at which they begin: below it the
@@ -229,8 +231,11 @@ def _action_units(p: np.ndarray, split: np.ndarray) -> dict[str, np.ndarray]:
     return {
         "AU1": _vec(bump(m, (0.13, 0.33, 0.82), (0.12, 0.2, 0.2)) * forehead, y=0.09),
         "AU2": _vec(bump(m, (0.4, 0.33, 0.7), (0.13, 0.2, 0.2)) * forehead, y=0.08),
+        # the corrugator pulls the brows' heads down and together most: an oblique, knitted brow
         "AU4": bump(m, (0.18, 0.28, 0.8), (0.15, 0.1, 0.14))[:, None] * np.stack(
-            [-_sgnx(p) * 0.04, np.full_like(x, -0.08), np.full_like(x, 0.01)], -1),
+            [-_sgnx(p) * 0.04, np.full_like(x, -0.06), np.full_like(x, 0.01)], -1)
+        + bump(m, (0.1, 0.28, 0.85), (0.08, 0.07, 0.12))[:, None] * np.stack(
+            [-_sgnx(p) * 0.02, np.full_like(x, -0.045), np.full_like(x, 0.008)], -1),
         "AU5": _vec(upper_lid, y=0.03),
         "AU6": _vec(bump(m, (0.4, -0.2, 0.6), (0.16, 0.13, 0.16)), y=0.04, z=0.012) + _vec(lower_lid, y=0.022),
         "AU7": _vec(lower_lid, y=0.028) + _vec(upper_lid, y=-0.01),
@@ -255,12 +260,21 @@ def _action_units(p: np.ndarray, split: np.ndarray) -> dict[str, np.ndarray]:
 
 def sex_fields(f: dict[str, np.ndarray], p: np.ndarray, kind: np.ndarray) -> np.ndarray:
     """The male-minus-female shape difference at gender_strength 1 (beyond the calibrated distances):
-    a heavier brow ridge, a more sloping forehead, flatter cheeks, a squarer, more prominent chin,
-    thinner lips and broader shoulders."""
+    a heavier brow ridge, lower and flatter brows over deeper-set eyes, a more sloping forehead, flatter
+    cheeks, a more prominent nose, a squarer jaw angle and chin, thinner lips and broader shoulders.
+
+    Sized so that a person tells the sexes apart from the face alone (about 2 SD on the features that
+    carry sex in real faces, Bruce et al. 1993, Perception 22:131); hair does not: it is a factor of its own.
+    """
+    m = mirror(p)
     torso = (kind == TORSO).astype(float)
     shoulders = np.stack([0.12 * p[:, 0] * torso, 0.02 * torso, np.zeros(len(p))], -1)
-    return (1.2 * f["brow_ridge"] - 0.8 * f["cheek_fullness"] + 1.2 * f["chin_protrusion"] + 1.0 * f["chin_width"]
-            - 0.8 * f["upper_lip"] - 0.8 * f["lower_lip"] - 0.8 * f["forehead_slope"] + shoulders)
+    # Women's brows sit higher over the eye and arch at the tail; men's are low and straight.
+    brows = _vec(bump(m, (0.34, 0.31, 0.8), (0.13, 0.08, 0.2)) * (p[:, 2] > 0.3), y=-0.09)
+    jaw_angle = _lateral(p, bump(m, (0.5, -0.88, 0.1), (0.13, 0.13, 0.25)), 0.025)
+    return (2.5 * f["brow_ridge"] - 2.5 * f["cheek_fullness"] + 2.0 * f["chin_protrusion"] + 1.6 * f["chin_width"]
+            - 0.8 * f["upper_lip"] - 0.8 * f["lower_lip"] - 1.6 * f["forehead_slope"] + 2.0 * f["nose_protrusion"]
+            + 1.5 * f["nose_bridge"] + 1.2 * f["eye_depth"] - 1.0 * f["eye_size"] + brows + jaw_angle + shoulders)
 
 
 def age_fields(f: dict[str, np.ndarray], p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -489,7 +489,7 @@ def hair_style_radii(dirs: np.ndarray, skin_r: np.ndarray) -> dict[str, np.ndarr
     p = dirs * skin_r[:, None]
     y, z = p[:, 1], p[:, 2]
     above = y - hairline(p)
-    grow = np.clip(above / 0.05 + 0.5, 0.0, 1.0) * (1.0 - _ears_bare(p))  # 0 under the skin .. 1 full hair
+    grow = np.clip(above / 0.2 + 0.5, 0.0, 1.0) * (1.0 - _ears_bare(p))  # 0 under the skin .. 1 full hair
     grow = smooth(grow)
     crown = np.clip(y + 0.2, 0.0, 1.2)
     # Where no style grows hair over the ears (not even women's, reaching their upper half), the shell sinks
@@ -511,7 +511,7 @@ def hair_style_radii(dirs: np.ndarray, skin_r: np.ndarray) -> dict[str, np.ndarr
     front = 58.0 + 45.0 * np.clip((0.1 - pc[:, 1]) / 0.9, 0, 1)  # the face stays open, wider below the jaw
     bottom = -1.45 + 0.06 * np.cos(azimuth / 7.0)
     # (the ends taper in over 2 cm: a rounded outline, not a step of the grid's rings)
-    side = np.clip((azimuth - front) / 14.0, 0.0, 1.0) * np.clip((pc[:, 1] - bottom) / 0.2, 0.0, 1.0)
+    side = np.clip((azimuth - front + 7.0) / 28.0, 0.0, 1.0) * np.clip((pc[:, 1] - bottom) / 0.2, 0.0, 1.0)
     side = side * np.clip((0.6 - pc[:, 1]) / 0.5, 0.0, 1.0) * (t_curtain > head_r)  # widening down to the ears
     side = smooth(side)
     curtain = head_r - 0.02 + side * (t_curtain - head_r + 0.02)

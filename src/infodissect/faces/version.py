@@ -20,4 +20,13 @@
 #      has no sex difference (a man's smaller cap cut a ledge round the curtain: the sex difference is now
 #      the short_hair_sex row), hangs over the head as if it had no ears (no bulge over them) and joins its
 #      cap without a crease
-GENERATOR_VERSION = "2.5"
+# 2.6: the sexes told apart by the face, not the hair (blind raters judged gender by hair length alone):
+#      women's brows higher, arched and thinner, lined lashes and a shaded lid, redder lips; men's heavier
+#      brow ridge over deeper-set eyes, flatter cheeks, a more prominent nose and chin, a squarer jaw angle;
+#      the beard shadow thin on the cheeks and full on the chin and over the upper lip (no grey slab with an
+#      edge in three-quarter view); anger knits the brows (AU4 pulls their heads down and together most) and
+#      presses the lips (AU17); fear stretches the mouth sideways (AU20) instead of dropping the jaw like
+#      surprise; disgust sneers (the upper lip raised over barely parted lips, brows lowered, cheeks raised)
+#      instead of opening the mouth; the hair shell thins over 2 cm to the hairline and long hair's front edge
+#      over twice the angle (no saw-tooth of grid cells along either edge)
+GENERATOR_VERSION = "2.6"

@@ -1,0 +1,148 @@
+"""A blind rating set of rendered faces, and the score of a rater's answers (issue 12's perceptual bars).
+
+    python benchmarks/perception.py render OUT [--seed 2028] [--n 42] [--resolution 224]
+    python benchmarks/perception.py score OUT/answers.csv OUT.key.json
+
+``render`` draws ``n`` random people of the demo generator (every ethnic group and age, either hair
+style, gender_strength from 0.5 to 1, the seven expressions equally often at intensities 0.3-1, small
+pose and light changes), renders them as the demo does and writes them shuffled as
+``OUT/face_NN.png`` (64 px images enlarged 3x, nearest neighbour), with the answer key beside the
+folder (``OUT.key.json``, not inside it: a rater is shown the folder only). A rater names, for each
+image, its expression, gender, age and whether it reads as a photo, a rendered person or a
+mannequin, in a CSV ``file,expression,gender,age,realism,confidence``.
+
+``score`` prints the rater's accuracy on expression and gender (with chance: 1/7 and 1/2), per
+expression, the commonest confusions, how gender calls follow hair length, the age error and the
+realism counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from infodissect.faces.factors import ETHNICITIES, EXPRESSIONS, GENDERS, HAIR_STYLES
+from infodissect.faces.model import model_from_config
+from infodissect.faces.render import render
+from infodissect.stimuli.store import camera_from_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def draw(model, n: int, seed: int) -> dict[str, torch.Tensor]:
+    """Factor values of ``n`` people, each expression ``n // 7`` times (``n`` a multiple of 7)."""
+    if n % len(EXPRESSIONS):
+        raise SystemExit(f"--n must be a multiple of {len(EXPRESSIONS)}, got {n}")
+    rng = np.random.default_rng(seed)
+    expr = np.repeat(np.arange(len(EXPRESSIONS)), n // len(EXPRESSIONS))
+    rng.shuffle(expr)
+
+    def f32(x):
+        return torch.tensor(x, dtype=torch.float32)
+
+    return {
+        "shape_coeff": f32(rng.standard_normal((n, model.shape_basis.shape[0]))),
+        "texture_coeff": f32(rng.standard_normal((n, model.texture_basis.shape[0]))),
+        "gender": torch.tensor(rng.integers(0, 2, n)), "gender_strength": f32(rng.uniform(0.5, 1.0, n)),
+        "ethnicity": torch.tensor(rng.integers(0, len(ETHNICITIES), n)), "age": f32(rng.uniform(20, 70, n)),
+        "hair_style": torch.tensor(rng.integers(0, len(HAIR_STYLES), n)), "expression": torch.tensor(expr),
+        "expression_intensity": f32(rng.uniform(0.3, 1.0, n)),
+        "yaw": f32(rng.uniform(-12, 12, n)), "pitch": f32(rng.uniform(-5, 5, n)), "roll": torch.zeros(n),
+        "light_azimuth": f32(rng.uniform(-45, 45, n)), "light_elevation": f32(rng.uniform(0, 40, n)),
+        "light_ambient": f32(rng.uniform(0.25, 0.5, n)), "scale": torch.ones(n), "shift_x": torch.zeros(n),
+        "shift_y": torch.zeros(n), "background": torch.full((n,), 0.5),
+    }
+
+
+def render_set(out: Path, n: int, seed: int, resolution: int) -> None:
+    """Write the shuffled images to ``out`` and the key to ``out.key.json``."""
+    from PIL import Image
+
+    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    model = model_from_config(cfg["stimuli"]["generator"], "cpu")
+    p = draw(model, n, seed)
+    cam = camera_from_config(dict(cfg["stimuli"]["render"], resolution=resolution))
+    with torch.inference_mode():
+        img, _ = render(model, p, cam)
+    order = np.random.default_rng(seed + 1).permutation(n)
+    out.mkdir(parents=True, exist_ok=True)
+    key = []
+    for k, i in enumerate(order):
+        im = Image.fromarray(img[i].numpy())
+        if resolution < 128:
+            im = im.resize((3 * resolution, 3 * resolution), Image.NEAREST)
+        im.save(out / f"face_{k:02d}.png")
+        key.append({"file": f"face_{k:02d}.png", "expression": EXPRESSIONS[int(p["expression"][i])],
+                    "gender": GENDERS[int(p["gender"][i])], "age": round(float(p["age"][i]), 1),
+                    "hair_style": HAIR_STYLES[int(p["hair_style"][i])],
+                    "gender_strength": round(float(p["gender_strength"][i]), 3),
+                    "expression_intensity": round(float(p["expression_intensity"][i]), 3),
+                    "ethnicity": ETHNICITIES[int(p["ethnicity"][i])]})
+    out.with_name(out.name + ".key.json").write_text(json.dumps(key, indent=1))
+    print(f"{n} faces at {resolution} px in {out}; key in {out.name}.key.json (seed {seed})")
+
+
+def score(answers: Path, key_path: Path) -> None:
+    """Print a rater's accuracies against the key."""
+    key = {r["file"]: r for r in json.loads(key_path.read_text())}
+    rows = list(csv.DictReader(answers.open()))
+    missing = set(key) - {r["file"].strip() for r in rows}
+    if missing:
+        raise SystemExit(f"{answers}: no answer for {sorted(missing)}")
+    per = collections.defaultdict(lambda: [0, 0])
+    confusion, by_hair, realism = collections.Counter(), collections.Counter(), collections.Counter()
+    n_expr = n_gender = 0
+    ages = []
+    for r in rows:
+        k = key[r["file"].strip()]
+        said = r["expression"].strip().lower()
+        per[k["expression"]][0] += said == k["expression"]
+        per[k["expression"]][1] += 1
+        n_expr += said == k["expression"]
+        if said != k["expression"]:
+            confusion[f"{k['expression']}->{said}"] += 1
+        gender = r["gender"].strip().lower()
+        n_gender += gender == k["gender"]
+        by_hair[f"{k['gender']}, {k['hair_style']} hair: called {gender}"] += 1
+        ages.append((float(r["age"]), k["age"]))
+        realism[r["realism"].strip()] += 1
+    n = len(rows)
+    a = np.asarray(ages)
+    print(f"expression: {n_expr}/{n} = {n_expr / n:.0%} (chance {1 / len(EXPRESSIONS):.0%})")
+    print("  per expression: " + ", ".join(f"{e} {per[e][0]}/{per[e][1]}" for e in EXPRESSIONS))
+    print("  confusions: " + ", ".join(f"{c} {k}" for c, k in confusion.most_common(6)))
+    print(f"gender: {n_gender}/{n} = {n_gender / n:.0%} (chance 50%)")
+    for c, k in sorted(by_hair.items()):
+        print(f"  {c}: {k}")
+    r_age = f"{np.corrcoef(a.T)[0, 1]:.2f}" if a[:, 0].std() > 0 else "n/a (one age for all)"
+    print(f"age: r = {r_age}, mean absolute error {np.abs(a[:, 0] - a[:, 1]).mean():.1f} years")
+    print("realism: " + ", ".join(f"{k} {v}" for k, v in realism.most_common()))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("render", help="render a blind set")
+    r.add_argument("out", type=Path)
+    r.add_argument("--seed", type=int, default=2028)
+    r.add_argument("--n", type=int, default=42)
+    r.add_argument("--resolution", type=int, default=224)
+    s = sub.add_parser("score", help="score a rater's answers")
+    s.add_argument("answers", type=Path)
+    s.add_argument("key", type=Path)
+    args = ap.parse_args()
+    if args.cmd == "render":
+        render_set(args.out, args.n, args.seed, args.resolution)
+    else:
+        score(args.answers, args.key)
+
+
+if __name__ == "__main__":
+    main()
