@@ -1,6 +1,6 @@
 """A blind rating set of rendered faces, and the score of a rater's answers (issue 12's perceptual bars).
 
-    python benchmarks/perception.py render OUT [--seed 2028] [--n 42] [--resolution 224]
+    python benchmarks/perception.py render OUT [--seed 2028] [--n 42] [--resolution 224] [--hair short|long]
     python benchmarks/perception.py score OUT/answers.csv OUT.key.json
 
 ``render`` draws ``n`` random people of the demo generator (every ethnic group and age, either hair
@@ -10,6 +10,10 @@ pose and light changes), renders them as the demo does and writes them shuffled 
 folder (``OUT.key.json``, not inside it: a rater is shown the folder only). A rater names, for each
 image, its expression, gender, age and whether it reads as a photo, a rendered person or a
 mannequin, in a CSV ``file,expression,gender,age,realism,confidence``.
+
+``--hair`` gives everyone one hair style: raters who see both styles judge gender by hair length
+(hair is a factor of its own, independent of sex), so gender read from the face is measured on sets of
+one style.
 
 ``score`` prints the rater's accuracy on expression and gender (with chance: 1/7 and 1/2), per
 expression, the commonest confusions, how gender calls follow hair length, the age error and the
@@ -36,13 +40,17 @@ from infodissect.stimuli.store import camera_from_config
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def draw(model, n: int, seed: int) -> dict[str, torch.Tensor]:
-    """Factor values of ``n`` people, each expression ``n // 7`` times (``n`` a multiple of 7)."""
+def draw(model, n: int, seed: int, hair: str | None = None) -> dict[str, torch.Tensor]:
+    """Factor values of ``n`` people, each expression ``n // 7`` times (``n`` a multiple of 7), all with
+    ``hair`` style if given."""
     if n % len(EXPRESSIONS):
         raise SystemExit(f"--n must be a multiple of {len(EXPRESSIONS)}, got {n}")
     rng = np.random.default_rng(seed)
     expr = np.repeat(np.arange(len(EXPRESSIONS)), n // len(EXPRESSIONS))
     rng.shuffle(expr)
+    styles = rng.integers(0, len(HAIR_STYLES), n)
+    if hair is not None:
+        styles[:] = HAIR_STYLES.index(hair)
 
     def f32(x):
         return torch.tensor(x, dtype=torch.float32)
@@ -52,7 +60,7 @@ def draw(model, n: int, seed: int) -> dict[str, torch.Tensor]:
         "texture_coeff": f32(rng.standard_normal((n, model.texture_basis.shape[0]))),
         "gender": torch.tensor(rng.integers(0, 2, n)), "gender_strength": f32(rng.uniform(0.5, 1.0, n)),
         "ethnicity": torch.tensor(rng.integers(0, len(ETHNICITIES), n)), "age": f32(rng.uniform(20, 70, n)),
-        "hair_style": torch.tensor(rng.integers(0, len(HAIR_STYLES), n)), "expression": torch.tensor(expr),
+        "hair_style": torch.tensor(styles), "expression": torch.tensor(expr),
         "expression_intensity": f32(rng.uniform(0.3, 1.0, n)),
         "yaw": f32(rng.uniform(-12, 12, n)), "pitch": f32(rng.uniform(-5, 5, n)), "roll": torch.zeros(n),
         "light_azimuth": f32(rng.uniform(-45, 45, n)), "light_elevation": f32(rng.uniform(0, 40, n)),
@@ -61,13 +69,13 @@ def draw(model, n: int, seed: int) -> dict[str, torch.Tensor]:
     }
 
 
-def render_set(out: Path, n: int, seed: int, resolution: int) -> None:
+def render_set(out: Path, n: int, seed: int, resolution: int, hair: str | None = None) -> None:
     """Write the shuffled images to ``out`` and the key to ``out.key.json``."""
     from PIL import Image
 
     cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     model = model_from_config(cfg["stimuli"]["generator"], "cpu")
-    p = draw(model, n, seed)
+    p = draw(model, n, seed, hair)
     cam = camera_from_config(dict(cfg["stimuli"]["render"], resolution=resolution))
     with torch.inference_mode():
         img, _ = render(model, p, cam)
@@ -134,12 +142,13 @@ def main() -> None:
     r.add_argument("--seed", type=int, default=2028)
     r.add_argument("--n", type=int, default=42)
     r.add_argument("--resolution", type=int, default=224)
+    r.add_argument("--hair", choices=HAIR_STYLES, default=None, help="one hair style for everyone")
     s = sub.add_parser("score", help="score a rater's answers")
     s.add_argument("answers", type=Path)
     s.add_argument("key", type=Path)
     args = ap.parse_args()
     if args.cmd == "render":
-        render_set(args.out, args.n, args.seed, args.resolution)
+        render_set(args.out, args.n, args.seed, args.resolution, args.hair)
     else:
         score(args.answers, args.key)
 
