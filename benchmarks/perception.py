@@ -5,19 +5,20 @@
 
 ``render`` draws ``n`` random people of the demo generator (every ethnic group and age, either hair
 style, gender_strength from 0.5 to 1, the seven expressions equally often at intensities 0.3-1, small
-pose and light changes), renders them as the demo does and writes them shuffled as
-``OUT/face_NN.png`` (64 px images enlarged 3x, nearest neighbour), with the answer key beside the
-folder (``OUT.key.json``, not inside it: a rater is shown the folder only). A rater names, for each
-image, its expression, gender, age and whether it reads as a photo, a rendered person or a
-mannequin, in a CSV ``file,expression,gender,age,realism,confidence``.
+pose and light changes on a mid-grey background), renders them with the demo's generator and camera
+(224 px by default; 64 px images are enlarged 3x, nearest neighbour) and writes them shuffled as
+``OUT/face_NN.png``, with the words a rater may answer in ``OUT/README.txt`` and the answer key beside
+the folder (``OUT.key.json``, not inside it: a rater is shown the folder only). OUT must be new or
+empty. A rater names, for each image, its expression, gender, age and whether it reads as a photo, a
+rendered person or a mannequin, in a CSV ``file,expression,gender,age,realism,confidence``.
 
 ``--hair`` gives everyone one hair style: raters who see both styles judge gender by hair length
 (hair is a factor of its own, independent of sex), so gender read from the face is measured on sets of
-one style.
+one style. The same seed draws the same people whatever ``--hair``.
 
-``score`` prints the rater's accuracy on expression and gender (with chance: 1/7 and 1/2), per
-expression, the commonest confusions, how gender calls follow hair length, the age error and the
-realism counts.
+``score`` checks that every image has exactly one answer in those words and prints the rater's
+accuracy on expression and gender (with chance: 1/7 and 1/2), per expression, the commonest
+confusions, how gender calls follow hair length, the age error and the realism counts.
 """
 
 from __future__ import annotations
@@ -33,18 +34,25 @@ import torch
 import yaml
 
 from infodissect.faces.factors import ETHNICITIES, EXPRESSIONS, GENDERS, HAIR_STYLES
-from infodissect.faces.model import model_from_config
+from infodissect.faces.model import FaceModel, model_from_config
 from infodissect.faces.render import render
 from infodissect.stimuli.store import camera_from_config
 
 ROOT = Path(__file__).resolve().parents[1]
+REALISM = ("photo", "cg-person", "mannequin")
+INSTRUCTIONS = f"""For each image face_NN.png, answer in a CSV file,expression,gender,age,realism,confidence:
+expression: one of {", ".join(EXPRESSIONS)}
+gender: one of {", ".join(GENDERS)}
+age: years, a number
+realism: one of {", ".join(REALISM)} (could be a photograph / clearly rendered but a person / a doll, mask
+  or mannequin)
+confidence (of the expression): high, medium or low
+"""
 
 
-def draw(model, n: int, seed: int, hair: str | None = None) -> dict[str, torch.Tensor]:
+def draw(model: FaceModel, n: int, seed: int, hair: str | None = None) -> dict[str, torch.Tensor]:
     """Factor values of ``n`` people, each expression ``n // 7`` times (``n`` a multiple of 7), all with
     ``hair`` style if given."""
-    if n % len(EXPRESSIONS):
-        raise SystemExit(f"--n must be a multiple of {len(EXPRESSIONS)}, got {n}")
     rng = np.random.default_rng(seed)
     expr = np.repeat(np.arange(len(EXPRESSIONS)), n // len(EXPRESSIONS))
     rng.shuffle(expr)
@@ -52,7 +60,7 @@ def draw(model, n: int, seed: int, hair: str | None = None) -> dict[str, torch.T
     if hair is not None:
         styles[:] = HAIR_STYLES.index(hair)
 
-    def f32(x):
+    def f32(x: np.ndarray) -> torch.Tensor:
         return torch.tensor(x, dtype=torch.float32)
 
     return {
@@ -69,10 +77,18 @@ def draw(model, n: int, seed: int, hair: str | None = None) -> dict[str, torch.T
     }
 
 
-def render_set(out: Path, n: int, seed: int, resolution: int, hair: str | None = None) -> None:
-    """Write the shuffled images to ``out`` and the key to ``out.key.json``."""
-    from PIL import Image
+def key_path(out: Path) -> Path:
+    """Where the answer key of the set in folder ``out`` is written: beside it."""
+    out = out.resolve()
+    return out.with_name(out.name + ".key.json")
 
+
+def render_set(out: Path, n: int, seed: int, resolution: int, hair: str | None = None) -> None:
+    """Write the shuffled images and the rater's instructions to ``out`` and the key beside it."""
+    from PIL import Image  # (matplotlib's dependency)
+
+    if out.exists() and any(out.iterdir()):
+        raise SystemExit(f"{out}: not empty (a rater would see images the key does not list); give a new folder")
     cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     model = model_from_config(cfg["stimuli"]["generator"], "cpu")
     p = draw(model, n, seed, hair)
@@ -93,45 +109,59 @@ def render_set(out: Path, n: int, seed: int, resolution: int, hair: str | None =
                     "gender_strength": round(float(p["gender_strength"][i]), 3),
                     "expression_intensity": round(float(p["expression_intensity"][i]), 3),
                     "ethnicity": ETHNICITIES[int(p["ethnicity"][i])]})
-    out.with_name(out.name + ".key.json").write_text(json.dumps(key, indent=1))
-    print(f"{n} faces at {resolution} px in {out}; key in {out.name}.key.json (seed {seed})")
+    (out / "README.txt").write_text(INSTRUCTIONS)
+    key_path(out).write_text(json.dumps(key, indent=1))
+    print(f"{n} faces at {resolution} px in {out}; key in {key_path(out)} (seed {seed})")
 
 
-def score(answers: Path, key_path: Path) -> None:
-    """Print a rater's accuracies against the key."""
-    key = {r["file"]: r for r in json.loads(key_path.read_text())}
-    rows = list(csv.DictReader(answers.open()))
-    missing = set(key) - {r["file"].strip() for r in rows}
-    if missing:
-        raise SystemExit(f"{answers}: no answer for {sorted(missing)}")
-    per = collections.defaultdict(lambda: [0, 0])
-    confusion, by_hair, realism = collections.Counter(), collections.Counter(), collections.Counter()
-    n_expr = n_gender = 0
-    ages = []
+def read_answers(answers: Path, key: dict[str, dict]) -> list[dict[str, str]]:
+    """The rater's rows, one per image of the key, lower-cased; a clear error for a missing, repeated or
+    unknown file, a word outside the allowed ones, or an age that is not a number."""
+    rows = [{k: (v or "").strip().lower() for k, v in r.items()} for r in csv.DictReader(answers.open())]
+    files = [r.get("file", "") for r in rows]
+    missing, extra = sorted(set(key) - set(files)), sorted(set(files) - set(key))
+    repeated = sorted({f for f in files if files.count(f) > 1})
+    if missing or extra or repeated:
+        raise SystemExit(f"{answers}: missing {missing}, not in the key {extra}, answered twice {repeated}")
+    allowed = {"expression": EXPRESSIONS, "gender": GENDERS, "realism": REALISM}
     for r in rows:
-        k = key[r["file"].strip()]
-        said = r["expression"].strip().lower()
-        per[k["expression"]][0] += said == k["expression"]
+        for col, words in allowed.items():
+            if r.get(col) not in words:
+                raise SystemExit(f"{answers}: {r['file']}: {col} {r.get(col)!r} is not one of {', '.join(words)}")
+        try:
+            float(r["age"])
+        except (KeyError, ValueError):
+            raise SystemExit(f"{answers}: {r['file']}: age {r.get('age')!r} is not a number") from None
+    return rows
+
+
+def score(answers: Path, key_file: Path) -> None:
+    """Print a rater's accuracies against the key."""
+    key = {r["file"]: r for r in json.loads(key_file.read_text())}
+    rows = read_answers(answers, key)
+    per = collections.defaultdict(lambda: [0, 0])
+    confusion, by_hair = collections.Counter(), collections.Counter()
+    for r in rows:
+        k = key[r["file"]]
+        per[k["expression"]][0] += r["expression"] == k["expression"]
         per[k["expression"]][1] += 1
-        n_expr += said == k["expression"]
-        if said != k["expression"]:
-            confusion[f"{k['expression']}->{said}"] += 1
-        gender = r["gender"].strip().lower()
-        n_gender += gender == k["gender"]
-        by_hair[f"{k['gender']}, {k['hair_style']} hair: called {gender}"] += 1
-        ages.append((float(r["age"]), k["age"]))
-        realism[r["realism"].strip()] += 1
-    n = len(rows)
-    a = np.asarray(ages)
+        if r["expression"] != k["expression"]:
+            confusion[f"{k['expression']}->{r['expression']}"] += 1
+        by_hair[f"{k['gender']}, {k['hair_style']} hair: called {r['gender']}"] += 1
+    n = len(key)
+    n_expr = sum(c for c, _ in per.values())
+    n_gender = sum(r["gender"] == key[r["file"]]["gender"] for r in rows)
+    ages = np.asarray([(float(r["age"]), key[r["file"]]["age"]) for r in rows])
     print(f"expression: {n_expr}/{n} = {n_expr / n:.0%} (chance {1 / len(EXPRESSIONS):.0%})")
     print("  per expression: " + ", ".join(f"{e} {per[e][0]}/{per[e][1]}" for e in EXPRESSIONS))
     print("  confusions: " + ", ".join(f"{c} {k}" for c, k in confusion.most_common(6)))
     print(f"gender: {n_gender}/{n} = {n_gender / n:.0%} (chance 50%)")
     for c, k in sorted(by_hair.items()):
         print(f"  {c}: {k}")
-    r_age = f"{np.corrcoef(a.T)[0, 1]:.2f}" if a[:, 0].std() > 0 else "n/a (one age for all)"
-    print(f"age: r = {r_age}, mean absolute error {np.abs(a[:, 0] - a[:, 1]).mean():.1f} years")
-    print("realism: " + ", ".join(f"{k} {v}" for k, v in realism.most_common()))
+    r_age = f"{np.corrcoef(ages.T)[0, 1]:.2f}" if ages[:, 0].std() > 0 else "n/a (one age for all)"
+    print(f"age: r = {r_age}, mean absolute error {np.abs(ages[:, 0] - ages[:, 1]).mean():.1f} years")
+    realism = collections.Counter(r["realism"] for r in rows)
+    print("realism: " + ", ".join(f"{w} {realism[w]}" for w in REALISM))
 
 
 def main() -> None:
@@ -147,6 +177,8 @@ def main() -> None:
     s.add_argument("answers", type=Path)
     s.add_argument("key", type=Path)
     args = ap.parse_args()
+    if args.cmd == "render" and args.n % len(EXPRESSIONS):
+        ap.error(f"--n must be a multiple of {len(EXPRESSIONS)}, got {args.n}")
     if args.cmd == "render":
         render_set(args.out, args.n, args.seed, args.resolution, args.hair)
     else:

@@ -202,7 +202,7 @@ def action_unit_fields(p: np.ndarray, split: np.ndarray, kind: np.ndarray) -> di
     """Facial action units at FACS intensity E (maximal), as displacement fields.
 
     Amplitudes follow measured facial motion: brows rise by about 1 cm (AU1, AU2) and fall
-    by 6-7 mm (AU4), mouth corners move 7-8 mm up and out (AU12), the chin drops about
+    by about 8 mm, their heads most (AU4), mouth corners move 7-8 mm up and out (AU12), the chin drops about
     2 cm (AU26) and, mouth stretched wide open, 3.5 cm (AU27); ``split`` keeps the upper lip
     still while the lower face moves. Only the skin (and the hair on it) moves with the
     muscles; the lower teeth follow the jaw (AU26, AU27), the eyeballs and upper teeth stay.

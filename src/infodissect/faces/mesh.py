@@ -508,7 +508,7 @@ def hair_style_radii(dirs: np.ndarray, skin_r: np.ndarray) -> dict[str, np.ndarr
     t_curtain = (-qb + np.sqrt(np.maximum(qb**2 - 4 * qa * qc, 0.0))) / (2 * np.maximum(qa, 1e-9))
     pc = d * t_curtain[:, None]
     azimuth = np.degrees(np.arctan2(np.abs(pc[:, 0]), pc[:, 2] - zc))
-    front = 58.0 + 45.0 * np.clip((0.1 - pc[:, 1]) / 0.9, 0, 1)  # the face stays open, wider below the jaw
+    front = 58.0 + 45.0 * np.clip((0.1 - pc[:, 1]) / 0.9, 0, 1)  # mid-edge; the face stays open, wider below the jaw
     bottom = -1.45 + 0.06 * np.cos(azimuth / 7.0)
     # (the ends taper in over 2 cm: a rounded outline, not a step of the grid's rings)
     side = np.clip((azimuth - front + 7.0) / 28.0, 0.0, 1.0) * np.clip((pc[:, 1] - bottom) / 0.2, 0.0, 1.0)

@@ -296,8 +296,8 @@ def calibrate_shape(t: Template, named: dict[str, np.ndarray], random: list[np.n
     template plus ``mean_offset`` has the mean of the male and female norms; named field k
     scaled by ``amplitude[k]`` (with the random fields) gives every distance the average of
     the two SDs; ``sex`` (male minus female at gender_strength 1) gives the norms' sex
-    differences, with the heavier brow ridge, squarer chin and thinner lips of
-    :func:`.fields.sex_fields`.
+    differences, with the features beyond them of :func:`.fields.sex_fields` (brow ridge and brows,
+    cheeks, nose, chin and jaw angle, lips).
     """
     pairs = landmark_pairs(t)
     names = list(named)

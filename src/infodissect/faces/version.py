@@ -27,6 +27,6 @@
 #      edge in three-quarter view); anger knits the brows (AU4 pulls their heads down and together most) and
 #      presses the lips (AU17); fear stretches the mouth sideways (AU20), wider than surprise's oval;
 #      disgust sneers (the upper lip raised over barely parted lips, brows lowered, cheeks raised)
-#      instead of opening the mouth; the hair shell thins over 2 cm to the hairline and long hair's front edge
-#      over twice the angle (no saw-tooth of grid cells along either edge)
+#      instead of opening the mouth; the hair shell thins over 2 cm round the hairline (5 mm before) and long
+#      hair's front edge over twice the angle (no saw-tooth of grid cells along either edge)
 GENERATOR_VERSION = "2.6"
