@@ -294,6 +294,12 @@ def _mouth_corners(parts: np.ndarray) -> tuple[float, float, float]:
     return float(rows[corners].mean()), float(rows.mean()), float(width)
 
 
+def _lips_on_midline(parts: np.ndarray) -> tuple[int, int]:
+    """Top and bottom rows of the lips (and the open mouth between them) on a part map's midline."""
+    rows = np.nonzero(np.isin(parts[:, parts.shape[1] // 2], [PART["mouth"], PART["mouth_interior"]]))[0]
+    return int(rows.min()), int(rows.max())
+
+
 def _face_width(parts: np.ndarray) -> float:
     """Widest extent (px) of the skin at the height of the nose."""
     nose_row = int(_centroid(parts == PART["nose"])[0])
@@ -338,9 +344,7 @@ def test_each_action_unit_moves_what_it_names(model, au, region, direction):
     elif region == "corners":
         rows = [_mouth_corners(parts[i])[0] for i in range(2)]
     else:  # the lowest row of the lips on the midline
-        mid = parts.shape[2] // 2
-        rows = [float(np.nonzero(np.isin(parts[i][:, mid], [PART["mouth"], PART["mouth_interior"]]))[0].max())
-                for i in range(2)]
+        rows = [float(_lips_on_midline(parts[i])[1]) for i in range(2)]
     assert direction * (rows[1] - rows[0]) > 1.0, (au, rows)
 
 
@@ -394,13 +398,11 @@ def test_fear_stretches_the_mouth_surprise_drops_it_and_disgust_lifts_the_upper_
                                  expression_intensity=1.0))
         _, parts = render(model, p, PORTRAIT)
         parts = parts.numpy()
-        mid = parts.shape[2] // 2
         shape, lips = {}, {}
         for i, e in enumerate(names):
             r, c = np.nonzero(parts[i] == PART["mouth_interior"])
             shape[e] = (int(c.max() - c.min() + 1), int(r.max() - r.min() + 1)) if len(r) else (0, 1)
-            rows = np.nonzero(np.isin(parts[i][:, mid], [PART["mouth"], PART["mouth_interior"]]))[0]
-            lips[e] = (int(rows.min()), int(rows.max()))
+            lips[e] = _lips_on_midline(parts[i])
         aspect = {e: w / h for e, (w, h) in shape.items()}
         assert 0 < aspect["surprise"] <= 1.4 and lips["surprise"][1] - lips["neutral"][1] >= 10, (seed, shape, lips)
         assert shape["fear"][0] >= 1.25 * shape["surprise"][0] and aspect["fear"] >= 1.35 * aspect["surprise"], (
@@ -480,8 +482,6 @@ def test_no_hair_shows_through_the_ears(model):
 def test_long_hair_falls_without_a_ledge_for_either_sex(model):
     # Down the side of the head a long curtain bends smoothly out of the cap: no kink in its radius from one
     # ring to the next (2.4: 3.5 mm where a man's smaller cap met the curtain, 2.0-2.2 mm over the ears' bulge).
-    from infodissect.faces.mesh import HAIR
-
     t = model.template
     hair = np.nonzero(t.kind == HAIR)[0]
     elevation = np.degrees(np.arcsin(t.directions[hair, 1]))

@@ -473,9 +473,10 @@ def scalp_density(p: np.ndarray) -> np.ndarray:
     return smooth(np.clip((above + 0.1) / 0.07, 0.0, 1.0)) * (1.0 - _ears_bare(p))
 
 
-def _women_reach(p: np.ndarray) -> np.ndarray:
-    """0..1: how fully women's hair reaches down to each point (1 from the hairline up, 0 from 9 mm below)."""
-    return np.clip(1.0 + (p[..., 1] - hairline(p, recess=False)) / 0.09, 0.0, 1.0)
+def _women_reach(above: np.ndarray) -> np.ndarray:
+    """0..1: how fully women's hair reaches down to points ``above`` the un-recessed hairline (1 from the
+    hairline up, 0 from 9 mm below)."""
+    return np.clip(1.0 + above / 0.09, 0.0, 1.0)
 
 
 def hair_style_radii(dirs: np.ndarray, skin_r: np.ndarray) -> dict[str, np.ndarray]:
@@ -494,7 +495,8 @@ def hair_style_radii(dirs: np.ndarray, skin_r: np.ndarray) -> dict[str, np.ndarr
     crown = np.clip(y + 0.2, 0.0, 1.2)
     # Where no style grows hair over the ears (not even women's, reaching their upper half), the shell sinks
     # 1.5 cm deeper: a ray grid's stretched cells at the ears' walls would otherwise cross the skin's.
-    base = skin_r - 0.02 - 0.15 * _ears_bare(p) * (1.0 - _women_reach(p)) ** 2
+    reach = _women_reach(y - hairline(p, recess=False))
+    base = skin_r - 0.02 - 0.15 * _ears_bare(p) * (1.0 - reach) ** 2
     short = base + grow * (0.024 + 0.03 * crown + 0.012 * np.clip(z, 0, 1))
     fuller = base + grow * (0.03 + 0.06 * crown + 0.02 * np.clip(z, 0, 1))
     # Long: a curtain (an elliptic cylinder round the head) from the temples to the shoulders,
@@ -525,7 +527,7 @@ def hair_sex_difference(dirs: np.ndarray, skin_r: np.ndarray) -> np.ndarray:
     hair has none (the model's ``short_hair_sex`` row): a man's smaller cap cut a ledge round the curtain."""
     p = dirs * skin_r[:, None]
     above = p[:, 1] - hairline(p, recess=False)
-    extend = _women_reach(p)
+    extend = _women_reach(above)
     return _sides(p) * 0.1 * extend * extend + 0.02 * np.clip(above / 0.05, 0.0, 1.0)
 
 
