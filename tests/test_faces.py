@@ -212,11 +212,11 @@ def test_random_identities_with_expressions_have_no_self_intersecting_skin(model
     Skin faces keep their orientation about the head centre almost everywhere (star-shaped,
     hence intersection-free by construction); a few faces on walls nearly parallel to the
     rays (lid margins, lips, nose wings) tip into overhangs under some expressions, so the
-    faces of the identities with the most tipped faces are tested pair by pair.
+    faces of every identity with a tipped face are tested pair by pair (about 2.5 s each).
     """
     from infodissect.faces.mesh import self_intersections
 
-    n = 200
+    n = 80
     g = torch.Generator().manual_seed(1)
     p = params(model, n, seed=3, expression=torch.randint(0, 7, (n,), generator=g),
                age=torch.rand(n, generator=g) * 60 + 18, gender=torch.randint(0, 2, (n,), generator=g),
@@ -228,11 +228,30 @@ def test_random_identities_with_expressions_have_no_self_intersecting_skin(model
     real = np.stack([_star_checked(t, v, skin_faces) for v in verts])
     tipped = ~orientation_ok(verts, skin_faces) & real
     assert tipped.mean() < 5e-3 and tipped.mean(1).max() < 2e-2, f"{tipped.sum()} skin faces tipped"
-    for i in np.argsort(-tipped.sum(1))[:3]:
-        assert tipped[i].sum() > 0  # these are the identities that could intersect
-        hits = self_intersections(verts[i], _weld(verts[i])[skin_faces[real[i]]])
-        assert len(hits) == 0, f"identity {i}: skin intersects itself"
+    checked = np.flatnonzero(tipped.any(1))  # the identities that could intersect
+    assert len(checked) > n // 2
+    crossed = {int(i): EXPRESSIONS[int(p["expression"][i])] for i in checked
+               if len(self_intersections(verts[i], _weld(verts[i])[skin_faces[real[i]]]))}
+    assert not crossed, f"skin intersects itself (identity: expression): {crossed}"
     assert 0.0 < float(albedo.min()) and float(albedo.max()) <= 1.0
+
+
+def test_the_lower_face_follows_the_jaw_more_the_further_a_skin_ring_is_from_the_lips(model):
+    """Along every column of the skin grid, the share of the jaw's motion (the lip split) grows
+    ring by ring down from the lower lip's edge and shrinks up from the upper lip's edge: a ring
+    that followed less than the one above it would be overtaken when the jaw drops, folding
+    the lip over itself (as near the mouth corners, where the lips curve above the meeting
+    line's height, before 2.7: by 0.52 of the jaw's motion). Within 0.03 (1 mm of fear's 3.4 cm jaw drop):
+    the columns lean, and the split's mouth profile stops under the chin."""
+    from infodissect.faces.fields import lip_split
+
+    t = model.template
+    g = t.grid("skin")
+    split = lip_split(t, t.vertices)[g.start:g.start + g.rings * g.segments].reshape(g.rings, g.segments)
+    lower, _, _, upper = t.mouth_rings
+    assert np.diff(split[:lower + 1], axis=0).max() < 0.03, "a ring under the lips follows the jaw less than the ring above it"
+    assert np.diff(split[upper:], axis=0).max() < 0.03, "a ring over the lips follows the jaw more than the ring under it"
+    assert split[0].min() > 0.99 and split[-1].max() < 0.01 and split[lower].max() > 0.95 and split[upper].min() < 0.05
 
 
 def test_self_intersection_check_finds_faces_cutting_through(model):

@@ -53,9 +53,12 @@ AU_NAMES: dict[str, str] = {
 }
 
 
-def bump(p: np.ndarray, c, r) -> np.ndarray:
-    """A Gaussian bump exp(-|(p - c) / r|^2)."""
-    return np.exp(-np.sum(((p - np.asarray(c)) / np.asarray(r)) ** 2, -1))
+def bump(p: np.ndarray, c, r, below: float | None = None) -> np.ndarray:
+    """A Gaussian bump exp(-|(p - c) / r|^2), with radius ``below`` in y under its centre if given."""
+    r = np.broadcast_to(np.asarray(r, dtype=float), (len(p), 3)).copy()
+    if below is not None:
+        r[p[:, 1] < c[1], 1] = below
+    return np.exp(-np.sum(((p - np.asarray(c)) / r) ** 2, -1))
 
 
 def _sgnx(p: np.ndarray, w: float = 0.05) -> np.ndarray:
@@ -91,10 +94,11 @@ def lip_split(t: Template, p: np.ndarray) -> np.ndarray:
     it never falls under it.
     """
     prof = mouth_profile(p[:, 0]) * (p[:, 2] > 0.5)
+    above = _above_lips(t)
     dy = p[:, 1] - MOUTH_Y
-    fade = np.exp(-((dy / 0.2) ** 2))
+    fade = np.exp(-((np.where(above, dy.clip(0.0, None), dy.clip(None, 0.0)) / 0.2) ** 2))
     upper_edge, lower_edge = 0.5 - 0.5 * prof, 0.5 + 0.5 * prof
-    split = np.where(dy > 0, upper_edge * fade, 1.0 - (1.0 - lower_edge) * fade)
+    split = np.where(above, upper_edge * fade, 1.0 - (1.0 - lower_edge) * fade)
     lower, floor, roof, upper = t.mouth_ring_vertices()
     for ring, edge in ((lower, lower_edge), (floor, lower_edge), (roof, upper_edge), (upper, upper_edge)):
         split[ring] = edge[ring]
@@ -102,6 +106,19 @@ def lip_split(t: Template, p: np.ndarray) -> np.ndarray:
     split[t.kind == LOWER_TEETH] = 1.0
     split[(t.kind != SKIN) & (t.kind != UPPER_TEETH) & (t.kind != LOWER_TEETH)] = 0.0
     return split
+
+
+def _above_lips(t: Template) -> np.ndarray:
+    """(V,) bool: the skin vertices on the rings above the upper lip's edge (the skin grid's rings
+    run from chin to crown). Which lip a vertex belongs to is its ring's, not its height's: near
+    the corners the lips curve above the meeting line's height, and a lower-lip ring taken for
+    an upper one there stays behind when the jaw drops while the rings round it follow, folding
+    the lip over itself."""
+    g = t.grid("skin")
+    i = np.arange(len(t.vertices)) - g.start
+    ring = np.where((i >= 0) & (i < g.rings * g.segments), i // g.segments, -1)
+    ring[g.start + g.rings * g.segments + 1] = g.rings  # the north pole
+    return ring > t.mouth_rings[3]
 
 
 def jaw_region(p: np.ndarray) -> np.ndarray:
@@ -231,10 +248,11 @@ def _action_units(p: np.ndarray, split: np.ndarray) -> dict[str, np.ndarray]:
     return {
         "AU1": _vec(bump(m, (0.13, 0.33, 0.82), (0.12, 0.2, 0.2)) * forehead, y=0.09),
         "AU2": _vec(bump(m, (0.4, 0.33, 0.7), (0.13, 0.2, 0.2)) * forehead, y=0.08),
-        # the corrugator pulls the brows' heads down and together most: an oblique, knitted brow
-        "AU4": bump(m, (0.18, 0.28, 0.8), (0.15, 0.1, 0.14))[:, None] * np.stack(
+        # the corrugator pulls the brows' heads down and together most: an oblique, knitted brow; the skin
+        # under them (the upper lids, the root of the nose) follows over 2 cm, so they do not fold into it
+        "AU4": bump(m, (0.18, 0.28, 0.8), (0.15, 0.1, 0.14), below=0.2)[:, None] * np.stack(
             [-_sgnx(p) * 0.04, np.full_like(x, -0.06), np.full_like(x, 0.01)], -1)
-        + bump(m, (0.1, 0.28, 0.85), (0.08, 0.07, 0.12))[:, None] * np.stack(
+        + bump(m, (0.1, 0.28, 0.85), (0.08, 0.07, 0.12), below=0.2)[:, None] * np.stack(
             [-_sgnx(p) * 0.02, np.full_like(x, -0.045), np.full_like(x, 0.008)], -1),
         "AU5": _vec(upper_lid, y=0.03),
         "AU6": _vec(bump(m, (0.4, -0.2, 0.6), (0.16, 0.13, 0.16)), y=0.04, z=0.012) + _vec(lower_lid, y=0.022),
@@ -242,7 +260,7 @@ def _action_units(p: np.ndarray, split: np.ndarray) -> dict[str, np.ndarray]:
         "AU9": _vec(bump(m, (0.07, -0.2, 0.96), (0.08, 0.16, 0.12)), y=0.035)
         + _vec(bump(m, (0.1, 0.27, 0.82), (0.1, 0.08, 0.12)), y=-0.03) + _vec(upper_lip, y=0.02),
         "AU10": _vec(upper_lip * (0.5 + 0.5 * bump(m, (0.12, MOUTH_Y, 0.85), (0.1, 0.2, 0.3))), y=0.05, z=0.006),
-        "AU12": bump(m, corner, (0.13, 0.12, 0.16))[:, None] * np.stack(
+        "AU12": bump(m, corner, (0.16, 0.14, 0.2))[:, None] * np.stack(
             [_sgnx(p) * 0.06, np.full_like(x, 0.075), np.full_like(x, -0.03)], -1)
         + _vec(bump(m, (0.4, -0.38, 0.62), (0.18, 0.18, 0.2)), y=0.02, z=0.01),
         "AU15": _vec(bump(m, (MOUTH_HALF_WIDTH, MOUTH_Y - 0.02, 0.78), (0.1, 0.08, 0.14)), y=-0.055)

@@ -29,4 +29,10 @@
 #      disgust sneers (the upper lip raised over barely parted lips, brows lowered, cheeks raised)
 #      instead of opening the mouth; the hair shell thins over 2 cm round the hairline (5 mm before) and long
 #      hair's front edge over twice the angle (no saw-tooth of grid cells along either edge)
-GENERATOR_VERSION = "2.6"
+# 2.7: no skin folds through itself under an expression: which lip a skin ring follows is its ring's, not its
+#      height's (near the mouth corners, where the lips curve above the meeting line, a lower-lip ring took the
+#      upper lip's share and was overtaken by the rings round it when the jaw dropped: folds in fear, surprise
+#      and happiness); the skin under the brows follows AU4's descent over 2 cm (the brows' heads folded into
+#      the root of the nose in anger), so the lowered brows also narrow the eyes; AU12 pulls the mouth corners
+#      as far over a wider patch of skin (the cheek over a laughing mouth's corner folded into itself)
+GENERATOR_VERSION = "2.7"
