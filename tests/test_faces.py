@@ -229,7 +229,7 @@ def test_random_identities_with_expressions_have_no_self_intersecting_skin(model
     tipped = ~orientation_ok(verts, skin_faces) & real
     assert tipped.mean() < 5e-3 and tipped.mean(1).max() < 2e-2, f"{tipped.sum()} skin faces tipped"
     checked = np.flatnonzero(tipped.any(1))  # the identities that could intersect
-    assert len(checked) > n // 2
+    assert len(checked) >= 10  # not vacuous: the pair-by-pair check runs on many faces
     crossed = {int(i): EXPRESSIONS[int(p["expression"][i])] for i in checked
                if len(self_intersections(verts[i], _weld(verts[i])[skin_faces[real[i]]]))}
     assert not crossed, f"skin intersects itself (identity: expression): {crossed}"
@@ -241,7 +241,7 @@ def test_the_lower_face_follows_the_jaw_more_the_further_a_skin_ring_is_from_the
     ring by ring down from the lower lip's edge and shrinks up from the upper lip's edge: a ring
     that followed less than the one above it would be overtaken when the jaw drops, folding
     the lip over itself (as near the mouth corners, where the lips curve above the meeting
-    line's height, before 2.7: by 0.52 of the jaw's motion). Within 0.03 (1 mm of fear's 3.4 cm jaw drop):
+    line's height, before 2.7: by 0.52 of the jaw's motion). Within 0.03 (about 1 mm of the largest jaw drop, surprise's 4.2 cm):
     the columns lean, and the split's mouth profile stops under the chin."""
     from infodissect.faces.fields import lip_split
 
@@ -252,6 +252,30 @@ def test_the_lower_face_follows_the_jaw_more_the_further_a_skin_ring_is_from_the
     assert np.diff(split[:lower + 1], axis=0).max() < 0.03, "a ring under the lips follows the jaw less than the ring above it"
     assert np.diff(split[upper:], axis=0).max() < 0.03, "a ring over the lips follows the jaw more than the ring under it"
     assert split[0].min() > 0.99 and split[-1].max() < 0.01 and split[lower].max() > 0.95 and split[upper].min() < 0.05
+
+
+def test_the_face_model_is_built_on_one_blas_thread(tmp_path, monkeypatch):
+    """A multi-threaded SVD's last bits depend on the thread count (the bases of a build on 2 BLAS threads
+    differed from one on 1 by up to 2e-9), so the build runs on one, whatever the caller allows."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    import infodissect.faces.model as fm
+
+    def blas_threads() -> int:
+        return max(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
+
+    seen = []
+
+    def observed(*args):
+        seen.append(blas_threads())
+        raise RuntimeError("observed")
+
+    monkeypatch.setattr(fm, "_build", observed)
+    with threadpool_limits(limits=2, user_api="blas"):
+        assert blas_threads() == 2  # the caller's pool, which the build must not use
+        with pytest.raises(RuntimeError, match="observed"):
+            fm._build_and_store(tmp_path / "model.npz", 0, 4, 4, 1, 20, 24)
+    assert seen == [1]
 
 
 def test_self_intersection_check_finds_faces_cutting_through(model):

@@ -6,8 +6,8 @@ point under a hair vertex, so rigid parts move with the skin they sit in. Amplit
 in decimetres at one standard deviation (identity) or at full strength (action units at
 FACS intensity E, sex at gender_strength 1, age per 40 years).
 
-The mouth opens along a slit: ``split`` (V,) in [0, 1] is 0 above the lips' meeting
-line, 1 below it, and 1/2 on both lip edges outside the mouth corners, so a field that
+The mouth opens along a slit: ``split`` (V,) in [0, 1] is 0 on the skin rings above the
+upper lip's edge, 1 on those below the lower lip's edge, and 1/2 on both lip edges outside the mouth corners, so a field that
 moves the lower face (``lower``) and one that moves the upper lip (``upper``) part the
 lips inside the mouth and nowhere else.
 """
@@ -55,10 +55,10 @@ AU_NAMES: dict[str, str] = {
 
 def bump(p: np.ndarray, c, r, below: float | None = None) -> np.ndarray:
     """A Gaussian bump exp(-|(p - c) / r|^2), with radius ``below`` in y under its centre if given."""
-    r = np.broadcast_to(np.asarray(r, dtype=float), (len(p), 3)).copy()
-    if below is not None:
-        r[p[:, 1] < c[1], 1] = below
-    return np.exp(-np.sum(((p - np.asarray(c)) / r) ** 2, -1))
+    if below is None:
+        return np.exp(-np.sum(((p - np.asarray(c)) / np.asarray(r)) ** 2, -1))
+    ry = np.where(p[..., 1] < c[1], below, r[1])
+    return np.exp(-(((p[..., 0] - c[0]) / r[0]) ** 2 + ((p[..., 1] - c[1]) / ry) ** 2 + ((p[..., 2] - c[2]) / r[2]) ** 2))
 
 
 def _sgnx(p: np.ndarray, w: float = 0.05) -> np.ndarray:
@@ -84,8 +84,10 @@ def mouth_profile(x: np.ndarray) -> np.ndarray:
 
 
 def lip_split(t: Template, p: np.ndarray) -> np.ndarray:
-    """(V,) how much of the lower face's motion each vertex follows: 0 above the lips' meeting line,
-    1 below it, with the lip edges and cavity rings taking their own side inside the mouth.
+    """(V,) how much of the lower face's motion each vertex follows: 0 on the skin rings above the
+    upper lip's edge, 1 on those below the lower lip's edge (away from the mouth: the fall-off is
+    counted from the meeting line's height on the ring's own side), with the lip edges and cavity
+    rings taking their own side inside the mouth.
 
     At the mouth corners both lip edges take 1/2 and the skin around them moves
     progressively (falling off over about 2 cm above and below), so that even a jaw
@@ -110,7 +112,7 @@ def lip_split(t: Template, p: np.ndarray) -> np.ndarray:
 
 def _above_lips(t: Template) -> np.ndarray:
     """(V,) bool: the skin vertices on the rings above the upper lip's edge (the skin grid's rings
-    run from chin to crown). Which lip a vertex belongs to is its ring's, not its height's: near
+    run up from the base of the neck to the crown). Which lip a vertex belongs to is its ring's, not its height's: near
     the corners the lips curve above the meeting line's height, and a lower-lip ring taken for
     an upper one there stays behind when the jaw drops while the rings round it follow, folding
     the lip over itself."""
@@ -249,7 +251,8 @@ def _action_units(p: np.ndarray, split: np.ndarray) -> dict[str, np.ndarray]:
         "AU1": _vec(bump(m, (0.13, 0.33, 0.82), (0.12, 0.2, 0.2)) * forehead, y=0.09),
         "AU2": _vec(bump(m, (0.4, 0.33, 0.7), (0.13, 0.2, 0.2)) * forehead, y=0.08),
         # the corrugator pulls the brows' heads down and together most: an oblique, knitted brow; the skin
-        # under them (the upper lids, the root of the nose) follows over 2 cm, so they do not fold into it
+        # under them (the lids, the root of the nose) follows over 2 cm, so they do not fold into it: the lids
+        # move 2-4 mm down and in with them round the still eyeball, the opening narrowing by about 1 mm
         "AU4": bump(m, (0.18, 0.28, 0.8), (0.15, 0.1, 0.14), below=0.2)[:, None] * np.stack(
             [-_sgnx(p) * 0.04, np.full_like(x, -0.06), np.full_like(x, 0.01)], -1)
         + bump(m, (0.1, 0.28, 0.85), (0.08, 0.07, 0.12), below=0.2)[:, None] * np.stack(

@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 from . import albedo as alb
 from .factors import ETHNICITIES, EXPRESSIONS, HAIR_STYLES
@@ -529,8 +530,13 @@ def _build_cached(seed: int, shape_components: int, texture_components: int, tex
 
 def _build_and_store(path: Path, seed: int, shape_components: int, texture_components: int, texture_bands: int,
                      rings: int, segments: int) -> dict[str, np.ndarray]:
-    """:func:`_build` plus the template's arrays, stored at ``path`` (bases and rows as float32)."""
-    out = _build(seed, shape_components, texture_components, texture_bands, rings, segments)
+    """:func:`_build` plus the template's arrays, stored at ``path`` (bases and rows as float32).
+
+    Built on one BLAS thread: a multi-threaded SVD's last bits depend on the thread count, and every
+    stimulus must be the same bit for bit wherever its model was built.
+    """
+    with threadpool_limits(limits=1, user_api="blas"):
+        out = _build(seed, shape_components, texture_components, texture_bands, rings, segments)
     out.update(_template_arrays(build_template(rings, segments)))
     # Bases and rows are float32 in the model: stored so, at half the size.
     rows = ("shape_basis", "texture_basis", "geometry_fixed", "albedo_fixed", "au_geometry", "au_albedo")

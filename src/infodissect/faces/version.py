@@ -33,6 +33,7 @@
 #      height's (near the mouth corners, where the lips curve above the meeting line, a lower-lip ring took the
 #      upper lip's share and was overtaken by the rings round it when the jaw dropped: folds in fear, surprise
 #      and happiness); the skin under the brows follows AU4's descent over 2 cm (the brows' heads folded into
-#      the root of the nose in anger), so the lowered brows also narrow the eyes; AU12 pulls the mouth corners
-#      as far over a wider patch of skin (the cheek over a laughing mouth's corner folded into itself)
+#      the root of the nose in anger), the lids moving down and in with them; AU12 pulls the mouth corners
+#      as far over a wider patch of skin (the cheek over a laughing mouth's corner folded into itself); the model
+#      is built on one BLAS thread (a build on 2 threads gave bases up to 2e-9 off: an SVD's last bits)
 GENERATOR_VERSION = "2.7"
