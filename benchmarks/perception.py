@@ -120,7 +120,7 @@ def read_answers(answers: Path, key: dict[str, dict]) -> list[dict[str, str]]:
     rows = [{k: (v or "").strip().lower() for k, v in r.items()} for r in csv.DictReader(answers.open())]
     files = [r.get("file", "") for r in rows]
     missing, extra = sorted(set(key) - set(files)), sorted(set(files) - set(key))
-    repeated = sorted({f for f in files if files.count(f) > 1})
+    repeated = sorted(f for f, k in collections.Counter(files).items() if k > 1)
     if missing or extra or repeated:
         raise SystemExit(f"{answers}: missing {missing}, not in the key {extra}, answered twice {repeated}")
     allowed = {"expression": EXPRESSIONS, "gender": GENDERS, "realism": REALISM}

@@ -241,8 +241,9 @@ def test_the_lower_face_follows_the_jaw_more_the_further_a_skin_ring_is_from_the
     ring by ring down from the lower lip's edge and shrinks up from the upper lip's edge: a ring
     that followed less than the one above it would be overtaken when the jaw drops, folding
     the lip over itself (as near the mouth corners, where the lips curve above the meeting
-    line's height, before 2.7: by 0.52 of the jaw's motion). Within 0.03 (about 1 mm of the largest jaw drop, surprise's 4.2 cm):
-    the columns lean, and the split's mouth profile stops under the chin."""
+    line's height, before 2.7: by 0.52 of the jaw's motion). Within 0.03 (about 1 mm of the
+    largest jaw drop, surprise's 4.2 cm): the columns lean, and the split's mouth profile stops
+    under the chin."""
     from infodissect.faces.fields import lip_split
 
     t = model.template
@@ -417,7 +418,7 @@ def _eye_brow_gap(parts: np.ndarray) -> float:
     """Rows (px) from the brows' centre down to the eyes' centre in a part map."""
     brow = np.isin(parts, [PART["left_brow"], PART["right_brow"]])
     eye = np.isin(parts, [PART["left_eye"], PART["right_eye"]])
-    return float(np.nonzero(eye)[0].mean() - np.nonzero(brow)[0].mean())
+    return float(_centroid(eye)[0] - _centroid(brow)[0])
 
 
 def test_women_s_brows_sit_higher_over_the_eyes_than_men_s(model):

@@ -7,9 +7,9 @@ in decimetres at one standard deviation (identity) or at full strength (action u
 FACS intensity E, sex at gender_strength 1, age per 40 years).
 
 The mouth opens along a slit: ``split`` (V,) in [0, 1] is 0 on the skin rings above the
-upper lip's edge, 1 on those below the lower lip's edge, and 1/2 on both lip edges outside the mouth corners, so a field that
-moves the lower face (``lower``) and one that moves the upper lip (``upper``) part the
-lips inside the mouth and nowhere else.
+upper lip's edge, 1 on those below the lower lip's edge, and 1/2 on both lip edges outside
+the mouth corners, so a field that moves the lower face (``lower``) and one that moves the
+upper lip (``upper``) part the lips inside the mouth and nowhere else.
 """
 
 from __future__ import annotations
@@ -55,9 +55,8 @@ AU_NAMES: dict[str, str] = {
 
 def bump(p: np.ndarray, c, r, below: float | None = None) -> np.ndarray:
     """A Gaussian bump exp(-|(p - c) / r|^2), with radius ``below`` in y under its centre if given."""
-    if below is None:
-        return np.exp(-np.sum(((p - np.asarray(c)) / np.asarray(r)) ** 2, -1))
-    ry = np.where(p[..., 1] < c[1], below, r[1])
+    r = np.broadcast_to(np.asarray(r, dtype=float), (3,))  # one radius, or one per axis
+    ry = r[1] if below is None else np.where(p[..., 1] < c[1], below, r[1])
     return np.exp(-(((p[..., 0] - c[0]) / r[0]) ** 2 + ((p[..., 1] - c[1]) / ry) ** 2 + ((p[..., 2] - c[2]) / r[2]) ** 2))
 
 
@@ -111,16 +110,16 @@ def lip_split(t: Template, p: np.ndarray) -> np.ndarray:
 
 
 def _above_lips(t: Template) -> np.ndarray:
-    """(V,) bool: the skin vertices on the rings above the upper lip's edge (the skin grid's rings
-    run up from the base of the neck to the crown). Which lip a vertex belongs to is its ring's, not its height's: near
-    the corners the lips curve above the meeting line's height, and a lower-lip ring taken for
-    an upper one there stays behind when the jaw drops while the rings round it follow, folding
-    the lip over itself."""
+    """(V,) bool: the skin vertices on the rings above the upper lip's edge and the crown's pole (the
+    skin grid's rings run up from the base of the neck). Which lip a vertex belongs to is its ring's,
+    not its height's: near the corners the lips curve above the meeting line's height, and a
+    lower-lip ring taken for an upper one there stays behind when the jaw drops while the rings
+    round it follow, folding the lip over itself."""
     g = t.grid("skin")
-    i = np.arange(len(t.vertices)) - g.start
-    ring = np.where((i >= 0) & (i < g.rings * g.segments), i // g.segments, -1)
-    ring[g.start + g.rings * g.segments + 1] = g.rings  # the north pole
-    return ring > t.mouth_rings[3]
+    above = np.zeros(len(t.vertices), bool)
+    above[t.ring(t.mouth_rings[3] + 1)[0]:g.start + g.rings * g.segments] = True
+    above[g.start + g.rings * g.segments + 1] = True  # the north pole
+    return above
 
 
 def jaw_region(p: np.ndarray) -> np.ndarray:
