@@ -1,6 +1,7 @@
 """A blind rating set of rendered faces, and the score of a rater's answers (issue 12's perceptual bars).
 
     python benchmarks/perception.py render OUT [--seed 2028] [--n 42] [--resolution 224] [--hair short|long]
+                                           [--key KEY.json]
     python benchmarks/perception.py score OUT/answers.csv OUT.key.json
 
 ``render`` draws ``n`` random people of the demo generator (every ethnic group and age, either hair
@@ -8,8 +9,8 @@ style, gender_strength from 0.5 to 1, the seven expressions equally often at int
 pose and light changes on a mid-grey background), renders them with the demo's generator and camera
 (224 px by default; 64 px images are enlarged 3x, nearest neighbour) and writes them shuffled as
 ``OUT/face_NN.png``, with the words a rater may answer in ``OUT/README.txt`` and the answer key beside
-the folder (``OUT.key.json``, not inside it: a rater is shown the folder only). OUT must be new or
-empty. A rater names, for each image, its expression, gender, age and whether it reads as a photo, a
+the folder (``OUT.key.json``, not inside it: a rater is shown the folder only), or at ``--key``: a
+path outside any folder a rater with file access can read. OUT must be new or empty. A rater names, for each image, its expression, gender, age and whether it reads as a photo, a
 rendered person or a mannequin, in a CSV ``file,expression,gender,age,realism,confidence``.
 
 ``--hair`` gives everyone one hair style: raters who see both styles judge gender by hair length
@@ -77,15 +78,25 @@ def draw(model: FaceModel, n: int, seed: int, hair: str | None = None) -> dict[s
     }
 
 
-def key_path(out: Path) -> Path:
-    """Where the answer key of the set in folder ``out`` is written: beside it."""
+def key_path(out: Path, key: Path | None = None) -> Path:
+    """Where the answer key of the set in folder ``out`` is written: ``key`` if given, else beside the
+    folder; never inside it, where the rater would find it."""
     out = out.resolve()
-    return out.with_name(out.name + ".key.json")
+    if key is None:
+        return out.with_name(out.name + ".key.json")
+    key = key.resolve()
+    if key.is_relative_to(out):
+        raise SystemExit(f"--key {key}: inside the rater's folder {out}; write it elsewhere")
+    return key
 
 
-def render_set(out: Path, n: int, seed: int, resolution: int, hair: str | None = None) -> None:
-    """Write the shuffled images and the rater's instructions to ``out`` and the key beside it."""
+def render_set(out: Path, n: int, seed: int, resolution: int, hair: str | None = None,
+               key_file: Path | None = None) -> None:
+    """Write the shuffled images and the rater's instructions to ``out`` and the key to
+    :func:`key_path`."""
     from PIL import Image  # (matplotlib's dependency)
+
+    kp = key_path(out, key_file)
 
     if out.exists() and any(out.iterdir()):
         raise SystemExit(f"{out}: not empty (a rater would see images the key does not list); give a new folder")
@@ -110,8 +121,9 @@ def render_set(out: Path, n: int, seed: int, resolution: int, hair: str | None =
                     "expression_intensity": round(float(p["expression_intensity"][i]), 3),
                     "ethnicity": ETHNICITIES[int(p["ethnicity"][i])]})
     (out / "README.txt").write_text(INSTRUCTIONS)
-    key_path(out).write_text(json.dumps(key, indent=1))
-    print(f"{n} faces at {resolution} px in {out}; key in {key_path(out)} (seed {seed})")
+    kp.parent.mkdir(parents=True, exist_ok=True)
+    kp.write_text(json.dumps(key, indent=1))
+    print(f"{n} faces at {resolution} px in {out}; key in {kp} (seed {seed})")
 
 
 def read_answers(answers: Path, key: dict[str, dict]) -> list[dict[str, str]]:
@@ -173,6 +185,7 @@ def main() -> None:
     r.add_argument("--n", type=int, default=42)
     r.add_argument("--resolution", type=int, default=224)
     r.add_argument("--hair", choices=HAIR_STYLES, default=None, help="one hair style for everyone")
+    r.add_argument("--key", type=Path, default=None, help="where to write the answer key (default: OUT.key.json)")
     s = sub.add_parser("score", help="score a rater's answers")
     s.add_argument("answers", type=Path)
     s.add_argument("key", type=Path)
@@ -180,7 +193,7 @@ def main() -> None:
     if args.cmd == "render" and args.n % len(EXPRESSIONS):
         ap.error(f"--n must be a multiple of {len(EXPRESSIONS)}, got {args.n}")
     if args.cmd == "render":
-        render_set(args.out, args.n, args.seed, args.resolution, args.hair)
+        render_set(args.out, args.n, args.seed, args.resolution, args.hair, args.key)
     else:
         score(args.answers, args.key)
 

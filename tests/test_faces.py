@@ -240,18 +240,19 @@ def test_the_lower_face_follows_the_jaw_more_the_further_a_skin_ring_is_from_the
     """Along every column of the skin grid, the share of the jaw's motion (the lip split) grows
     ring by ring down from the lower lip's edge and shrinks up from the upper lip's edge: a ring
     that followed less than the one above it would be overtaken when the jaw drops, folding
-    the lip over itself (as near the mouth corners, where the lips curve above the meeting
-    line's height, before 2.7: by 0.52 of the jaw's motion). Within 0.03 (about 1 mm of the
-    largest jaw drop, surprise's 4.2 cm): the columns lean, and the split's mouth profile stops
-    under the chin."""
+    the lip over itself (as near the mouth corners, where the lips curved above the meeting
+    line's height, before 2.7: by 0.52 of the jaw's motion; and at the corners' own columns in
+    2.8's level mouth before each column took its own lip edge's share: 0.048). Within 0.02
+    (under 1 mm of the largest jaw drop, surprise's 4.2 cm): over the cheeks the rings above
+    the lips run down towards the ears (0.015)."""
     from infodissect.faces.fields import lip_split
 
     t = model.template
     g = t.grid("skin")
     split = lip_split(t, t.vertices)[g.start:g.start + g.rings * g.segments].reshape(g.rings, g.segments)
     lower, _, _, upper = t.mouth_rings
-    assert np.diff(split[:lower + 1], axis=0).max() < 0.03, "a ring under the lips follows the jaw less than the ring above it"
-    assert np.diff(split[upper:], axis=0).max() < 0.03, "a ring over the lips follows the jaw more than the ring under it"
+    assert np.diff(split[:lower + 1], axis=0).max() < 0.02, "a ring under the lips follows the jaw less than the ring above it"
+    assert np.diff(split[upper:], axis=0).max() < 0.02, "a ring over the lips follows the jaw more than the ring under it"
     assert split[0].min() > 0.99 and split[-1].max() < 0.01 and split[lower].max() > 0.95 and split[upper].min() < 0.05
 
 
@@ -432,6 +433,48 @@ def test_women_s_brows_sit_higher_over_the_eyes_than_men_s(model):
         assert gap[0] - gap[1] > 1.2, (seed, gap)
 
 
+def test_a_man_s_brows_come_down_along_their_whole_length(model):
+    # Men's brows are lower and straighter: their inner halves come down too, at least 0.4 times as far as
+    # their outer halves (2.8: 2.4 and 4.6 px; 2.7 lowered only the arch: the inner halves stood 0.6 px higher
+    # than a woman's, the oblique brow of sadness, AU1, on every neutral man; blind raters called one sad).
+    for seed in (11, 12, 13):
+        p = same_identity(params(model, 2, seed=seed, gender=[0, 1]))
+        _, parts = render(model, p, PORTRAIT)
+        rows = []
+        for i in range(2):
+            brow = np.isin(parts[i].numpy(), [PART["left_brow"], PART["right_brow"]])
+            r, c = np.nonzero(brow)
+            outer = np.abs(c - brow.shape[1] / 2) > np.median(np.abs(c - brow.shape[1] / 2))
+            rows.append((r[~outer].mean(), r[outer].mean()))
+        inner, tail = rows[1][0] - rows[0][0], rows[1][1] - rows[0][1]
+        assert tail > 2.0 and inner > 0.4 * tail, (seed, inner, tail)
+
+
+def test_a_neutral_mouth_is_level(model):
+    """The lips of a neutral face meet on a level line: the mean face's corners within 0.5 mm of its
+    middle's height, and random identities' on average within 1 mm (2.7: 3.6 mm and 3.2 mm above, a
+    smile on every neutral face that blind raters read as happiness)."""
+    t = model.template
+
+    def rise(v: np.ndarray) -> float:
+        lips = v[t.mouth_line]
+        return float(lips[np.argmax(lips[:, 0]), 1] - lips[np.argmin(np.abs(lips[:, 0])), 1])
+
+    assert abs(rise(np.asarray(model.vertices, dtype=np.float64))) < 0.005
+    verts, _ = face_geometry(model, params(model, 50, seed=5))
+    assert abs(np.mean([rise(v) for v in verts.numpy().astype(np.float64)])) < 0.01
+
+
+def test_a_man_s_neck_is_broader_than_a_woman_s(model):
+    # Necks measure about 38 cm round in men and 33 cm in women: at gender_strength 1 a man's neck is at
+    # least 5 px broader than his female twin's in a 224 px portrait (2.7: the same, a thin tube of 84 px).
+    for seed in (11, 12, 13):
+        p = same_identity(params(model, 2, seed=seed, gender=[0, 1]))
+        _, parts = render(model, p, PORTRAIT)
+        width = [np.median((parts[i, 180:196].numpy() == PART["skin"]).sum(1)) for i in range(2)]
+        assert width[1] - width[0] >= 5, (seed, width)
+
+
 def test_fear_stretches_the_mouth_surprise_drops_it_and_disgust_lifts_the_upper_lip(model):
     # The open-mouthed expressions people confuse most each have their own mouth (FACS prototypes), on every
     # face: surprise drops the jaw into a roughly round opening (AU26, AU27); fear stretches it sideways
@@ -550,19 +593,25 @@ def test_the_lids_cover_the_irises_rim_until_the_upper_lid_rises(model):
     upper, lower = fissure_heights(np.array(EYE_CENTRE[0]))
     iris = EYE_RADIUS * np.sin(np.deg2rad(IRIS_DEG))
     assert upper < EYE_CENTRE[1] + iris - 0.01 and lower > EYE_CENTRE[1] - iris + 0.01  # 1 mm under each lid
-    # On renders: no white of the eye above the pupil in a neutral face; AU5 (surprise, fear) shows it.
-    p = with_action_unit(model, same_identity(params(model, 2, seed=3)), "AU5", [0.0, 1.0])
-    img, parts = render(model, p, PORTRAIT)
-    lum = img.float().mean(-1).numpy()
+    # On renders: hardly any white of the eye above the pupil in a neutral face; AU5 (surprise, fear) shows it.
+    # Per face this is a pixel or two at 224 px, and it varies with the identity's eyes and lids (a neutral
+    # face shows 1-4 px on 5 of 24 faces with 2.7, 8 of 24 with 2.8), so it is averaged over 12 people of
+    # each sex: neutral 0.3 px (2.7) and 0.6 px (2.8), AU5 1.0 and 1.1 px more.
     sclera_above = []
-    for i in range(2):
-        eye = parts[i].numpy() == PART["left_eye"]
-        ys, xs = np.nonzero(eye)
-        k = np.argmin(lum[i][ys, xs])  # the pupil
-        white = 0.5 * (lum[i][ys, xs].min() + lum[i][ys, xs].max())  # brighter than this: sclera
-        column = eye[: ys[k], xs[k]]
-        sclera_above.append(int((lum[i][: ys[k], xs[k]][column] > white).sum()))
-    assert sclera_above[0] == 0 and sclera_above[1] >= 1, sclera_above
+    for seed in range(12):
+        for gender in (0, 1):
+            p = with_action_unit(model, same_identity(params(model, 2, seed=seed, gender=gender)), "AU5", [0.0, 1.0])
+            img, parts = render(model, p, PORTRAIT)
+            lum = img.float().mean(-1).numpy()
+            for i in range(2):
+                eye = parts[i].numpy() == PART["left_eye"]
+                ys, xs = np.nonzero(eye)
+                k = np.argmin(lum[i][ys, xs])  # the pupil
+                white = 0.5 * (lum[i][ys, xs].min() + lum[i][ys, xs].max())  # brighter than this: sclera
+                column = eye[: ys[k], xs[k]]
+                sclera_above.append(int((lum[i][: ys[k], xs[k]][column] > white).sum()))
+    neutral, raised = np.reshape(sclera_above, (-1, 2)).mean(0)
+    assert neutral <= 1.0 and raised - neutral >= 0.75, (neutral, raised)
 
 
 def test_hair_styles_and_sex_change_the_hair(model):

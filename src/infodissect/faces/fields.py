@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .mesh import EYE_CENTRE, HAIR, LOWER_TEETH, MOUTH_HALF_WIDTH, MOUTH_Y, SKIN, TORSO, UPPER_TEETH, Template, mirror
+from .mesh import EYE_CENTRE, HAIR, LOWER_TEETH, MOUTH_HALF_WIDTH, MOUTH_Y, NECK, SKIN, TORSO, UPPER_TEETH, Template, mirror
 
 # Facial action units (FACS) of each expression's prototype, with their weights.
 # At full intensity the mouth is open as at the apex of a laugh (happiness), of surprise (the jaw dropped
@@ -94,8 +94,16 @@ def lip_split(t: Template, p: np.ndarray) -> np.ndarray:
     the upper lip's edge the split never exceeds the edge's, below the lower lip's edge
     it never falls under it.
     """
-    prof = mouth_profile(p[:, 0]) * (p[:, 2] > 0.5)
     above = _above_lips(t)
+    prof = mouth_profile(p[:, 0]) * (p[:, 2] > 0.5)
+    # A skin column takes its own lip edge's share: the profile is steep at the corners, and a column
+    # whose vertices straddle the corner's x would otherwise give the rings above a corner more of the
+    # jaw's motion than the corner itself.
+    g = t.grid("skin")
+    grid = np.arange(g.start, g.start + g.rings * g.segments)
+    col = (grid - g.start) % g.segments
+    for ring, side in ((t.mouth_rings[3], above[grid]), (t.mouth_rings[0], ~above[grid])):
+        prof[grid[side]] = prof[t.ring(ring)[col[side]]]
     dy = p[:, 1] - MOUTH_Y
     fade = np.exp(-((np.where(above, dy.clip(0.0, None), dy.clip(None, 0.0)) / 0.2) ** 2))
     upper_edge, lower_edge = 0.5 - 0.5 * prof, 0.5 + 0.5 * prof
@@ -290,9 +298,22 @@ def sex_fields(f: dict[str, np.ndarray], p: np.ndarray, kind: np.ndarray) -> np.
     torso = (kind == TORSO).astype(float)
     shoulders = np.stack([0.12 * p[:, 0] * torso, 0.02 * torso, np.zeros(len(p))], -1)
     # Women's brows sit higher over the eye and arch at the tail; men's are low and straight.
-    brows = _vec(bump(m, (0.34, 0.31, 0.8), (0.13, 0.08, 0.2)) * (p[:, 2] > 0.3), y=-0.09)
+    # Men's come down along their whole length, most over the arch: a brow lowered only at the arch would
+    # leave its head raised, the oblique brow of sadness (AU1) on a neutral face.
+    along = np.clip((m[:, 0] - 0.02) / 0.08, 0, 1) * np.clip((0.62 - m[:, 0]) / 0.12, 0, 1) \
+        * (0.65 + 0.35 * np.exp(-(((m[:, 0] - 0.34) / 0.13) ** 2)))
+    brows = _vec(along * np.exp(-(((p[:, 1] - 0.31) / 0.08) ** 2 + ((p[:, 2] - 0.8) / 0.2) ** 2)) * (p[:, 2] > 0.3),
+                 y=-0.09)
     jaw_angle = _lateral(p, bump(m, (0.5, -0.88, 0.1), (0.13, 0.13, 0.25)), 0.025)
-    return (2.5 * f["brow_ridge"] - 2.5 * f["cheek_fullness"] + 2.0 * f["chin_protrusion"] + 1.6 * f["chin_width"]
+    # A man's neck is broader and deeper (circumference about 38 cm against 33 cm), with the larynx's
+    # prominence in front under the chin.
+    nx, nz, rx, rz = NECK
+    q = np.stack([(p[:, 0] - nx) / rx, (p[:, 2] - nz) / rz], -1)
+    r = np.linalg.norm(q, axis=-1)
+    on_neck = (kind == SKIN) * np.clip((-p[:, 1] - 0.95) / 0.3, 0, 1) * np.clip((1.4 - r) / 0.3, 0, 1)
+    neck = _vec(on_neck, x=0.08 * q[:, 0], z=0.06 * q[:, 1])
+    larynx = _vec(bump(p, (0.0, -1.3, nz + rz), (0.06, 0.1, 0.12)) * (kind == SKIN), z=0.06)
+    return (neck + larynx + 2.5 * f["brow_ridge"] - 2.5 * f["cheek_fullness"] + 2.0 * f["chin_protrusion"] + 1.6 * f["chin_width"]
             - 0.8 * f["upper_lip"] - 0.8 * f["lower_lip"] - 1.6 * f["forehead_slope"] + 2.0 * f["nose_protrusion"]
             + 1.5 * f["nose_bridge"] + 1.2 * f["eye_depth"] - 1.0 * f["eye_size"] + brows + jaw_angle + shoulders)
 

@@ -60,7 +60,7 @@ MOUTH_HALF_WIDTH = 0.26
 MOUTH_DEPTH = 0.3  # how far the oral cavity reaches back from the lips
 HEAD_CENTRE = np.zeros(3)
 TORSO_CENTRE = np.array([0.0, -2.25, -0.2])
-NECK = (0.0, -0.24, 0.46, 0.5)  # neck axis x, z and half-widths in x, z
+NECK = (0.0, -0.24, 0.53, 0.56)  # neck axis x, z and half-widths in x, z
 
 
 @dataclass(frozen=True)
@@ -241,7 +241,7 @@ def head_sdf(p: np.ndarray, ears: bool = True) -> np.ndarray:
     neck = (np.linalg.norm(q, axis=-1) - 1.0) * min(rx, rz)
     neck = _smax(neck, p[..., 1] + 0.55, 0.1)  # the neck below the jaw ...
     neck = _smax(neck, -(p[..., 1] + 2.1), 0.04)  # ... ends inside the torso
-    d = _smin(d, neck, 0.3)
+    d = _smin(d, neck, 0.18)
     d = _smin(d, _ellipsoid(m, (0.42, -0.1, 0.47), (0.24, 0.16, 0.22)), 0.16)  # cheekbones
     d = _smin(d, _ellipsoid(p, (0, 0.29, 0.66), (0.52, 0.1, 0.19)), 0.1)  # brow ridge
     # The lids wrap the front of the eyeball; the almond opening between them shows it.
@@ -400,7 +400,10 @@ def _mouth_latitudes(theta_mouth: float, phi: np.ndarray) -> np.ndarray:
     """Latitude of the lips' meeting line along each longitude: the rays that meet the skin at
     the height ``MOUTH_Y`` (a latitude circle would curve up towards the mouth corners)."""
     lat = np.full(len(phi), theta_mouth)
-    front = np.clip(1.0 - np.abs(phi) / np.deg2rad(70), 0.0, 1.0) ** 2
+    # Fully level across the front of the face, well past the mouth's corners (about 18 degrees); only
+    # beyond 30 degrees does the line fade back to the latitude circle (a fade that began at the midline
+    # left the corners 3.6 mm above the middle: a neutral face with a built-in smile).
+    front = smooth(np.clip((np.deg2rad(70) - np.abs(phi)) / np.deg2rad(40), 0.0, 1.0))
     for _ in range(3):
         d = np.stack([np.cos(lat) * np.sin(phi), np.sin(lat), np.cos(lat) * np.cos(phi)], -1)
         horizontal = radial_extract(d, head_sdf) * np.cos(lat)

@@ -36,4 +36,11 @@
 #      the root of the nose in anger), the lids moving down and in with them; AU12 pulls the mouth corners
 #      as far over a wider patch of skin (the cheek over a laughing mouth's corner folded into itself); the model
 #      is built on one BLAS thread (a build on 2 threads gave bases up to 2e-9 off: an SVD's last bits)
-GENERATOR_VERSION = "2.7"
+# 2.8: a neutral mouth is level (its corners sat 3.6 mm above its middle, a smile on every neutral face,
+#      read as happiness by blind raters: the lips' meeting line was levelled only part-way towards the
+#      corners); each skin column takes its own lip edge's share of the jaw's motion (no step at the corners
+#      or under the chin); men's brows come down along their whole length (lowered at the arch only, their
+#      heads stood high: the oblique brow of sadness on a neutral face); a broader neck (34 cm round, 30 cm
+#      before: a thin tube under the jaw), a man's broader and deeper than a woman's, with an Adam's apple,
+#      and a sharper angle between jaw and neck
+GENERATOR_VERSION = "2.8"
