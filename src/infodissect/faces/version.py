@@ -40,7 +40,11 @@
 #      read as happiness by blind raters: the lips' meeting line was levelled only part-way towards the
 #      corners); each skin column takes its own lip edge's share of the jaw's motion (no step at the corners
 #      or under the chin); men's brows come down along their whole length (lowered at the arch only, their
-#      heads stood high: the oblique brow of sadness on a neutral face); a broader neck (34 cm round, 30 cm
-#      before: a thin tube under the jaw), a man's broader and deeper than a woman's, with an Adam's apple,
-#      and a sharper angle between jaw and neck
+#      heads stood high: the oblique brow of sadness on a neutral face); a broader neck (32 cm round, 30 cm
+#      before: a thin tube under the jaw), a man's broader and deeper than a woman's (36 and 31 cm round at
+#      gender_strength 1; 2.7 gave both sexes the same neck), with an Adam's apple, and a sharper angle
+#      between jaw and neck; AU12 lifts the mouth corners 11 mm instead of 7.5, over a taller patch of cheek
+#      (1.8 cm above and below the corner, 1.4 before: the cheek folded on 1 face in 80); from the level
+#      mouth a laugh's corners rose 6.4 mm above the lips' middle, against 11.2 mm in 2.7, and raters read it
+#      as fear; now 9.3 mm, averaged over 20 people
 GENERATOR_VERSION = "2.8"
