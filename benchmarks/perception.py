@@ -1,7 +1,7 @@
 """A blind rating set of rendered faces, and the score of a rater's answers (issue 12's perceptual bars).
 
-    python benchmarks/perception.py render OUT [--seed 2028] [--n 42] [--resolution 224] [--hair short|long]
-                                           [--key KEY.json]
+    python benchmarks/perception.py render OUT [--seed 2028] [--n 42] [--resolution 224]
+                                           [--hair short|long] [--key KEY.json]
     python benchmarks/perception.py score OUT/answers.csv OUT.key.json
 
 ``render`` draws ``n`` random people of the demo generator (every ethnic group and age, either hair
@@ -87,6 +87,8 @@ def key_path(out: Path, key: Path | None = None) -> Path:
     key = key.resolve()
     if key.is_relative_to(out):
         raise SystemExit(f"--key {key}: inside the rater's folder {out}; write it elsewhere")
+    if key.is_dir():
+        raise SystemExit(f"--key {key}: a folder; give the key file's path")
     return key
 
 

@@ -25,6 +25,8 @@ def test_the_key_goes_beside_the_folder_or_where_asked_but_never_inside_it(perce
     assert perception.key_path(out, tmp_path / "keys" / "k.json") == tmp_path / "keys" / "k.json"
     with pytest.raises(SystemExit, match="inside the rater's folder"):
         perception.key_path(out, out / "sub" / "k.json")
+    with pytest.raises(SystemExit, match="a folder; give the key file's path"):
+        perception.key_path(out, tmp_path)
 
 
 def test_a_set_with_its_key_inside_the_folder_is_refused_before_anything_is_drawn(perception, tmp_path):

@@ -102,6 +102,8 @@ def lip_split(t: Template, p: np.ndarray) -> np.ndarray:
     g = t.grid("skin")
     grid = np.arange(g.start, g.start + g.rings * g.segments)
     col = (grid - g.start) % g.segments
+    # (The four mouth rings, in ``~above``, take the lower edge's profile: they share its longitudes and
+    # anchors, so it equals their own.)
     for ring, side in ((t.mouth_rings[3], above[grid]), (t.mouth_rings[0], ~above[grid])):
         prof[grid[side]] = prof[t.ring(ring)[col[side]]]
     dy = p[:, 1] - MOUTH_Y
@@ -308,8 +310,9 @@ def sex_fields(f: dict[str, np.ndarray], p: np.ndarray, kind: np.ndarray) -> np.
                  y=-0.09)
     jaw_angle = _lateral(p, bump(m, (0.5, -0.88, 0.1), (0.13, 0.13, 0.25)), 0.025)
     # A man's neck is broader and deeper (adults' necks measure about 38 cm round against 33 cm; here 36
-    # and 31 cm at gender_strength 1, 11.4 and 9.8 cm broad), with the larynx's prominence in front under
-    # the chin.
+    # and 31 cm at gender_strength 1, 11.4 and 9.8 cm broad, measured on the built mean face), with the
+    # larynx's prominence in front under the chin (as a male-minus-female row, a woman's throat gets half
+    # of it inwards: 3 mm at strength 1).
     nx, nz, rx, rz = NECK
     q = np.stack([(p[:, 0] - nx) / rx, (p[:, 2] - nz) / rz], -1)
     r = np.linalg.norm(q, axis=-1)

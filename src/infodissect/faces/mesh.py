@@ -398,7 +398,8 @@ def brow_density(p: np.ndarray, spread: float = 1.0) -> np.ndarray:
 
 def _mouth_latitudes(theta_mouth: float, phi: np.ndarray) -> np.ndarray:
     """Latitude of the lips' meeting line along each longitude: the rays that meet the skin at
-    the height ``MOUTH_Y`` (a latitude circle would curve up towards the mouth corners)."""
+    the height ``MOUTH_Y`` across the front of the face, out to 30 degrees (a latitude circle would
+    curve up towards the mouth corners), fading back to the latitude circle by 70 degrees."""
     lat = np.full(len(phi), theta_mouth)
     # Fully level across the front of the face, well past the mouth's corners (about 18 degrees); only
     # beyond 30 degrees does the line fade back to the latitude circle (a fade that began at the midline

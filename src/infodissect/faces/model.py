@@ -298,7 +298,7 @@ def calibrate_shape(t: Template, named: dict[str, np.ndarray], random: list[np.n
     scaled by ``amplitude[k]`` (with the random fields) gives every distance the average of
     the two SDs; ``sex`` (male minus female at gender_strength 1) gives the norms' sex
     differences, with the features beyond them of :func:`.fields.sex_fields` (brow ridge and brows,
-    cheeks, nose, chin and jaw angle, lips).
+    cheeks, nose, chin and jaw angle, lips, neck and Adam's apple, shoulders).
     """
     pairs = landmark_pairs(t)
     names = list(named)
