@@ -10,8 +10,9 @@ pose and light changes on a mid-grey background), renders them with the demo's g
 (224 px by default; 64 px images are enlarged 3x, nearest neighbour) and writes them shuffled as
 ``OUT/face_NN.png``, with the words a rater may answer in ``OUT/README.txt`` and the answer key beside
 the folder (``OUT.key.json``, not inside it: a rater is shown the folder only), or at ``--key``: a
-path outside any folder a rater with file access can read. OUT must be new or empty. A rater names, for each image, its expression, gender, age and whether it reads as a photo, a
-rendered person or a mannequin, in a CSV ``file,expression,gender,age,realism,confidence``.
+path outside any folder a rater with file access can read. OUT must be new or empty. A rater names,
+for each image, its expression, gender, age and whether it reads as a photo, a rendered person or a
+mannequin, in a CSV ``file,expression,gender,age,realism,confidence``.
 
 ``--hair`` gives everyone one hair style: raters who see both styles judge gender by hair length
 (hair is a factor of its own, independent of sex), so gender read from the face is measured on sets of
@@ -99,7 +100,6 @@ def render_set(out: Path, n: int, seed: int, resolution: int, hair: str | None =
     from PIL import Image  # (matplotlib's dependency)
 
     kp = key_path(out, key_file)
-
     if out.exists() and any(out.iterdir()):
         raise SystemExit(f"{out}: not empty (a rater would see images the key does not list); give a new folder")
     cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())

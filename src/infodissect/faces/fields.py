@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .mesh import EYE_CENTRE, HAIR, LOWER_TEETH, MOUTH_HALF_WIDTH, MOUTH_Y, NECK, SKIN, TORSO, UPPER_TEETH, Template, mirror
+from .mesh import (EYE_CENTRE, HAIR, LOWER_TEETH, MOUTH_HALF_WIDTH, MOUTH_Y, NECK, SKIN, TORSO, UPPER_TEETH, Template,
+                   mirror, neck_coords)
 
 # Facial action units (FACS) of each expression's prototype, with their weights.
 # At full intensity the mouth is open as at the apex of a laugh (happiness), of surprise (the jaw dropped
@@ -306,20 +307,19 @@ def sex_fields(f: dict[str, np.ndarray], p: np.ndarray, kind: np.ndarray) -> np.
     # leave its head raised, the oblique brow of sadness (AU1) on a neutral face.
     along = np.clip((m[:, 0] - 0.02) / 0.08, 0, 1) * np.clip((0.62 - m[:, 0]) / 0.12, 0, 1) \
         * (0.65 + 0.35 * np.exp(-(((m[:, 0] - 0.34) / 0.13) ** 2)))
-    brows = _vec(along * np.exp(-(((p[:, 1] - 0.31) / 0.08) ** 2 + ((p[:, 2] - 0.8) / 0.2) ** 2)) * (p[:, 2] > 0.3),
-                 y=-0.09)
+    brows = _vec(along * bump(p, (0.0, 0.31, 0.8), (np.inf, 0.08, 0.2)) * (p[:, 2] > 0.3), y=-0.09)
     jaw_angle = _lateral(p, bump(m, (0.5, -0.88, 0.1), (0.13, 0.13, 0.25)), 0.025)
     # A man's neck is broader and deeper (adults' necks measure about 38 cm round against 33 cm; here 36
     # and 31 cm at gender_strength 1, 11.4 and 9.8 cm broad, measured on the built mean face), with the
     # larynx's prominence in front under the chin (as a male-minus-female row, a woman's throat gets half
     # of it inwards: 3 mm at strength 1).
-    nx, nz, rx, rz = NECK
-    q = np.stack([(p[:, 0] - nx) / rx, (p[:, 2] - nz) / rz], -1)
-    r = np.linalg.norm(q, axis=-1)
-    on_neck = (kind == SKIN) * np.clip((-p[:, 1] - 0.95) / 0.3, 0, 1) * np.clip((1.4 - r) / 0.3, 0, 1)
+    q = neck_coords(p)
+    on_neck = (kind == SKIN) * np.clip((-p[:, 1] - 0.95) / 0.3, 0, 1) \
+        * np.clip((1.4 - np.linalg.norm(q, axis=-1)) / 0.3, 0, 1)
     neck = _vec(on_neck, x=0.08 * q[:, 0], z=0.06 * q[:, 1])
+    _, nz, _, rz = NECK
     larynx = _vec(bump(p, (0.0, -1.3, nz + rz), (0.06, 0.1, 0.12)) * (kind == SKIN), z=0.06)
-    return (neck + larynx  # (summed first: the order the measured 2.8 model was built in, bit for bit)
+    return (neck + larynx  # (first: another order of the sum changes the built model's last bits)
             + 2.5 * f["brow_ridge"] - 2.5 * f["cheek_fullness"] + 2.0 * f["chin_protrusion"] + 1.6 * f["chin_width"]
             - 0.8 * f["upper_lip"] - 0.8 * f["lower_lip"] - 1.6 * f["forehead_slope"] + 2.0 * f["nose_protrusion"]
             + 1.5 * f["nose_bridge"] + 1.2 * f["eye_depth"] - 1.0 * f["eye_size"] + brows + jaw_angle + shoulders)

@@ -226,6 +226,13 @@ def eye_aperture(p: np.ndarray) -> np.ndarray:
     return np.maximum(_fissure(p), EYE_CENTRE[2] + 0.015 - p[..., 2])
 
 
+def neck_coords(p: np.ndarray, grow: float = 0.0) -> np.ndarray:
+    """(..., 2) the points' x and z in units of the neck's half-widths (plus ``grow``) about its axis:
+    norm 1 on the neck's (or a ``grow``-wider collar's) surface."""
+    neck_x, neck_z, rx, rz = NECK
+    return np.stack([(p[..., 0] - neck_x) / (rx + grow), (p[..., 2] - neck_z) / (rz + grow)], -1)
+
+
 def head_sdf(p: np.ndarray, ears: bool = True) -> np.ndarray:
     """Approximate signed distance of points (..., 3) to the template skin (head and neck), with or without
     the ears."""
@@ -236,9 +243,8 @@ def head_sdf(p: np.ndarray, ears: bool = True) -> np.ndarray:
     d = _smin(d, _ellipsoid(p, (0, -0.62, 0.12), (0.42, 0.36, 0.56)), 0.16)  # jaw
     d = _smin(d, _ellipsoid(p, (0, -0.6, 0.52), (0.3, 0.3, 0.37)), 0.12)  # the dental arches under the lips
     d = _smin(d, _ellipsoid(p, (0, -0.845, 0.6), (0.21, 0.15, 0.28)), 0.1)  # chin
-    neck_x, neck_z, rx, rz = NECK
-    q = np.stack([(p[..., 0] - neck_x) / rx, (p[..., 2] - neck_z) / rz], -1)
-    neck = (np.linalg.norm(q, axis=-1) - 1.0) * min(rx, rz)
+    _, _, rx, rz = NECK
+    neck = (np.linalg.norm(neck_coords(p), axis=-1) - 1.0) * min(rx, rz)
     neck = _smax(neck, p[..., 1] + 0.55, 0.1)  # the neck below the jaw ...
     neck = _smax(neck, -(p[..., 1] + 2.1), 0.04)  # ... ends inside the torso
     d = _smin(d, neck, 0.18)
@@ -262,9 +268,8 @@ def torso_sdf(p: np.ndarray) -> np.ndarray:
     m = mirror(p)
     d = _ellipsoid(p, (0, -2.35, -0.2), (1.2, 0.75, 0.6))  # chest
     d = _smin(d, _ellipsoid(m, (1.05, -2.0, -0.25), (0.62, 0.3, 0.45)), 0.35)  # shoulders
-    neck_x, neck_z, rx, rz = NECK
-    q = np.stack([(p[..., 0] - neck_x) / (rx + 0.07), (p[..., 2] - neck_z) / (rz + 0.07)], -1)
-    collar = (np.linalg.norm(q, axis=-1) - 1.0) * min(rx, rz)
+    _, neck_z, rx, rz = NECK
+    collar = (np.linalg.norm(neck_coords(p, 0.07), axis=-1) - 1.0) * min(rx, rz)
     top = -1.36 - 0.16 * np.clip((p[..., 2] - neck_z) / rz, 0.0, 1.0) ** 2
     collar = _smax(collar, p[..., 1] - top, 0.03)
     d = _smin(d, _smax(collar, -(p[..., 1] + 2.2), 0.02), 0.25)
