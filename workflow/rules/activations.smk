@@ -13,6 +13,7 @@ rule activations_extract:
     threads: max(2, config["activations"]["processes"])
     resources:
         mem_mb=4096,
+    priority: critical_path
     log:
         "results/logs/activations/{model}/{set}.log",
     benchmark:

@@ -111,6 +111,21 @@ def analysed_models():
     return analysed(config)
 
 
+def critical_path(wildcards):
+    """A job's scheduling priority: 1 on the chain that ends in the workflow's longest job, the layers' MI
+    of the analysed models (the designs, renders and stores of the training, test and MI sets, the analysed
+    models' training, their activations on those sets, the MI itself), 0 elsewhere. Snakemake then starts
+    that chain first and fills the other cores around it, instead of leaving one idle at the end while
+    the MI runs alone."""
+    t = config["training"]
+    model, set_name = getattr(wildcards, "model", None), getattr(wildcards, "set", None)
+    if model is not None and model not in analysed_models():
+        return 0
+    if set_name is not None and set_name not in {t["train_set"], t["test_set"], *config["mi"]["sets"]}:
+        return 0
+    return 1
+
+
 def heldout_models():
     """The trained models evaluated on training.heldout_set: every one whose task is not identity
     (an identity network has no class for a person it never saw)."""

@@ -14,6 +14,7 @@ rule mi_layers:
     threads: config["mi"]["threads"]
     resources:
         mem_mb=config["mi"]["mem_mb"],
+    priority: critical_path
     log:
         "results/logs/mi/{model}/{set}.log",
     benchmark:

@@ -13,6 +13,7 @@ rule stimuli_design:
         directory("results/stimuli/designs/{set}.zarr"),
     params:
         spec=lambda wildcards: stage_spec(wildcards.set),
+    priority: critical_path
     log:
         "results/logs/stimuli/design/{set}.log",
     benchmark:
@@ -33,6 +34,7 @@ rule stimuli_render:
     threads: 2
     resources:
         mem_mb=render_mem_mb(),
+    priority: critical_path
     log:
         "results/logs/stimuli/render/{set}/{shard}.log",
     benchmark:
@@ -51,6 +53,7 @@ rule stimuli_gather:
         directory("results/stimuli/{set}.zarr"),
     wildcard_constraints:
         set="|".join(set_names()),  # the configured sets (adversarial sets come from analyses_adversarial)
+    priority: critical_path
     log:
         "results/logs/stimuli/gather/{set}.log",
     benchmark:

@@ -33,6 +33,7 @@ rule train_model:
     threads: train_threads()
     resources:
         **train_resources(),
+    priority: critical_path
     log:
         "results/logs/train/{model}.log",
     benchmark:

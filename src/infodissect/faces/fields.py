@@ -21,15 +21,18 @@ from .mesh import (EYE_CENTRE, HAIR, LOWER_TEETH, MOUTH_HALF_WIDTH, MOUTH_Y, NEC
 
 # Facial action units (FACS) of each expression's prototype, with their weights.
 # At full intensity the mouth is open as at the apex of a laugh (happiness), of surprise (the jaw dropped
-# into an oval) and of fear (the lips stretched sideways and parted); disgust bares the upper teeth under a
-# raised upper lip with the lips barely parted, and anger presses them together (AU17, AU23) under knitted
-# brows: the prototypes people name most reliably (Ekman & Friesen 1978; Matsumoto & Ekman 2004).
+# into an oval) and of fear (the lips stretched sideways and parted); disgust wrinkles the nose (AU9) and
+# bares the upper teeth under a raised upper lip, with the lips barely parted, their corners pulled down and
+# the lower lip pushed up (AU15, AU17: the mouth's inverted U) and the eyes narrowed by the raised cheeks, and
+# anger presses them together (AU17, AU23) under knitted brows: the prototypes people name most reliably
+# (Ekman & Friesen 1978; Matsumoto & Ekman 2004).
 EXPRESSION_AUS: dict[str, dict[str, float]] = {
     "neutral": {},
     "happiness": {"AU6": 1.0, "AU12": 1.0, "AU25": 1.0, "AU26": 0.8},
     "surprise": {"AU1": 1.0, "AU2": 1.0, "AU5": 1.0, "AU26": 0.5, "AU27": 0.9},
     "fear": {"AU1": 1.0, "AU2": 0.6, "AU4": 0.7, "AU5": 1.0, "AU20": 1.6, "AU25": 1.0, "AU26": 1.0, "AU27": 0.4},
-    "disgust": {"AU4": 0.6, "AU6": 0.5, "AU7": 0.5, "AU9": 1.0, "AU10": 1.0, "AU25": 0.35},
+    "disgust": {"AU4": 1.0, "AU6": 0.6, "AU7": 0.6, "AU9": 1.0, "AU10": 1.0, "AU15": 0.6, "AU17": 0.6,
+                "AU25": 0.35},
     "anger": {"AU4": 1.3, "AU5": 0.7, "AU7": 1.0, "AU17": 0.7, "AU23": 1.0},
     "sadness": {"AU1": 1.0, "AU4": 0.8, "AU15": 1.0, "AU17": 0.5},
 }
@@ -271,7 +274,9 @@ def _action_units(p: np.ndarray, split: np.ndarray) -> dict[str, np.ndarray]:
         "AU5": _vec(upper_lid, y=0.03),
         "AU6": _vec(bump(m, (0.4, -0.2, 0.6), (0.16, 0.13, 0.16)), y=0.04, z=0.012) + _vec(lower_lid, y=0.022),
         "AU7": _vec(lower_lid, y=0.028) + _vec(upper_lid, y=-0.01),
+        # the nose's sides and wings rise, the wings flaring 1.2 mm, and the brows' heads come down
         "AU9": _vec(bump(m, (0.07, -0.2, 0.96), (0.08, 0.16, 0.12)), y=0.035)
+        + _lateral(p, bump(m, (0.12, -0.3, 0.85), (0.06, 0.06, 0.1)), 0.012)
         + _vec(bump(m, (0.1, 0.27, 0.82), (0.1, 0.08, 0.12)), y=-0.03) + _vec(upper_lip, y=0.02),
         "AU10": _vec(upper_lip * (0.5 + 0.5 * bump(m, (0.12, MOUTH_Y, 0.85), (0.1, 0.2, 0.3))), y=0.05, z=0.006),
         "AU12": bump(m, corner, (0.16, 0.18, 0.2))[:, None] * np.stack(
@@ -311,18 +316,24 @@ def sex_fields(f: dict[str, np.ndarray], p: np.ndarray, kind: np.ndarray) -> np.
     jaw_angle = _lateral(p, bump(m, (0.5, -0.88, 0.1), (0.13, 0.13, 0.25)), 0.025)
     # A man's neck is broader and deeper (adults' necks measure about 38 cm round against 33 cm; here 36
     # and 31 cm at gender_strength 1, 11.4 and 9.8 cm broad, measured on the built mean face), with the
-    # larynx's prominence in front under the chin (as a male-minus-female row, a woman's throat gets half
-    # of it inwards: 3 mm at strength 1).
+    # larynx's prominence in front under the chin (half of it is in the mean face, see :func:`larynx`).
     q = neck_coords(p)
     on_neck = (kind == SKIN) * np.clip((-p[:, 1] - 0.95) / 0.3, 0, 1) \
         * np.clip((1.4 - np.linalg.norm(q, axis=-1)) / 0.3, 0, 1)
     neck = _vec(on_neck, x=0.08 * q[:, 0], z=0.06 * q[:, 1])
-    _, nz, _, rz = NECK
-    larynx = _vec(bump(p, (0.0, -1.3, nz + rz), (0.06, 0.1, 0.12)) * (kind == SKIN), z=0.06)
-    return (neck + larynx  # (first: another order of the sum changes the built model's last bits)
+    return (neck + larynx(p, kind)  # (first: another order of the sum changes the built model's last bits)
             + 2.5 * f["brow_ridge"] - 2.5 * f["cheek_fullness"] + 2.0 * f["chin_protrusion"] + 1.6 * f["chin_width"]
             - 0.8 * f["upper_lip"] - 0.8 * f["lower_lip"] - 1.6 * f["forehead_slope"] + 2.0 * f["nose_protrusion"]
             + 1.5 * f["nose_bridge"] + 1.2 * f["eye_depth"] - 1.0 * f["eye_size"] + brows + jaw_angle + shoulders)
+
+
+def larynx(p: np.ndarray, kind: np.ndarray) -> np.ndarray:
+    """The larynx's prominence (Adam's apple) on the throat under the chin, 2.4 mm forward at most on the
+    skin. The sex row (:func:`sex_fields`) carries all of it and the mean face half, so that a man at
+    gender_strength 1 has all of it, a woman none and the androgynous face half (2.8 had it in the
+    male-minus-female row alone: half of it for a man, half of it inwards for a woman)."""
+    _, nz, _, rz = NECK
+    return _vec(bump(p, (0.0, -1.3, nz + rz), (0.06, 0.1, 0.12)) * (kind == SKIN), z=0.06)
 
 
 def age_fields(f: dict[str, np.ndarray], p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

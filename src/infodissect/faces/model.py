@@ -34,8 +34,8 @@ from threadpoolctl import threadpool_limits
 
 from . import albedo as alb
 from .factors import ETHNICITIES, EXPRESSIONS, HAIR_STYLES
-from .fields import (EXPRESSION_AUS, OPENING_AUS, action_unit_fields, age_fields, anatomical_fields, lip_split, random_fields,
-                     sex_fields)
+from .fields import (EXPRESSION_AUS, OPENING_AUS, action_unit_fields, age_fields, anatomical_fields, larynx, lip_split,
+                     random_fields, sex_fields)
 from .mesh import (EYE_CENTRE, HAIR, LEFT_EYE, LOWER_TEETH, PART_NAMES, RIGHT_EYE, SKIN, TORSO,
                    UPPER_TEETH, Template, build_template, face_labels, face_spacing, grid_subset,
                    hidden_faces)
@@ -294,7 +294,8 @@ def calibrate_shape(t: Template, named: dict[str, np.ndarray], random: list[np.n
     """Fit the mean face, the identity spread and the sex difference to :data:`NORMS`.
 
     Returns ``(mean_offset (V, 3), amplitude (N_named,), sex (V, 3), ethnic offsets)``: the
-    template plus ``mean_offset`` has the mean of the male and female norms; named field k
+    template plus ``mean_offset`` has the mean of the male and female norms (and half the Adam's apple,
+    :func:`.fields.larynx`); named field k
     scaled by ``amplitude[k]`` (with the random fields) gives every distance the average of
     the two SDs; ``sex`` (male minus female at gender_strength 1) gives the norms' sex
     differences, with the features beyond them of :func:`.fields.sex_fields` (brow ridge and brows,
@@ -308,7 +309,7 @@ def calibrate_shape(t: Template, named: dict[str, np.ndarray], random: list[np.n
     norms = np.array([n[2:] for n in NORMS.values()])
     mean_target = 0.5 * (norms[:, 0] + norms[:, 2])
     offset_coef = _fit(jac, mean_target - d0, 0.5)
-    mean_offset = np.tensordot(offset_coef, f, 1)
+    mean_offset = np.tensordot(offset_coef, f, 1) + 0.5 * larynx(t.vertices, t.kind)  # no landmark moves
     sd_target = np.sqrt(0.5 * (norms[:, 1] ** 2 + norms[:, 3] ** 2))
     rand_var = (_gradients(t.vertices, pairs, np.stack(random)) ** 2).sum(1) if random else np.zeros(len(pairs))
     # Variance of distance d is sum_k a_k^2 J_dk^2 (+ the random fields'): linear in a^2.

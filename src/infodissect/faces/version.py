@@ -47,4 +47,11 @@
 #      (1.8 cm above and below the corner, 1.4 before: the cheek folded on 1 face in 80); from the level
 #      mouth a laugh's corners rose 9.2 mm above the lips' middle, against 12.5 mm in 2.7, and raters read it
 #      as fear; now 12.4 mm (averaged over 20 people; neutral -0.4 mm, 2.7 +3.6; sadness -5.5, 2.7 +0.3)
-GENERATOR_VERSION = "2.8"
+# 2.9: disgust reads as disgust (blind raters named it 1-2 times in 6, mostly as fear): the nose wrinkles in
+#      creases 4.5 mm apart across its root and down its sides (2.5 mm before, finer than the mesh: invisible),
+#      its wings rise and flare, the corners come down and the lower lip is pushed up (AU15, AU17: the mouth's
+#      inverted U) under the raised upper lip, the brows come lower (AU4 at 1) and the raised cheeks narrow the
+#      eyes a little more (AU6, AU7 at 0.6; at 0.8 and 0.7, and with the upper lip raised 1.3 times, the lids
+#      and the philtrum folded through themselves on 4 faces in 200); half the Adam's apple is in the mean face, so a woman's throat no longer gets half of it
+#      inwards (a 1.2 mm dip at gender_strength 1) and a man's has all of it (2.4 mm; 1.2 before)
+GENERATOR_VERSION = "2.9"
