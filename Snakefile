@@ -9,7 +9,7 @@
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version
 
-min_version("9.0")
+min_version("9.17")  # a function as a rule's priority (workflow/rules/common.smk: critical_path)
 
 
 configfile: "config/config.yaml"

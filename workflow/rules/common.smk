@@ -113,17 +113,19 @@ def analysed_models():
 
 def critical_path(wildcards):
     """A job's scheduling priority: 1 on the chain that ends in the workflow's longest job, the layers' MI
-    of the analysed models (the designs, renders and stores of the training, test and MI sets, the analysed
-    models' training, their activations on those sets, the MI itself), 0 elsewhere. Snakemake then starts
-    that chain first and fills the other cores around it, instead of leaving one idle at the end while
-    the MI runs alone."""
-    t = config["training"]
+    of the analysed models (the designs, renders and stores of the MI sets and of the sets training reads,
+    the analysed models' training, their activations on the MI sets, the MI itself), 0 elsewhere and
+    everywhere when no layer is measured. Snakemake then starts that chain first and fills the other cores
+    around it, instead of leaving one idle at the end while the MI runs alone."""
+    models, mi_sets = analysed_models(), set(config["mi"]["sets"])
+    if not models or not mi_sets:
+        return 0
     model, set_name = getattr(wildcards, "model", None), getattr(wildcards, "set", None)
-    if model is not None and model not in analysed_models():
-        return 0
-    if set_name is not None and set_name not in {t["train_set"], t["test_set"], *config["mi"]["sets"]}:
-        return 0
-    return 1
+    if model is not None:  # training (no set), activations and MI
+        return int(model in models and (set_name is None or set_name in mi_sets))
+    t = config["training"]
+    read = {t["test_set"]} | ({t["train_set"]} if t["source"] == "stored" else set())
+    return int(set_name in mi_sets | read)
 
 
 def heldout_models():

@@ -322,9 +322,9 @@ def action_unit_albedo(t: Template, mk: dict[str, np.ndarray]) -> dict[str, np.n
         "AU6": crease(bump(m, (0.5, 0.06, 0.52), (0.06, 0.08, 0.15))
                       * _lines(np.arctan2(m[:, 1] - 0.09, m[:, 0] - 0.44), 0.28) + 0.6 * nasolabial(p)),
         "AU7": crease(0.5 * bump(m, EYE_CENTRE + [0.02, -0.085, 0.1], (0.1, 0.012, 0.1))),
-        # three or four creases across the root of the nose, 4.5 mm apart, and oblique ones down its sides, a
-        # fifth darker than the other units' creases: at least two mesh rows per period (2.8's 2.5 mm lines fell
-        # between the vertices)
+        # three or four creases across the root of the nose, 4.5 mm apart, and oblique ones down its sides (4.3
+        # mm apart), and the nasolabial folds, a fifth darker than the other units' creases: at least two mesh
+        # rows per period on the 100-ring mesh (2.8's 2.5 mm lines fell between the vertices)
         "AU9": 1.2 * crease(
             1.6 * bump(p, (0, 0.06, 0.9), (0.1, 0.07, 0.12)) * _lines(p[:, 1] - 0.1 * np.abs(p[:, 0]), 0.045, 0.2)
             + 1.2 * bump(m, (0.09, -0.06, 0.85), (0.05, 0.08, 0.12)) * _lines(p[:, 1] + 0.6 * m[:, 0], 0.05, 0.2)

@@ -23,9 +23,9 @@ from .mesh import (EYE_CENTRE, HAIR, LOWER_TEETH, MOUTH_HALF_WIDTH, MOUTH_Y, NEC
 # At full intensity the mouth is open as at the apex of a laugh (happiness), of surprise (the jaw dropped
 # into an oval) and of fear (the lips stretched sideways and parted); disgust wrinkles the nose (AU9) and
 # bares the upper teeth under a raised upper lip, with the lips barely parted, their corners pulled down and
-# the lower lip pushed up (AU15, AU17: the mouth's inverted U) and the eyes narrowed by the raised cheeks, and
-# anger presses them together (AU17, AU23) under knitted brows: the prototypes people name most reliably
-# (Ekman & Friesen 1978; Matsumoto & Ekman 2004).
+# the lower lip pushed up (AU15, AU17: the mouth's inverted U), the brows lowered and the eyes narrowed by the
+# raised cheeks, and anger presses the lips together (AU17, AU23) under knitted brows: the prototypes people
+# name most reliably (Ekman & Friesen 1978; Matsumoto & Ekman 2004).
 EXPRESSION_AUS: dict[str, dict[str, float]] = {
     "neutral": {},
     "happiness": {"AU6": 1.0, "AU12": 1.0, "AU25": 1.0, "AU26": 0.8},
@@ -328,8 +328,9 @@ def sex_fields(f: dict[str, np.ndarray], p: np.ndarray, kind: np.ndarray) -> np.
 
 
 def larynx(p: np.ndarray, kind: np.ndarray) -> np.ndarray:
-    """The larynx's prominence (Adam's apple) on the throat under the chin, 2.4 mm forward at most on the
-    skin. The sex row (:func:`sex_fields`) carries all of it and the mean face half, so that a man at
+    """The larynx's prominence (Adam's apple) on the throat under the chin: a bump 6 mm high and 1 cm in
+    radius, which the neck's sparse rows (2.4 to 4 cm apart) sample as 2.4 mm forward on the 100-ring mesh
+    at the one row beside it. The sex row (:func:`sex_fields`) carries all of it and the mean face half, so that a man at
     gender_strength 1 has all of it, a woman none and the androgynous face half (2.8 had it in the
     male-minus-female row alone: half of it for a man, half of it inwards for a woman)."""
     _, nz, _, rz = NECK

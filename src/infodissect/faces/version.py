@@ -51,7 +51,8 @@
 #      creases 4.5 mm apart across its root and down its sides (2.5 mm before, finer than the mesh: invisible),
 #      its wings rise and flare, the corners come down and the lower lip is pushed up (AU15, AU17: the mouth's
 #      inverted U) under the raised upper lip, the brows come lower (AU4 at 1) and the raised cheeks narrow the
-#      eyes a little more (AU6, AU7 at 0.6; at 0.8 and 0.7, and with the upper lip raised 1.3 times, the lids
-#      and the philtrum folded through themselves on 4 faces in 200); half the Adam's apple is in the mean face, so a woman's throat no longer gets half of it
-#      inwards (a 1.2 mm dip at gender_strength 1) and a man's has all of it (2.4 mm; 1.2 before)
+#      eyes a little more (AU6, AU7 at 0.6; a first version with AU6 0.8, AU7 0.7, AU9 1.2 and AU10 1.3 folded
+#      the lids or the philtrum through themselves on 4 faces in 200); half the Adam's apple is in the mean
+#      face, so a woman's throat no longer gets half of it inwards (a 1.2 mm dip at gender_strength 1) and a
+#      man's has all of it (2.4 mm on the 100-ring mesh; 1.2 before)
 GENERATOR_VERSION = "2.9"
