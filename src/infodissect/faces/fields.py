@@ -330,9 +330,9 @@ def sex_fields(f: dict[str, np.ndarray], p: np.ndarray, kind: np.ndarray) -> np.
 def larynx(p: np.ndarray, kind: np.ndarray) -> np.ndarray:
     """The larynx's prominence (Adam's apple) on the throat under the chin: a bump 6 mm high and 1 cm in
     radius, which the neck's sparse rows (2.4 to 4 cm apart) sample as 2.4 mm forward on the 100-ring mesh
-    at the one row beside it. The sex row (:func:`sex_fields`) carries all of it and the mean face half, so that a man at
-    gender_strength 1 has all of it, a woman none and the androgynous face half (2.8 had it in the
-    male-minus-female row alone: half of it for a man, half of it inwards for a woman)."""
+    at the one row beside it. The sex row (:func:`sex_fields`) carries all of it and the mean face half, so
+    that a man at gender_strength 1 has all of it, a woman none and the androgynous face half (2.8 had it
+    in the male-minus-female row alone: half of it for a man, half of it inwards for a woman)."""
     _, nz, _, rz = NECK
     return _vec(bump(p, (0.0, -1.3, nz + rz), (0.06, 0.1, 0.12)) * (kind == SKIN), z=0.06)
 
