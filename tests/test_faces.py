@@ -12,7 +12,7 @@ import torch
 from infodissect.faces.factors import EXPRESSIONS, GENDERS, HAIR_STYLES
 from infodissect.faces.mesh import (EYES, HAIR, LOWER_TEETH, PART, PART_NAMES, SKIN, TORSO, UPPER_TEETH, build_template,
                                     orientation_ok)
-from infodissect.faces.model import NORMS, build_face_model, distances, landmark_pairs
+from infodissect.faces.model import FIXED_ROWS, NORMS, build_face_model, distances, landmark_pairs
 from infodissect.faces.render import Camera, face_geometry, render
 
 RINGS, SEGMENTS = 100, 128
@@ -234,6 +234,30 @@ def test_random_identities_with_expressions_have_no_self_intersecting_skin(model
                if len(self_intersections(verts[i], _weld(verts[i])[skin_faces[real[i]]]))}
     assert not crossed, f"skin intersects itself (identity: expression): {crossed}"
     assert 0.0 < float(albedo.min()) and float(albedo.max()) <= 1.0
+
+
+def test_no_identity_within_3_sd_pinches_the_skin_across_the_midline(model):
+    """Mirror skin vertices either side of the midline (less than 1 cm apart) stay apart for every identity
+    within 3 SD, on a man's and a woman's mean face: the SD of their gap's change over the identity basis,
+    taken 3 times, is less than the gap. In 2.9 it was 2.1 times the gap at the columella's base (a narrow
+    nose pinched the columella's two sides through each other: 1 woman in 200)."""
+    t, g = model.template, model.template.grid("skin")
+    seg, nv = g.segments, model.n_vertices
+    rows = (model.shape_basis * model.shape_sigma[:, None]).numpy().reshape(-1, nv, 3)
+    fixed = model.geometry_fixed.numpy().reshape(-1, nv, 3)
+    r, s = np.meshgrid(np.arange(g.rings), np.arange(seg // 2), indexing="ij")
+    left, right = (g.start + r * seg + seg - 1 - s).ravel(), (g.start + r * seg + s).ravel()
+    skin = (t.kind[left] == SKIN) & (t.kind[right] == SKIN)
+    left, right = left[skin], right[skin]
+    spread = np.linalg.norm(rows[:, left, 0] - rows[:, right, 0], axis=0)  # SD of the gap's change
+    for sex in GENDERS:
+        v = model.vertices.numpy() + fixed[FIXED_ROWS.index(sex)]
+        gap = v[left, 0] - v[right, 0]
+        near = gap < 0.1
+        assert near.sum() > 100 and (gap[near] > 0).all(), sex  # the left vertex is on the subject's left
+        ratio = 3 * spread[near] / gap[near]
+        worst = int(np.argmax(ratio))
+        assert 0.1 < ratio[worst] < 1.0, (sex, float(ratio[worst]), t.vertices[left[near][worst]].round(3))
 
 
 def test_the_lower_face_follows_the_jaw_more_the_further_a_skin_ring_is_from_the_lips(model):
@@ -663,10 +687,11 @@ def test_the_lids_cover_the_irises_rim_until_the_upper_lid_rises(model):
     assert upper < EYE_CENTRE[1] + iris - 0.01 and lower > EYE_CENTRE[1] - iris + 0.01  # 1 mm under each lid
     # On renders: hardly any white of the eye above the pupil in a neutral face; AU5 (surprise, fear) shows it.
     # Per face this is a pixel or two at 224 px, and it varies with the identity's eyes and lids (a neutral
-    # face shows 1-4 px on 5 of 24 faces with 2.7, 8 of 24 with 2.8), so it is averaged over 12 people of
-    # each sex: neutral 0.3 px (2.7) and 0.6 px (2.8), AU5 1.0 and 1.1 px more.
+    # face shows 1-4 px on 5 of 24 faces with 2.7, 8 of 24 with 2.8), so it is averaged over 48 people of
+    # each sex: neutral 0.6 px (2.9) and 0.5 px (2.10), AU5 0.77 and 0.79 px more. Over 12 people it moves
+    # from 0.62 to 1.0 px more with the people drawn (2.9, four draws of 12).
     sclera_above = []
-    for seed in range(12):
+    for seed in range(48):
         for gender in (0, 1):
             p = with_action_unit(model, same_identity(params(model, 2, seed=seed, gender=gender)), "AU5", [0.0, 1.0])
             img, parts = render(model, p, PORTRAIT)
@@ -679,7 +704,7 @@ def test_the_lids_cover_the_irises_rim_until_the_upper_lid_rises(model):
                 column = eye[: ys[k], xs[k]]
                 sclera_above.append(int((lum[i][: ys[k], xs[k]][column] > white).sum()))
     neutral, raised = np.reshape(sclera_above, (-1, 2)).mean(0)
-    assert neutral <= 1.0 and raised - neutral >= 0.75, (neutral, raised)
+    assert neutral <= 1.0 and raised - neutral >= 0.6, (neutral, raised)
 
 
 def test_hair_styles_and_sex_change_the_hair(model):

@@ -76,9 +76,11 @@ def _vec(weight: np.ndarray, x=0.0, y=0.0, z=0.0) -> np.ndarray:
     return weight[:, None] * np.stack(comp, -1)
 
 
-def _lateral(p: np.ndarray, weight: np.ndarray, amount: float) -> np.ndarray:
-    """Motion away from the midline (towards it for ``amount`` < 0)."""
-    return _vec(weight, x=_sgnx(p) * amount)
+def _lateral(p: np.ndarray, weight: np.ndarray, amount: float, width: float = 0.05) -> np.ndarray:
+    """Motion away from the midline (towards it for ``amount`` < 0), ramping up over ``width`` either side of
+    it: a field that acts on the midline itself (the nose's width) needs a ramp as wide as the feature, or
+    narrowing it folds the skin on the midline through itself."""
+    return _vec(weight, x=_sgnx(p, width) * amount)
 
 
 def mouth_profile(x: np.ndarray) -> np.ndarray:
@@ -192,7 +194,9 @@ def anatomical_fields(p: np.ndarray, kind: np.ndarray) -> dict[str, np.ndarray]:
             [_sgnx(p) * 0.008 * (m[:, 0] - ec[0]) / 0.15, 0.008 * (y - ec[1]) / 0.05, zero], -1),
         "eye_height": _vec(bump(m, ec, (0.2, 0.15, 0.3)), y=0.015),
         "eye_depth": _vec(bump(m, ec, (0.15, 0.12, 0.3)), z=-0.015),
-        "nose_width": _lateral(p, bump(p, (0, -0.35, 0.95), (0.15, 0.09, 0.16)), 0.015),
+        # A scaling about the midline (a ramp as wide as the nose): with a 5 mm ramp, a narrow nose pinched
+        # the columella's two sides through each other (2.9: 1 woman in 200).
+        "nose_width": _lateral(p, bump(p, (0, -0.35, 0.95), (0.15, 0.09, 0.16)), 0.015, width=0.15),
         "nose_height": _vec(bump(p, (0, -0.3, 1.0), (0.2, 0.14, 0.25)), y=-0.02),
         "nose_protrusion": _vec(bump(p, (0, -0.22, 1.02), (0.14, 0.18, 0.2)), z=0.025),
         "nose_bridge": _vec(bump(p, (0, 0.0, 0.88), (0.1, 0.14, 0.12)), z=0.02),
