@@ -472,6 +472,21 @@ def test_a_man_s_brows_come_down_along_their_whole_length(model):
         assert tail > 2.0 and inner > 0.4 * tail, (seed, inner, tail)
 
 
+def test_surprise_arches_the_brows_and_fear_draws_their_heads_up(model):
+    """Surprise raises the whole brow, its tail at least 1.5 px (at 224 px) higher than its head (2.10 with AU1
+    and AU2 at 1: 1.3 px lower, the oblique brow of worry and fear, which blind raters named in 2 surprised
+    faces of 3; now 2.3 px higher); fear's brows stay at least 1 px flatter than surprise's."""
+    names = ["neutral", "surprise", "fear"]
+    for seed in (0, 3, 7, 13):
+        p = same_identity(params(model, 3, seed=seed, gender=seed % 2, age=30 + 6 * seed,
+                                 expression=[EXPRESSIONS.index(e) for e in names]))
+        _, parts = render(model, p, PORTRAIT)
+        (inner0, tail0), *rest = (_brow_rows(parts[i].numpy()) for i in range(3))
+        (inner_s, tail_s), (inner_f, tail_f) = ((inner0 - a, tail0 - b) for a, b in rest)  # rises, px up
+        assert inner_s > 2.0 and tail_s - inner_s >= 1.5, (seed, inner_s, tail_s)
+        assert (tail_s - inner_s) - (tail_f - inner_f) >= 1.0, (seed, tail_s - inner_s, tail_f - inner_f)
+
+
 def _corner_rise(model, verts: np.ndarray) -> np.ndarray:
     """(N,) height of the mouth's left corner above the lips' middle: the outermost vertex of the upper lip's
     edge inside the corners (the mouth line's end) against the mean of the two edges' heights at the
