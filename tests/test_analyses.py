@@ -368,20 +368,20 @@ def test_revcorr_on_a_face_model_and_its_figure(tmp_path):
         "logits": xr.Dataset({"activation": (("sample", "unit"), logits)}, coords=coords)})
     ds = revcorr_analysis(tree, model, n_perm=50, alpha=0.05)
     # Vertices carry information about the evidence as far as their 3-D motion reveals the first shape
-    # component: its share of the component's variance that a linear read-out of the motion recovers (R^2,
-    # so the motion carries -log2(1 - R^2) / 2 bits about it). Almost none is significant where R^2 < 0.2,
-    # most are where it is over 0.5. (Not the share of the vertex's motion the component makes: a motion
-    # along a direction no other component moves reveals it wholly, however small; with generator 2.10's
-    # basis 12 vertices where it made under 1% of the motion, 7% of them, had R^2 of 0.6-1 and were found.)
-    rows = (model.shape_basis * model.shape_sigma[:, None]).numpy().reshape(k, -1, 3)
-    motion = rows.transpose(1, 2, 0)  # (vertex, coord, component)
-    live = (motion**2).sum((1, 2)) > 1e-12
-    gram = motion @ motion.transpose(0, 2, 1) + 1e-12 * np.eye(3)
-    r2 = np.einsum("vi,vi->v", motion[:, :, 0], np.linalg.solve(gram, motion[:, :, :1])[..., 0])
+    # component: the share of the component's variance that a linear read-out of the motion recovers (R^2,
+    # so the motion carries -log2(1 - R^2) / 2 bits about it). None is significant where R^2 < 0.3, most are
+    # where it is over 0.5. (Not the share of the vertex's motion the component makes: a motion along a
+    # direction no other component moves reveals it wholly, however small; with generator 2.10's basis 12
+    # vertices where it made under 1% of the motion, 7% of them, were found, rightly.)
+    rows = (model.shape_basis * model.shape_sigma[:, None]).numpy().astype(np.float64).reshape(k, -1, 3)
+    motion = rows.transpose(1, 2, 0)  # (vertex, coord, component): the motion is motion @ c
+    r2 = np.einsum("vc,vc->v", np.linalg.pinv(motion, rcond=1e-6)[:, 0, :], motion[:, :, 0])  # (R^+ R)_00
     mi = ds["shape_mi"].sel(identity="0").values
     sig = ds["shape_significant"].sel(identity="0").values.astype(bool)
-    low, high = live & (r2 < 0.2), live & (r2 > 0.5)
-    assert low.sum() > 100 and high.sum() > 1000
+    # (The estimator gives no MI, NaN, where a vertex's motion is nearly rank-deficient: left out.)
+    ok = ((motion**2).sum((1, 2)) > 1e-12) & np.isfinite(mi)
+    low, high = ok & (r2 < 0.3), ok & (r2 > 0.5)
+    assert low.sum() > 20 and high.sum() > 1000
     assert sig[low].mean() < 0.05 and sig[high].mean() > 0.8
     assert np.nanmean(mi[high]) > 5 * np.nanmean(mi[low])
     assert ds["shape_significant"].sum() > 0 and ds["mesh_faces"].shape[1] == 3

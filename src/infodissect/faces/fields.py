@@ -141,12 +141,14 @@ def _above_lips(t: Template) -> np.ndarray:
 
 
 def jaw_region(p: np.ndarray) -> np.ndarray:
-    """(V,) how much of the mandible's motion a point follows (the lower face, not the neck or ears)."""
+    """(V,) how much of the mandible's motion a point follows (the lower face, tapering down the throat; not the
+    ears or the back of the neck)."""
     lateral = np.exp(-((p[:, 0] / 0.5) ** 4))
     # The face follows the jaw down to the chin, the skin under it gradually, over the throat: with the same
     # fall under the chin as above it (from 0.6 to 0.2 over the 2 cm under it, 2.9), the dropped chin pushed the
-    # skin under it into a man's throat, which stands further forward than a woman's (surprise's 4 cm drop: 26
-    # men in 1,000 surprised faces).
+    # skin under it into a man's throat, which stands further forward than a woman's (surprise's 4 cm drop: 31
+    # in 1,000 surprised faces, 30 of them men). (The ramp's slope steps at the chin; a smooth blend of the two
+    # widths changed at most 7 pixels of a 224 px portrait by more than 8 grey levels: no visible crease.)
     d = p[:, 1] + 1.1
     below_chin = 1.0 / (1.0 + np.exp(-d / np.where(d > 0, 0.13, 0.2)))
     front = 1.0 / (1.0 + np.exp(-(p[:, 2] + 0.05) / 0.08))

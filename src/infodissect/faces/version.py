@@ -57,11 +57,12 @@
 #      man's has all of it (2.4 mm on the 100-ring mesh; 1.2 before)
 # 2.10: the nose's width is a scaling about the midline, ramping up over 1.5 cm either side of it (over 5 mm
 #      before: a narrow nose pinched the columella's two sides through each other, on 1 woman in 200 in a
-#      random draw and 2 in 200 disgusted faces; a 3-SD identity now closes at most half of any gap across
+#      random draw and 2 in 200 disgusted faces; a 3-SD identity now closes about half (0.53) of any gap across
 #      the midline, where it closed 2.1 times the columella's); the identity basis's principal components
 #      rotate with the changed field, so an identity code now gives another person (the same distribution);
 #      surprise arches the brows, its tails rising highest (AU1 0.6, AU2 1.7, AU5 0.9; AU1 and AU2 at 1 raised
 #      the heads most, the oblique brow of fear: blind raters named 2 surprised faces in 3 fear);
 #      the skin under the chin follows the jaw down the throat more gradually (surprise's 4 cm drop pushed it
-#      into the throat of 26 men in 1,000 surprised faces: a man's throat stands further forward)
+#      into the throat of 31 in 1,000 surprised faces with 2.9, 30 of them men: a man's throat stands further
+#      forward)
 GENERATOR_VERSION = "2.10"
