@@ -12,7 +12,7 @@ import torch
 from infodissect.faces.factors import EXPRESSIONS, GENDERS, HAIR_STYLES
 from infodissect.faces.mesh import (EYES, HAIR, LOWER_TEETH, PART, PART_NAMES, SKIN, TORSO, UPPER_TEETH, build_template,
                                     orientation_ok)
-from infodissect.faces.model import FIXED_ROWS, NORMS, build_face_model, distances, landmark_pairs
+from infodissect.faces.model import FIXED_ROWS, NORMS, build_face_model, distances, landmark_pairs, mirror_index
 from infodissect.faces.render import Camera, face_geometry, render
 
 RINGS, SEGMENTS = 100, 128
@@ -282,7 +282,8 @@ def test_no_identity_within_3_sd_pinches_the_skin_across_the_midline(model):
     rows = (model.shape_basis * model.shape_sigma[:, None]).numpy().reshape(-1, nv, 3)
     fixed = model.geometry_fixed.numpy().reshape(-1, nv, 3)
     r, s = np.meshgrid(np.arange(g.rings), np.arange(seg // 2), indexing="ij")
-    left, right = (g.start + r * seg + seg - 1 - s).ravel(), (g.start + r * seg + s).ravel()
+    right = (g.start + r * seg + s).ravel()
+    left = mirror_index(t, right)
     skin = (t.kind[left] == SKIN) & (t.kind[right] == SKIN)
     left, right = left[skin], right[skin]
     spread = np.linalg.norm(rows[:, left, 0] - rows[:, right, 0], axis=0)  # SD of the gap's change

@@ -252,8 +252,8 @@ def anchors(t: Template) -> np.ndarray:
     return a
 
 
-def mirror_index(t: Template, i: int) -> int:
-    """The vertex of the skin grid mirroring vertex ``i`` across the midline."""
+def mirror_index(t: Template, i: int | np.ndarray) -> int | np.ndarray:
+    """The vertex (or vertices, for an array) of the skin grid mirroring vertex ``i`` across the midline."""
     g = t.grid("skin")
     r, s = divmod(i - g.start, g.segments)
     return g.start + r * g.segments + (g.segments - 1 - s)
