@@ -53,6 +53,23 @@ def lid_margins(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return near_u, near_l
 
 
+STUBBLE_SEED = 1811  # the stubble's grain: one fixed pattern per template (any seed, sharding or model)
+
+
+def stubble_grain(t: Template, spread: float = 0.6) -> np.ndarray:
+    """Per-vertex grain (mean 1) of a man's stubble: each vertex's darkness drawn uniformly from 1 ± ``spread``,
+    so the beard shadow reads as short dark hairs over skin rather than a grey stain. The grain fades to a
+    smooth 1 where the mesh's rows lie more than 5 mm apart (under the chin and down the neck, up to 25 mm), which
+    would draw each vertex as a streak."""
+    p = t.vertices
+    noise = np.random.default_rng(STUBBLE_SEED).random(len(p))
+    idx = np.arange(len(p))
+    rows = np.maximum(*(np.linalg.norm(p - p[np.where(t.neighbours[:, k] >= 0, t.neighbours[:, k], idx)], axis=1)
+                        for k in (2, 3)))  # the distance to the vertex above or below, whichever is further
+    resolved = np.clip((0.07 - rows) / 0.02, 0.0, 1.0)
+    return 1.0 + resolved * spread * (2.0 * noise - 1.0)
+
+
 def _lines(coord: np.ndarray, period: float, width: float = 0.22) -> np.ndarray:
     """Thin periodic lines (0..1) across ``coord`` (wrinkles, strands)."""
     phase = (coord / period) % 1.0
@@ -103,6 +120,7 @@ def masks(t: Template, anchors: np.ndarray) -> dict[str, np.ndarray]:
         "under_eye": bump(m, EYE_CENTRE + [0.02, -0.09, 0.1], (0.12, 0.04, 0.1)) * skin,
         "nose_tip": bump(p, (0, -0.3, 1.1), (0.08, 0.08, 0.1)) * skin,
         "beard": beard,
+        "stubble": beard * stubble_grain(t),
         "scalp": scalp,
         "ears": (skin & (lab == PART["ears"])).astype(float),
         "hair": (t.kind == HAIR).astype(float),
@@ -241,8 +259,8 @@ def identity_texture_fields(t: Template, mk: dict[str, np.ndarray], bands: int, 
 def sex_albedo(t: Template, mk: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Albedo of a typical man and woman relative to the androgynous template (gender_strength 1).
 
-    Men: a beard shadow (darker, greyer), denser and darker brows, eyes in deeper shadow
-    under the brow, a slightly darker and ruddier skin; women: lighter, smoother skin,
+    Men: stubble (a grain of short dark hairs on the jaw, chin and upper lip), denser and darker
+    brows, eyes in deeper shadow under the brow, a slightly darker and ruddier skin; women: lighter, smoother skin,
     redder lips, darker lashes and lid line, thinner brows and a touch of blush. Both
     darken the eyes' surroundings and the mouth's, as the sexes' higher facial contrast
     does (Russell 2009, Perception 38:1211).
@@ -250,8 +268,9 @@ def sex_albedo(t: Template, mk: dict[str, np.ndarray]) -> tuple[np.ndarray, np.n
     nv = len(t.vertices)
     face = mk["face_skin"]
     male = np.zeros((nv, 3))
-    # stubble under the skin: red falls most, blue least (a cool grey, not a brown or mauve stain)
-    male += mk["beard"][:, None] * np.array([-0.42, -0.28, -0.17])
+    # Stubble: short dark hairs over the skin, in a grain (1 ± 0.6 per vertex) and darker than the grey shadow
+    # of 2.10 ([-0.42, -0.28, -0.17]), which raters did not take for hair on men with long hair.
+    male += mk["stubble"][:, None] * np.array([-0.52, -0.42, -0.32])
     male += (mk["brow_wide"] * face)[:, None] * (0.7 * HAIR_COLOUR - SKIN_TONE) * 0.3
     male += face[:, None] * np.array([-0.015, -0.035, -0.035])
     male += (mk["upper_lid"] + 0.5 * mk["under_eye"])[:, None] * np.array([-0.07, -0.075, -0.06])  # deep-set eyes
