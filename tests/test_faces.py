@@ -674,7 +674,7 @@ def test_a_mans_stubble_has_a_grain_on_the_chin_and_none_down_the_neck(model):
         p = same_identity(params(model, 2, seed=seed, gender=[male, 1 - male]))
         img, parts = render(model, p, PORTRAIT)
         lum, parts = img.float().mean(-1).numpy(), parts.numpy()
-        grain, chin_lum, neck = [], [], []
+        grain, chin_lum, neck, neck_lum = [], [], [], []
         for i in range(2):
             rows, cols = np.nonzero(np.isin(parts[i], [PART["mouth"], PART["mouth_interior"]]))
             c, w = int(cols.mean()), int(cols.max() - cols.min())
@@ -687,8 +687,10 @@ def test_a_mans_stubble_has_a_grain_on_the_chin_and_none_down_the_neck(model):
             grain.append(fine[chin].std())
             chin_lum.append(lum[i][chin].mean())
             neck.append(fine[throat].std())
+            neck_lum.append(lum[i][throat].mean())
         assert grain[0] >= 4 * grain[1] and grain[0] > 3.0, (seed, grain)
         assert chin_lum[0] < 0.75 * chin_lum[1], (seed, chin_lum)
+        assert neck_lum[0] < neck_lum[1] - 5, (seed, neck_lum)  # the throat's box lies on the (smooth) beard
         assert neck[0] < 1.0 and neck[0] < 2 * neck[1] + 0.3, (seed, neck)
 
 

@@ -53,20 +53,29 @@ def lid_margins(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return near_u, near_l
 
 
-STUBBLE_SEED = 1811  # the stubble's grain: one fixed pattern per template (any seed, sharding or model)
+STUBBLE_SEED = 1811  # the stubble's own generator (not the model's): one fixed pattern per template
+GRAIN_ROWS = (0.05, 0.07)  # the stubble's grain is full where the mesh's rows lie up to 5 mm apart, gone beyond 7
+
+
+def row_spacing(t: Template) -> np.ndarray:
+    """(V,) distance from each vertex to its grid neighbour above or below, whichever is further (0 for none)."""
+    p, nb, idx = t.vertices, t.neighbours, np.arange(len(t.vertices))
+    up, down = (np.linalg.norm(p - p[np.where(nb[:, k] >= 0, nb[:, k], idx)], axis=1) for k in (2, 3))
+    return np.maximum(up, down)
 
 
 def stubble_grain(t: Template, spread: float = 0.6) -> np.ndarray:
-    """Per-vertex grain (mean 1) of a man's stubble: each vertex's darkness drawn uniformly from 1 ± ``spread``,
-    so the beard shadow reads as short dark hairs over skin rather than a grey stain. The grain fades to a
-    smooth 1 where the mesh's rows lie more than 5 mm apart (under the chin and down the neck, up to 25 mm), which
-    would draw each vertex as a streak."""
+    """Per-vertex grain (mean 1) of a man's stubble: each point's darkness drawn uniformly from 1 +- ``spread``,
+    so the beard shadow reads as short dark hairs over skin rather than a grey stain. Vertices at one point (the
+    mouth's rings beyond its corners) share a draw, or the colour would step along the line they lie on. The
+    grain fades to a smooth 1 where the mesh's rows lie 5 to 7 mm apart and beyond (under the chin and down the
+    neck, up to 28 mm), where it would draw each vertex as a streak."""
     p = t.vertices
     noise = np.random.default_rng(STUBBLE_SEED).random(len(p))
-    idx = np.arange(len(p))
-    rows = np.maximum(*(np.linalg.norm(p - p[np.where(t.neighbours[:, k] >= 0, t.neighbours[:, k], idx)], axis=1)
-                        for k in (2, 3)))  # the distance to the vertex above or below, whichever is further
-    resolved = np.clip((0.07 - rows) / 0.02, 0.0, 1.0)
+    _, first, point = np.unique(np.round(p, 6), axis=0, return_index=True, return_inverse=True)
+    noise = noise[first[point.ravel()]]
+    lo, hi = GRAIN_ROWS
+    resolved = np.clip((hi - row_spacing(t)) / (hi - lo), 0.0, 1.0)
     return 1.0 + resolved * spread * (2.0 * noise - 1.0)
 
 
@@ -260,15 +269,15 @@ def sex_albedo(t: Template, mk: dict[str, np.ndarray]) -> tuple[np.ndarray, np.n
     """Albedo of a typical man and woman relative to the androgynous template (gender_strength 1).
 
     Men: stubble (a grain of short dark hairs on the jaw, chin and upper lip), denser and darker
-    brows, eyes in deeper shadow under the brow, a slightly darker and ruddier skin; women: lighter, smoother skin,
-    redder lips, darker lashes and lid line, thinner brows and a touch of blush. Both
-    darken the eyes' surroundings and the mouth's, as the sexes' higher facial contrast
-    does (Russell 2009, Perception 38:1211).
+    brows, eyes in deeper shadow under the brow, a slightly darker and ruddier skin; women:
+    lighter, smoother skin, redder lips, darker lashes and lid line, thinner brows and a touch
+    of blush. Both darken the eyes' surroundings and the mouth's, as the sexes' higher facial
+    contrast does (Russell 2009, Perception 38:1211).
     """
     nv = len(t.vertices)
     face = mk["face_skin"]
     male = np.zeros((nv, 3))
-    # Stubble: short dark hairs over the skin, in a grain (1 ± 0.6 per vertex) and darker than the grey shadow
+    # Stubble: short dark hairs over the skin, in a grain (1 +- 0.6 per point) and darker than the grey shadow
     # of 2.10 ([-0.42, -0.28, -0.17]), which raters did not take for hair on men with long hair.
     male += mk["stubble"][:, None] * np.array([-0.52, -0.42, -0.32])
     male += (mk["brow_wide"] * face)[:, None] * (0.7 * HAIR_COLOUR - SKIN_TONE) * 0.3

@@ -65,7 +65,7 @@
 #      the skin under the chin follows the jaw down the throat more gradually (surprise's 4 cm drop pushed it
 #      into the throat of 31 in 1,000 surprised faces with 2.9, 30 of them men: a man's throat stands further
 #      forward)
-# 2.11: men's beard shadow is stubble: a fixed per-vertex grain (1 ± 0.6) of darker hairs on the jaw, chin
+# 2.11: men's beard shadow is stubble: a fixed grain (1 +- 0.6 per point) of darker hairs on the jaw, chin
 #      and upper lip, smooth down the neck (2.10's even grey shadow: raters called 14-17 of 17 long-haired men
 #      women); the identity basis is unchanged (identity codes give the same people as in 2.10)
 GENERATOR_VERSION = "2.11"
