@@ -665,7 +665,7 @@ def test_the_beard_shadow_thins_out_up_the_cheeks_and_is_full_on_the_chin():
 
 def test_a_mans_stubble_has_a_grain_on_the_chin_and_none_down_the_neck(model):
     # 2.10's even grey beard shadow was not taken for hair: raters called 14-17 of 17 long-haired men women.
-    # Stubble is a grain of dark hairs; below the jaw the mesh's rows lie up to 25 mm apart, where a grain would
+    # Stubble is a grain of dark hairs; below the jaw the mesh's rows lie up to 28 mm apart, where a grain would
     # draw each vertex as a streak, so the neck keeps the smooth shadow.
     from scipy.ndimage import uniform_filter
 
